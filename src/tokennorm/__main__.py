@@ -1,0 +1,5 @@
+import sys
+
+from tokennorm.cli import main
+
+sys.exit(main())

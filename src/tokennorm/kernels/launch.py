@@ -1,0 +1,137 @@
+"""Launchers: allocate outputs, pick a config, launch. No autograd and no argument checking here.
+
+Kernels are launched through ``torch.library.wrap_triton`` so that ``torch.compile`` traces into them; in
+eager mode that wrapper is a plain launch. Inputs are [M, N] views whose last stride is 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+from torch import Tensor
+
+from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, forward_config
+from tokennorm.kernels.norm_bwd import norm_bwd_kernel
+from tokennorm.kernels.norm_fwd import norm_fwd_kernel
+
+try:  # torch >= 2.6: compile traces into the kernel launch
+    from torch.library import wrap_triton as _wrap
+except ImportError:  # pragma: no cover - older torch launches directly (the op stays opaque to compile)
+
+    def _wrap(kernel):
+        return kernel
+
+
+
+def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A 0-element placeholder for outputs a variant does not produce."""
+    return torch.empty(0, device=device, dtype=dtype)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class ForwardOut(NamedTuple):
+    y: Tensor  # [M, N], x's dtype
+    h: Tensor  # [M, N] in h_dtype when stored, else empty
+    mean: Tensor  # [M] float32 (float64 for float64 x); empty for RMSNorm
+    rstd: Tensor  # [M]
+
+
+class BackwardOut(NamedTuple):
+    dx: Tensor  # [M, N], x's dtype
+    dresidual: Tensor  # [M, N] in residual_dtype when asked for, else empty
+    dweight: Tensor  # [N] in the accumulation dtype (float32; float64 for float64) when asked for, else empty
+    dbias: Tensor  # [N] likewise
+
+
+def norm_forward(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    seed: Optional[Tensor],
+    eps: float,
+    dropout_p: float,
+    weight_offset: float,
+    is_rms: bool,
+    h_dtype: Optional[torch.dtype],
+    config: Optional[TileConfig] = None,
+) -> ForwardOut:
+    """Run the forward kernel. ``h_dtype`` not None means h = residual + dropout(x) is stored in that dtype."""
+    m, n = x.shape
+    acc = acc_dtype(x.dtype)
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    store_h = h_dtype is not None
+    h = torch.empty((m, n), device=x.device, dtype=h_dtype) if store_h else _empty(x.device, x.dtype)
+    mean = _empty(x.device, acc) if is_rms else torch.empty(m, device=x.device, dtype=acc)
+    rstd = torch.empty(m, device=x.device, dtype=acc)
+    if m == 0 or n == 0:
+        return ForwardOut(y, h, mean, rstd)
+    cfg = config or forward_config(int(n))  # N is a model constant: specialize on it, M may stay symbolic
+    _wrap(norm_fwd_kernel)[(triton.cdiv(m, cfg.block_m),)](
+        x, residual, weight, bias, seed, y, h if store_h else y, mean, rstd,
+        x.stride(0), 0 if residual is None else residual.stride(0), y.stride(0), n,
+        m, n, eps, dropout_p, weight_offset,
+        IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=store_h,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
+    )
+    return ForwardOut(y, h, mean, rstd)
+
+
+def norm_backward(
+    dy: Tensor,
+    h: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    dh_in: Optional[Tensor],
+    seed: Optional[Tensor],
+    dropout_p: float,
+    weight_offset: float,
+    is_rms: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    x_dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
+    config: Optional[TileConfig] = None,
+) -> BackwardOut:
+    """Run the backward kernel and sum its per-program dγ/dβ partials (deterministically, in float32 or wider).
+
+    ``h`` is what was normalized (x itself for a plain norm); ``residual_dtype`` not None asks for a separate
+    d(residual) output in that dtype.
+    """
+    m, n = h.shape
+    dev = h.device
+    dx = torch.empty((m, n), device=dev, dtype=x_dtype)
+    dres = torch.empty((m, n), device=dev, dtype=residual_dtype) if residual_dtype is not None else None
+    if m == 0 or n == 0:
+        acc = acc_dtype(h.dtype)
+        return BackwardOut(dx, _empty(dev, x_dtype) if dres is None else dres,
+                           torch.zeros(n if compute_dweight else 0, device=dev, dtype=acc),
+                           torch.zeros(n if compute_dbias else 0, device=dev, dtype=acc))
+    cfg = config or backward_config(int(n))
+    programs, rows_per_program = backward_programs(m, dev)
+    acc = acc_dtype(h.dtype)
+    dw_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
+    db_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
+    row_dots = None if cfg.single_chunk else torch.empty((m, 2), device=dev, dtype=acc_dtype(h.dtype))
+    _wrap(norm_bwd_kernel)[(programs,)](
+        dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw_partial, db_partial, row_dots,
+        dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
+        0 if dres is None else dres.stride(0),
+        m, n, rows_per_program, dropout_p, weight_offset,
+        IS_RMS=is_rms, HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias,
+        HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
+    )
+    return BackwardOut(
+        dx,
+        _empty(dev, x_dtype) if dres is None else dres,
+        dw_partial.sum(dim=0) if compute_dweight else _empty(dev, acc),
+        db_partial.sum(dim=0) if compute_dbias else _empty(dev, acc),
+    )

@@ -1,0 +1,149 @@
+"""Backward kernel family, the mirror of :mod:`tokennorm.kernels.norm_fwd`.
+
+Per row, with x̂ recomputed from h and the saved mean/rstd, and g = dy · (γ + offset)::
+
+    LayerNorm: dh = rstd · (g − mean(g) − x̂ · mean(g · x̂))
+    RMSNorm:   dh = rstd · (g − x̂ · mean(g · x̂))
+    dh += dh_in                      (HAS_DH_IN: gradient of the h output, pre-LN)
+    dx  = dh, or dh · keep / (1 − p) (HAS_DROPOUT, mask regenerated from the seed)
+
+dγ = Σ_rows dy · x̂ and dβ = Σ_rows dy are accumulated per program in float32 over a contiguous block of rows
+and written as one partial row each; the caller sums the few partial rows. No atomics, so results are bitwise
+reproducible.
+
+``SINGLE_CHUNK``: the row fits a [BLOCK_M, BLOCK_N] tile and everything happens in one pass over h and dy.
+Otherwise pass 1 computes each row's two dot products chunk by chunk into ``ROW_DOTS``, and pass 2 walks the
+row chunk by chunk (rows inner) so one chunk of dγ/dβ lives in registers at a time.
+"""
+
+import triton
+import triton.language as tl
+
+from tokennorm.kernels.norm_fwd import dropout_keep
+
+
+@triton.jit
+def _load_tile(
+    DY, H, W, MEAN, RSTD, rows64, cols, mask, row_mask, stride_dy, stride_h, N, weight_offset,
+    ACC: tl.constexpr, IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):
+    """dy, x̂, g = dy·(γ + offset) and rstd for one tile, in the accumulation dtype."""
+    dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(ACC)
+    h = tl.load(H + rows64[:, None] * stride_h + cols[None, :], mask=mask, other=0.0).to(ACC)
+    rstd = tl.load(RSTD + rows64, mask=row_mask, other=0.0)
+    if IS_RMS:
+        xhat = h * rstd[:, None]
+    else:
+        mean = tl.load(MEAN + rows64, mask=row_mask, other=0.0)
+        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+    g = dy
+    if HAS_WEIGHT:
+        g = dy * (tl.load(W + cols, mask=cols < N, other=0.0).to(ACC)[None, :] + weight_offset)
+    return dy, xhat, g, rstd
+
+
+@triton.jit
+def _store_dh(
+    dh, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres, N, dropout_p,
+    ACC: tl.constexpr, HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr,
+):
+    """Add the h-output gradient, write d(residual), apply the dropout mask and write dx."""
+    if HAS_DH_IN:
+        dh += tl.load(DH_IN + rows64[:, None] * stride_dh_in + cols[None, :], mask=mask, other=0.0).to(ACC)
+    if STORE_DRES:
+        tl.store(DRES + rows64[:, None] * stride_dres + cols[None, :], dh.to(DRES.dtype.element_ty), mask=mask)
+    if HAS_DROPOUT:
+        keep = dropout_keep(SEED, rows64, cols, N, dropout_p)
+        dh = tl.where(keep, dh / (1.0 - dropout_p), 0.0)
+    tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def norm_bwd_kernel(
+    DY, H, W, MEAN, RSTD, DH_IN, SEED, DX, DRES, DW_PARTIAL, DB_PARTIAL, ROW_DOTS,
+    stride_dy, stride_h, stride_dh_in, stride_dx, stride_dres,
+    M, N, rows_per_program, dropout_p, weight_offset,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
+    HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if H.dtype.element_ty == tl.float64 else tl.float32
+    pid = tl.program_id(0)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    cols = tl.arange(0, BLOCK_N)
+    partial_row = pid.to(tl.int64) * N
+
+    if SINGLE_CHUNK:
+        col_mask = cols < N
+        dw = tl.zeros([BLOCK_N], dtype=ACC)
+        db = tl.zeros([BLOCK_N], dtype=ACC)
+        for r0 in range(row_start, row_end, BLOCK_M):
+            rows = r0 + tl.arange(0, BLOCK_M)
+            row_mask = rows < row_end
+            rows64 = rows.to(tl.int64)
+            mask = row_mask[:, None] & col_mask[None, :]
+            dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, cols, mask, row_mask,
+                                           stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
+            gx = tl.sum(g * xhat, axis=1) / N
+            if IS_RMS:
+                dh = rstd[:, None] * (g - xhat * gx[:, None])
+            else:
+                dh = rstd[:, None] * (g - (tl.sum(g, axis=1) / N)[:, None] - xhat * gx[:, None])
+            _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres,
+                      N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
+            if COMPUTE_DW:
+                dw += tl.sum(dy * xhat, axis=0)
+            if COMPUTE_DB:
+                db += tl.sum(dy, axis=0)
+        if COMPUTE_DW:
+            tl.store(DW_PARTIAL + partial_row + cols, dw.to(DW_PARTIAL.dtype.element_ty), mask=col_mask)
+        if COMPUTE_DB:
+            tl.store(DB_PARTIAL + partial_row + cols, db.to(DB_PARTIAL.dtype.element_ty), mask=col_mask)
+    else:
+        # Pass 1: per row, mean(g · x̂) and mean(g), chunk by chunk, into ROW_DOTS[row, 0:2].
+        for r0 in range(row_start, row_end, BLOCK_M):
+            rows = r0 + tl.arange(0, BLOCK_M)
+            row_mask = rows < row_end
+            rows64 = rows.to(tl.int64)
+            gx = tl.zeros([BLOCK_M], dtype=ACC)
+            gs = tl.zeros([BLOCK_M], dtype=ACC)
+            for start in range(0, N, BLOCK_N):
+                c = start + cols
+                mask = row_mask[:, None] & (c < N)[None, :]
+                dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
+                                               stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
+                gx += tl.sum(g * xhat, axis=1)
+                gs += tl.sum(g, axis=1)
+            tl.store(ROW_DOTS + rows64 * 2, gx / N, mask=row_mask)
+            tl.store(ROW_DOTS + rows64 * 2 + 1, gs / N, mask=row_mask)
+        tl.debug_barrier()  # pass 2 reads ROW_DOTS written by other threads of this program
+        # Pass 2: dx and this program's chunk of dγ/dβ, chunk-outer so the partials stay in registers.
+        for start in range(0, N, BLOCK_N):
+            c = start + cols
+            col_mask = c < N
+            dw = tl.zeros([BLOCK_N], dtype=ACC)
+            db = tl.zeros([BLOCK_N], dtype=ACC)
+            for r0 in range(row_start, row_end, BLOCK_M):
+                rows = r0 + tl.arange(0, BLOCK_M)
+                row_mask = rows < row_end
+                rows64 = rows.to(tl.int64)
+                mask = row_mask[:, None] & col_mask[None, :]
+                dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
+                                               stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
+                gx = tl.load(ROW_DOTS + rows64 * 2, mask=row_mask, other=0.0)
+                if IS_RMS:
+                    dh = rstd[:, None] * (g - xhat * gx[:, None])
+                else:
+                    gs = tl.load(ROW_DOTS + rows64 * 2 + 1, mask=row_mask, other=0.0)
+                    dh = rstd[:, None] * (g - gs[:, None] - xhat * gx[:, None])
+                _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, c, mask, stride_dh_in, stride_dx, stride_dres,
+                          N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
+                if COMPUTE_DW:
+                    dw += tl.sum(dy * xhat, axis=0)
+                if COMPUTE_DB:
+                    db += tl.sum(dy, axis=0)
+            if COMPUTE_DW:
+                tl.store(DW_PARTIAL + partial_row + c, dw.to(DW_PARTIAL.dtype.element_ty), mask=col_mask)
+            if COMPUTE_DB:
+                tl.store(DB_PARTIAL + partial_row + c, db.to(DB_PARTIAL.dtype.element_ty), mask=col_mask)

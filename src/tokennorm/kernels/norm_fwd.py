@@ -1,0 +1,143 @@
+"""Forward kernel family: (residual +) (dropout) → LayerNorm | RMSNorm → (· (γ + offset)) (+ β).
+
+One kernel, compile-time switches:
+
+* ``IS_RMS``: RMSNorm (no mean) instead of LayerNorm.
+* ``HAS_WEIGHT`` / ``HAS_BIAS``: affine γ and β (in the input dtype or float32).
+* ``HAS_RESIDUAL``: h = residual + x before the norm; ``HAS_DROPOUT``: x is dropped (Philox from a seed
+  tensor, regenerated in backward); ``STORE_H``: h is written out (needed by backward and by pre-LN callers).
+* ``SINGLE_CHUNK``: the row fits one [BLOCK_M, BLOCK_N] register tile (BLOCK_M rows per program); else each
+  program walks its row in BLOCK_N chunks twice: once for statistics (chunk means and M2 merged with Chan's
+  formula, never E[x²] − E[x]²), once to normalize.
+
+Statistics are kept in float32 (float64 for float64 inputs); mean and rstd are written per row for backward.
+Row offsets are 64-bit so inputs over 2^31 elements address correctly.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_h(
+    X, RES, SEED, rows64, cols, mask, stride_x, stride_res, N, dropout_p,
+    ACC: tl.constexpr, H_DTYPE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ROUND_H: tl.constexpr,
+):
+    """h = residual + dropout(x) for a [rows, cols] tile, in the accumulation dtype; 0 outside ``mask``."""
+    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(ACC)
+    if HAS_DROPOUT:
+        keep = dropout_keep(SEED, rows64, cols, N, dropout_p)
+        x = tl.where(keep, x / (1.0 - dropout_p), 0.0)
+    if HAS_RESIDUAL:
+        x += tl.load(RES + rows64[:, None] * stride_res + cols[None, :], mask=mask, other=0.0).to(ACC)
+    if ROUND_H:
+        # The norm sees h as stored (e.g. bf16), exactly as the unfused `norm(residual + x)` would.
+        x = x.to(H_DTYPE).to(ACC)
+    return x
+
+
+@triton.jit
+def inv_sqrt(v, ACC: tl.constexpr):
+    """1 / sqrt(v), correctly rounded (per row, so its cost does not matter; tl.rsqrt is approximate)."""
+    if ACC == tl.float64:
+        return 1.0 / tl.sqrt(v)  # float64 sqrt is IEEE-exact
+    else:
+        return 1.0 / tl.sqrt_rn(v)
+
+
+@triton.jit
+def dropout_keep(SEED, rows64, cols, N, dropout_p):
+    """Which elements dropout keeps: Philox on the element's linear index, so backward regenerates the mask."""
+    seed = tl.load(SEED)
+    offsets = rows64[:, None] * N + cols[None, :]
+    return tl.rand(seed, offsets) >= dropout_p
+
+
+@triton.jit
+def norm_fwd_kernel(
+    X, RES, W, B, SEED, Y, H, MEAN, RSTD,
+    stride_x, stride_res, stride_y, stride_h,
+    M, N, eps, dropout_p, weight_offset,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    H_DTYPE: tl.constexpr = H.dtype.element_ty
+    ROUND_H: tl.constexpr = STORE_H and (H_DTYPE != ACC)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+
+    if SINGLE_CHUNK:
+        mask = row_mask[:, None] & (cols < N)[None, :]
+        h = load_h(X, RES, SEED, rows64, cols, mask, stride_x, stride_res, N, dropout_p,
+                   ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
+        if STORE_H:
+            tl.store(H + rows64[:, None] * stride_h + cols[None, :], h.to(H_DTYPE), mask=mask)
+        if IS_RMS:
+            rstd = inv_sqrt(tl.sum(h * h, axis=1) / N + eps, ACC)
+            xhat = h * rstd[:, None]
+        else:
+            mean = tl.sum(h, axis=1) / N
+            centred = tl.where(mask, h - mean[:, None], 0.0)
+            rstd = inv_sqrt(tl.sum(centred * centred, axis=1) / N + eps, ACC)
+            xhat = centred * rstd[:, None]
+            tl.store(MEAN + rows64, mean, mask=row_mask)
+        tl.store(RSTD + rows64, rstd, mask=row_mask)
+        y = xhat
+        if HAS_WEIGHT:
+            y *= tl.load(W + cols, mask=cols < N, other=0.0).to(ACC)[None, :] + weight_offset
+        if HAS_BIAS:
+            y += tl.load(B + cols, mask=cols < N, other=0.0).to(ACC)[None, :]
+        tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    else:
+        # Pass 1: statistics, chunk by chunk.
+        count = tl.zeros([BLOCK_M], dtype=ACC)
+        mean = tl.zeros([BLOCK_M], dtype=ACC)
+        m2 = tl.zeros([BLOCK_M], dtype=ACC)  # Σ(x − mean)² for LayerNorm, Σx² for RMSNorm
+        for start in range(0, N, BLOCK_N):
+            c = start + cols
+            mask = row_mask[:, None] & (c < N)[None, :]
+            h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
+                       ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
+            if STORE_H:
+                tl.store(H + rows64[:, None] * stride_h + c[None, :], h.to(H_DTYPE), mask=mask)
+            if IS_RMS:
+                m2 += tl.sum(h * h, axis=1)
+            else:
+                n_b = tl.minimum(N - start, BLOCK_N).to(ACC)
+                mean_b = tl.sum(h, axis=1) / n_b
+                centred = tl.where(mask, h - mean_b[:, None], 0.0)
+                delta = mean_b - mean
+                total = count + n_b
+                mean += delta * (n_b / total)
+                m2 += tl.sum(centred * centred, axis=1) + delta * delta * (count * n_b / total)
+                count = total
+        rstd = inv_sqrt(m2 / N + eps, ACC)
+        if not IS_RMS:
+            tl.store(MEAN + rows64, mean, mask=row_mask)
+        tl.store(RSTD + rows64, rstd, mask=row_mask)
+        if STORE_H:
+            tl.debug_barrier()  # pass 2 reads h back: make this program's stores visible to all its threads
+        # Pass 2: normalize.
+        for start in range(0, N, BLOCK_N):
+            c = start + cols
+            col_mask = c < N
+            mask = row_mask[:, None] & col_mask[None, :]
+            if STORE_H:
+                h = tl.load(H + rows64[:, None] * stride_h + c[None, :], mask=mask, other=0.0).to(ACC)
+            else:
+                h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
+                           ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
+            if IS_RMS:
+                y = h * rstd[:, None]
+            else:
+                y = (h - mean[:, None]) * rstd[:, None]
+            if HAS_WEIGHT:
+                y *= tl.load(W + c, mask=col_mask, other=0.0).to(ACC)[None, :] + weight_offset
+            if HAS_BIAS:
+                y += tl.load(B + c, mask=col_mask, other=0.0).to(ACC)[None, :]
+            tl.store(Y + rows64[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
