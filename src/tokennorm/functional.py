@@ -120,6 +120,12 @@ def add_norm(
         shape = _checks.as_shape(normalized_shape)
     else:
         shape = tuple(next((p.shape for p in (weight, bias) if p is not None), x.shape[-1:]))
+        if tuple(x.shape[x.dim() - len(shape):]) != shape or x.dim() < len(shape):
+            name = "weight" if weight is not None else "bias"
+            raise RuntimeError(
+                f"add_norm normalizes over {name}.shape when normalized_shape is not given, but got {name} of "
+                f"shape {list(shape)} and x of size {list(x.shape)}"
+            )
     op_name = "rms_norm" if norm == "rmsnorm" else "LayerNormKernelImpl"
     _checks.check_norm_inputs(op_name, x, shape, weight, bias)
     if residual is not None:

@@ -1,0 +1,237 @@
+"""The Triton kernel family itself, against the float64 reference.
+
+On a CPU-only machine these run in Triton's interpreter (see conftest.py), so shapes are tiny; the chunked
+(long-row) path is reached by forcing a small chunk through an explicit TileConfig.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from conftest import KERNEL_DEVICE
+from tokennorm import backend, reference
+from tokennorm.kernels.config import TileConfig, backward_config, forward_config
+from tokennorm.kernels.launch import norm_backward, norm_forward
+
+# Forced long-row tilings: 16-element chunks, one and two rows per tile.
+CHUNKED = [TileConfig(1, 16, False, 1), TileConfig(2, 16, False, 1)]
+
+# Max abs error vs the float64 reference, per output dtype: fp32 roundoff, else one or two output ulps at
+# |y| ~ 4 (bf16: 8 mantissa bits -> ulp 2^-5 at 4; fp16: 11 bits -> ulp 2^-8 at 4).
+ATOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 6.3e-2, torch.float16: 8e-3}
+
+
+def _inputs(m, n, dtype, weight, bias, param_dtype=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pd = param_dtype or dtype
+    x = (torch.randn(m, n, generator=g) * 2 + 3).to(dtype).to(KERNEL_DEVICE)
+    w = (torch.randn(n, generator=g) + 1).to(pd).to(KERNEL_DEVICE) if weight else None
+    b = torch.randn(n, generator=g).to(pd).to(KERNEL_DEVICE) if bias else None
+    dy = torch.randn(m, n, generator=g).to(dtype).to(KERNEL_DEVICE)
+    return x, w, b, dy
+
+
+def _ref(x, w, b, dy, eps, is_rms, weight_offset=0.0):
+    x64, dy64 = x.double().cpu(), dy.double().cpu()
+    w64 = None if w is None else w.double().cpu()
+    b64 = None if b is None else b.double().cpu()
+    n = (x.shape[1],)
+    if is_rms:
+        y = reference.rms_norm(x64, n, w64, eps, weight_offset)
+        g = reference.rms_norm_backward(dy64, x64, n, w64, eps, weight_offset)
+        y = y if b64 is None else y + b64
+        g.dbias = None if b64 is None else dy64.sum(0)
+    else:
+        y = reference.layer_norm(x64, n, w64, b64, eps, weight_offset)
+        g = reference.layer_norm_backward(dy64, x64, n, w64, b64, eps, weight_offset)
+    return y, g
+
+
+def _close(actual, expected, dtype, scale=1.0):
+    torch.testing.assert_close(actual.double().cpu(), expected, atol=ATOL[dtype] * scale, rtol=0)
+
+
+def _run(x, w, b, dy, eps, is_rms, config=None, weight_offset=0.0):
+    fwd = norm_forward(x, w, b, None, None, eps, 0.0, weight_offset, is_rms, None, config=config)
+    bwd = norm_backward(dy, x, w, fwd.mean, fwd.rstd, None, None, 0.0, weight_offset, is_rms,
+                        w is not None, b is not None, x.dtype, None, config=config)
+    return fwd, bwd
+
+
+@pytest.mark.parametrize("config", [None, *CHUNKED], ids=["single", "chunked1", "chunked2"])
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize("affine", ["none", "weight", "weight+bias"])
+def test_switches_float32(config, is_rms, affine):
+    m, n = 7, 37  # a prime number of rows; a row length that is no power of two and spans 3 chunks
+    x, w, b, dy = _inputs(m, n, torch.float32, affine != "none", affine == "weight+bias")
+    fwd, bwd = _run(x, w, b, dy, 1e-5, is_rms, config)
+    y_ref, g = _ref(x, w, b, dy, 1e-5, is_rms)
+    _close(fwd.y, y_ref, torch.float32)
+    _close(bwd.dx, g.dx, torch.float32)
+    if w is not None:
+        _close(bwd.dweight, g.dweight, torch.float32, scale=m)
+    if b is not None:
+        _close(bwd.dbias, g.dbias, torch.float32, scale=m)
+    # saved statistics: rstd for both norms, mean for LayerNorm only
+    x64 = x.double().cpu()
+    if is_rms:
+        assert fwd.mean.numel() == 0
+        torch.testing.assert_close(fwd.rstd.double().cpu(), torch.rsqrt(x64.square().mean(1) + 1e-5), rtol=1e-6, atol=0)
+    else:
+        torch.testing.assert_close(fwd.mean.double().cpu(), x64.mean(1), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fwd.rstd.double().cpu(), torch.rsqrt(x64.var(1, unbiased=False) + 1e-5), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("config", [None, CHUNKED[0]], ids=["single", "chunked"])
+def test_dtypes(dtype, config):
+    m, n = 5, 40
+    for is_rms in (False, True):
+        x, w, b, dy = _inputs(m, n, dtype, True, not is_rms)
+        fwd, bwd = _run(x, w, b, dy, 1e-5, is_rms, config)
+        y_ref, g = _ref(x, w, b, dy, 1e-5, is_rms)
+        assert fwd.y.dtype == dtype and bwd.dx.dtype == dtype
+        _close(fwd.y, y_ref, dtype)
+        _close(bwd.dx, g.dx, dtype)
+        # dγ/dβ partials are float32 (float64 for float64): only roundoff of the sum, not of dtype.
+        assert bwd.dweight.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        torch.testing.assert_close(bwd.dweight.double().cpu(), g.dweight.double(), atol=1e-4 * m, rtol=1e-5)
+
+
+def test_low_precision_input_with_float32_parameters():
+    x, w, b, dy = _inputs(6, 48, torch.bfloat16, True, True, param_dtype=torch.float32)
+    fwd, bwd = _run(x, w, b, dy, 1e-5, False)
+    y_ref, g = _ref(x, w, b, dy, 1e-5, False)
+    assert fwd.y.dtype == torch.bfloat16
+    _close(fwd.y, y_ref, torch.bfloat16)
+    _close(bwd.dx, g.dx, torch.bfloat16)
+
+
+def test_weight_offset_is_zero_centred_weight():
+    x, w, b, dy = _inputs(4, 24, torch.float32, True, False)
+    for config in (None, CHUNKED[0]):
+        fwd, bwd = _run(x, w, None, dy, 1e-6, True, config, weight_offset=1.0)
+        y_ref, g = _ref(x, w, None, dy, 1e-6, True, weight_offset=1.0)
+        _close(fwd.y, y_ref, torch.float32)
+        _close(bwd.dx, g.dx, torch.float32)
+        _close(bwd.dweight, g.dweight, torch.float32, scale=4)
+
+
+@pytest.mark.parametrize("m,n", [(1, 1), (3, 1), (1, 5), (2, 2)])
+def test_tiny_rows(m, n):
+    x, w, b, dy = _inputs(m, n, torch.float32, True, True)
+    for is_rms in (False, True):
+        fwd, bwd = _run(x, w, b, dy, 1e-5, is_rms)
+        y_ref, g = _ref(x, w, b, dy, 1e-5, is_rms)
+        _close(fwd.y, y_ref, torch.float32)
+        _close(bwd.dx, g.dx, torch.float32)
+        _close(bwd.dweight, g.dweight, torch.float32, scale=m)
+
+
+def test_zero_rows():
+    x = torch.empty(0, 8, device=KERNEL_DEVICE)
+    fwd, bwd = _run(x, torch.ones(8, device=KERNEL_DEVICE), torch.zeros(8, device=KERNEL_DEVICE), x, 1e-5, False)
+    assert fwd.y.shape == (0, 8) and bwd.dx.shape == (0, 8)
+    assert torch.equal(bwd.dweight.cpu(), torch.zeros(8)) and torch.equal(bwd.dbias.cpu(), torch.zeros(8))
+
+
+def test_many_programs_with_few_rows_each():
+    # More rows than backward programs, rows not divisible by the program count: every row written once.
+    m, n = 13, 16
+    x, w, b, dy = _inputs(m, n, torch.float32, True, True)
+    y_ref, g = _ref(x, w, b, dy, 1e-5, False)
+    fwd, bwd = _run(x, w, b, dy, 1e-5, False, TileConfig(4, 16, True, 1))
+    _close(fwd.y, y_ref, torch.float32)
+    _close(bwd.dx, g.dx, torch.float32)
+    _close(bwd.dweight, g.dweight, torch.float32, scale=m)
+
+
+def test_backward_is_bitwise_deterministic():
+    x, w, b, dy = _inputs(9, 40, torch.float32, True, True)
+    for config in (None, CHUNKED[1]):
+        first = _run(x, w, b, dy, 1e-5, False, config)[1]
+        second = _run(x, w, b, dy, 1e-5, False, config)[1]
+        for a, c in zip(first, second):
+            assert torch.equal(a, c)
+
+
+def test_chunked_statistics_survive_a_large_mean():
+    # Chan's merge of chunk (mean, M2): no E[x²] − E[x]² cancellation at mean 1e4, std 1, in float32.
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 64, generator=g) + 1e4).to(KERNEL_DEVICE)
+    fwd = norm_forward(x, None, None, None, None, 1e-5, 0.0, 0.0, False, None, config=CHUNKED[0])
+    y_ref = reference.layer_norm(x.double().cpu(), (64,), eps=1e-5)
+    torch.testing.assert_close(fwd.y.double().cpu(), y_ref, atol=2e-3, rtol=0)  # fp32 x itself is ±5e-4 off
+
+
+def test_nan_and_inf_stay_in_their_row():
+    x = torch.randn(4, 8)
+    x[1, 3] = float("nan")
+    x[2, 5] = float("inf")
+    xk = x.to(KERNEL_DEVICE)
+    for is_rms, ref in ((False, torch.nn.functional.layer_norm), (True, torch.nn.functional.rms_norm)):
+        y = norm_forward(xk, None, None, None, None, 1e-5, 0.0, 0.0, is_rms, None).y.cpu()
+        expected = ref(x, (8,), None, eps=1e-5) if is_rms else ref(x, (8,), eps=1e-5)
+        torch.testing.assert_close(y, expected, equal_nan=True)
+
+
+def test_default_configs_are_consistent():
+    for n in (1, 7, 1024, 4096, 16384, 32768, 32769, 65536, 1 << 20):
+        for cfg in (forward_config(n), backward_config(n)):
+            assert cfg.block_n & (cfg.block_n - 1) == 0
+            assert cfg.single_chunk == (cfg.block_n >= n)
+            assert 1 <= cfg.num_warps <= 16
+
+
+def test_cuda_without_triton_fails_fast(monkeypatch):
+    monkeypatch.setenv("TOKENNORM_BACKEND", "auto")
+    monkeypatch.setattr(backend, "triton_available", lambda: False)
+    fake_cuda_tensor = types.SimpleNamespace(device=torch.device("cuda"))
+    with pytest.raises(RuntimeError, match="needs the 'triton' package"):
+        backend.use_triton(fake_cuda_tensor)
+
+
+def test_opcheck_schema_fake_and_autograd_registration():
+    # The aot-dispatch checks trace through the kernel launch, which Triton's interpreter cannot do: those
+    # run in test_opcheck_full on a GPU.
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    if torch.cuda.is_available():
+        utils = utils + ("test_aot_dispatch_dynamic",)
+    x, w, b, _ = _inputs(4, 16, torch.float32, True, True)
+    r = torch.randn_like(x)
+    seed = torch.tensor([1234], device=KERNEL_DEVICE)
+    cases = [
+        (x, w, b, None, None, 1e-5, 0.0, 0.0, False, None),
+        (x, w, None, None, None, 1e-5, 0.0, 0.0, True, None),
+        (x, w, b, r, seed, 1e-5, 0.25, 0.0, False, torch.float32),
+    ]
+    for args in cases:
+        torch.library.opcheck(torch.ops.tokennorm.norm_fwd.default, args, test_utils=utils)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.tokennorm.norm_fwd.default, (xg, wg, b, None, None, 1e-5, 0.0, 0.0, False, None),
+                          test_utils=utils)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: Inductor cannot trace the interpreter")
+def test_torch_compile_fullgraph_has_no_graph_break():
+    import tokennorm
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), tokennorm.LayerNorm(64), torch.nn.GELU(),
+                                tokennorm.RMSNorm(64)).cuda()
+    x = torch.randn(8, 64, device="cuda", requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_more_than_2_to_the_31_elements():
+    m, n = 2**31 // 4096 + 3, 4096
+    x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    y = norm_forward(x, None, None, None, None, 1e-5, 0.0, 0.0, True, None).y
+    tail = x[-3:].double()
+    torch.testing.assert_close(y[-3:].double(), tail * torch.rsqrt(tail.square().mean(1, keepdim=True) + 1e-5),
+                               atol=6e-2, rtol=0)
