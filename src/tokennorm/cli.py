@@ -1,4 +1,4 @@
-"""``tokennorm`` command line: ``tokennorm verify | bench | demo | audit | explain``.
+"""``tokennorm`` command line: ``tokennorm verify | bench | demo | audit | explain | patch-check``.
 
 Each subcommand lives in its own module, imported only when that subcommand runs, exposing
 ``HELP: str``, ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": "tokennorm.demo",
     "audit": "tokennorm.audit_cli",
     "explain": "tokennorm.explain_cli",
+    "patch-check": "tokennorm.patch_cli",
 }
 
 
