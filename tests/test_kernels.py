@@ -189,7 +189,7 @@ def test_default_configs_are_consistent():
 def test_cuda_without_triton_fails_fast(monkeypatch):
     monkeypatch.setenv("TOKENNORM_BACKEND", "auto")
     monkeypatch.setattr(backend, "triton_available", lambda: False)
-    fake_cuda_tensor = types.SimpleNamespace(device=torch.device("cuda"))
+    fake_cuda_tensor = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda"))
     with pytest.raises(RuntimeError, match="needs the 'triton' package"):
         backend.use_triton(fake_cuda_tensor)
 

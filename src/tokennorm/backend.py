@@ -29,12 +29,13 @@ def triton_available() -> bool:
 
 def backend_name() -> str:
     """The backend named by ``TOKENNORM_BACKEND``; ValueError for anything but auto, torch or triton."""
-    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if name not in BACKENDS:
-        raise ValueError(
-            f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not a tokennorm backend; expected one of {', '.join(BACKENDS)}"
-        )
-    return name
+    name = os.environ.get(ENV_VAR) or "auto"
+    if name in BACKENDS:  # the hot path: one dict lookup, one tuple scan
+        return name
+    normalized = name.strip().lower() or "auto"
+    if normalized not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={name!r} is not a tokennorm backend; expected one of {', '.join(BACKENDS)}")
+    return normalized
 
 
 def _interpreting() -> bool:
@@ -50,7 +51,7 @@ def use_triton(x: torch.Tensor) -> bool:
     name = backend_name()
     if name == "torch":
         return False
-    if x.device.type == "cuda":
+    if x.is_cuda:
         if not triton_available():
             raise RuntimeError(
                 "tokennorm needs the 'triton' package for CUDA tensors; install it (pip install triton) "

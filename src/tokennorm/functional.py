@@ -15,6 +15,7 @@ from torch import Tensor
 
 from tokennorm import _checks
 from tokennorm.backend import use_triton
+from tokennorm.kernels import launch
 from tokennorm.reference import default_rms_eps
 
 __all__ = ["layer_norm", "rms_norm", "add_norm"]
@@ -29,13 +30,34 @@ def _rows(t: Tensor, n: int) -> Tensor:
 
 
 def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
-    return None if p is None else _rows(p, p.numel()).reshape(-1)
+    if p is None or (p.dim() == 1 and p.stride(0) == 1):
+        return p
+    return _rows(p, p.numel()).reshape(-1)
+
+
+def _fused_forward(
+    x2: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual2: Optional[Tensor],
+    seed: Optional[Tensor], eps: float, dropout_p: float, weight_offset: float, is_rms: bool,
+    h_dtype: Optional[torch.dtype], grad_inputs: tuple[Optional[Tensor], ...],
+) -> tuple[Tensor, Optional[Tensor]]:
+    """(y, h) from the Triton forward: through the custom op when autograd or torch.compile needs it, else
+    (inference, eager) straight to the launcher — the op's dispatch costs tens of µs per call on the host,
+    more than a decode-sized kernel takes."""
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs)
+    if needs_grad or torch.compiler.is_compiling():
+        y, h, _, _ = torch.ops.tokennorm.norm_fwd(
+            x2, _flat(weight), _flat(bias), residual2, seed, eps, dropout_p, weight_offset, is_rms, h_dtype
+        )
+        return y, h
+    out = launch.norm_forward(x2, _flat(weight), _flat(bias), residual2, seed, eps, dropout_p, weight_offset,
+                              is_rms, h_dtype, store_stats=False)
+    return out.y, out.h
 
 
 def _norm_triton(
     x: Tensor, n: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, is_rms: bool
 ) -> Tensor:
-    y = torch.ops.tokennorm.norm_fwd(_rows(x, n), _flat(weight), _flat(bias), None, None, eps, 0.0, 0.0, is_rms, None)[0]
+    y, _ = _fused_forward(_rows(x, n), weight, bias, None, None, eps, 0.0, 0.0, is_rms, None, (x, weight, bias))
     return y.view(x.shape)
 
 
@@ -144,9 +166,9 @@ def add_norm(
     n = math.prod(shape)
     has_add = residual is not None or p > 0.0
     seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64) if p > 0.0 else None
-    y, h, _, _ = torch.ops.tokennorm.norm_fwd(
-        _rows(x, n), _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), seed,
-        eps, p, weight_offset, is_rms, h_dtype if has_add else None,
+    y, h = _fused_forward(
+        _rows(x, n), weight, bias, None if residual is None else _rows(residual, n), seed,
+        eps, p, weight_offset, is_rms, h_dtype if has_add else None, (x, residual, weight, bias),
     )
     y = y.view(x.shape)
     if not prenorm:

@@ -42,7 +42,8 @@ def norm_fwd(
 
     h is stored when ``h_dtype`` is given (else an empty tensor); mean is empty for RMSNorm.
     """
-    return tuple(launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype))
+    y, h, mean, rstd = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype)
+    return y, x.new_empty(0) if h is None else h, mean, rstd
 
 
 @norm_fwd.register_fake

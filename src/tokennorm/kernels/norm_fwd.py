@@ -6,11 +6,12 @@ One kernel, compile-time switches:
 * ``HAS_WEIGHT`` / ``HAS_BIAS``: affine γ and β (in the input dtype or float32).
 * ``HAS_RESIDUAL``: h = residual + x before the norm; ``HAS_DROPOUT``: x is dropped (Philox from a seed
   tensor, regenerated in backward); ``STORE_H``: h is written out (needed by backward and by pre-LN callers).
+* ``STORE_STATS``: write mean and rstd per row (backward needs them; inference does not).
 * ``SINGLE_CHUNK``: the row fits one [BLOCK_M, BLOCK_N] register tile (BLOCK_M rows per program); else each
   program walks its row in BLOCK_N chunks twice: once for statistics (chunk means and M2 merged with Chan's
   formula, never E[x²] − E[x]²), once to normalize.
 
-Statistics are kept in float32 (float64 for float64 inputs); mean and rstd are written per row for backward.
+Statistics are kept in float32 (float64 for float64 inputs).
 Row offsets are 64-bit so inputs over 2^31 elements address correctly.
 """
 
@@ -60,7 +61,7 @@ def norm_fwd_kernel(
     stride_x, stride_res, stride_y, stride_h,
     M, N, eps, dropout_p, weight_offset,
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr, STORE_STATS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
@@ -85,8 +86,10 @@ def norm_fwd_kernel(
             centred = tl.where(mask, h - mean[:, None], 0.0)
             rstd = inv_sqrt(tl.sum(centred * centred, axis=1) / N + eps, ACC)
             xhat = centred * rstd[:, None]
-            tl.store(MEAN + rows64, mean, mask=row_mask)
-        tl.store(RSTD + rows64, rstd, mask=row_mask)
+            if STORE_STATS:
+                tl.store(MEAN + rows64, mean, mask=row_mask)
+        if STORE_STATS:
+            tl.store(RSTD + rows64, rstd, mask=row_mask)
         y = xhat
         if HAS_WEIGHT:
             y *= tl.load(W + cols, mask=cols < N, other=0.0).to(ACC)[None, :] + weight_offset
@@ -117,9 +120,10 @@ def norm_fwd_kernel(
                 m2 += tl.sum(centred * centred, axis=1) + delta * delta * (count * n_b / total)
                 count = total
         rstd = inv_sqrt(m2 / N + eps, ACC)
-        if not IS_RMS:
-            tl.store(MEAN + rows64, mean, mask=row_mask)
-        tl.store(RSTD + rows64, rstd, mask=row_mask)
+        if STORE_STATS:
+            if not IS_RMS:
+                tl.store(MEAN + rows64, mean, mask=row_mask)
+            tl.store(RSTD + rows64, rstd, mask=row_mask)
         if STORE_H:
             tl.debug_barrier()  # pass 2 reads h back: make this program's stores visible to all its threads
         # Pass 2: normalize.
