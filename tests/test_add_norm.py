@@ -35,7 +35,7 @@ def test_matches_reference_forward_and_backward(request, backend_fixture, norm, 
     x = _leaf(torch.randn(3, 5, 24, generator=g), dev)
     r = _leaf(torch.randn(3, 5, 24, generator=g), dev)
     w = _leaf(torch.randn(24, generator=g), dev)
-    b = _leaf(torch.randn(24, generator=g), dev) if norm == "layernorm" else None
+    b = _leaf(torch.randn(24, generator=g), dev)  # RMSNorm with a bias too: y = x̂ · γ + β
     out = tokennorm.add_norm(x, r, w, b, 1e-5, norm=norm, prenorm=prenorm)
     y, h = out if prenorm else (out, None)
     y_ref, h_ref = reference.add_norm(x.double().cpu(), r.double().cpu(), (24,), w.double().cpu(),

@@ -203,6 +203,8 @@ def add_norm(
     h = (xd if residual is None else residual.to(acc) + xd).to(h_dtype)
     if norm == "rmsnorm":
         y = rms_norm(h, normalized_shape, weight, eps, weight_offset)
+        if bias is not None:  # RMSNorm with a bias: y = x̂ · γ + β
+            y = (y.to(acc) + bias.to(acc)).to(y.dtype)
     else:
         y = layer_norm(h, normalized_shape, weight, bias, 1e-5 if eps is None else eps, weight_offset)
     return y.to(x.dtype), h
@@ -237,6 +239,8 @@ def add_norm_backward(
     """Gradients of :func:`add_norm`; ``dh`` is the upstream gradient of the returned h (pre-LN), or None."""
     if norm == "rmsnorm":
         g = rms_norm_backward(dy, h, normalized_shape, weight, eps, weight_offset)
+        if bias is not None:
+            g.dbias = _rows(dy, normalized_shape).sum(dim=0).reshape(bias.shape).to(bias.dtype)  # Σ_rows dy
     else:
         g = layer_norm_backward(dy, h, normalized_shape, weight, bias, 1e-5 if eps is None else eps, weight_offset)
     dh_total = g.dx.to(compute_dtype(h.dtype))
