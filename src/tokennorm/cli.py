@@ -1,7 +1,8 @@
 """``tokennorm`` command line: ``tokennorm verify | bench | demo | audit | explain | patch-check``.
 
-Each subcommand lives in its own module, imported only when that subcommand runs, exposing
-``HELP: str``, ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int`` (the exit
+code). Only the module of the subcommand being run is imported, so ``tokennorm verify`` does not pay for
+matplotlib or transformers, and a broken optional dependency of one command cannot break the others.
 """
 
 from __future__ import annotations
@@ -11,30 +12,41 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# subcommand -> module implementing it
-COMMANDS = {
-    "verify": "tokennorm.verify",
-    "bench": "tokennorm.bench.cli",
-    "demo": "tokennorm.demo",
-    "audit": "tokennorm.audit_cli",
-    "explain": "tokennorm.explain_cli",
-    "patch-check": "tokennorm.patch_cli",
+# subcommand -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": ("tokennorm.verify", "check every op against the float64 reference on this machine"),
+    "bench": ("tokennorm.bench.cli", "benchmark tokennorm against torch and installed peers"),
+    "demo": ("tokennorm.demo", "train a tiny causal LM comparing norm choices and placements"),
+    "audit": ("tokennorm.audit_cli", "measure leakage across tokens, batch items and padding in a model"),
+    "explain": ("tokennorm.explain_cli", "draw which elements share statistics; numeric walkthrough"),
+    "patch-check": ("tokennorm.patch_cli", "patch a local model with tokennorm and report the difference"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: Sequence[str]) -> Optional[str]:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; the arguments of the subcommand named in ``argv`` are added (its module imported)."""
     parser = argparse.ArgumentParser(prog="tokennorm", description="Per-token normalization for Transformers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    chosen = _chosen_command(argv)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     return int(args._run(args) or 0)
 
 

@@ -75,6 +75,7 @@ def layer_norm(
     Each row (token) is normalized with its own mean and biased variance; γ and β are shared by all rows.
     """
     if not use_triton(input):
+        _checks.check_devices(input, weight, bias)  # torch's own message does not name the argument
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     shape = _checks.as_shape(normalized_shape)
     _checks.check_norm_inputs("LayerNormKernelImpl", input, shape, weight, bias)
@@ -96,6 +97,7 @@ def rms_norm(
     ``eps=None`` uses the machine epsilon of the compute dtype (float32 for bf16/fp16/fp32), as torch does.
     """
     if not use_triton(input):
+        _checks.check_devices(input, weight, None)  # torch's own message does not name the argument
         return F.rms_norm(input, normalized_shape, weight, eps)
     shape = _checks.as_shape(normalized_shape)
     _checks.check_norm_inputs("rms_norm", input, shape, weight, None)

@@ -67,8 +67,13 @@ def _flat(p: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def _layer_norm_stats(x2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    mean = x2.mean(dim=1, keepdim=True)  # [rows, 1]
-    var = (x2 - mean).square().mean(dim=1, keepdim=True)  # [rows, 1], centred values: no cancellation
+    # Corrected two-pass: the rounded mean's own error is measured on the centred values and removed, so a
+    # constant row has mean == its value exactly and var == 0 (y == β, as torch's Welford gives).
+    mean0 = x2.mean(dim=1, keepdim=True)  # [rows, 1]
+    centred = x2 - mean0  # centred values: no cancellation
+    correction = centred.mean(dim=1, keepdim=True)  # [rows, 1]
+    var = (centred.square().mean(dim=1, keepdim=True) - correction.square()).clamp_min(0)
+    mean = mean0 + correction
     rstd = torch.rsqrt(var + eps)  # [rows, 1], ε inside the square root
     return mean, rstd
 

@@ -9,7 +9,7 @@ One kernel, compile-time switches:
 * ``STORE_STATS``: write mean and rstd per row (backward needs them; inference does not).
 * ``SINGLE_CHUNK``: the row fits one [BLOCK_M, BLOCK_N] register tile (BLOCK_M rows per program); else each
   program walks its row in BLOCK_N chunks twice: once for statistics (chunk means and M2 merged with Chan's
-  formula, never E[x²] − E[x]²), once to normalize.
+  formula, never E[x²] − E[x]²; each mean refined by the corrected two-pass algorithm), once to normalize.
 
 Statistics are kept in float32 (float64 for float64 inputs).
 Row offsets are 64-bit so inputs over 2^31 elements address correctly.
@@ -48,6 +48,20 @@ def inv_sqrt(v, ACC: tl.constexpr):
 
 
 @triton.jit
+def corrected_mean_var(h, mask, n):
+    """Per-row mean and biased variance of a [rows, cols] tile by the corrected two-pass algorithm.
+
+    The rounded mean's error is measured on the centred values and removed: a constant row gets its value
+    exactly as mean and var == 0 (so y == β, as torch's Welford gives), and Σ(x − mean)² never cancels.
+    """
+    mean0 = tl.sum(h, axis=1) / n
+    centred = tl.where(mask, h - mean0[:, None], 0.0)
+    correction = tl.sum(centred, axis=1) / n
+    var = tl.maximum(tl.sum(centred * centred, axis=1) / n - correction * correction, 0.0)
+    return mean0 + correction, var
+
+
+@triton.jit
 def dropout_keep(SEED, rows64, cols, N, dropout_p):
     """Which elements dropout keeps: Philox on the element's linear index, so backward regenerates the mask."""
     seed = tl.load(SEED)
@@ -82,10 +96,9 @@ def norm_fwd_kernel(
             rstd = inv_sqrt(tl.sum(h * h, axis=1) / N + eps, ACC)
             xhat = h * rstd[:, None]
         else:
-            mean = tl.sum(h, axis=1) / N
-            centred = tl.where(mask, h - mean[:, None], 0.0)
-            rstd = inv_sqrt(tl.sum(centred * centred, axis=1) / N + eps, ACC)
-            xhat = centred * rstd[:, None]
+            mean, var = corrected_mean_var(h, mask, N)
+            rstd = inv_sqrt(var + eps, ACC)
+            xhat = tl.where(mask, h - mean[:, None], 0.0) * rstd[:, None]
             if STORE_STATS:
                 tl.store(MEAN + rows64, mean, mask=row_mask)
         if STORE_STATS:
@@ -112,12 +125,11 @@ def norm_fwd_kernel(
                 m2 += tl.sum(h * h, axis=1)
             else:
                 n_b = tl.minimum(N - start, BLOCK_N).to(ACC)
-                mean_b = tl.sum(h, axis=1) / n_b
-                centred = tl.where(mask, h - mean_b[:, None], 0.0)
+                mean_b, var_b = corrected_mean_var(h, mask, n_b)
                 delta = mean_b - mean
                 total = count + n_b
                 mean += delta * (n_b / total)
-                m2 += tl.sum(centred * centred, axis=1) + delta * delta * (count * n_b / total)
+                m2 += var_b * n_b + delta * delta * (count * n_b / total)
                 count = total
         rstd = inv_sqrt(m2 / N + eps, ACC)
         if STORE_STATS:
