@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# Everything a GPU session checks, in one device call: kernel/parity tests on CUDA (full opcheck,
-# torch.compile, >2^31 elements), `tokennorm verify` on the GPU, then the benchmark sweep.
-# Usage on the GPU machine, from the repository root:  bash scripts/gpu_check.sh [OUTDIR]
-# (torch and triton must already be installed there; nothing is downloaded.)
+# Everything a GPU session checks, in one device call. Stages (default: all, in this order):
+#   tests   kernel, Add & Norm, parity and verify tests on CUDA (full opcheck, torch.compile, >2^31 elements)
+#   verify  `tokennorm verify` on the GPU
+#   tune    benchmarks/tune_kernels.py: launch-config sweep (LayerNorm and RMSNorm, bf16)
+#   bench   `tokennorm bench` (BENCH_ARGS overrides its options)
+#   block   benchmarks/bench_block.py: one GPT-style block, tokennorm vs torch norms
+# Usage on the GPU machine, from the repository root:  bash scripts/gpu_check.sh OUTDIR [STAGE...]
+# (torch and triton must already be installed there; nothing is downloaded. Peers such as liger-kernel can
+# be put on PYTHONPATH beforehand.)
 set -uo pipefail
 out=${1:-${OUT:-gpu_out}}
+shift || true
+stages=${*:-tests verify tune bench block}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 status=0
-python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_add_norm.py 2>&1 | tee "$out/tests.log" || status=1
-python3 -m tokennorm verify --json "$out/verify.json" 2>&1 | tee "$out/verify.log" || status=1
-python3 -m tokennorm bench --json "$out/bench.json" --csv "$out/bench.csv" --plot "$out/bench.png" 2>&1 | tee "$out/bench.log" || status=1
+for stage in $stages; do
+  echo "=== $stage $(date +%T)"
+  case $stage in
+    tests) python3 -m pytest -q -p no:cacheprovider -x -n 6 tests/test_kernels.py tests/test_add_norm.py \
+             tests/test_norm_parity.py tests/test_verify.py tests/test_modules.py 2>&1 | tail -25 ;;
+    verify) python3 -m tokennorm verify --json "$out/verify.json" > "$out/verify.log" 2>&1; rc=$?
+            tail -4 "$out/verify.log"; [ $rc = 0 ] ;;
+    tune) python3 benchmarks/tune_kernels.py --json "$out/tune_ln.json" ${TUNE_ARGS:-} 2>"$out/tune_err.log" &&
+          python3 benchmarks/tune_kernels.py --rms --json "$out/tune_rms.json" ${TUNE_ARGS:-} 2>>"$out/tune_err.log" ;;
+    bench) python3 -m tokennorm bench ${BENCH_ARGS:-} --json "$out/bench.json" --csv "$out/bench.csv" \
+             --plot "$out/bench.png" --markdown "$out/bench.md" > "$out/bench.log" 2>&1; rc=$?
+           tail -60 "$out/bench.log"; [ $rc = 0 ] ;;
+    block) python3 benchmarks/bench_block.py --json "$out/block.json" 2>&1 | tail -20 ;;
+    *) echo "unknown stage $stage"; false ;;
+  esac || { echo "!!! stage $stage failed"; status=1; }
+done
 exit $status

@@ -1,7 +1,8 @@
 """Launch configurations as data: one frozen dataclass per kernel, chosen by a named heuristic.
 
-The thresholds come from register-budget arithmetic for Hopper (64K 32-bit registers per SM, 255 per
-thread); they have not yet been tuned on a GPU — benchmarks/RESULTS.md records what has been measured.
+The thresholds started from register-budget arithmetic for Hopper (64K 32-bit registers per SM, 255 per
+thread) and were then adjusted from one run of benchmarks/tune_kernels.py on an H100 (2026-11-23);
+benchmarks/RESULTS.md records those numbers.
 Every value is cached per (row length, element size, device), so a call pays one dict lookup.
 """
 
@@ -13,17 +14,22 @@ from dataclasses import dataclass
 import torch
 import triton
 
-# Forward keeps one float32 copy of the row in registers: 32K elements over 16 warps is 64 per thread.
+# Forward keeps one float32 copy of the row in registers: 32K elements over 32 warps is 32 per thread.
 FWD_MAX_SINGLE_CHUNK_N = 32768
-# Backward keeps h, dy, x̂ and g live: half the forward's row length for the same registers per thread.
-BWD_MAX_SINGLE_CHUNK_N = 16384
-# Longer rows are walked in chunks of this many elements (16 per thread at 16 warps).
+# Backward keeps h, dy, x̂ and g live. Measured on an H100: at N = 16K the chunked walk beat the whole-row tile
+# (0.52 vs 0.32–0.38 of copy), so whole rows stop at 8K.
+BWD_MAX_SINGLE_CHUNK_N = 8192
+# Longer rows are walked in chunks of this many elements.
 FWD_CHUNK_N = 8192
-BWD_CHUNK_N = 4096
+BWD_CHUNK_N = 8192
+BWD_LONG_CHUNK_N = 16384  # backward chunk from 64K on (H100: 16K chunks led at 64K, 256K and 1M)
+BWD_LONG_N = 65536
 # A tile should hold at least this many elements so that small rows still keep enough loads in flight.
 MIN_TILE_ELEMENTS = 4096
 # Backward grid: this many programs per SM, each reducing its rows' dγ/dβ into one float32 partial row.
-BWD_PROGRAMS_PER_SM = 2
+# H100: 4 led for whole-row tiles at N ≤ 4K; 1 led (or tied) for chunked rows.
+BWD_PROGRAMS_PER_SM_SINGLE = 4
+BWD_PROGRAMS_PER_SM_CHUNKED = 1
 # The interpreter runs programs one after another: few programs, same total work.
 INTERPRETER_SM_COUNT = 4
 
@@ -38,14 +44,23 @@ class TileConfig:
     num_warps: int
 
 
+# Whole-row tiles measured fastest on an H100 (benchmarks/tune_kernels.py, bf16, M·N = 2^27, 2026-11-23),
+# keyed by the padded row length; other lengths use the rule in _tile. One noisy run: the same tile measured
+# for LayerNorm and for RMSNorm differed by up to 1.6×, so only choices that led in both are taken.
+MEASURED_FWD: dict[int, "TileConfig"] = {}
+MEASURED_BWD: dict[int, "TileConfig"] = {}
+
+
 def _warps_for(tile_elements: int) -> int:
     # About 16 elements per thread, at least one warp, at most 16.
     return max(1, min(16, triton.next_power_of_2(tile_elements) // 512))
 
 
-def _tile(n: int, max_single: int, chunk: int) -> TileConfig:
+def _tile(n: int, max_single: int, chunk: int, measured: dict[int, TileConfig]) -> TileConfig:
     if n <= max_single:
         block_n = triton.next_power_of_2(max(n, 1))
+        if block_n in measured:
+            return measured[block_n]
         block_m = max(1, min(64, MIN_TILE_ELEMENTS // block_n))
         return TileConfig(block_m, block_n, True, _warps_for(block_m * block_n))
     return TileConfig(1, chunk, False, _warps_for(chunk))
@@ -54,13 +69,13 @@ def _tile(n: int, max_single: int, chunk: int) -> TileConfig:
 @functools.lru_cache(maxsize=None)
 def forward_config(n: int) -> TileConfig:
     """Tiling for the forward kernel on rows of ``n`` elements."""
-    return _tile(n, FWD_MAX_SINGLE_CHUNK_N, FWD_CHUNK_N)
+    return _tile(n, FWD_MAX_SINGLE_CHUNK_N, FWD_CHUNK_N, MEASURED_FWD)
 
 
 @functools.lru_cache(maxsize=None)
 def backward_config(n: int) -> TileConfig:
     """Tiling for the backward kernel on rows of ``n`` elements."""
-    return _tile(n, BWD_MAX_SINGLE_CHUNK_N, BWD_CHUNK_N)
+    return _tile(n, BWD_MAX_SINGLE_CHUNK_N, BWD_LONG_CHUNK_N if n >= BWD_LONG_N else BWD_CHUNK_N, MEASURED_BWD)
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,8 +85,20 @@ def _sm_count(device: torch.device) -> int:
     return INTERPRETER_SM_COUNT
 
 
-def backward_programs(m: int, device: torch.device) -> tuple[int, int]:
+def backward_programs(m: int, device: torch.device, config: TileConfig) -> tuple[int, int]:
     """(number of programs, rows per program) for the backward grid over ``m`` rows."""
-    programs = max(1, min(m, BWD_PROGRAMS_PER_SM * _sm_count(device)))
+    per_sm = BWD_PROGRAMS_PER_SM_SINGLE if config.single_chunk else BWD_PROGRAMS_PER_SM_CHUNKED
+    programs = max(1, min(m, per_sm * _sm_count(device)))
     rows_per_program = triton.cdiv(m, programs)
     return triton.cdiv(m, rows_per_program), rows_per_program
+
+
+MEASURED_FWD.update({
+    4096: TileConfig(2, 4096, True, 4),  # 0.59 / 0.94 of copy (LN / RMS) vs 0.40 / 0.72 for (1, 8 warps)
+    16384: TileConfig(2, 16384, True, 32),
+    32768: TileConfig(1, 32768, True, 32),  # 0.84 / 0.52 vs 0.40 / 0.47 with 16 warps
+})
+MEASURED_BWD.update({
+    1024: TileConfig(4, 1024, True, 4),  # 0.54 / 0.79 vs 0.37 / 0.65 with 8 warps
+    4096: TileConfig(4, 4096, True, 8),  # 0.67 (4 per SM) vs 0.41 / 0.43 for (1, 8 warps)
+})

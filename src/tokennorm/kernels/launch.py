@@ -6,6 +6,8 @@ eager mode that wrapper is a plain launch. Inputs are [M, N] views whose last st
 
 from __future__ import annotations
 
+import functools
+import struct
 from typing import NamedTuple, Optional
 
 import torch
@@ -28,6 +30,12 @@ except ImportError:  # pragma: no cover - older torch launches directly (the op 
 _norm_fwd_kernel = _wrap(norm_fwd_kernel)
 _norm_bwd_kernel = _wrap(norm_bwd_kernel)
 
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_remainder(value: float) -> float:
+    """value − float32(value): Triton passes float arguments as float32, so float64 kernels add this back."""
+    return value - struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -86,7 +94,7 @@ def norm_forward(
     _norm_fwd_kernel[(triton.cdiv(m, cfg.block_m),)](
         x, residual, weight, bias, seed, y, h if store_h else y, mean, rstd,
         x.stride(0), 0 if residual is None else residual.stride(0), y.stride(0), n,
-        m, n, eps, dropout_p, weight_offset,
+        m, n, eps, _float32_remainder(eps), dropout_p, weight_offset,
         IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=store_h, STORE_STATS=store_stats,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
@@ -126,7 +134,7 @@ def norm_backward(
                            torch.zeros(n if compute_dweight else 0, device=dev, dtype=acc),
                            torch.zeros(n if compute_dbias else 0, device=dev, dtype=acc))
     cfg = config or backward_config(int(n))
-    programs, rows_per_program = backward_programs(m, dev)
+    programs, rows_per_program = backward_programs(m, dev, cfg)
     acc = acc_dtype(h.dtype)
     dw_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
     db_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None

@@ -19,7 +19,7 @@ row chunk by chunk (rows inner) so one chunk of dγ/dβ lives in registers at a 
 import triton
 import triton.language as tl
 
-from tokennorm.kernels.norm_fwd import dropout_keep
+from tokennorm.kernels.norm_fwd import dropout_keep, row_mean
 
 
 @triton.jit
@@ -85,11 +85,11 @@ def norm_bwd_kernel(
             mask = row_mask[:, None] & col_mask[None, :]
             dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, cols, mask, row_mask,
                                            stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
-            gx = tl.sum(g * xhat, axis=1) / N
+            gx = row_mean(tl.sum(g * xhat, axis=1), N)
             if IS_RMS:
                 dh = rstd[:, None] * (g - xhat * gx[:, None])
             else:
-                dh = rstd[:, None] * (g - (tl.sum(g, axis=1) / N)[:, None] - xhat * gx[:, None])
+                dh = rstd[:, None] * (g - row_mean(tl.sum(g, axis=1), N)[:, None] - xhat * gx[:, None])
             _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres,
                       N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
             if COMPUTE_DW:
@@ -115,8 +115,8 @@ def norm_bwd_kernel(
                                                stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
                 gx += tl.sum(g * xhat, axis=1)
                 gs += tl.sum(g, axis=1)
-            tl.store(ROW_DOTS + rows64 * 2, gx / N, mask=row_mask)
-            tl.store(ROW_DOTS + rows64 * 2 + 1, gs / N, mask=row_mask)
+            tl.store(ROW_DOTS + rows64 * 2, row_mean(gx, N), mask=row_mask)
+            tl.store(ROW_DOTS + rows64 * 2 + 1, row_mean(gs, N), mask=row_mask)
         tl.debug_barrier()  # pass 2 reads ROW_DOTS written by other threads of this program
         # Pass 2: dx and this program's chunk of dγ/dβ, chunk-outer so the partials stay in registers.
         for start in range(0, N, BLOCK_N):
