@@ -1,0 +1,130 @@
+"""What is measured: the ops, the directions, the fewest bytes each must move, and the shapes of a sweep.
+
+Bytes are the least traffic an op needs for an M×N input of element size s (parameters, O(N), neglected):
+
+============  =======================================  =============================================
+op            forward                                  forward + backward
+============  =======================================  =============================================
+norm          2·M·N·s  (read x, write y)               5·M·N·s  (+ read x, read dy, write dx)
+Add & Norm    4·M·N·s  (read x, r; write y, h)         8·M·N·s  (+ read h, dy, dh; write dx)
+============  =======================================  =============================================
+
+Throughput is bytes / median time, reported as a fraction of a device-to-device copy moving the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+DROPOUT_P = 0.1  # the dropout probability of the "-drop" Add & Norm ops
+
+
+@dataclass(frozen=True)
+class Op:
+    """One benchmarked op: a plain norm, or Add & Norm (h = r + dropout(x), returns (y, h))."""
+
+    key: str
+    norm: str  # "layernorm" | "rmsnorm"
+    add: bool = False
+    dropout_p: float = 0.0
+
+
+OPS: dict[str, Op] = {op.key: op for op in (
+    Op("ln", "layernorm"),
+    Op("rms", "rmsnorm"),
+    Op("addnorm", "layernorm", add=True),
+    Op("addnorm-drop", "layernorm", add=True, dropout_p=DROPOUT_P),
+    Op("addrms", "rmsnorm", add=True),
+    Op("addrms-drop", "rmsnorm", add=True, dropout_p=DROPOUT_P),
+)}
+DEFAULT_OPS = ("ln", "rms", "addnorm", "addnorm-drop")
+
+DIRECTIONS = ("fwd", "fwdbwd")
+
+# Bytes moved per element of x, in units of the element size: (add, direction) -> multiple.
+BYTES_PER_ELEMENT = {
+    (False, "fwd"): 2,
+    (False, "fwdbwd"): 5,
+    (True, "fwd"): 4,
+    (True, "fwdbwd"): 8,
+}
+
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# Throughput rows flush the cache between calls and time the device; latency rows time back-to-back calls
+# from Python, as a user makes them (host overhead included).
+KINDS = ("throughput", "latency")
+
+
+def bytes_moved(op: Op, direction: str, m: int, n: int, dtype: torch.dtype) -> int:
+    """The fewest bytes ``op`` must move over an [m, n] input of ``dtype`` in ``direction``."""
+    return BYTES_PER_ELEMENT[(op.add, direction)] * m * n * dtype.itemsize
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: an op, a direction, a dtype and an [m, n] shape."""
+
+    op: Op
+    direction: str
+    dtype: torch.dtype
+    m: int
+    n: int
+    kind: str = "throughput"
+
+    @property
+    def bytes(self) -> int:
+        return bytes_moved(self.op, self.direction, self.m, self.n, self.dtype)
+
+    @property
+    def label(self) -> str:
+        return f"{self.op.key} {self.direction} {dtype_name(self.dtype)} {self.m}×{self.n}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Every shape of a run: rows of length ``ns`` at ``mn`` total elements, plus latency rows at ``latency_n``."""
+
+    ops: tuple[str, ...]
+    directions: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    ns: tuple[int, ...]
+    mn: int
+    latency_rows: tuple[int, ...] = ()
+    latency_n: int = 4096
+
+    def cases(self) -> list[Case]:
+        """Throughput cases (M = mn // N), then forward latency cases, in a stable order."""
+        out = [
+            Case(OPS[op], direction, dtype, max(1, self.mn // n), n)
+            for op in self.ops for direction in self.directions for dtype in self.dtypes for n in self.ns
+        ]
+        out += [
+            Case(OPS[op], "fwd", dtype, m, self.latency_n, kind="latency")
+            for op in self.ops for dtype in self.dtypes for m in self.latency_rows
+        ]
+        return out
+
+
+K = 1024
+GPU_NS = (1 * K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K, 256 * K, 1024 * K)
+GPU_QUICK_NS = (1 * K, 4 * K, 16 * K, 64 * K, 256 * K, 1024 * K)
+
+
+def default_sweep(device: str, quick: bool, ops: Optional[tuple[str, ...]] = None) -> Sweep:
+    """The issue's GPU sweep on CUDA; a small sweep, well under a minute, on the CPU."""
+    ops = ops or DEFAULT_OPS
+    if device == "cuda":
+        dtypes = ("bf16",) if quick else ("bf16", "fp16", "fp32")
+        return Sweep(ops, DIRECTIONS, tuple(DTYPES[d] for d in dtypes), GPU_QUICK_NS if quick else GPU_NS,
+                     mn=2**27, latency_rows=(1, 4096))
+    if quick:
+        return Sweep(ops, DIRECTIONS, (torch.float32,), (1 * K,), mn=2**16, latency_rows=(1,))
+    return Sweep(ops, DIRECTIONS, (torch.float32, torch.bfloat16), (1 * K, 4 * K), mn=2**18, latency_rows=(1,))

@@ -1,0 +1,198 @@
+"""``tokennorm bench``: tokennorm vs torch eager, torch.compile and every installed peer.
+
+LayerNorm, RMSNorm and Add & Norm (with and without dropout), forward and forward+backward; GB/s from the
+fewest bytes each op must move, and the fraction of a device-to-device copy of the same bytes measured in the
+same run. On CUDA the default is the full GPU sweep (bf16/fp16/fp32, N from 1K to 1M at M·N = 2^27, plus
+per-call latency at M = 1 and 4096, N = 4096); on a CPU-only machine, a small sweep that runs in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from typing import Callable, Optional, Sequence, TypeVar
+
+from tokennorm.bench.cases import DIRECTIONS, DTYPES, OPS, Sweep, default_sweep
+from tokennorm.bench.implementations import IMPLEMENTATIONS, Impl
+
+HELP = "Benchmark tokennorm against torch eager, torch.compile and installed peers (GB/s, fraction of a copy)."
+
+T = TypeVar("T")
+_COUNT = re.compile(r"^\s*(?:(\d+)\s*\^\s*(\d+)|(\d+)\s*([kKmMgG]?))\s*$")
+_SUFFIX = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+
+
+def parse_count(text: str) -> int:
+    """A positive count: ``4096``, ``4K`` (×1024), ``1M`` (×2^20), ``1G`` or ``2^27``."""
+    match = _COUNT.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (examples: 4096, 4K, 1M, 2^27)")
+    base, exp, digits, suffix = match.groups()
+    value = int(base) ** int(exp) if base is not None else int(digits) * _SUFFIX[suffix.lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _comma_list(parse: Callable[[str], T]) -> Callable[[str], tuple[T, ...]]:
+    def parse_list(text: str) -> tuple[T, ...]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+        return tuple(dict.fromkeys(parse(item) for item in items))  # order kept, duplicates dropped
+
+    return parse_list
+
+
+def _one_of(names: Sequence[str], what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose from {', '.join(names)}")
+        return text
+
+    return parse
+
+
+def _latency_rows(text: str) -> tuple[int, ...]:
+    return () if text.strip().lower() == "none" else _comma_list(parse_count)(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="where to run (default: cuda if available, else cpu)")
+    parser.add_argument("--ops", type=_comma_list(_one_of(tuple(OPS), "op")), default=None,
+                        help=f"comma-separated, from {', '.join(OPS)} (default: ln,rms,addnorm,addnorm-drop)")
+    parser.add_argument("--dirs", type=_comma_list(_one_of(DIRECTIONS, "direction")), default=None,
+                        help="fwd, fwdbwd or both (default: both)")
+    parser.add_argument("--dtypes", type=_comma_list(lambda t: DTYPES[_one_of(tuple(DTYPES), "dtype")(t)]),
+                        default=None, help="comma-separated, from bf16, fp16, fp32")
+    parser.add_argument("--sizes", type=_comma_list(parse_count), default=None,
+                        help="row lengths N, e.g. 1K,4K,1M (default: 1K…1M on CUDA, 1K,4K on CPU)")
+    parser.add_argument("--mn", type=parse_count, default=None,
+                        help="total elements M·N of the throughput cases, e.g. 2^27 (default: 2^27 on CUDA, "
+                             "2^18 on CPU)")
+    parser.add_argument("--latency-rows", type=_latency_rows, default=None,
+                        help="M of the per-call latency cases, or 'none' (default: 1,4096 on CUDA, 1 on CPU)")
+    parser.add_argument("--latency-n", type=parse_count, default=4096, help="N of the latency cases (4096)")
+    parser.add_argument("--impls", type=_comma_list(_one_of(tuple(IMPLEMENTATIONS), "implementation")),
+                        default=None, help=f"comma-separated, from {', '.join(IMPLEMENTATIONS)} (default: all; "
+                                           "compile is opt-in on the CPU)")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and dtypes, shorter timings")
+    parser.add_argument("--threads", type=parse_count, default=None,
+                        help="torch CPU threads for the run (default: torch's own setting); 1 on a loaded machine, "
+                             "where waiting for a descheduled worker thread costs milliseconds per op")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    parser.add_argument("--json", metavar="PATH", help="write the environment, notes and every row here")
+    parser.add_argument("--csv", metavar="PATH", help="write every row here")
+    parser.add_argument("--plot", metavar="PATH.png", help="plot the fraction of copy against N here")
+    parser.add_argument("--markdown", metavar="PATH", help="write Markdown tables (for benchmarks/RESULTS.md) here")
+
+
+def _sweep_from(args: argparse.Namespace, device: str) -> Sweep:
+    """The device's default sweep with every option the user gave put in."""
+    base = default_sweep(device, args.quick)
+    return dataclasses.replace(
+        base,
+        ops=args.ops or base.ops,
+        directions=args.dirs or base.directions,
+        dtypes=args.dtypes or base.dtypes,
+        ns=args.sizes or base.ns,
+        mn=args.mn or base.mn,
+        latency_rows=base.latency_rows if args.latency_rows is None else args.latency_rows,
+        latency_n=args.latency_n,
+    )
+
+
+def _impls_from(args: argparse.Namespace, device: str) -> tuple[list[Impl], list[str]]:
+    """The implementations to run, and a note for each default one left out on this device."""
+    if args.impls:
+        return [IMPLEMENTATIONS[name] for name in args.impls], []
+    if device == "cuda":
+        return list(IMPLEMENTATIONS.values()), []
+    left_out = [i.name for i in IMPLEMENTATIONS.values() if not i.cpu_default]
+    notes = [f"{name}: not in the default CPU run (it compiles for seconds per case here); add it with --impls"
+             for name in left_out]
+    return [i for i in IMPLEMENTATIONS.values() if i.cpu_default], notes
+
+
+def _run_with_progress(sweep: Sweep, impls: list[Impl], device: str, args: argparse.Namespace, console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tokennorm.bench.runner import run_sweep
+    from tokennorm.bench.timing import DEFAULT_BUDGET, QUICK_BUDGET
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=None)
+
+        def on_task(done: int, total: int, description: str) -> None:
+            progress.update(task, completed=done, total=total, description=description)
+
+        return run_sweep(sweep, impls, device, QUICK_BUDGET if args.quick else DEFAULT_BUDGET,
+                         seed=args.seed, on_task=on_task)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from tokennorm.bench import report
+
+    # Logs (not a terminal) get a width that fits the table instead of rich's 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    errors = Console(stderr=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        errors.print("[bold red]tokennorm bench:[/] --device cuda: no CUDA device is available to torch here.")
+        return 2
+    sweep = _sweep_from(args, device)
+    impls, notes = _impls_from(args, device)
+
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    try:
+        result = _run_with_progress(sweep, impls, device, args, errors)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers get their setting back
+    elapsed = time.perf_counter() - start
+    result.notes = notes + result.notes
+
+    for kind in ("throughput", "latency"):
+        if any(r.kind == kind for r in result.results):
+            console.print(report.table(result.results, kind, device))
+    for note in result.notes:
+        console.print(f"[yellow]skipped[/] {note}", highlight=False)
+    if args.json:
+        report.write_json(args.json, result)
+    if args.csv:
+        report.write_csv(args.csv, result.results)
+    if args.plot:
+        report.write_plot(args.plot, result)
+    if args.markdown:
+        report.write_markdown(args.markdown, result)
+    env = result.environment
+    copy = ", ".join(sorted({f"{c.gbps:.0f}" for c in result.copies if c.kind == "throughput"}, key=float))
+    console.print(
+        f"{len(result.results)} rows on {device} ({env['device_name']}), tokennorm backend "
+        f"{env['tokennorm_backend']}, torch {env['torch']}, triton {env['triton']}, {elapsed:.1f} s; "
+        f"device copy {copy or '-'} GB/s", highlight=False,
+    )
+    if not result.results:
+        errors.print("[bold red]tokennorm bench:[/] no implementation ran any case (see the notes above).")
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="tokennorm bench", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""``tokennorm bench``: byte formulas, sweep shapes, a tiny CPU sweep run in-process with its JSON/CSV/PNG,
+skipped and wrong implementations, and argparse errors for bad options. Speed itself is never asserted."""
+
+import csv
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokennorm.bench import cli
+from tokennorm.bench.cases import OPS, Case, Sweep, bytes_moved, default_sweep
+from tokennorm.bench.implementations import IMPLEMENTATIONS, Impl
+from tokennorm.bench.runner import run_sweep
+from tokennorm.bench.timing import Budget, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The fewest bytes, in units of M·N·s, written out from the issue: norm fwd reads x and writes y; fwd+bwd also
+# reads x and dy and writes dx; Add & Norm fwd reads x, r and writes y, h; its backward reads h, dy, dh, writes dx.
+EXPECTED_MULTIPLE = {
+    ("ln", "fwd"): 2, ("ln", "fwdbwd"): 5, ("rms", "fwd"): 2, ("rms", "fwdbwd"): 5,
+    ("addnorm", "fwd"): 4, ("addnorm", "fwdbwd"): 8, ("addnorm-drop", "fwd"): 4, ("addnorm-drop", "fwdbwd"): 8,
+    ("addrms", "fwd"): 4, ("addrms", "fwdbwd"): 8, ("addrms-drop", "fwd"): 4, ("addrms-drop", "fwdbwd"): 8,
+}
+ELEMENT_SIZE = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
+
+# A few calls per measurement: these tests check what is reported, not how fast anything is.
+TINY_BUDGET = Budget(cpu_warmup_calls=1, cpu_seconds=0.0, cpu_min_samples=3, latency_warmup_calls=1,
+                     latency_sample_seconds=1e-4, latency_samples=3)
+TINY_SWEEP = Sweep(("ln",), ("fwd",), (torch.float32,), (64,), mn=256)
+
+
+@pytest.mark.parametrize(("op", "direction"), sorted(EXPECTED_MULTIPLE))
+@pytest.mark.parametrize("dtype", sorted(ELEMENT_SIZE, key=str))
+def test_bytes_are_the_fewest_the_op_must_move(op, direction, dtype):
+    m, n = 3, 7
+    expected = EXPECTED_MULTIPLE[(op, direction)] * m * n * ELEMENT_SIZE[dtype]
+    assert bytes_moved(OPS[op], direction, m, n, dtype) == expected
+    assert Case(OPS[op], direction, dtype, m, n).bytes == expected
+
+
+def test_every_op_has_a_byte_formula_here():
+    assert set(EXPECTED_MULTIPLE) == {(k, d) for k in OPS for d in ("fwd", "fwdbwd")}
+
+
+def test_gpu_sweep_is_the_issues_and_cpu_sweep_is_small():
+    gpu = default_sweep("cuda", quick=False)
+    throughput = [c for c in gpu.cases() if c.kind == "throughput"]
+    assert sorted({c.n for c in throughput}) == [2**k for k in (10, 11, 12, 13, 14, 15, 16, 17, 18, 20)]
+    assert {c.m * c.n for c in throughput} == {2**27}
+    assert {str(c.dtype) for c in throughput} == {"torch.bfloat16", "torch.float16", "torch.float32"}
+    assert {(c.op.key, c.direction) for c in throughput} >= {("ln", "fwd"), ("rms", "fwdbwd"), ("addnorm-drop", "fwd")}
+    latency = [c for c in gpu.cases() if c.kind == "latency"]
+    assert {(c.m, c.n, c.direction) for c in latency} == {(1, 4096, "fwd"), (4096, 4096, "fwd")}
+    cpu = default_sweep("cpu", quick=False)
+    assert max(c.m * c.n for c in cpu.cases()) <= 2**18
+
+
+def test_summary_is_median_and_20_80_percentiles():
+    stats = summarize([float(v) for v in (11, 2, 9, 4, 6, 1, 8, 3, 10, 5, 7)])
+    assert (stats.median, stats.p20, stats.p80) == (6.0, 3.0, 9.0)
+
+
+@pytest.mark.parametrize(("text", "value"), [("4096", 4096), ("4K", 4096), ("1m", 2**20), ("2^27", 2**27)])
+def test_counts_parse(text, value):
+    assert cli.parse_count(text) == value
+
+
+def test_tiny_cpu_sweep_reports_consistent_numbers_and_writes_outputs(tmp_path, capsys):
+    paths = {kind: tmp_path / f"bench.{kind}" for kind in ("json", "csv", "png")}
+    code = cli.main([
+        "--device", "cpu", "--threads", "1", "--quick", "--impls", "tokennorm,torch",
+        "--ops", "ln,addnorm", "--dtypes", "fp32,bf16", "--sizes", "64,256", "--mn", "1K",
+        "--latency-rows", "1", "--latency-n", "256",
+        "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"]),
+    ])
+    assert code == 0
+    assert "throughput" in capsys.readouterr().out
+
+    doc = json.loads(paths["json"].read_text())
+    env = doc["environment"]
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["date"]
+    results = doc["results"]
+    # 2 ops × 2 directions × 2 dtypes × 2 sizes, plus 2 ops × 2 dtypes latency rows, for each implementation.
+    assert len(results) == 2 * (2 * 2 * 2 * 2 + 2 * 2)
+    assert {r["impl"] for r in results} == {"tokennorm", "torch"}
+    copies = {(c["kind"], c["bytes"]): c for c in doc["copies"]}
+    for r in results:
+        multiple = EXPECTED_MULTIPLE[(r["op"], r["direction"])]
+        size = 4 if r["dtype"] == "fp32" else 2
+        assert r["bytes"] == multiple * r["m"] * r["n"] * size
+        assert r["m"] == (1024 // r["n"] if r["kind"] == "throughput" else 1)
+        assert r["p20_us"] <= r["median_us"] <= r["p80_us"]
+        assert r["gbps"] == pytest.approx(r["bytes"] / (r["median_us"] * 1e-6) / 1e9)
+        # The baseline is a copy of the same bytes, measured the same way, in this run.
+        copy = copies[(r["kind"], r["bytes"])]
+        assert r["copy_gbps"] == copy["gbps"]
+        assert copy["gbps"] == pytest.approx(copy["bytes"] / (copy["median_us"] * 1e-6) / 1e9)
+        assert r["fraction_of_copy"] == pytest.approx(r["gbps"] / copy["gbps"])
+
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["impl"], row["op"], row["n"]) for row in rows] == [(r["impl"], r["op"], str(r["n"])) for r in results]
+    assert [float(row["fraction_of_copy"]) for row in rows] == pytest.approx([r["fraction_of_copy"] for r in results])
+
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    image = matplotlib.image.imread(paths["png"])
+    assert image.shape[0] > 300 and image.shape[1] > 300 and np.std(image) > 0.01  # drawn, not blank
+
+
+def test_absent_and_cuda_only_peers_are_skipped_with_a_note():
+    never_built = lambda case: pytest.fail("a peer that is not installed must not be built")  # noqa: E731
+    impls = [
+        IMPLEMENTATIONS["torch"],
+        Impl("ghost", never_built, requires=("tokennorm_no_such_peer_module",), package="ghost-kernels"),
+        Impl("gpu-only", IMPLEMENTATIONS["torch"].build, cuda_only=True),
+        IMPLEMENTATIONS["liger"],
+    ]
+    result = run_sweep(TINY_SWEEP, impls, "cpu", TINY_BUDGET)
+    assert [r.impl for r in result.results] == ["torch"]
+    assert "ghost: not installed (pip install ghost-kernels) (1 case)" in result.notes
+    assert "gpu-only: needs a CUDA device (1 case)" in result.notes
+    assert any(note.startswith("liger: ") for note in result.notes)
+
+
+def test_wrong_or_failing_implementations_are_not_timed():
+    def wrong_eps(case):  # ε = 0.1 instead of 1e-5: a plausible bug, about 5% off
+        return lambda x, r, w, b: F.layer_norm(x, (case.n,), w, b, 0.1)
+
+    def raises(case):
+        def fn(x, r, w, b):
+            raise RuntimeError("boom")
+        return fn
+
+    impls = [Impl("wrong", wrong_eps), Impl("raises", raises), IMPLEMENTATIONS["tokennorm"]]
+    result = run_sweep(TINY_SWEEP, impls, "cpu", TINY_BUDGET)
+    assert [r.impl for r in result.results] == ["tokennorm"]
+    assert any(n.startswith("wrong: wrong output: max |y − torch|") for n in result.notes), result.notes
+    assert "raises: failed: RuntimeError: boom (1 case)" in result.notes
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--dtypes", "fp8"), ("--ops", "ln,layernorm2"), ("--sizes", "abc"), ("--sizes", "0"), ("--mn", "-5"),
+    ("--dirs", "bwd"), ("--impls", "nosuch"), ("--latency-rows", "x"), ("--device", "tpu"),
+])
+def test_bad_option_values_are_argparse_errors(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([option, value])
+    assert exc.value.code == 2
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_script_runs_the_same_command(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_norms.py", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "benchmarks" / "bench_norms.py"), run_name="__main__")
+    assert exc.value.code == 0
+    assert "--latency-rows" in capsys.readouterr().out
