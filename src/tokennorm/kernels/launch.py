@@ -14,7 +14,7 @@ import torch
 import triton
 from torch import Tensor
 
-from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, forward_config
+from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config
 from tokennorm.kernels.norm_bwd import norm_bwd_kernel
 from tokennorm.kernels.norm_fwd import norm_fwd_kernel
 
@@ -91,7 +91,7 @@ def norm_forward(
     if m == 0 or n == 0:
         return ForwardOut(y, h, mean, rstd)
     cfg = config or forward_config(int(n))  # N is a model constant: specialize on it, M may stay symbolic
-    _norm_fwd_kernel[(triton.cdiv(m, cfg.block_m),)](
+    _norm_fwd_kernel[(cdiv(m, cfg.block_m),)](
         x, residual, weight, bias, seed, y, h if store_h else y, mean, rstd,
         x.stride(0), 0 if residual is None else residual.stride(0), y.stride(0), n,
         m, n, eps, _float32_remainder(eps), dropout_p, weight_offset,
