@@ -1,0 +1,629 @@
+"""Does a model's output at one token depend on tokens it must not see? Measured, not assumed.
+
+The seeds' central claim is that LayerNorm's statistics are per token, so a causal decoder cannot learn the
+future through it and padding cannot disturb real tokens, while BatchNorm mixes tokens, batch items and PAD.
+:func:`audit` checks this on any model, for three kinds of leakage:
+
+* ``future``: output position t depends on an input position s > t (checked for causal models);
+* ``cross_batch``: batch item i depends on another item j ≠ i;
+* ``padding``: a non-PAD output depends on a PAD input (positions marked True in the key-padding mask).
+
+Each is measured twice, in train and in eval mode (they differ for BatchNorm and dropout):
+
+**Autograd.** One forward pass, then vector-Jacobian products ``uᵀ ∂y/∂x`` batched over cotangents with
+``torch.autograd.grad(..., is_grads_batched=True)`` (torch.func's vmap over the backward; ``torch.func.vjp``
+itself cannot run train-mode BatchNorm, which mutates its running statistics). ``u`` is one fixed random
+tensor shaped like the output, restricted to one output position (a row of the token-to-token matrix), to one
+batch item, or to all non-PAD outputs. The norm over channels of the gradient at (item j, position s) is the
+dependence on that input; a random projection is zero only where the Jacobian block is (with probability 1).
+For models that take token ids, x is the embedding: ``model.embed``'s output for models with
+``embed(tokens)`` / ``forward_embeddings(emb)``, else the output of the ``nn.Embedding`` applied to the ids.
+
+**Perturbation.** Replace the inputs at some positions by fresh values (new random vectors of x's scale, or
+the embeddings of other token ids) and measure how much each output moves, with the same dropout masks (the
+RNG is reseeded before every forward pass). It sees dependence autograd cannot: through ``.detach()``,
+integer ops or in-place tricks.
+
+**Magnitudes** are relative: every entry of a measurement divided by its largest entry, legitimate dependence
+included; 1 means "as strong as the strongest dependence measured", 0 means none. Non-finite values count as
+infinite leakage.
+
+**Threshold.** Where the model's graph has no path from x_s to y_t, both measurements give exactly 0: no
+gradient flows, and the output is computed from identical values in the same order, bit for bit. Roundoff can
+create dependence where the math has none, e.g. a softmax that subtracts the row maximum *before* masking the
+future: the future then moves the rounding of every score by a few ulps. Measured in float32 on four such
+layers (width 32, [2, 16] tokens, scores up to ±6): ≤ 9e-8 relative, under one eps, by both methods. Real
+dependence through statistics shared by M tokens is about 1/M (the BatchNorm demo, M = 2 × 16: up to 0.22
+relative). The default tolerance, :func:`default_tol` = 128·eps of the dtype (1.5e-5 in float32, 2.8e-14 in
+float64), sits >100× above that roundoff and below 1/M for M up to ~6·10⁴ tokens; audit in float64 to see weaker
+dependence. bfloat16/float16 roundoff (eps 8e-3 / 1e-3) hides most real leaks: audit in float32 or float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CHECKS",
+    "MODES",
+    "DEMOS",
+    "Measurement",
+    "Finding",
+    "AuditReport",
+    "default_tol",
+    "audit",
+    "demo_model",
+    "demo_inputs",
+    "plot_dependency",
+]
+
+CHECKS = ("future", "cross_batch", "padding")
+MODES = ("train", "eval")
+DEMOS = ("layernorm", "rmsnorm", "batchnorm")
+
+# What a pinpoint (a, b) means, per check and method.
+WHERE = {
+    ("future", "autograd"): "(output t, input s > t)",
+    ("future", "perturbation"): "(output t, input s > t)",
+    ("cross_batch", "autograd"): "(item i, other item j it depends on)",
+    ("cross_batch", "perturbation"): "(item i, other item j it depends on)",
+    ("padding", "autograd"): "(item, PAD position) that reaches non-PAD outputs",
+    ("padding", "perturbation"): "(item, non-PAD position) whose output moved",
+}
+MAX_WHERE = 10  # pinpoints kept per measurement, strongest first
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Relative dependence above which :func:`audit` reports leakage: 128·eps of ``dtype`` (see module doc)."""
+    return 128 * torch.finfo(dtype).eps
+
+
+@dataclass
+class Measurement:
+    """One method's result for one check: the largest relative leak and where it is.
+
+    ``where`` holds up to ten pinpoints ``(a, b)``, strongest first (their meaning: :data:`WHERE`); ``count``
+    is how many pinpoints exceed the tolerance in all.
+    """
+
+    method: str
+    magnitude: float
+    count: int
+    where: list[tuple[int, int]]
+
+
+@dataclass
+class Finding:
+    """The result of one check in one mode, by autograd and by perturbation."""
+
+    mode: str
+    check: str
+    autograd: Measurement
+    perturbation: Measurement
+    tol: float
+
+    @property
+    def leaks(self) -> bool:
+        """True when either method measured dependence above the tolerance."""
+        return self.autograd.magnitude > self.tol or self.perturbation.magnitude > self.tol
+
+    @property
+    def agree(self) -> bool:
+        """True when both methods reach the same verdict."""
+        return (self.autograd.magnitude > self.tol) == (self.perturbation.magnitude > self.tol)
+
+
+@dataclass
+class AuditReport:
+    """Everything :func:`audit` measured.
+
+    ``matrices[mode]["autograd"]`` is the relative token-to-token dependence [N, N] (row t: output position,
+    column s: input position, aggregated over batch items); rows that were not computed are NaN.
+    ``matrices[mode]["perturbation"]`` is the same from perturbing one input column at a time; NaN columns
+    were not perturbed.
+    """
+
+    findings: list[Finding]
+    matrices: dict[str, dict[str, Tensor]]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    token_ids: bool
+    causal: bool
+    tol: float
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    model_name: str = ""
+
+    @property
+    def leaks(self) -> bool:
+        """True when any finding leaks."""
+        return any(f.leaks for f in self.findings)
+
+    def finding(self, mode: str, check: str) -> Finding:
+        """The finding for ``check`` in ``mode``; KeyError when that check did not run."""
+        for f in self.findings:
+            if f.mode == mode and f.check == check:
+                return f
+        raise KeyError(f"no finding for mode={mode!r}, check={check!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN → null, ∞ → "inf"; matrices with 4 significant digits)."""
+        return {
+            "model": self.model_name,
+            "input": {"shape": list(self.shape), "dtype": str(self.dtype).removeprefix("torch."),
+                      "token_ids": self.token_ids},
+            "causal": self.causal,
+            "tol": self.tol,
+            "leaks": self.leaks,
+            "seconds": round(self.seconds, 3),
+            "skipped": self.skipped,
+            "findings": [
+                {
+                    "mode": f.mode,
+                    "check": f.check,
+                    "leaks": f.leaks,
+                    "agree": f.agree,
+                    **{
+                        m.method: {"magnitude": _json_float(m.magnitude), "count": m.count,
+                                   "where": [list(w) for w in m.where], "where_means": WHERE[(f.check, m.method)]}
+                        for m in (f.autograd, f.perturbation)
+                    },
+                }
+                for f in self.findings
+            ],
+            "matrices": {
+                mode: {method: [[_json_float(v) for v in row] for row in m.tolist()] for method, m in ms.items()}
+                for mode, ms in self.matrices.items()
+            },
+        }
+
+
+def _json_float(v: float) -> Union[float, str, None]:
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf"
+    return float(f"{v:.4g}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model under test, seen as x [B, N, C] -> y [B, N, F]
+
+
+@dataclass
+class _Subject:
+    x: Tensor  # [B, N, C]: the input, or the token embeddings
+    run: Callable[[Tensor], Any]  # x -> raw model output (key-padding mask bound)
+    fresh: Callable[[Tensor], Tensor]  # where [B, N] bool -> x with new values at those positions
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Same RNG stream for every forward pass (same dropout masks); the caller's RNG state is left untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _in_mode(model: nn.Module, train: bool) -> Iterator[None]:
+    """``model.train(train)`` with frozen parameters (no weight gradients are built, only input ones).
+
+    Afterwards every module's flag, every parameter's requires_grad and every buffer (BatchNorm's running
+    statistics, which train-mode passes update) are as before.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    model.train(train)
+    for p, _ in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, flag in flags:
+            m.training = flag
+        for p, flag in params:
+            p.requires_grad_(flag)
+
+
+def _vocab_size(model: nn.Module) -> int:
+    size = getattr(model, "vocab_size", None)
+    if isinstance(size, int):
+        return size
+    emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if emb is None:
+        raise TypeError("token-id input needs a model with an int vocab_size attribute or an nn.Embedding")
+    return emb.num_embeddings
+
+
+def _token_embedding(model: nn.Module, tokens: Tensor, kwargs: dict[str, Any]) -> nn.Embedding:
+    """The first nn.Embedding whose output is [B, N, C] for ``tokens`` [B, N] (found by one probe pass)."""
+    found: list[nn.Embedding] = []
+
+    def record(module: nn.Module, args: tuple, out: Any) -> None:
+        if isinstance(out, Tensor) and out.dim() == 3 and out.shape[:2] == tokens.shape:
+            found.append(module)
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Embedding)]
+    try:
+        with torch.no_grad():
+            model(tokens, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    if not found:
+        raise TypeError(
+            f"token-id input of shape {list(tokens.shape)} needs a model with embed()/forward_embeddings() or an "
+            "nn.Embedding that maps the ids to [B, N, C]; none found"
+        )
+    return found[0]
+
+
+def _subject(
+    model: nn.Module, inputs: Tensor, kwargs: dict[str, Any], seed: int, generator: torch.Generator
+) -> _Subject:
+    device = inputs.device
+    if inputs.is_floating_point():
+        x = inputs.detach()
+        scale = x.std() if x.numel() > 1 else x.new_tensor(1.0)
+
+        def fresh_values(where: Tensor) -> Tensor:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(device) * scale
+            return torch.where(where[..., None], noise, x)
+
+        return _Subject(x, lambda z: model(z, **kwargs), fresh_values)
+
+    vocab = _vocab_size(model)
+
+    def other_ids(where: Tensor) -> Tensor:
+        ids = torch.randint(0, vocab, inputs.shape, generator=generator).to(device)
+        ids = torch.where(ids == inputs, (ids + 1) % vocab, ids)  # really another token
+        return torch.where(where, ids, inputs)
+
+    if hasattr(model, "embed") and hasattr(model, "forward_embeddings"):
+        def embed(ids: Tensor) -> Tensor:
+            with torch.no_grad(), _seeded(seed, device):
+                return model.embed(ids)
+
+        return _Subject(embed(inputs), lambda z: model.forward_embeddings(z, **kwargs),
+                        lambda where: torch.where(where[..., None], embed(other_ids(where)), embed(inputs)))
+
+    emb = _token_embedding(model, inputs, kwargs)
+    with torch.no_grad(), _seeded(seed, device):
+        x = emb(inputs)
+
+    def run(z: Tensor) -> Any:
+        handle = emb.register_forward_hook(lambda module, args, out: z)  # the model sees z as its embeddings
+        try:
+            return model(inputs, **kwargs)
+        finally:
+            handle.remove()
+
+    def fresh_embeddings(where: Tensor) -> Tensor:
+        with torch.no_grad(), _seeded(seed, device):
+            return torch.where(where[..., None], emb(other_ids(where)), x)
+
+    return _Subject(x, run, fresh_embeddings)
+
+
+def _as_output(out: Any, batch: int, length: int, output_fn: Optional[Callable[[Any], Tensor]]) -> Tensor:
+    """The model's output as [B, N, F]: ``output_fn(out)``, else out, out[0] or out.logits."""
+    if output_fn is not None:
+        out = output_fn(out)
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    elif not isinstance(out, Tensor) and hasattr(out, "logits"):
+        out = out.logits
+    if not isinstance(out, Tensor) or out.dim() < 2 or tuple(out.shape[:2]) != (batch, length):
+        got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"expected the model output to be [B, N, ...] = [{batch}, {length}, ...], but got {got}")
+    return out.reshape(batch, length, -1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _relative(values: Tensor) -> Tensor:
+    """values / max(values) over the measured (non-NaN) entries; non-finite measured values become +inf."""
+    measured = ~torch.isnan(values)
+    v = torch.where(measured, values.nan_to_num(nan=math.inf, posinf=math.inf), values)
+    finite = v[measured & torch.isfinite(v)]
+    ref = finite.max() if finite.numel() else v.new_tensor(0.0)
+    if ref > 0:
+        return v / ref
+    return torch.where(measured & (v > 0), math.inf, torch.where(measured, 0.0, math.nan))
+
+
+def _measure(method: str, rel: Tensor, leak: Tensor, tol: float) -> Measurement:
+    """Largest ``rel`` where ``leak`` is True; pinpoints are the (dim 0, dim 1) indices of a 2-D ``rel``."""
+    vals = torch.where(leak & ~torch.isnan(rel), rel, torch.zeros_like(rel))
+    above = (vals > tol).nonzero().tolist()
+    order = sorted(above, key=lambda ij: -vals[ij[0], ij[1]].item())
+    return Measurement(method, vals.max().item() if vals.numel() else 0.0, len(above),
+                       [(int(i), int(j)) for i, j in order[:MAX_WHERE]])
+
+
+def _vjp_norms(out: Tensor, x: Tensor, u: Tensor, masks: Tensor, chunk_size: int) -> Tensor:
+    """‖(u·mask_k)ᵀ ∂out/∂x‖ over channels for every mask: [K, B, N] from masks [K, B, N]."""
+    norms = []
+    for start in range(0, masks.shape[0], chunk_size):
+        cot = u * masks[start : start + chunk_size, :, :, None]  # [k, B, N, F]
+        (g,) = torch.autograd.grad(out, x, cot, retain_graph=True, is_grads_batched=True)  # [k, B, N, C]
+        norms.append(torch.linalg.vector_norm(g.double(), dim=-1))
+    # NaN marks "not measured" in the matrices, so a NaN gradient becomes +inf: infinite leakage, not silence
+    return torch.cat(norms).nan_to_num(nan=math.inf)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k positions spread evenly over range(n), ends included (all of them when k ≥ n)."""
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
+
+
+@dataclass
+class _Config:
+    causal: bool
+    pad: Optional[Tensor]
+    kwargs: dict[str, Any]
+    tol: Optional[float]
+    seed: int
+    max_rows: Optional[int]
+    max_columns: int
+    chunk_size: int
+    output_fn: Optional[Callable[[Any], Tensor]]
+
+
+def _audit_mode(
+    model: nn.Module, inputs: Tensor, mode: str, cfg: _Config
+) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float]:
+    batch, length = inputs.shape[:2]
+    device = inputs.device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with _in_mode(model, mode == "train"):
+        subject = _subject(model, inputs, cfg.kwargs, cfg.seed, gen)
+        tol = default_tol(subject.x.dtype) if cfg.tol is None else cfg.tol
+
+        def forward(z: Tensor) -> Tensor:
+            with _seeded(cfg.seed, device):
+                return _as_output(subject.run(z), batch, length, cfg.output_fn)
+
+        x = subject.x.detach().requires_grad_(True)
+        out = forward(x)
+        with torch.no_grad():
+            base = forward(subject.x)
+
+        def moved(where: Tensor) -> Tensor:  # [B, N]: how far each output moves when `where` gets new values
+            with torch.no_grad():
+                new = forward(subject.fresh(where))
+                # an output NaN before and after did not move; one that became (or stopped being) NaN did
+                same = (new == base) | (new.isnan() & base.isnan())
+                delta = torch.where(same, 0.0, (new - base).double())
+                return torch.linalg.vector_norm(delta, dim=-1).nan_to_num(nan=math.inf)  # NaN: see _vjp_norms
+
+        # Autograd: one cotangent mask per matrix row, per batch item, and for all non-PAD outputs.
+        n_rows = cfg.max_rows if cfg.max_rows is not None else (length if cfg.causal else 16)
+        rows = _spread(length, n_rows)
+        eye_n = torch.eye(length, dtype=torch.bool, device=device)
+        eye_b = torch.eye(batch, dtype=torch.bool, device=device)
+        masks = [eye_n[rows][:, None, :].expand(-1, batch, -1), eye_b[:, :, None].expand(-1, -1, length)]
+        has_pad = cfg.pad is not None and bool(cfg.pad.any()) and not bool(cfg.pad.all())
+        if has_pad:
+            masks.append((~cfg.pad)[None])
+        u = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
+        norms = _vjp_norms(out, x, u, torch.cat(masks).to(out.dtype), cfg.chunk_size)
+        row_norms, item_norms = norms[: len(rows)], norms[len(rows) : len(rows) + batch]  # [R,B,N], [B,B,N]
+
+        grad_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
+        grad_matrix[rows] = torch.linalg.vector_norm(row_norms, dim=1).cpu()  # over items j
+        grad_rel = _relative(grad_matrix)
+        future = torch.ones(length, length, dtype=torch.bool).triu(1)  # input s > output t
+
+        # Perturbation: evenly spread columns plus every column autograd found leaking into the past.
+        columns = set(_spread(length, cfg.max_columns))
+        if cfg.causal:
+            suspects = sorted({s for s in (grad_rel.nan_to_num(0) * future > tol).nonzero()[:, 1].tolist()})
+            columns |= set(suspects[: cfg.max_columns])
+        pert_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
+        for s in sorted(columns):
+            pert_matrix[:, s] = torch.linalg.vector_norm(moved(eye_n[s][None].expand(batch, -1)), dim=0).cpu()
+        pert_rel = _relative(pert_matrix)
+
+        findings = []
+
+        def add(check: str, autograd: Measurement, perturbation: Measurement) -> None:
+            findings.append(Finding(mode, check, autograd, perturbation, tol))
+
+        if cfg.causal:
+            add("future", _measure("autograd", grad_rel, future, tol),
+                _measure("perturbation", pert_rel, future, tol))
+        if batch > 1:
+            other = ~eye_b.cpu()
+            item_rel = _relative(item_norms.cpu())  # [i, j, s]
+            per_item = torch.stack([moved(eye_b[j][:, None].expand(-1, length)).cpu() for j in range(batch)])
+            pert_items = _relative(per_item).amax(dim=2).T  # [j, i, t] -> [i, j]
+            add("cross_batch", _measure("autograd", item_rel.amax(dim=2), other, tol),
+                _measure("perturbation", pert_items, other, tol))
+        if has_pad:
+            pad = cfg.pad.cpu()
+            add("padding", _measure("autograd", _relative(norms[-1].cpu()), pad, tol),
+                _measure("perturbation", _relative(moved(cfg.pad).cpu()), ~pad, tol))
+    return findings, {"autograd": grad_rel, "perturbation": pert_rel}, subject.x.dtype, tol
+
+
+def audit(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    causal: bool = True,
+    modes: Sequence[str] = MODES,
+    key_padding_mask: Optional[Tensor] = None,
+    mask_arg: Optional[str] = "key_padding_mask",
+    tol: Optional[float] = None,
+    seed: int = 0,
+    max_rows: Optional[int] = None,
+    max_columns: int = 16,
+    chunk_size: int = 16,
+    output_fn: Optional[Callable[[Any], Tensor]] = None,
+) -> AuditReport:
+    """Measure future, cross-batch and padding leakage of ``model`` at ``inputs`` (see the module docstring).
+
+    Args:
+        model: any nn.Module mapping [B, N, C] (or token ids [B, N]) to [B, N, ...]; its parameters, buffers
+            and train/eval flags are left as they were.
+        inputs: a floating [B, N, C] tensor, or integer token ids [B, N] (then x is the token embedding).
+        causal: check future leakage (output t must not depend on input s > t).
+        modes: any of ``"train"``, ``"eval"``.
+        key_padding_mask: bool [B, N], True at PAD positions; passed to the model as ``mask_arg=...``
+            (``mask_arg=None``: not passed) and enables the padding check.
+        tol: relative dependence counted as leakage; default :func:`default_tol` of the input (embedding) dtype.
+        seed: seeds u, the fresh values and the RNG before every forward pass (dropout masks).
+        max_rows: how many output positions get a Jacobian row, spread evenly; default all of them when
+            ``causal`` (the future check needs every row to be exhaustive), else 16 (for the heatmap only).
+        max_columns: how many input positions are perturbed one at a time, spread evenly (plus, when causal,
+            every position autograd found leaking into the past).
+        chunk_size: cotangents per batched backward pass (memory ∝ chunk_size · B · N · C).
+        output_fn: picks the [B, N, ...] tensor out of the model's output (default: out, out[0] or out.logits).
+
+    Returns:
+        An :class:`AuditReport`; ``report.leaks`` is True when any check found leakage in any mode.
+    """
+    if inputs.dim() != (2 if not inputs.is_floating_point() else 3):
+        want = "[B, N, C] (floating)" if inputs.is_floating_point() else "[B, N] (token ids)"
+        raise ValueError(f"expected inputs of shape {want}, but got inputs of size {list(inputs.shape)}")
+    if inputs.is_complex() or inputs.dtype == torch.bool:
+        raise TypeError(f"inputs must be floating or integer token ids, but got dtype {inputs.dtype}")
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"modes must be a non-empty subset of {MODES}, but got modes={list(modes)}")
+    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool
+                                         or tuple(key_padding_mask.shape) != tuple(inputs.shape[:2])):
+        raise ValueError(
+            f"key_padding_mask must be bool of shape [B, N] = {list(inputs.shape[:2])}, but got "
+            f"{key_padding_mask.dtype} of size {list(key_padding_mask.shape)}"
+        )
+    if max_columns < 1 or chunk_size < 1 or (max_rows is not None and max_rows < 1):
+        raise ValueError(f"max_rows, max_columns and chunk_size must be ≥ 1, but got {max_rows}, {max_columns}, "
+                         f"{chunk_size}")
+    start = time.perf_counter()
+    kwargs = {} if key_padding_mask is None or mask_arg is None else {mask_arg: key_padding_mask}
+    cfg = _Config(causal, key_padding_mask, kwargs, tol, seed, max_rows, max_columns, chunk_size, output_fn)
+    findings: list[Finding] = []
+    matrices: dict[str, dict[str, Tensor]] = {}
+    for mode in modes:
+        found, matrices[mode], dtype, used_tol = _audit_mode(model, inputs, mode, cfg)
+        findings += found
+    skipped = {}
+    if not causal:
+        skipped["future"] = "model audited as non-causal"
+    if inputs.shape[0] < 2:
+        skipped["cross_batch"] = "batch of one item"
+    if key_padding_mask is None or not key_padding_mask.any() or key_padding_mask.all():
+        skipped["padding"] = "no key_padding_mask with both PAD and non-PAD positions"
+    return AuditReport(findings, matrices, tuple(inputs.shape), dtype, not inputs.is_floating_point(), causal,
+                       used_tol, skipped, time.perf_counter() - start, type(model).__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Demos and the heatmap
+
+
+def demo_model(norm: str, *, vocab_size: int = 64, d_model: int = 64, num_layers: int = 2, seed: int = 0) -> nn.Module:
+    """The built-in demo: one causal decoder, ``tokennorm.transformer.CausalLM`` (pre-norm, dropout 0.1).
+
+    Its norms are ``norm``: ``"layernorm"``, ``"rmsnorm"`` or ``"batchnorm"``; the other weights are the same
+    for every norm (same seed).
+    """
+    if norm not in DEMOS:
+        raise ValueError(f"norm must be one of {', '.join(map(repr, DEMOS))}, but got norm={norm!r}")
+    from tokennorm.transformer import CausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CausalLM(vocab_size, d_model=d_model, nhead=4, num_layers=num_layers, dropout=0.1, norm=norm,
+                        placement="pre")
+
+
+def demo_inputs(
+    batch: int = 2, length: int = 16, pad: int = 4, vocab_size: int = 64, pad_id: int = 0, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Random token ids [batch, length] and a key-padding mask whose last item starts with ``pad`` PAD tokens.
+
+    Left padding, as in batched generation: with right padding a causal model could not see the PAD tokens
+    anyway, so the padding check would test causality again instead of the key-padding mask.
+    """
+    if not 0 <= pad < length:
+        raise ValueError(f"pad must be in [0, length={length}), but got pad={pad}")
+    if batch < 1 or vocab_size < 2 or not 0 <= pad_id < vocab_size:
+        raise ValueError(f"need batch ≥ 1, vocab_size ≥ 2 and 0 ≤ pad_id < vocab_size, but got batch={batch}, "
+                         f"vocab_size={vocab_size}, pad_id={pad_id}")
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size - 1, (batch, length), generator=gen)
+    tokens = tokens + (tokens >= pad_id).long()  # every real token differs from pad_id
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    if pad:
+        mask[-1, :pad] = True
+    return tokens.masked_fill(mask, pad_id), mask
+
+
+def plot_dependency(report: AuditReport, path: Union[str, Path], title: Optional[str] = None) -> Path:
+    """Write the token-to-token dependency matrices as a PNG heatmap; returns the path.
+
+    One row of panels per mode, autograd left, perturbation right; log colour scale of the relative
+    dependence, white = exactly 0, grey = not measured, red squares = pinpointed future leaks. For causal audits
+    everything right of the red diagonal is the future.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    modes = list(report.matrices)
+    vmin = report.tol / 100
+    cmap = colormaps["viridis"].with_extremes(under="white", bad="lightgrey")
+    fig = Figure(figsize=(10, 4.4 * len(modes)), layout="constrained")
+    axes = fig.subplots(len(modes), 2, squeeze=False)
+    labels = {"autograd": "autograd  ‖uᵀ ∂y_t/∂x_s‖", "perturbation": "perturbation  ‖Δy_t‖, x_s replaced"}
+    image = None
+    for row, mode in zip(axes, modes):
+        for ax, (method, matrix) in zip(row, report.matrices[mode].items()):
+            data = matrix.clone()
+            data[data == 0] = vmin / 10  # exact zeros: drawn in the "under" colour
+            image = ax.imshow(data.numpy(), cmap=cmap, norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest")
+            n = matrix.shape[0]
+            if report.causal:  # staircase between s ≤ t (allowed) and s > t (the future)
+                steps = [(t + 0.5, t + dy) for t in range(n - 1) for dy in (-0.5, 0.5)]
+                ax.plot(*zip(*steps), color="red", linewidth=0.8)
+            future = next((f for f in report.findings if f.mode == mode and f.check == "future"), None)
+            for t, s in getattr(future, method).where if future else []:
+                ax.add_patch(_square(s, t))  # the pinpointed leaks
+            ax.set_title(f"{mode}: {labels[method]}", fontsize=10)
+            ax.set_xlabel("input position s")
+            ax.set_ylabel("output position t")
+    verdict = "LEAKS" if report.leaks else "clean"
+    fig.suptitle(title or f"{report.model_name} {list(report.shape)}: {verdict} (tol {report.tol:.2g})")
+    bar = fig.colorbar(image, ax=axes, extend="min", shrink=0.8, label="relative dependence (log)")
+    bar.ax.axhline(report.tol, color="red", linewidth=1.5)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _square(x: int, y: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2)

@@ -1,0 +1,205 @@
+"""Encoder and decoder layers: attention and feed-forward sublayers joined by Add & Norm, post-LN or pre-LN.
+
+Post-LN (original Transformer, ``norm_first=False`` in torch)::
+
+    x = AddNorm(sublayer(x), x)                  # Norm(x + dropout(sublayer(x))) after every sublayer
+
+Pre-LN (GPT-2, ``norm_first=True``), each AddNorm fusing the residual add with the next sublayer's norm::
+
+    y, h = Norm(x), x
+    y, h = AddNorm(sublayer_i(y), h)             # h = h + dropout(sublayer_i(y)); y = Norm(h)
+    return h + dropout(last_sublayer(y))
+
+Both compute exactly what torch.nn.TransformerEncoderLayer / TransformerDecoderLayer compute.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tokennorm.transformer import _convert
+from tokennorm.transformer.attention import MultiHeadAttention
+from tokennorm.transformer.feedforward import FeedForward
+from tokennorm.transformer.norms import check_choices, make_add_norm, make_norm
+
+__all__ = ["EncoderLayer", "DecoderLayer"]
+
+
+class _Block(nn.Module):
+    """What the encoder and decoder layers share: options, norms, and the residual chain."""
+
+    def _setup(
+        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, activation: str, norm: str,
+        placement: str, eps: float, bias: bool, num_sublayers: int, factory: dict,
+    ) -> None:
+        check_choices(norm, placement)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), but got dropout={dropout}")
+        self.d_model, self.nhead, self.norm_type, self.placement = d_model, nhead, norm, placement
+        self.eps, self.has_bias, self.dropout = eps, bias, dropout
+        self.self_attn = MultiHeadAttention(d_model, nhead, dropout, bias, **factory)
+        self.ff = FeedForward(d_model, dim_feedforward, dropout, activation, bias, **factory)
+        # norm{i} follows sublayer i (post) or precedes it (pre); in pre, norm1 has no add to fuse
+        for i in range(1, num_sublayers + 1):
+            if placement == "pre" and i == 1:
+                module = make_norm(norm, d_model, eps, bias, **factory)
+            else:
+                module = make_add_norm(norm, d_model, placement, dropout, eps, bias, **factory)
+            self.add_module(f"norm{i}", module)
+
+    def _check_input(self, name: str, t: Tensor) -> None:
+        # checked here, not left to the sublayers: in pre-LN the norm would see a wrong width first and its
+        # error would name neither the layer's argument nor the expected layout
+        if t.dim() != 3 or t.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{type(self).__name__} expects {name} of shape [batch, seq_len, {self.d_model}] (batch-first), "
+                f"but got {name} of shape {list(t.shape)}"
+            )
+
+    def _residual_chain(self, x: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]]) -> Tensor:
+        norms = [getattr(self, f"norm{i}") for i in range(1, len(sublayers) + 1)]
+        if self.placement == "post":
+            for sublayer, add_norm in zip(sublayers, norms):
+                x = add_norm(sublayer(x), x)
+            return x
+        y, h = norms[0](x), x
+        for sublayer, add_norm in zip(sublayers[:-1], norms[1:]):
+            y, h = add_norm(sublayer(y), h)
+        return h + F.dropout(sublayers[-1](y), self.dropout, self.training)
+
+    def extra_repr(self) -> str:
+        return f"norm={self.norm_type!r}, placement={self.placement!r}, eps={self.eps}"
+
+
+class EncoderLayer(_Block):
+    r"""Transformer encoder layer: self-attention and feed-forward, each followed (post) or preceded (pre)
+    by Add & Norm; batch-first ``[B, N, d_model]``.
+
+    Args:
+        d_model, nhead, dim_feedforward, dropout, activation, eps, bias: as
+            :class:`torch.nn.TransformerEncoderLayer` (``bias`` covers the linear layers and LayerNorm).
+        norm: ``"layernorm"``, ``"rmsnorm"`` (tokennorm's fused AddNorm), ``"batchnorm"`` (statistics over
+            tokens and batch items: a demonstration of what not to do) or ``"none"``.
+        placement: ``"post"`` (torch's ``norm_first=False``) or ``"pre"`` (``norm_first=True``).
+
+    Submodules: ``self_attn``, ``ff``, ``norm1`` (attention), ``norm2`` (feed-forward).
+    """
+
+    def __init__(
+        self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
+        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True, device=None, dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self._setup(d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, 2, factory)
+
+    def forward(
+        self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        """``x`` [B, N, d_model]; masks as :class:`MultiHeadAttention` (True = blocked / padding)."""
+        self._check_input("x", x)
+
+        def self_attention(y: Tensor) -> Tensor:
+            return self.self_attn(y, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+
+        return self._residual_chain(x, [self_attention, self.ff])
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> "EncoderLayer":
+        """The same layer (weights, activation, eps, ``norm_first``, dropout, train/eval mode) on tokennorm.
+
+        Needs ``batch_first=True``. In eval mode outputs and gradients equal torch's.
+        """
+        _convert.check_layer(layer, nn.TransformerEncoderLayer, ("self_attn",), ("norm1", "norm2"))
+        w = layer.linear1.weight
+        new = cls(
+            layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features, layer.dropout.p,
+            _convert.activation_name(layer), "layernorm", "pre" if layer.norm_first else "post", layer.norm1.eps,
+            layer.linear1.bias is not None, device=w.device, dtype=w.dtype,
+        )
+        _convert.copy_attention(new.self_attn, layer.self_attn)
+        _convert.copy_feedforward(new.ff, layer)
+        _convert.copy_norm(new.norm1, layer.norm1)
+        _convert.copy_norm(new.norm2, layer.norm2)
+        return new.train(layer.training)
+
+
+class DecoderLayer(_Block):
+    r"""Transformer decoder layer: causal self-attention, optional cross-attention to ``memory``, and
+    feed-forward, joined by Add & Norm (post or pre); batch-first.
+
+    Args: as :class:`EncoderLayer`, plus ``cross_attention``: include the attention over ``memory`` (an
+    encoder-decoder layer, like :class:`torch.nn.TransformerDecoderLayer`); False gives a GPT-style block.
+
+    Submodules: ``self_attn``, ``cross_attn`` (if any), ``ff``; ``norm1`` (self-attention), ``norm2``
+    (cross-attention, or feed-forward without it), ``norm3`` (feed-forward, with cross-attention).
+    """
+
+    def __init__(
+        self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
+        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True,
+        cross_attention: bool = True, device=None, dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        num_sublayers = 3 if cross_attention else 2
+        self._setup(
+            d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, num_sublayers, factory
+        )
+        self.cross_attention = cross_attention
+        self.cross_attn = MultiHeadAttention(d_model, nhead, dropout, bias, **factory) if cross_attention else None
+
+    def forward(
+        self, x: Tensor, memory: Optional[Tensor] = None, *, tgt_key_padding_mask: Optional[Tensor] = None,
+        memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """``x`` [B, N, d_model], ``memory`` [B, S, d_model] (required iff ``cross_attention``). ``causal``
+        masks future positions of ``x``; other masks as :class:`MultiHeadAttention`."""
+        if self.cross_attention and memory is None:
+            raise ValueError("memory is required: this DecoderLayer has cross_attention=True")
+        if not self.cross_attention and (memory is not None or memory_key_padding_mask is not None
+                                         or memory_mask is not None):
+            raise ValueError("memory, memory_key_padding_mask and memory_mask need cross_attention=True")
+        self._check_input("x", x)
+        if memory is not None:
+            self._check_input("memory", memory)
+            if memory.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"memory must have the batch size of x, but got x of shape {list(x.shape)} and memory of "
+                    f"shape {list(memory.shape)}"
+                )
+
+        def self_attention(y: Tensor) -> Tensor:
+            return self.self_attn(y, key_padding_mask=tgt_key_padding_mask, attn_mask=tgt_mask, is_causal=causal)
+
+        def attend_memory(y: Tensor) -> Tensor:
+            return self.cross_attn(y, memory, key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask)
+
+        sublayers = [self_attention, attend_memory, self.ff] if self.cross_attention else [self_attention, self.ff]
+        return self._residual_chain(x, sublayers)
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerDecoderLayer) -> "DecoderLayer":
+        """The same layer on tokennorm (see :meth:`EncoderLayer.from_torch`). torch's decoder layer is not
+        causal by itself: call ours with ``causal=False`` to match it, or ``causal=True`` to match torch with
+        a causal ``tgt_mask``."""
+        _convert.check_layer(
+            layer, nn.TransformerDecoderLayer, ("self_attn", "multihead_attn"), ("norm1", "norm2", "norm3")
+        )
+        w = layer.linear1.weight
+        new = cls(
+            layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features, layer.dropout.p,
+            _convert.activation_name(layer), "layernorm", "pre" if layer.norm_first else "post", layer.norm1.eps,
+            layer.linear1.bias is not None, cross_attention=True, device=w.device, dtype=w.dtype,
+        )
+        _convert.copy_attention(new.self_attn, layer.self_attn)
+        _convert.copy_attention(new.cross_attn, layer.multihead_attn)
+        _convert.copy_feedforward(new.ff, layer)
+        for i in (1, 2, 3):
+            _convert.copy_norm(getattr(new, f"norm{i}"), getattr(layer, f"norm{i}"))
+        return new.train(layer.training)
