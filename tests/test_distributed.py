@@ -139,6 +139,27 @@ def tp_layer_norm_fp32(ctx: Ctx) -> None:
 
 
 @check
+def tp_norms_triton_local_kernels(ctx: Ctx) -> None:
+    """The Triton path for the local work (moments kernel → collective → normalize kernel; here under Triton's
+    interpreter on the CPU): same results as the reference, fp32 and bf16, uneven and empty shards."""
+    os.environ["TOKENNORM_BACKEND"] = "triton"
+    try:
+        _check_norm(ctx, is_rms=False, dtype=torch.float32, tol=FP32, affine=True, eps=1e-5)
+        _check_norm(ctx, is_rms=True, dtype=torch.float32, tol=FP32, affine=True, eps=None)
+        _check_norm(ctx, is_rms=False, dtype=torch.bfloat16, tol=BF16, affine=True, eps=1e-5)
+        tokennorm_dtype_check = td.sharded_layer_norm(torch.randn(3, 2 + ctx.rank, dtype=torch.bfloat16),
+                                                      torch.ones(2 + ctx.rank), full_size=14)
+        assert tokennorm_dtype_check.dtype == torch.bfloat16  # bf16 input, fp32 γ: output in the input's dtype
+        sizes, n = (5, 0, 7, 4), 16  # one rank holds nothing
+        x = _randn((6, n), 51, torch.float32, shift=2.0)
+        exact = ref.layer_norm(x.double(), (n,))
+        assert_close(td.sharded_layer_norm(_slice(x, sizes, ctx.rank), full_size=n).double(),
+                     _slice(exact, sizes, ctx.rank), **FP32)
+    finally:
+        os.environ.pop("TOKENNORM_BACKEND", None)
+
+
+@check
 def tp_no_tokens(ctx: Ctx) -> None:
     """An empty batch gives empty outputs and gradients, and keeps the group in step."""
     for norm in (td.sharded_layer_norm, td.sharded_rms_norm):

@@ -120,6 +120,46 @@ def test_weight_offset_is_zero_centred_weight():
         _close(bwd.dweight, g.dweight, torch.float32, scale=4)
 
 
+# Split rows: each row over several programs (segment moments → merge in torch → normalize). 37 columns make
+# segments of 16, 16 and 5 (one tile each) in the first config, 24 and 13 (walked in chunks of 8) in the second.
+SPLIT = [TileConfig(2, 16, True, 1, segments=3), TileConfig(1, 8, False, 1, segments=2)]
+
+
+@pytest.mark.parametrize("config", SPLIT, ids=["split-tiles", "split-chunks"])
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_split_rows_match_the_reference_and_the_unsplit_kernel(config, is_rms):
+    m, n = 5, 37
+    x, w, b, dy = _inputs(m, n, torch.float32, True, not is_rms)
+    split = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=config)
+    whole = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None)
+    y_ref, g = _ref(x, w, b, dy, 1e-5, is_rms)
+    _close(split.y, y_ref, torch.float32)
+    # The merged statistics are the row's own, to float32 rounding, and backward can use them.
+    torch.testing.assert_close(split.rstd, whole.rstd, rtol=4e-7, atol=0)
+    if not is_rms:
+        torch.testing.assert_close(split.mean, whole.mean, rtol=4e-7, atol=1e-7)
+    bwd = norm_backward(dy, x, w, split.mean, split.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
+                        x.dtype, None)
+    _close(bwd.dx, g.dx, torch.float32)
+
+
+def test_split_rows_add_norm_with_dropout_matches_the_unsplit_kernel():
+    """Same Philox mask (keyed by the element's index, not the tiling), same h bit for bit, same y."""
+    m, n = 4, 40
+    x, w, b, _ = _inputs(m, n, torch.bfloat16, True, True)
+    r = _inputs(m, n, torch.bfloat16, False, False, seed=1)[0]
+    seed = torch.tensor([1234], device=KERNEL_DEVICE)
+    for h_dtype in (None, torch.float32, torch.bfloat16):
+        split = norm_forward(x, w, b, r, seed, 1e-5, 0.25, 0.0, False, h_dtype,
+                             config=TileConfig(1, 16, True, 1, segments=3))
+        whole = norm_forward(x, w, b, r, seed, 1e-5, 0.25, 0.0, False, h_dtype)
+        if h_dtype is not None:
+            assert torch.equal(split.h, whole.h)
+        # fp32 statistics merged in a different order: at most one bf16 rounding step apart at |y| ~ 4
+        torch.testing.assert_close(split.y.float(), whole.y.float(), atol=3.2e-2, rtol=0)
+        assert (split.y != whole.y).float().mean() < 0.05  # and almost always identical
+
+
 @pytest.mark.parametrize("m,n", [(1, 1), (3, 1), (1, 5), (2, 2)])
 def test_tiny_rows(m, n):
     x, w, b, dy = _inputs(m, n, torch.float32, True, True)

@@ -2,20 +2,16 @@
 
 Pure math, no communication, so it can be checked in one process. A row of N elements is split into shards of
 n_i elements (n_i may be 0). Each rank sends, per row, the mean m_i and the centred sum of squares
-M2_i = Σ(x − m_i)² of its shard, and once per call its count n_i. The merge (Chan, Golub & LeVeque's
-parallel form, shifted by the mean of the largest shard s so the deviations are small numbers)::
-
-    d_i  = m_i − m_s
-    δ    = Σ n_i d_i / N                 mean = m_s + δ
-    M2   = Σ M2_i + Σ n_i (d_i − δ)²     var  = M2 / N   (biased)
-
-Every term is built from centred values, so there is no E[x²] − E[x]² cancellation when |mean| ≫ std.
+M2_i = Σ(x − m_i)² of its shard, and once per call its count n_i; the merge is :mod:`tokennorm.moments`
+(Chan's parallel form, shifted by the mean of the largest shard), the same one the split-row kernel path uses.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from tokennorm import moments
 
 __all__ = ["local_moments", "merge_moments"]
 
@@ -38,11 +34,7 @@ def merge_moments(gathered: Tensor, rows: int) -> tuple[Tensor, Tensor, Tensor]:
 
     Deterministic: every rank runs the same ops on the same gathered tensor, so every rank gets the same bits.
     """
-    mean, m2, count = gathered[:, :rows], gathered[:, rows : 2 * rows], gathered[:, 2 * rows :]  # [W, rows] ×2, [W, 1]
-    total = count.sum(dim=0)  # [1]
-    largest = count.argmax(dim=0, keepdim=True).expand(1, rows)  # [1, rows]: the shard whose mean is the shift
-    d = mean - mean.gather(0, largest)  # [W, rows]
-    delta = (count * d).sum(dim=0) / total  # [rows]
-    row_mean = mean.gather(0, largest)[0] + delta  # [rows]
-    row_m2 = m2.sum(dim=0) + (count * (d - delta).square()).sum(dim=0)  # [rows]
+    mean, m2, count = gathered[:, :rows], gathered[:, rows : 2 * rows], gathered[:, 2 * rows]  # [W, rows] ×2, [W]
+    total = count.sum().reshape(1)  # [1]
+    row_mean, row_m2 = moments.merge_moments(mean, m2, count)
     return row_mean[:, None], (row_m2 / total)[:, None], total

@@ -11,8 +11,9 @@ with the matching slice of γ and β. Per call, per row:
 
 Before that, by default, one tiny all-gather checks every rank's arguments (see :mod:`._validate`), so a bad
 argument raises the same error on every rank instead of hanging the group; ``validate=False`` skips it.
-The local math is plain PyTorch in fp32 on every device; Triton kernels for the local part on GPU (a forward
-that emits shard moments and takes merged statistics, a backward that takes the reduced sums) are a later step.
+The forward's local work runs tokennorm's kernels where tokennorm's backend picks Triton (CUDA tensors by
+default): one pass writes the slice's moments, one pass normalizes it with the merged statistics. Elsewhere,
+and for the backward (one all-reduce of two row sums, then elementwise work), it is plain PyTorch in fp32.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from tokennorm.backend import use_triton
 from tokennorm.distributed._dtensor import unwrap
 from tokennorm.distributed._stats import local_moments, merge_moments
 from tokennorm.distributed._validate import LocalProblem, all_gather_single, exchange_and_check
+from tokennorm.kernels import launch
+from tokennorm.kernels.config import forward_config
 from tokennorm.reference import compute_dtype, default_rms_eps
 
 __all__ = ["default_shard_sizes", "sharded_layer_norm", "sharded_rms_norm", "sharded_add_norm"]
@@ -64,20 +68,58 @@ def _row_stats(x2: Tensor, eps: float, is_rms: bool, group) -> tuple[Optional[Te
     return mean, torch.rsqrt(var + eps), total
 
 
+def _triton_forward(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, is_rms: bool, weight_offset: float,
+    group,
+) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
+    """The forward with tokennorm's kernels for the local work: one pass for this slice's moments, the same
+    collective and merge as the torch path, one pass to normalize. Returns (y, mean, rstd, N) like it."""
+    rows, width = math.prod(x.shape[:-1]), x.shape[-1]
+    x2 = x.reshape(rows, width)
+    x2 = x2 if x2.stride(-1) == 1 or width <= 1 else x2.contiguous()
+    cfg = forward_config(max(width, 1))
+    if width:
+        seg_mean, seg_m2, _ = launch.norm_moments(x2, None, None, 0.0, is_rms, None, width, cfg)
+    else:  # an empty shard contributes nothing
+        seg_mean = seg_m2 = x2.new_zeros((rows, 1), dtype=compute_dtype(x.dtype))
+    acc = seg_m2.dtype
+    if is_rms:
+        buf = torch.cat([seg_m2[:, 0], seg_m2.new_full((1,), float(width))])  # [rows + 1]: Σx², n_i
+        dist.all_reduce(buf, group=group)
+        total = buf[rows:]
+        mean, rstd = None, 1.0 / torch.sqrt(buf[:rows, None] / total + eps)
+    else:
+        mine = torch.cat([seg_mean[:, 0], seg_m2[:, 0], seg_m2.new_full((1,), float(width))])  # [2·rows + 1]
+        world = dist.get_world_size(group)
+        gathered = mine.new_empty(world * mine.numel())
+        all_gather_single(gathered, mine, group=group)
+        mean, var, total = merge_moments(gathered.view(world, -1), rows)
+        rstd = 1.0 / torch.sqrt(var + eps)
+    w = None if weight is None else weight.contiguous()
+    b = None if bias is None else bias.contiguous()
+    y = launch.norm_apply(x2, w, b, None if mean is None else mean[:, 0].to(acc), rstd[:, 0].to(acc),
+                          weight_offset, is_rms, max(width, 1), cfg)
+    return y.reshape(x.shape), mean, rstd, total
+
+
 class _ShardedNorm(torch.autograd.Function):
     """y = x̂ · (γ + weight_offset) + β on this rank's slice, with x̂ from the statistics of the full rows."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, is_rms, weight_offset, group):
         rows = math.prod(x.shape[:-1])
+        ctx.weight_offset, ctx.group = weight_offset, group
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        if use_triton(x):
+            y, mean, rstd, total = _triton_forward(x, weight, bias, eps, is_rms, weight_offset, group)
+            ctx.save_for_backward(x, weight, mean, rstd, total)
+            return y
         x2 = x.reshape(rows, x.shape[-1]).to(compute_dtype(x.dtype))  # [rows, n_i]
         mean, rstd, total = _row_stats(x2, eps, is_rms, group)
         xhat = (x2 if mean is None else x2 - mean) * rstd  # [rows, n_i]
         y = xhat if weight is None else xhat * (weight.to(x2.dtype) + weight_offset)
         y = y if bias is None else y + bias.to(x2.dtype)
         ctx.save_for_backward(x, weight, mean, rstd, total)
-        ctx.weight_offset, ctx.group = weight_offset, group
-        ctx.bias_dtype = None if bias is None else bias.dtype
         return y.reshape(x.shape).to(x.dtype)
 
     @staticmethod

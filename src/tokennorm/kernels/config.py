@@ -42,6 +42,9 @@ class TileConfig:
     block_n: int  # columns per tile: the whole row (single_chunk) or one chunk of it
     single_chunk: bool  # the whole row fits one tile
     num_warps: int
+    # Forward only: > 1 splits each row over this many programs (split-row path: segment moments → merge →
+    # normalize), so that a few long rows still fill the GPU. Off by default until measured on a GPU.
+    segments: int = 1
 
 
 # Whole-row tiles measured fastest on an H100 (benchmarks/tune_kernels.py, bf16, M·N = 2^27, 2026-11-23),

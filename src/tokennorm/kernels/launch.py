@@ -16,7 +16,8 @@ from torch import Tensor
 
 from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config
 from tokennorm.kernels.norm_bwd import norm_bwd_kernel
-from tokennorm.kernels.norm_fwd import norm_fwd_kernel
+from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MOMENTS, norm_fwd_kernel
+from tokennorm.moments import merge_row_moments
 
 try:  # torch >= 2.6: compile traces into the kernel launch
     from torch.library import wrap_triton as _wrap
@@ -78,28 +79,114 @@ def norm_forward(
     """Run the forward kernel. ``h_dtype`` not None means h = residual + dropout(x) is stored in that dtype.
 
     ``store_stats=False`` (inference: nothing will run backward) skips mean/rstd and returns them as None.
+    A config with ``segments > 1`` takes the split-row path (:func:`norm_moments`, a merge, :func:`norm_apply`).
     """
     m, n = x.shape
+    cfg = config or forward_config(int(n))  # N is a model constant: specialize on it, M may stay symbolic
+    if cfg.segments > 1 and m > 0 and n > 0:
+        return _split_row_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype,
+                                  cfg, store_stats)
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    store_h = h_dtype is not None
-    h = torch.empty((m, n), device=x.device, dtype=h_dtype) if store_h else None
+    h = torch.empty((m, n), device=x.device, dtype=h_dtype) if h_dtype is not None else None
     mean = rstd = None
     if store_stats:
         acc = acc_dtype(x.dtype)
         mean = _empty(x.device, acc) if is_rms else torch.empty(m, device=x.device, dtype=acc)
         rstd = torch.empty(m, device=x.device, dtype=acc)
-    if m == 0 or n == 0:
-        return ForwardOut(y, h, mean, rstd)
-    cfg = config or forward_config(int(n))  # N is a model constant: specialize on it, M may stay symbolic
-    _norm_fwd_kernel[(cdiv(m, cfg.block_m),)](
-        x, residual, weight, bias, seed, y, h if store_h else y, mean, rstd,
-        x.stride(0), 0 if residual is None else residual.stride(0), y.stride(0), n,
-        m, n, eps, _float32_remainder(eps), dropout_p, weight_offset,
-        IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=store_h, STORE_STATS=store_stats,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
-    )
+    if m > 0 and n > 0:
+        _launch_forward(x, residual, weight, bias, seed, y, h, mean, rstd, eps, dropout_p, weight_offset, is_rms,
+                        store_stats, STATS_COMPUTE, n, cfg)
     return ForwardOut(y, h, mean, rstd)
+
+
+def _launch_forward(
+    x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], seed: Optional[Tensor],
+    y: Optional[Tensor], h: Optional[Tensor], mean: Optional[Tensor], rstd: Optional[Tensor], eps: float,
+    dropout_p: float, weight_offset: float, is_rms: bool, store_stats: bool, stats: int, seg_n: int,
+    cfg: TileConfig,
+) -> None:
+    m, n = x.shape
+    # Outputs a mode does not write (Y in the moments mode, H unless stored) get a placeholder pointer.
+    placeholder = y if y is not None else (h if h is not None else x)
+    _norm_fwd_kernel[(cdiv(m, cfg.block_m), cdiv(n, seg_n))](
+        x, residual, weight, bias, seed, placeholder, h if h is not None else placeholder, mean, rstd,
+        x.stride(0), 0 if residual is None else residual.stride(0), 0 if y is None else y.stride(0),
+        0 if h is None else h.stride(0),
+        m, n, seg_n, eps, _float32_remainder(eps), dropout_p, weight_offset,
+        IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h is not None,
+        STORE_STATS=store_stats, STATS=stats,
+        # A segment wider than the tile is walked in chunks whatever the config says.
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk and seg_n <= cfg.block_n,
+        num_warps=cfg.num_warps,
+    )
+
+
+def segment_width(n: int, segments: int, block_n: int) -> int:
+    """Columns per segment when a row of ``n`` is split over ``segments`` programs: a multiple of the tile
+    width (aligned, vectorizable loads), so the real number of segments is ``cdiv(n, segment_width)``."""
+    return cdiv(cdiv(n, segments), block_n) * block_n
+
+
+def norm_moments(
+    x: Tensor, residual: Optional[Tensor], seed: Optional[Tensor], dropout_p: float, is_rms: bool,
+    h_dtype: Optional[torch.dtype], seg_n: int, config: TileConfig,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Moments of each ``seg_n``-column segment of h = residual + dropout(x): (mean, M2, h).
+
+    mean and M2 = Σ(h − mean)² are [M, segments] in the accumulation dtype (RMSNorm: mean is empty and M2 is
+    Σh²); h is stored in ``h_dtype`` when given. Nothing is normalized: the caller merges the moments (across
+    segments, or across ranks) and calls :func:`norm_apply`.
+    """
+    m, n = x.shape
+    segments = cdiv(n, seg_n) if n else 1
+    acc = acc_dtype(x.dtype)
+    mean = _empty(x.device, acc) if is_rms else torch.empty((m, segments), device=x.device, dtype=acc)
+    m2 = torch.empty((m, segments), device=x.device, dtype=acc)
+    h = torch.empty((m, n), device=x.device, dtype=h_dtype) if h_dtype is not None else None
+    if m > 0 and n > 0:
+        _launch_forward(x, residual, None, None, seed, None, h, mean, m2, 0.0, dropout_p, 0.0, is_rms, False,
+                        STATS_MOMENTS, seg_n, config)
+    return mean, m2, h
+
+
+def norm_apply(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
+    weight_offset: float, is_rms: bool, seg_n: int, config: TileConfig, out_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """y = (x − mean) · rstd · (γ + offset) + β with the row statistics given ([M] each; RMSNorm: no mean),
+    in ``out_dtype`` (default: x's)."""
+    m, n = x.shape
+    y = torch.empty((m, n), device=x.device, dtype=out_dtype or x.dtype)
+    if m > 0 and n > 0:
+        _launch_forward(x, None, weight, bias, None, y, None, mean, rstd, 0.0, 0.0, weight_offset, is_rms, False,
+                        STATS_GIVEN, seg_n, config)
+    return y
+
+
+def _split_row_forward(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
+    seed: Optional[Tensor], eps: float, dropout_p: float, weight_offset: float, is_rms: bool,
+    h_dtype: Optional[torch.dtype], cfg: TileConfig, store_stats: bool,
+) -> ForwardOut:
+    """Rows split over ``cfg.segments`` programs each: segment moments, a merge in torch (O(M·segments)),
+    then normalization of h (stored, or recomputed when the caller does not want it)."""
+    m, n = x.shape
+    seg_n = segment_width(n, cfg.segments, cfg.block_n)
+    # h is needed again by the normalize pass: stored in the caller's dtype (then both paths normalize h as
+    # rounded to it), else in the accumulation dtype (exactly what the unsplit kernel normalizes).
+    needs_h = residual is not None or dropout_p > 0.0
+    keep_h = h_dtype if h_dtype is not None else (acc_dtype(x.dtype) if needs_h else None)
+    seg_mean, seg_m2, h = norm_moments(x, residual, seed, dropout_p, is_rms, keep_h, seg_n, cfg)
+    counts = (n - torch.arange(seg_m2.shape[1], device=x.device) * seg_n).clamp(max=seg_n).to(seg_m2.dtype)
+    mean, rstd = merge_row_moments(seg_mean, seg_m2, counts, eps, is_rms)
+    y = norm_apply(h if h is not None else x, weight, bias, mean, rstd, weight_offset, is_rms, seg_n, cfg,
+                   out_dtype=x.dtype)
+    if is_rms and store_stats:
+        mean = _empty(x.device, rstd.dtype)
+    if not store_stats:
+        mean = rstd = None
+    return ForwardOut(y, h if h_dtype is not None else None, mean, rstd)
 
 
 def norm_backward(

@@ -7,6 +7,10 @@ One kernel, compile-time switches:
 * ``HAS_RESIDUAL``: h = residual + x before the norm; ``HAS_DROPOUT``: x is dropped (Philox from a seed
   tensor, regenerated in backward); ``STORE_H``: h is written out (needed by backward and by pre-LN callers).
 * ``STORE_STATS``: write mean and rstd per row (backward needs them; inference does not).
+* ``STATS``: compute the row's statistics and normalize (the usual case); or only write each segment's
+  moments (mean and M2; Σx² for RMSNorm); or normalize with statistics given in MEAN/RSTD. With a second grid
+  dimension splitting rows into ``seg_n``-column segments, the last two make the split-row path (moments →
+  merge → normalize) and the local part of a tensor-parallel norm (moments → all-gather → merge → normalize).
 * ``SINGLE_CHUNK``: the row fits one [BLOCK_M, BLOCK_N] register tile (BLOCK_M rows per program); else each
   program walks its row in BLOCK_N chunks twice: once for statistics (chunk means and M2 merged with Chan's
   formula, never E[x²] − E[x]²; each mean refined by the corrected two-pass algorithm), once to normalize.
@@ -83,14 +87,20 @@ def dropout_keep(SEED, rows64, cols, N, dropout_p):
     return tl.rand(seed, offsets) >= dropout_p
 
 
+# STATS modes: where the row statistics come from and what the kernel writes.
+STATS_COMPUTE = 0  # compute mean/rstd of the whole row, write y (and mean/rstd with STORE_STATS)
+STATS_MOMENTS = 1  # compute this segment's moments only: MEAN ← segment mean, RSTD ← its M2 (RMSNorm: Σh²)
+STATS_GIVEN = 2  # read the row's mean/rstd from MEAN/RSTD (merged elsewhere), write y for this segment
+
+
 @triton.jit
 def norm_fwd_kernel(
     X, RES, W, B, SEED, Y, H, MEAN, RSTD,
     stride_x, stride_res, stride_y, stride_h,
-    M, N, eps, eps_lo, dropout_p, weight_offset,
+    M, N, seg_n, eps, eps_lo, dropout_p, weight_offset,
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr, STORE_STATS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     H_DTYPE: tl.constexpr = H.dtype.element_ty
@@ -102,75 +112,113 @@ def norm_fwd_kernel(
     row_mask = rows < M
     rows64 = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
+    # Program (i, s) covers columns [col0, col_end) of its rows: the whole row unless the grid splits rows
+    # into segments (split-row path, tensor-parallel shards), seg_n columns each.
+    seg = tl.program_id(1)
+    col0 = seg * seg_n
+    col_end = tl.minimum(col0 + seg_n, N)
+    moment_index = rows64 * tl.num_programs(1) + seg  # [M, segments] moments, row-major
+
+    if STATS == 2:  # STATS_GIVEN
+        rstd = tl.load(RSTD + rows64, mask=row_mask, other=0.0).to(ACC)
+        mean = tl.zeros([BLOCK_M], dtype=ACC)
+        if not IS_RMS:
+            mean = tl.load(MEAN + rows64, mask=row_mask, other=0.0).to(ACC)
 
     if SINGLE_CHUNK:
-        mask = row_mask[:, None] & (cols < N)[None, :]
-        h = load_h(X, RES, SEED, rows64, cols, mask, stride_x, stride_res, N, dropout_p,
+        c = col0 + cols
+        col_mask = c < col_end
+        mask = row_mask[:, None] & col_mask[None, :]
+        h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
                    ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
         if STORE_H:
-            tl.store(H + rows64[:, None] * stride_h + cols[None, :], h.to(H_DTYPE), mask=mask)
-        if IS_RMS:
-            rstd = inv_sqrt(row_mean(tl.sum(h * h, axis=1), N) + eps, ACC)
-            xhat = h * rstd[:, None]
-        else:
-            mean, var = corrected_mean_var(h, mask, N)
-            rstd = inv_sqrt(var + eps, ACC)
-            xhat = tl.where(mask, h - mean[:, None], 0.0) * rstd[:, None]
-            if STORE_STATS:
-                tl.store(MEAN + rows64, mean, mask=row_mask)
-        if STORE_STATS:
-            tl.store(RSTD + rows64, rstd, mask=row_mask)
-        y = xhat
-        if HAS_WEIGHT:
-            y *= tl.load(W + cols, mask=cols < N, other=0.0).to(ACC)[None, :] + weight_offset
-        if HAS_BIAS:
-            y += tl.load(B + cols, mask=cols < N, other=0.0).to(ACC)[None, :]
-        tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
-    else:
-        # Pass 1: statistics, chunk by chunk.
-        count = tl.zeros([BLOCK_M], dtype=ACC)
-        mean = tl.zeros([BLOCK_M], dtype=ACC)
-        m2 = tl.zeros([BLOCK_M], dtype=ACC)  # Σ(x − mean)² for LayerNorm, Σx² for RMSNorm
-        for start in range(0, N, BLOCK_N):
-            c = start + cols
-            mask = row_mask[:, None] & (c < N)[None, :]
-            h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
-                       ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
-            if STORE_H:
-                tl.store(H + rows64[:, None] * stride_h + c[None, :], h.to(H_DTYPE), mask=mask)
+            tl.store(H + rows64[:, None] * stride_h + c[None, :], h.to(H_DTYPE), mask=mask)
+        if STATS == 1:  # STATS_MOMENTS
             if IS_RMS:
-                m2 += tl.sum(h * h, axis=1)
+                tl.store(RSTD + moment_index, tl.sum(h * h, axis=1), mask=row_mask)
             else:
-                n_b = tl.minimum(N - start, BLOCK_N).to(ACC)
-                mean_b, var_b = corrected_mean_var(h, mask, n_b)
-                delta = mean_b - mean
-                total = count + n_b
-                mean += delta * (n_b / total)
-                m2 += var_b * n_b + delta * delta * (count * n_b / total)
-                count = total
-        rstd = inv_sqrt(row_mean(m2, N) + eps, ACC)
-        if STORE_STATS:
-            if not IS_RMS:
-                tl.store(MEAN + rows64, mean, mask=row_mask)
-            tl.store(RSTD + rows64, rstd, mask=row_mask)
-        if STORE_H:
-            tl.debug_barrier()  # pass 2 reads h back: make this program's stores visible to all its threads
-        # Pass 2: normalize.
-        for start in range(0, N, BLOCK_N):
-            c = start + cols
-            col_mask = c < N
-            mask = row_mask[:, None] & col_mask[None, :]
-            if STORE_H:
-                h = tl.load(H + rows64[:, None] * stride_h + c[None, :], mask=mask, other=0.0).to(ACC)
-            else:
+                width = col_end - col0
+                seg_mean, seg_var = corrected_mean_var(h, mask, width)
+                tl.store(MEAN + moment_index, seg_mean, mask=row_mask)
+                tl.store(RSTD + moment_index, seg_var * width, mask=row_mask)
+        else:
+            if STATS == 0:  # STATS_COMPUTE
+                if IS_RMS:
+                    rstd = inv_sqrt(row_mean(tl.sum(h * h, axis=1), N) + eps, ACC)
+                    mean = tl.zeros_like(rstd)  # unused by RMSNorm
+                else:
+                    mean, var = corrected_mean_var(h, mask, N)
+                    rstd = inv_sqrt(var + eps, ACC)
+                if STORE_STATS:
+                    if not IS_RMS:
+                        tl.store(MEAN + rows64, mean, mask=row_mask)
+                    tl.store(RSTD + rows64, rstd, mask=row_mask)
+            normalize_store(h, mean, rstd, W, B, Y, rows64, c, col_mask, mask, stride_y, weight_offset,
+                            ACC, IS_RMS, HAS_WEIGHT, HAS_BIAS)
+    else:
+        if STATS != 2:
+            # Pass 1: statistics, chunk by chunk.
+            count = tl.zeros([BLOCK_M], dtype=ACC)
+            mean = tl.zeros([BLOCK_M], dtype=ACC)
+            m2 = tl.zeros([BLOCK_M], dtype=ACC)  # Σ(x − mean)² for LayerNorm, Σx² for RMSNorm
+            for start in range(col0, col_end, BLOCK_N):
+                c = start + cols
+                mask = row_mask[:, None] & (c < col_end)[None, :]
                 h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
                            ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
-            if IS_RMS:
-                y = h * rstd[:, None]
-            else:
-                y = (h - mean[:, None]) * rstd[:, None]
-            if HAS_WEIGHT:
-                y *= tl.load(W + c, mask=col_mask, other=0.0).to(ACC)[None, :] + weight_offset
-            if HAS_BIAS:
-                y += tl.load(B + c, mask=col_mask, other=0.0).to(ACC)[None, :]
-            tl.store(Y + rows64[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
+                if STORE_H:
+                    tl.store(H + rows64[:, None] * stride_h + c[None, :], h.to(H_DTYPE), mask=mask)
+                if IS_RMS:
+                    m2 += tl.sum(h * h, axis=1)
+                else:
+                    n_b = tl.minimum(col_end - start, BLOCK_N).to(ACC)
+                    mean_b, var_b = corrected_mean_var(h, mask, n_b)
+                    delta = mean_b - mean
+                    total = count + n_b
+                    mean += delta * (n_b / total)
+                    m2 += var_b * n_b + delta * delta * (count * n_b / total)
+                    count = total
+        if STATS == 1:  # STATS_MOMENTS
+            if not IS_RMS:
+                tl.store(MEAN + moment_index, mean, mask=row_mask)
+            tl.store(RSTD + moment_index, m2, mask=row_mask)
+        else:
+            if STATS == 0:  # STATS_COMPUTE
+                rstd = inv_sqrt(row_mean(m2, N) + eps, ACC)
+                if STORE_STATS:
+                    if not IS_RMS:
+                        tl.store(MEAN + rows64, mean, mask=row_mask)
+                    tl.store(RSTD + rows64, rstd, mask=row_mask)
+                if STORE_H:
+                    tl.debug_barrier()  # pass 2 reads h back: make this program's stores visible to its threads
+            # Pass 2: normalize.
+            for start in range(col0, col_end, BLOCK_N):
+                c = start + cols
+                col_mask = c < col_end
+                mask = row_mask[:, None] & col_mask[None, :]
+                if STORE_H and STATS == 0:
+                    h = tl.load(H + rows64[:, None] * stride_h + c[None, :], mask=mask, other=0.0).to(ACC)
+                else:
+                    h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
+                               ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
+                    if STORE_H:
+                        tl.store(H + rows64[:, None] * stride_h + c[None, :], h.to(H_DTYPE), mask=mask)
+                normalize_store(h, mean, rstd, W, B, Y, rows64, c, col_mask, mask, stride_y, weight_offset,
+                                ACC, IS_RMS, HAS_WEIGHT, HAS_BIAS)
+
+
+@triton.jit
+def normalize_store(
+    h, mean, rstd, W, B, Y, rows64, c, col_mask, mask, stride_y, weight_offset,
+    ACC: tl.constexpr, IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """y = x̂ · (γ + offset) + β for one tile, stored in Y's dtype."""
+    if IS_RMS:
+        y = h * rstd[:, None]
+    else:
+        y = tl.where(mask, h - mean[:, None], 0.0) * rstd[:, None]
+    if HAS_WEIGHT:
+        y *= tl.load(W + c, mask=col_mask, other=0.0).to(ACC)[None, :] + weight_offset
+    if HAS_BIAS:
+        y += tl.load(B + c, mask=col_mask, other=0.0).to(ACC)[None, :]
+    tl.store(Y + rows64[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)

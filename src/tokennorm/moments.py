@@ -1,0 +1,45 @@
+"""Merging the moments of pieces of a row into the row's statistics (pure PyTorch, deterministic).
+
+A row of N elements is cut into pieces of n_i elements (segments of the split-row kernel path, or the shards of
+a tensor-parallel hidden dim; n_i may be 0). Each piece contributes its mean m_i and centred sum of squares
+M2_i = Σ(x − m_i)². The merge is Chan, Golub & LeVeque's parallel form, shifted by the mean of the largest
+piece s so that the deviations are small numbers::
+
+    d_i  = m_i − m_s
+    δ    = Σ n_i d_i / N                 mean = m_s + δ
+    M2   = Σ M2_i + Σ n_i (d_i − δ)²     var  = M2 / N   (biased)
+
+Every term is built from centred values, so there is no E[x²] − E[x]² cancellation when |mean| ≫ std.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["merge_moments", "merge_row_moments"]
+
+
+def merge_moments(mean: Tensor, m2: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge the moments of W pieces: ``mean``, ``m2`` [W, rows], ``count`` [W] → (mean, M2), each [rows]."""
+    total = count.sum()
+    largest = int(count.argmax())  # the piece whose mean is the shift
+    d = mean - mean[largest]  # [W, rows]
+    weights = count[:, None]  # [W, 1]
+    delta = (weights * d).sum(dim=0) / total  # [rows]
+    row_m2 = m2.sum(dim=0) + (weights * (d - delta).square()).sum(dim=0)  # [rows]
+    return mean[largest] + delta, row_m2
+
+
+def merge_row_moments(
+    seg_mean: Tensor, seg_m2: Tensor, seg_count: Tensor, eps: float, is_rms: bool
+) -> tuple[Optional[Tensor], Tensor]:
+    """(mean, rstd) of whole rows from their segments' moments ([M, S] each; RMSNorm: Σx² in ``seg_m2`` and no
+    mean), with ``seg_count`` [S] elements per segment. rstd = 1 / sqrt(var + ε), correctly rounded."""
+    n = seg_count.sum()
+    if is_rms:
+        return None, 1.0 / torch.sqrt(seg_m2.sum(dim=1) / n + eps)
+    mean, m2 = merge_moments(seg_mean.t(), seg_m2.t(), seg_count)
+    return mean, 1.0 / torch.sqrt(m2 / n + eps)
