@@ -143,6 +143,37 @@ def test_split_rows_match_the_reference_and_the_unsplit_kernel(config, is_rms):
     _close(bwd.dx, g.dx, torch.float32)
 
 
+@pytest.mark.parametrize("config", SPLIT, ids=["split-tiles", "split-chunks"])
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_split_rows_backward_matches_the_reference(config, is_rms):
+    """Backward over split rows: segment sums → summed in torch → dx and dγ/dβ partials per segment."""
+    m, n = 5, 37
+    x, w, b, dy = _inputs(m, n, torch.float32, True, not is_rms)
+    fwd = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None)
+    bwd = norm_backward(dy, x, w, fwd.mean, fwd.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
+                        x.dtype, None, config=config)
+    _, g = _ref(x, w, b, dy, 1e-5, is_rms)
+    _close(bwd.dx, g.dx, torch.float32)
+    _close(bwd.dweight, g.dweight, torch.float32, scale=m)
+    if not is_rms:
+        _close(bwd.dbias, g.dbias, torch.float32, scale=m)
+
+
+def test_split_rows_add_norm_backward_with_dropout_matches_the_unsplit_kernel():
+    m, n = 4, 40
+    x, w, b, dy = _inputs(m, n, torch.float32, True, True)
+    r = _inputs(m, n, torch.float32, False, False, seed=1)[0]
+    dh = _inputs(m, n, torch.float32, False, False, seed=2)[0]
+    seed = torch.tensor([99], device=KERNEL_DEVICE)
+    fwd = norm_forward(x, w, b, r, seed, 1e-5, 0.25, 0.0, False, torch.float32)
+    outs = [norm_backward(dy, fwd.h, w, fwd.mean, fwd.rstd, dh, seed, 0.25, 0.0, False, True, True, x.dtype,
+                          torch.float32, config=config)
+            for config in (None, TileConfig(1, 8, False, 1, segments=3))]
+    for whole, split in zip(outs[0], outs[1]):
+        torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+    assert torch.equal(outs[0].dx == 0, outs[1].dx == 0)  # the same dropped elements
+
+
 def test_split_rows_add_norm_with_dropout_matches_the_unsplit_kernel():
     """Same Philox mask (keyed by the element's index, not the tiling), same h bit for bit, same y."""
     m, n = 4, 40

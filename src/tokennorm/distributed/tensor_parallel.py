@@ -11,9 +11,10 @@ with the matching slice of γ and β. Per call, per row:
 
 Before that, by default, one tiny all-gather checks every rank's arguments (see :mod:`._validate`), so a bad
 argument raises the same error on every rank instead of hanging the group; ``validate=False`` skips it.
-The forward's local work runs tokennorm's kernels where tokennorm's backend picks Triton (CUDA tensors by
-default): one pass writes the slice's moments, one pass normalizes it with the merged statistics. Elsewhere,
-and for the backward (one all-reduce of two row sums, then elementwise work), it is plain PyTorch in fp32.
+The local work runs tokennorm's kernels where tokennorm's backend picks Triton (CUDA tensors by default):
+forward, one pass writes the slice's moments and one normalizes it with the merged statistics; backward, one
+pass writes the slice's two row sums and one computes dx and dγ/dβ with the reduced ones. Elsewhere it is plain
+PyTorch in fp32, with the same collectives.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tokennorm.distributed._dtensor import unwrap
 from tokennorm.distributed._stats import local_moments, merge_moments
 from tokennorm.distributed._validate import LocalProblem, all_gather_single, exchange_and_check
 from tokennorm.kernels import launch
-from tokennorm.kernels.config import forward_config
+from tokennorm.kernels.config import backward_config, forward_config
 from tokennorm.reference import compute_dtype, default_rms_eps
 
 __all__ = ["default_shard_sizes", "sharded_layer_norm", "sharded_rms_norm", "sharded_add_norm"]
@@ -75,8 +76,7 @@ def _triton_forward(
     """The forward with tokennorm's kernels for the local work: one pass for this slice's moments, the same
     collective and merge as the torch path, one pass to normalize. Returns (y, mean, rstd, N) like it."""
     rows, width = math.prod(x.shape[:-1]), x.shape[-1]
-    x2 = x.reshape(rows, width)
-    x2 = x2 if x2.stride(-1) == 1 or width <= 1 else x2.contiguous()
+    x2 = _row_major(x.reshape(rows, width))
     cfg = forward_config(max(width, 1))
     if width:
         seg_mean, seg_m2, _ = launch.norm_moments(x2, None, None, 0.0, is_rms, None, width, cfg)
@@ -100,6 +100,42 @@ def _triton_forward(
     y = launch.norm_apply(x2, w, b, None if mean is None else mean[:, 0].to(acc), rstd[:, 0].to(acc),
                           weight_offset, is_rms, max(width, 1), cfg)
     return y.reshape(x.shape), mean, rstd, total
+
+
+def _triton_backward(ctx, dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
+                     total: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The backward with tokennorm's kernels: one pass for this slice's Σg·x̂ and Σg, the same all-reduce as
+    the torch path, one pass for dx and this slice's dγ/dβ partials."""
+    rows, width = math.prod(x.shape[:-1]), x.shape[-1]
+    x2 = _row_major(x.reshape(rows, width))
+    dy2 = _row_major(dy.reshape(rows, width))
+    cfg = backward_config(max(width, 1))
+    acc = compute_dtype(x.dtype)
+    mean_rows = x2.new_empty(0, dtype=acc) if mean is None else mean.reshape(rows).contiguous()
+    rstd_rows = rstd.reshape(rows).contiguous()
+    w = None if weight is None else weight.contiguous()
+    if width:
+        sums = launch.norm_backward_sums(dy2, x2, w, mean_rows, rstd_rows, ctx.weight_offset, mean is None,
+                                         width, cfg)[:, 0]  # [rows, 2]
+    else:
+        sums = x2.new_zeros((rows, 2), dtype=acc)
+    # The same collective as the torch path: Σg·x̂, and Σg for LayerNorm only.
+    reduced = sums if mean is not None else sums[:, :1].contiguous()
+    if rows:
+        dist.all_reduce(reduced, group=ctx.group)
+    row_means = (reduced if mean is not None else torch.cat([reduced, reduced.new_zeros(rows, 1)], 1)) / total
+    needs_dw, needs_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    out = launch.norm_backward(dy2, x2, w, mean_rows, rstd_rows, None, None, 0.0, ctx.weight_offset, mean is None,
+                               needs_dw, needs_db, x.dtype, None, config=cfg, row_means=row_means)
+    dx = out.dx.reshape(x.shape) if ctx.needs_input_grad[0] else None
+    dweight = out.dweight.to(weight.dtype) if needs_dw else None
+    dbias = out.dbias.to(ctx.bias_dtype) if needs_db else None
+    return dx, dweight, dbias
+
+
+def _row_major(t: Tensor) -> Tensor:
+    """``t`` with a last stride of 1 (the kernels' layout), copied only when needed."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
 class _ShardedNorm(torch.autograd.Function):
@@ -126,6 +162,9 @@ class _ShardedNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, weight, mean, rstd, total = ctx.saved_tensors
+        if use_triton(x):
+            dx, dweight, dbias = _triton_backward(ctx, dy, x, weight, mean, rstd, total)
+            return dx, dweight, dbias, None, None, None, None
         rows = math.prod(x.shape[:-1])
         acc = compute_dtype(x.dtype)
         x2 = x.reshape(rows, x.shape[-1]).to(acc)  # [rows, n_i]

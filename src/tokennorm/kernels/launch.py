@@ -11,11 +11,10 @@ import struct
 from typing import NamedTuple, Optional
 
 import torch
-import triton
 from torch import Tensor
 
 from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config
-from tokennorm.kernels.norm_bwd import norm_bwd_kernel
+from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SUMS, norm_bwd_kernel
 from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MOMENTS, norm_fwd_kernel
 from tokennorm.moments import merge_row_moments
 
@@ -205,39 +204,80 @@ def norm_backward(
     x_dtype: torch.dtype,
     residual_dtype: Optional[torch.dtype],
     config: Optional[TileConfig] = None,
+    row_means: Optional[Tensor] = None,
 ) -> BackwardOut:
     """Run the backward kernel and sum its per-program dγ/dβ partials (deterministically, in float32 or wider).
 
     ``h`` is what was normalized (x itself for a plain norm); ``residual_dtype`` not None asks for a separate
-    d(residual) output in that dtype.
+    d(residual) output in that dtype. ``row_means`` [M, 2], when given, holds each row's mean(g·x̂) and
+    mean(g) (reduced elsewhere, e.g. across tensor-parallel ranks from :func:`norm_backward_sums`) instead
+    of computing them here. A config with ``segments > 1`` splits each row over that many programs.
     """
     m, n = h.shape
     dev = h.device
     dx = torch.empty((m, n), device=dev, dtype=x_dtype)
     dres = torch.empty((m, n), device=dev, dtype=residual_dtype) if residual_dtype is not None else None
+    acc = acc_dtype(h.dtype)
     if m == 0 or n == 0:
-        acc = acc_dtype(h.dtype)
         return BackwardOut(dx, _empty(dev, x_dtype) if dres is None else dres,
                            torch.zeros(n if compute_dweight else 0, device=dev, dtype=acc),
                            torch.zeros(n if compute_dbias else 0, device=dev, dtype=acc))
     cfg = config or backward_config(int(n))
+    seg_n = n if cfg.segments == 1 else segment_width(n, cfg.segments, cfg.block_n)
+    dots = DOTS_COMPUTE
+    if row_means is None and cfg.segments > 1:  # split rows: segment sums, summed here, then dx
+        sums = norm_backward_sums(dy, h, weight, mean, rstd, weight_offset, is_rms, seg_n, cfg)
+        row_means = sums.sum(dim=1) / n
+    if row_means is not None:
+        dots, row_dots = DOTS_GIVEN, row_means.to(acc).contiguous()
+    else:
+        row_dots = None if cfg.single_chunk else torch.empty((m, 2), device=dev, dtype=acc)
     programs, rows_per_program = backward_programs(m, dev, cfg)
-    acc = acc_dtype(h.dtype)
     dw_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
     db_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
-    row_dots = None if cfg.single_chunk else torch.empty((m, 2), device=dev, dtype=acc_dtype(h.dtype))
-    _norm_bwd_kernel[(programs,)](
-        dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw_partial, db_partial, row_dots,
-        dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
-        0 if dres is None else dres.stride(0),
-        m, n, rows_per_program, dropout_p, weight_offset,
-        IS_RMS=is_rms, HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias,
-        HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
-    )
+    _launch_backward(dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw_partial, db_partial, row_dots,
+                     dropout_p, weight_offset, is_rms, dots, seg_n, programs, rows_per_program, cfg)
     return BackwardOut(
         dx,
         _empty(dev, x_dtype) if dres is None else dres,
         dw_partial.sum(dim=0) if compute_dweight else _empty(dev, acc),
         db_partial.sum(dim=0) if compute_dbias else _empty(dev, acc),
+    )
+
+
+def norm_backward_sums(
+    dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, weight_offset: float,
+    is_rms: bool, seg_n: int, config: TileConfig,
+) -> Tensor:
+    """Per row and ``seg_n``-column segment, Σ g·x̂ and Σ g (g = dy·(γ + offset)): [M, segments, 2].
+
+    Summed over segments (or across ranks) and divided by the row length, they are the ``row_means`` that
+    :func:`norm_backward` takes.
+    """
+    m, n = h.shape
+    segments = cdiv(n, seg_n) if n else 1
+    sums = torch.empty((m, segments, 2), device=h.device, dtype=acc_dtype(h.dtype))
+    if m > 0 and n > 0:
+        programs, rows_per_program = backward_programs(m, h.device, config)
+        _launch_backward(dy, h, weight, mean, rstd, None, None, dy, None, None, None, sums, 0.0, weight_offset,
+                         is_rms, DOTS_SUMS, seg_n, programs, rows_per_program, config)
+    return sums
+
+
+def _launch_backward(
+    dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, dh_in: Optional[Tensor],
+    seed: Optional[Tensor], dx: Tensor, dres: Optional[Tensor], dw_partial: Optional[Tensor],
+    db_partial: Optional[Tensor], row_dots: Optional[Tensor], dropout_p: float, weight_offset: float,
+    is_rms: bool, dots: int, seg_n: int, programs: int, rows_per_program: int, cfg: TileConfig,
+) -> None:
+    m, n = h.shape
+    _norm_bwd_kernel[(programs, cdiv(n, seg_n))](
+        dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw_partial, db_partial, row_dots,
+        dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
+        0 if dres is None else dres.stride(0),
+        m, n, seg_n, rows_per_program, dropout_p, weight_offset,
+        IS_RMS=is_rms, HAS_WEIGHT=weight is not None,
+        COMPUTE_DW=dw_partial is not None, COMPUTE_DB=db_partial is not None,
+        HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None, DOTS=dots,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
     )

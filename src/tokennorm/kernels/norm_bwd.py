@@ -11,6 +11,11 @@ dγ = Σ_rows dy · x̂ and dβ = Σ_rows dy are accumulated per program in floa
 and written as one partial row each; the caller sums the few partial rows. No atomics, so results are bitwise
 reproducible.
 
+``DOTS``: compute the two row dot products here (the usual case); or only write each segment's sums; or take
+the rows' means given. With a second grid dimension splitting rows into ``seg_n``-column segments, the last two
+make the split-row backward (sums → torch sum → dx) and the local part of a tensor-parallel backward (sums →
+all-reduce → dx).
+
 ``SINGLE_CHUNK``: the row fits a [BLOCK_M, BLOCK_N] tile and everything happens in one pass over h and dy.
 Otherwise pass 1 computes each row's two dot products chunk by chunk into ``ROW_DOTS``, and pass 2 walks the
 row chunk by chunk (rows inner) so one chunk of dγ/dβ lives in registers at a time.
@@ -58,13 +63,19 @@ def _store_dh(
     tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
 
 
+# DOTS modes: where the two row dot products dx needs, mean(g·x̂) and mean(g), come from.
+DOTS_COMPUTE = 0  # computed here over the whole row
+DOTS_SUMS = 1  # only write this segment's sums Σg·x̂, Σg into ROW_DOTS[row, segment, 0:2]; no dx
+DOTS_GIVEN = 2  # read the rows' means from ROW_DOTS[row, 0:2] (reduced elsewhere); write dx and dγ/dβ
+
+
 @triton.jit
 def norm_bwd_kernel(
     DY, H, W, MEAN, RSTD, DH_IN, SEED, DX, DRES, DW_PARTIAL, DB_PARTIAL, ROW_DOTS,
     stride_dy, stride_h, stride_dh_in, stride_dx, stride_dres,
-    M, N, rows_per_program, dropout_p, weight_offset,
+    M, N, seg_n, rows_per_program, dropout_p, weight_offset,
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
-    HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr,
+    HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr, DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if H.dtype.element_ty == tl.float64 else tl.float32
@@ -73,8 +84,12 @@ def norm_bwd_kernel(
     row_end = tl.minimum(row_start + rows_per_program, M)
     cols = tl.arange(0, BLOCK_N)
     partial_row = pid.to(tl.int64) * N
+    # Program (p, s) covers columns [col0, col_end): the whole row unless the grid splits rows into segments.
+    seg = tl.program_id(1)
+    col0 = seg * seg_n
+    col_end = tl.minimum(col0 + seg_n, N)
 
-    if SINGLE_CHUNK:
+    if SINGLE_CHUNK and DOTS == 0:
         col_mask = cols < N
         dw = tl.zeros([BLOCK_N], dtype=ACC)
         db = tl.zeros([BLOCK_N], dtype=ACC)
@@ -101,49 +116,56 @@ def norm_bwd_kernel(
         if COMPUTE_DB:
             tl.store(DB_PARTIAL + partial_row + cols, db.to(DB_PARTIAL.dtype.element_ty), mask=col_mask)
     else:
-        # Pass 1: per row, mean(g · x̂) and mean(g), chunk by chunk, into ROW_DOTS[row, 0:2].
-        for r0 in range(row_start, row_end, BLOCK_M):
-            rows = r0 + tl.arange(0, BLOCK_M)
-            row_mask = rows < row_end
-            rows64 = rows.to(tl.int64)
-            gx = tl.zeros([BLOCK_M], dtype=ACC)
-            gs = tl.zeros([BLOCK_M], dtype=ACC)
-            for start in range(0, N, BLOCK_N):
-                c = start + cols
-                mask = row_mask[:, None] & (c < N)[None, :]
-                dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
-                                               stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
-                gx += tl.sum(g * xhat, axis=1)
-                gs += tl.sum(g, axis=1)
-            tl.store(ROW_DOTS + rows64 * 2, row_mean(gx, N), mask=row_mask)
-            tl.store(ROW_DOTS + rows64 * 2 + 1, row_mean(gs, N), mask=row_mask)
-        tl.debug_barrier()  # pass 2 reads ROW_DOTS written by other threads of this program
-        # Pass 2: dx and this program's chunk of dγ/dβ, chunk-outer so the partials stay in registers.
-        for start in range(0, N, BLOCK_N):
-            c = start + cols
-            col_mask = c < N
-            dw = tl.zeros([BLOCK_N], dtype=ACC)
-            db = tl.zeros([BLOCK_N], dtype=ACC)
+        if DOTS != 2:
+            # Pass 1: per row, Σ g·x̂ and Σ g over this program's columns, chunk by chunk.
             for r0 in range(row_start, row_end, BLOCK_M):
                 rows = r0 + tl.arange(0, BLOCK_M)
                 row_mask = rows < row_end
                 rows64 = rows.to(tl.int64)
-                mask = row_mask[:, None] & col_mask[None, :]
-                dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
-                                               stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
-                gx = tl.load(ROW_DOTS + rows64 * 2, mask=row_mask, other=0.0)
-                if IS_RMS:
-                    dh = rstd[:, None] * (g - xhat * gx[:, None])
+                gx = tl.zeros([BLOCK_M], dtype=ACC)
+                gs = tl.zeros([BLOCK_M], dtype=ACC)
+                for start in range(col0, col_end, BLOCK_N):
+                    c = start + cols
+                    mask = row_mask[:, None] & (c < col_end)[None, :]
+                    dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
+                                                   stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
+                    gx += tl.sum(g * xhat, axis=1)
+                    gs += tl.sum(g, axis=1)
+                if DOTS == 1:  # DOTS_SUMS: raw sums of this segment, for the caller to reduce
+                    slot = (rows64 * tl.num_programs(1) + seg) * 2
+                    tl.store(ROW_DOTS + slot, gx, mask=row_mask)
+                    tl.store(ROW_DOTS + slot + 1, gs, mask=row_mask)
                 else:
-                    gs = tl.load(ROW_DOTS + rows64 * 2 + 1, mask=row_mask, other=0.0)
-                    dh = rstd[:, None] * (g - gs[:, None] - xhat * gx[:, None])
-                _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, c, mask, stride_dh_in, stride_dx, stride_dres,
-                          N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
+                    tl.store(ROW_DOTS + rows64 * 2, row_mean(gx, N), mask=row_mask)
+                    tl.store(ROW_DOTS + rows64 * 2 + 1, row_mean(gs, N), mask=row_mask)
+            tl.debug_barrier()  # pass 2 reads ROW_DOTS written by other threads of this program
+        if DOTS != 1:
+            # Pass 2: dx and this program's chunk of dγ/dβ, chunk-outer so the partials stay in registers.
+            for start in range(col0, col_end, BLOCK_N):
+                c = start + cols
+                col_mask = c < col_end
+                dw = tl.zeros([BLOCK_N], dtype=ACC)
+                db = tl.zeros([BLOCK_N], dtype=ACC)
+                for r0 in range(row_start, row_end, BLOCK_M):
+                    rows = r0 + tl.arange(0, BLOCK_M)
+                    row_mask = rows < row_end
+                    rows64 = rows.to(tl.int64)
+                    mask = row_mask[:, None] & col_mask[None, :]
+                    dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
+                                                   stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
+                    gx = tl.load(ROW_DOTS + rows64 * 2, mask=row_mask, other=0.0)
+                    if IS_RMS:
+                        dh = rstd[:, None] * (g - xhat * gx[:, None])
+                    else:
+                        gs = tl.load(ROW_DOTS + rows64 * 2 + 1, mask=row_mask, other=0.0)
+                        dh = rstd[:, None] * (g - gs[:, None] - xhat * gx[:, None])
+                    _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, c, mask, stride_dh_in, stride_dx, stride_dres,
+                              N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
+                    if COMPUTE_DW:
+                        dw += tl.sum(dy * xhat, axis=0)
+                    if COMPUTE_DB:
+                        db += tl.sum(dy, axis=0)
                 if COMPUTE_DW:
-                    dw += tl.sum(dy * xhat, axis=0)
+                    tl.store(DW_PARTIAL + partial_row + c, dw.to(DW_PARTIAL.dtype.element_ty), mask=col_mask)
                 if COMPUTE_DB:
-                    db += tl.sum(dy, axis=0)
-            if COMPUTE_DW:
-                tl.store(DW_PARTIAL + partial_row + c, dw.to(DW_PARTIAL.dtype.element_ty), mask=col_mask)
-            if COMPUTE_DB:
-                tl.store(DB_PARTIAL + partial_row + c, db.to(DB_PARTIAL.dtype.element_ty), mask=col_mask)
+                    tl.store(DB_PARTIAL + partial_row + c, db.to(DB_PARTIAL.dtype.element_ty), mask=col_mask)
