@@ -38,11 +38,11 @@ def _candidates(n: int, max_tile: int) -> list[TileConfig]:
                 per_thread = block_m * block_n // (32 * warps)
                 if 8 <= per_thread <= 64:
                     out.append(TileConfig(block_m, block_n, True, warps))
-    if max_tile > 32768 and n >= 65536:  # forward only: split rows (segment moments → merge → normalize)
+    if n >= 65536:  # split rows: segment moments/sums → merged in torch → normalize / dx
         for segments in (2, 4, 8, 16, 32):
             for chunk, warps in ((8192, 16), (16384, 32)):
-                if chunk * segments <= 2 * n:
-                    out.append(TileConfig(1, chunk, True, warps, segments=segments))
+                if chunk * segments <= 2 * n and (max_tile > 32768 or warps == 16):
+                    out.append(TileConfig(1, chunk, False, warps, segments=segments))
     if n > 4096:
         for chunk in (4096, 8192, 16384):
             if chunk < n:
