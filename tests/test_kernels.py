@@ -286,6 +286,23 @@ def test_opcheck_schema_fake_and_autograd_registration():
                           test_utils=utils)
 
 
+def test_torch_compile_fullgraph_traces_the_triton_path(triton_backend):
+    """Dynamo traces tokennorm's Triton path without a graph break (fullgraph=True raises on one). Inductor
+    itself needs a GPU (next test): here the graph runs eagerly, kernels in the interpreter without a GPU."""
+    import tokennorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), tokennorm.LayerNorm(32), torch.nn.GELU(),
+                                tokennorm.RMSNorm(32)).to(KERNEL_DEVICE)
+    x = torch.randn(4, 32, device=KERNEL_DEVICE, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    y = compiled(x)
+    torch.testing.assert_close(y, model(x))
+    (dx,) = torch.autograd.grad(y.sum(), x)
+    (dx_eager,) = torch.autograd.grad(model(x).sum(), x)
+    torch.testing.assert_close(dx, dx_eager)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: Inductor cannot trace the interpreter")
 def test_torch_compile_fullgraph_has_no_graph_break():
     import tokennorm

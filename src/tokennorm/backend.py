@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -21,10 +20,13 @@ BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "TOKENNORM_BACKEND"
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None  # looked up once: imports are not undone
+
+
 def triton_available() -> bool:
-    """True when the ``triton`` package can be imported (cached: imports are not undone)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the ``triton`` package can be imported. (A plain function, not an lru_cache: torch.compile
+    traces it without a warning.)"""
+    return _TRITON_FOUND
 
 
 def backend_name() -> str:
