@@ -20,8 +20,11 @@ status=0
 for stage in $stages; do
   echo "=== $stage $(date +%T)"
   case $stage in
-    tests) python3 -m pytest -q -p no:cacheprovider -x -n 6 tests/test_kernels.py tests/test_add_norm.py \
-             tests/test_norm_parity.py tests/test_verify.py tests/test_modules.py 2>&1 | tail -25 ;;
+    # The whole log goes to OUTDIR (a failure's message must not be cut off); the summary is printed.
+    tests) python3 -m pytest -q -p no:cacheprovider -n 6 --tb=short tests/test_kernels.py tests/test_add_norm.py \
+             tests/test_norm_parity.py tests/test_verify.py tests/test_modules.py tests/test_distributed.py \
+             > "$out/tests.log" 2>&1; rc=$?; grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -25
+           [ $rc = 0 ] ;;
     verify) python3 -m tokennorm verify --json "$out/verify.json" > "$out/verify.log" 2>&1; rc=$?
             tail -4 "$out/verify.log"; [ $rc = 0 ] ;;
     tune) python3 benchmarks/tune_kernels.py --json "$out/tune_ln.json" ${TUNE_ARGS:-} 2>"$out/tune_err.log" &&
