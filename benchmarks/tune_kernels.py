@@ -11,6 +11,7 @@ device-to-device copy of the same bytes, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -38,6 +39,10 @@ def _candidates(n: int, max_tile: int) -> list[TileConfig]:
                 per_thread = block_m * block_n // (32 * warps)
                 if 8 <= per_thread <= 64:
                     out.append(TileConfig(block_m, block_n, True, warps))
+    if max_tile > 32768 and block_n <= 32768:  # forward: the default tile on a persistent, pipelined grid
+        base = kconfig.forward_config(n)
+        for per_sm, stages in ((2, 3), (4, 2), (4, 3), (8, 2)):
+            out.append(dataclasses.replace(base, programs_per_sm=per_sm, num_stages=stages))
     if n >= 65536:  # split rows: segment moments/sums → merged in torch → normalize / dx
         for segments in (2, 4, 8, 16, 32):
             for chunk, warps in ((8192, 16), (16384, 32)):
@@ -66,9 +71,8 @@ def _bwd_trials(first: list, done: list):
         yield TileConfig(**e["cfg"]), per_sm
 
 
-def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int) -> dict:
+def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda") -> dict:
     m = max(1, mn // n)
-    dev = "cuda"
     x = torch.randn(m, n, device=dev, dtype=dtype)
     w = torch.randn(n, device=dev, dtype=dtype) * 0.1 + 1
     b = None if is_rms else torch.randn(n, device=dev, dtype=dtype) * 0.1

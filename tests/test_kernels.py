@@ -174,6 +174,25 @@ def test_split_rows_add_norm_backward_with_dropout_matches_the_unsplit_kernel():
     assert torch.equal(outs[0].dx == 0, outs[1].dx == 0)  # the same dropped elements
 
 
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_persistent_forward_walks_every_tile(is_rms):
+    """A machine-sized grid (4 'SMs' in the interpreter × 1 program) walking 13 tiles of 2 rows: every row
+    normalized once, statistics and h stored as by the one-program-per-tile grid."""
+    m, n = 25, 40
+    x, w, b, dy = _inputs(m, n, torch.float32, True, not is_rms)
+    r = _inputs(m, n, torch.float32, False, False, seed=3)[0]
+    seed = torch.tensor([5], device=KERNEL_DEVICE)
+    config = TileConfig(2, 64, True, 1, programs_per_sm=1, num_stages=2)
+    for residual, p in ((None, 0.0), (r, 0.2)):
+        ours = norm_forward(x, w, b, residual, seed, 1e-5, p, 0.0, is_rms, torch.float32, config=config)
+        base = norm_forward(x, w, b, residual, seed, 1e-5, p, 0.0, is_rms, torch.float32)
+        for a, e in zip(ours, base):
+            assert torch.equal(a, e)  # same arithmetic on the same tiles, only the program order differs
+    y_ref, _ = _ref(x, w, b, dy, 1e-5, is_rms)
+    _close(norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=config).y, y_ref,
+           torch.float32)
+
+
 def test_split_rows_add_norm_with_dropout_matches_the_unsplit_kernel():
     """Same Philox mask (keyed by the element's index, not the tiling), same h bit for bit, same y."""
     m, n = 4, 40

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -45,6 +46,11 @@ class TileConfig:
     # Forward only: > 1 splits each row over this many programs (split-row path: segment moments → merge →
     # normalize), so that a few long rows still fill the GPU. Off by default until measured on a GPU.
     segments: int = 1
+    # Forward only, whole-row tiles: > 0 makes the grid persistent, this many programs per SM walking the row
+    # tiles, so the software pipeliner can overlap a tile's loads with the previous tile's reductions.
+    programs_per_sm: int = 0
+    # Software-pipelining depth of the kernel's loops (Triton's launch option); None: Triton's default.
+    num_stages: Optional[int] = None
 
 
 # Whole-row tiles measured fastest on an H100 (benchmarks/tune_kernels.py, bf16, M·N = 2^27, 2026-11-23),
@@ -87,7 +93,7 @@ def backward_config(n: int) -> TileConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return INTERPRETER_SM_COUNT
@@ -96,7 +102,7 @@ def _sm_count(device: torch.device) -> int:
 def backward_programs(m: int, device: torch.device, config: TileConfig) -> tuple[int, int]:
     """(number of programs, rows per program) for the backward grid over ``m`` rows."""
     per_sm = BWD_PROGRAMS_PER_SM_SINGLE if config.single_chunk else BWD_PROGRAMS_PER_SM_CHUNKED
-    programs = max(1, min(m, per_sm * _sm_count(device)))
+    programs = max(1, min(m, per_sm * sm_count(device)))
     rows_per_program = cdiv(m, programs)
     return cdiv(m, rows_per_program), rows_per_program
 

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config
+from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config, sm_count
 from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SUMS, norm_bwd_kernel
 from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MOMENTS, norm_fwd_kernel
 from tokennorm.moments import merge_row_moments
@@ -107,18 +107,26 @@ def _launch_forward(
     m, n = x.shape
     # Outputs a mode does not write (Y in the moments mode, H unless stored) get a placeholder pointer.
     placeholder = y if y is not None else (h if h is not None else x)
-    _norm_fwd_kernel[(cdiv(m, cfg.block_m), cdiv(n, seg_n))](
+    single = cfg.single_chunk and seg_n <= cfg.block_n  # a segment wider than the tile is walked in chunks
+    tiles = cdiv(m, cfg.block_m)
+    persistent = cfg.programs_per_sm > 0 and single and stats == STATS_COMPUTE
+    if persistent:
+        tiles = min(tiles, cfg.programs_per_sm * sm_count(x.device))
+    _norm_fwd_kernel[(tiles, cdiv(n, seg_n))](
         x, residual, weight, bias, seed, placeholder, h if h is not None else placeholder, mean, rstd,
         x.stride(0), 0 if residual is None else residual.stride(0), 0 if y is None else y.stride(0),
         0 if h is None else h.stride(0),
         m, n, seg_n, eps, _float32_remainder(eps), dropout_p, weight_offset,
         IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h is not None,
-        STORE_STATS=store_stats, STATS=stats,
-        # A segment wider than the tile is walked in chunks whatever the config says.
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk and seg_n <= cfg.block_n,
-        num_warps=cfg.num_warps,
+        STORE_STATS=store_stats, STATS=stats, PERSISTENT=persistent,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=single, num_warps=cfg.num_warps,
+        **_stages(cfg),
     )
+
+
+def _stages(cfg: TileConfig) -> dict:
+    return {} if cfg.num_stages is None else {"num_stages": cfg.num_stages}
 
 
 def segment_width(n: int, segments: int, block_n: int) -> int:
@@ -280,4 +288,5 @@ def _launch_backward(
         COMPUTE_DW=dw_partial is not None, COMPUTE_DB=db_partial is not None,
         HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None, DOTS=dots,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
+        **_stages(cfg),
     )

@@ -7,6 +7,7 @@ One kernel, compile-time switches:
 * ``HAS_RESIDUAL``: h = residual + x before the norm; ``HAS_DROPOUT``: x is dropped (Philox from a seed
   tensor, regenerated in backward); ``STORE_H``: h is written out (needed by backward and by pre-LN callers).
 * ``STORE_STATS``: write mean and rstd per row (backward needs them; inference does not).
+* ``PERSISTENT``: whole-row tiles walked by a machine-sized grid instead of one program per tile.
 * ``STATS``: compute the row's statistics and normalize (the usual case); or only write each segment's
   moments (mean and M2; Σx² for RMSNorm); or normalize with statistics given in MEAN/RSTD. With a second grid
   dimension splitting rows into ``seg_n``-column segments, the last two make the split-row path (moments →
@@ -101,6 +102,7 @@ def norm_fwd_kernel(
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr, STORE_STATS: tl.constexpr,
     STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    PERSISTENT: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     H_DTYPE: tl.constexpr = H.dtype.element_ty
@@ -125,7 +127,19 @@ def norm_fwd_kernel(
         if not IS_RMS:
             mean = tl.load(MEAN + rows64, mask=row_mask, other=0.0).to(ACC)
 
-    if SINGLE_CHUNK:
+    if SINGLE_CHUNK and STATS == 0:  # STATS_COMPUTE on whole rows: the common case
+        if PERSISTENT:
+            # A grid sized to the machine, each program walking row tiles: the loop lets Triton's pipeliner
+            # issue the next tile's loads while this tile reduces (as deep as the launch's num_stages).
+            for tile in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+                whole_row_tile(tile, X, RES, W, B, SEED, Y, H, MEAN, RSTD, stride_x, stride_res, stride_y, stride_h,
+                               M, N, eps, dropout_p, weight_offset, ACC, H_DTYPE, ROUND_H, IS_RMS, HAS_WEIGHT,
+                               HAS_BIAS, HAS_RESIDUAL, HAS_DROPOUT, STORE_H, STORE_STATS, BLOCK_M, BLOCK_N)
+        else:
+            whole_row_tile(tl.program_id(0), X, RES, W, B, SEED, Y, H, MEAN, RSTD, stride_x, stride_res, stride_y,
+                           stride_h, M, N, eps, dropout_p, weight_offset, ACC, H_DTYPE, ROUND_H, IS_RMS,
+                           HAS_WEIGHT, HAS_BIAS, HAS_RESIDUAL, HAS_DROPOUT, STORE_H, STORE_STATS, BLOCK_M, BLOCK_N)
+    elif SINGLE_CHUNK:
         c = col0 + cols
         col_mask = c < col_end
         mask = row_mask[:, None] & col_mask[None, :]
@@ -141,18 +155,7 @@ def norm_fwd_kernel(
                 seg_mean, seg_var = corrected_mean_var(h, mask, width)
                 tl.store(MEAN + moment_index, seg_mean, mask=row_mask)
                 tl.store(RSTD + moment_index, seg_var * width, mask=row_mask)
-        else:
-            if STATS == 0:  # STATS_COMPUTE
-                if IS_RMS:
-                    rstd = inv_sqrt(row_mean(tl.sum(h * h, axis=1), N) + eps, ACC)
-                    mean = tl.zeros_like(rstd)  # unused by RMSNorm
-                else:
-                    mean, var = corrected_mean_var(h, mask, N)
-                    rstd = inv_sqrt(var + eps, ACC)
-                if STORE_STATS:
-                    if not IS_RMS:
-                        tl.store(MEAN + rows64, mean, mask=row_mask)
-                    tl.store(RSTD + rows64, rstd, mask=row_mask)
+        else:  # STATS_GIVEN
             normalize_store(h, mean, rstd, W, B, Y, rows64, c, col_mask, mask, stride_y, weight_offset,
                             ACC, IS_RMS, HAS_WEIGHT, HAS_BIAS)
     else:
@@ -205,6 +208,39 @@ def norm_fwd_kernel(
                         tl.store(H + rows64[:, None] * stride_h + c[None, :], h.to(H_DTYPE), mask=mask)
                 normalize_store(h, mean, rstd, W, B, Y, rows64, c, col_mask, mask, stride_y, weight_offset,
                                 ACC, IS_RMS, HAS_WEIGHT, HAS_BIAS)
+
+
+@triton.jit
+def whole_row_tile(
+    tile, X, RES, W, B, SEED, Y, H, MEAN, RSTD, stride_x, stride_res, stride_y, stride_h,
+    M, N, eps, dropout_p, weight_offset,
+    ACC: tl.constexpr, H_DTYPE: tl.constexpr, ROUND_H: tl.constexpr, IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    STORE_H: tl.constexpr, STORE_STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Rows [tile·BLOCK_M, (tile+1)·BLOCK_M), each whole in registers: h, its statistics, y — one read, one write."""
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    rows64 = rows.to(tl.int64)
+    c = tl.arange(0, BLOCK_N)
+    col_mask = c < N
+    mask = row_mask[:, None] & col_mask[None, :]
+    h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
+               ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H)
+    if STORE_H:
+        tl.store(H + rows64[:, None] * stride_h + c[None, :], h.to(H_DTYPE), mask=mask)
+    if IS_RMS:
+        rstd = inv_sqrt(row_mean(tl.sum(h * h, axis=1), N) + eps, ACC)
+        mean = tl.zeros_like(rstd)  # unused by RMSNorm
+    else:
+        mean, var = corrected_mean_var(h, mask, N)
+        rstd = inv_sqrt(var + eps, ACC)
+    if STORE_STATS:
+        if not IS_RMS:
+            tl.store(MEAN + rows64, mean, mask=row_mask)
+        tl.store(RSTD + rows64, rstd, mask=row_mask)
+    normalize_store(h, mean, rstd, W, B, Y, rows64, c, col_mask, mask, stride_y, weight_offset,
+                    ACC, IS_RMS, HAS_WEIGHT, HAS_BIAS)
 
 
 @triton.jit
