@@ -58,7 +58,7 @@ def _norm_triton(
     x: Tensor, n: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, is_rms: bool
 ) -> Tensor:
     y, _ = _fused_forward(_rows(x, n), weight, bias, None, None, eps, 0.0, 0.0, is_rms, None, (x, weight, bias))
-    return y.view(x.shape)
+    return y if x.dim() == 2 else y.view_as(x)  # view_as: a third of view(torch.Size)'s host time
 
 
 def layer_norm(
@@ -172,10 +172,10 @@ def add_norm(
         _rows(x, n), weight, bias, None if residual is None else _rows(residual, n), seed,
         eps, p, weight_offset, is_rms, h_dtype if has_add else None, (x, residual, weight, bias),
     )
-    y = y.view(x.shape)
+    y = y.view_as(x)
     if not prenorm:
         return y
-    h = h.view(x.shape) if has_add else x.to(h_dtype, copy=True)
+    h = h.view_as(x) if has_add else x.to(h_dtype, copy=True)
     return y, h
 
 
