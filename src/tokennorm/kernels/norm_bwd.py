@@ -63,6 +63,24 @@ def _store_dh(
     tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dh.to(DX.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def dx_tile(
+    dy, xhat, g, rstd, gx, gs, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres,
+    N, dropout_p,
+    ACC: tl.constexpr, IS_RMS: tl.constexpr, HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    STORE_DRES: tl.constexpr,
+):
+    """dx (and d(residual)) of one tile from the rows' mean(g·x̂) ``gx`` and mean(g) ``gs``; returns the tile's
+    contributions to dγ and dβ (column sums of dy·x̂ and dy)."""
+    if IS_RMS:
+        dh = rstd[:, None] * (g - xhat * gx[:, None])
+    else:
+        dh = rstd[:, None] * (g - gs[:, None] - xhat * gx[:, None])
+    _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres,
+              N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
+    return tl.sum(dy * xhat, axis=0), tl.sum(dy, axis=0)
+
+
 # DOTS modes: where the two row dot products dx needs, mean(g·x̂) and mean(g), come from.
 DOTS_COMPUTE = 0  # computed here over the whole row
 DOTS_SUMS = 1  # only write this segment's sums Σg·x̂, Σg into ROW_DOTS[row, segment, 0:2]; no dx
@@ -101,16 +119,16 @@ def norm_bwd_kernel(
             dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, cols, mask, row_mask,
                                            stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
             gx = row_mean(tl.sum(g * xhat, axis=1), N)
-            if IS_RMS:
-                dh = rstd[:, None] * (g - xhat * gx[:, None])
-            else:
-                dh = rstd[:, None] * (g - row_mean(tl.sum(g, axis=1), N)[:, None] - xhat * gx[:, None])
-            _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres,
-                      N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
+            gs = gx  # mean(g): LayerNorm only
+            if not IS_RMS:
+                gs = row_mean(tl.sum(g, axis=1), N)
+            dw_tile, db_tile = dx_tile(dy, xhat, g, rstd, gx, gs, DH_IN, DX, DRES, SEED, rows64, cols, mask,
+                                       stride_dh_in, stride_dx, stride_dres, N, dropout_p,
+                                       ACC, IS_RMS, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
             if COMPUTE_DW:
-                dw += tl.sum(dy * xhat, axis=0)
+                dw += dw_tile
             if COMPUTE_DB:
-                db += tl.sum(dy, axis=0)
+                db += db_tile
         if COMPUTE_DW:
             tl.store(DW_PARTIAL + partial_row + cols, dw.to(DW_PARTIAL.dtype.element_ty), mask=col_mask)
         if COMPUTE_DB:
@@ -154,17 +172,16 @@ def norm_bwd_kernel(
                     dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
                                                    stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
                     gx = tl.load(ROW_DOTS + rows64 * 2, mask=row_mask, other=0.0)
-                    if IS_RMS:
-                        dh = rstd[:, None] * (g - xhat * gx[:, None])
-                    else:
+                    gs = gx  # mean(g): LayerNorm only
+                    if not IS_RMS:
                         gs = tl.load(ROW_DOTS + rows64 * 2 + 1, mask=row_mask, other=0.0)
-                        dh = rstd[:, None] * (g - gs[:, None] - xhat * gx[:, None])
-                    _store_dh(dh, DH_IN, DX, DRES, SEED, rows64, c, mask, stride_dh_in, stride_dx, stride_dres,
-                              N, dropout_p, ACC, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
+                    dw_tile, db_tile = dx_tile(dy, xhat, g, rstd, gx, gs, DH_IN, DX, DRES, SEED, rows64, c, mask,
+                                               stride_dh_in, stride_dx, stride_dres, N, dropout_p,
+                                               ACC, IS_RMS, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
                     if COMPUTE_DW:
-                        dw += tl.sum(dy * xhat, axis=0)
+                        dw += dw_tile
                     if COMPUTE_DB:
-                        db += tl.sum(dy, axis=0)
+                        db += db_tile
                 if COMPUTE_DW:
                     tl.store(DW_PARTIAL + partial_row + c, dw.to(DW_PARTIAL.dtype.element_ty), mask=col_mask)
                 if COMPUTE_DB:
