@@ -7,16 +7,24 @@ whole-row tile are 16 bytes wide. ::
 
     python -m tokennorm.kernels.compile_check       # prints one line per variant; exit 1 on any failure
 
+``--configs`` instead reports, for the launch configurations tokennorm picks at each row length of the
+benchmark sweep, the registers and stack (spills) per thread from the compiled binary and how many programs
+fit on one SM (Hopper: 64K registers, 64 warps, 32 blocks per SM) — the first questions when a kernel is
+slower than its bytes predict, answered without a GPU.
+
 It must run without TRITON_INTERPRET=1 (then ``triton.jit`` builds compilable kernels).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, Optional
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -80,7 +88,57 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
     return out
 
 
+def resources(compiled: Any) -> Optional[tuple[int, int]]:
+    """(registers per thread, stack bytes per thread) of a compiled kernel, from the bundled cuobjdump."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def programs_per_sm(regs: int, num_warps: int, shared: int) -> int:
+    """Programs resident on one Hopper SM: registers are allocated per warp in units of 256."""
+    regs_per_warp = -(-regs * 32 // 256) * 256
+    by_regs = 65536 // (regs_per_warp * num_warps)
+    by_shared = 227 * 1024 // shared if shared else 32
+    return max(0, min(by_regs, 64 // num_warps, 32, by_shared))
+
+
+def report_configs() -> int:
+    """Registers, spills and occupancy of the default configs over the benchmark's row lengths (bf16, LN)."""
+    from tokennorm.kernels.config import backward_config, forward_config
+
+    print(f"{'N':>8}  {'kernel':4}  {'tile':>12}  warps  regs  stack  programs/SM")
+    for n in (1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144, 1048576):
+        for name, kernel, cfg, consts in (
+            ("fwd", norm_fwd_kernel, forward_config(n), dict(
+                IS_RMS=False, HAS_WEIGHT=True, HAS_BIAS=True, HAS_RESIDUAL=False, HAS_DROPOUT=False,
+                STORE_H=False, STORE_STATS=True, STATS=STATS_COMPUTE, PERSISTENT=False)),
+            ("bwd", norm_bwd_kernel, backward_config(n), dict(
+                IS_RMS=False, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, HAS_DH_IN=False,
+                HAS_DROPOUT=False, STORE_DRES=False, DOTS=DOTS_COMPUTE)),
+        ):
+            consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk)
+            compiled = _compile(kernel, "bf16", consts, cfg.num_warps)
+            res = resources(compiled)
+            if res is None:
+                print("no cuobjdump in this triton install")
+                return 1
+            regs, stack = res
+            fit = programs_per_sm(regs, cfg.num_warps, compiled.metadata.shared)
+            tile = f"{cfg.block_m}×{cfg.block_n}{'' if cfg.single_chunk else ' ch'}"
+            print(f"{n:>8}  {name:4}  {tile:>12}  {cfg.num_warps:5d}  {regs:4d}  {stack:5d}  {fit:11d}", flush=True)
+    return 0
+
+
 def main() -> int:
+    if "--configs" in sys.argv[1:]:
+        return report_configs()
     failures = 0
     start = time.perf_counter()
     for label, kernel, dtype, constexprs, warps in variants():
