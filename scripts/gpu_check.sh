@@ -2,10 +2,12 @@
 # Everything a GPU session checks, in one device call. Stages (default: all, in this order):
 #   tests   kernel, Add & Norm, parity and verify tests on CUDA (full opcheck, torch.compile, >2^31 elements)
 #   verify  `tokennorm verify` on the GPU
-#   tune    benchmarks/tune_kernels.py: launch-config sweep (LayerNorm and RMSNorm, bf16)
+#   tune    benchmarks/tune_kernels.py: launch-config sweep (bf16 LayerNorm; TUNE_ARGS for others)
 #   bench   `tokennorm bench` (BENCH_ARGS overrides its options)
 #   block   benchmarks/bench_block.py: one GPT-style block, tokennorm vs torch norms
 # Usage on the GPU machine, from the repository root:  bash scripts/gpu_check.sh OUTDIR [STAGE...]
+# One device call runs at most 10 minutes: tests+verify (~3 min) in one call, tune (~5) in another, bench
+# (BENCH_ARGS="--dtypes bf16" first) and block in a third.
 # (torch and triton must already be installed there; nothing is downloaded. Peers such as liger-kernel can
 # be put on PYTHONPATH beforehand.)
 set -uo pipefail
@@ -27,8 +29,10 @@ for stage in $stages; do
            [ $rc = 0 ] ;;
     verify) python3 -m tokennorm verify --json "$out/verify.json" > "$out/verify.log" 2>&1; rc=$?
             tail -4 "$out/verify.log"; [ $rc = 0 ] ;;
-    tune) python3 benchmarks/tune_kernels.py --json "$out/tune_ln.json" ${TUNE_ARGS:-} 2>"$out/tune_err.log" &&
-          python3 benchmarks/tune_kernels.py --rms --json "$out/tune_rms.json" ${TUNE_ARGS:-} 2>>"$out/tune_err.log" ;;
+    # ~35 candidates per row length, ~1.5 s each (mostly compilation): LayerNorm at 6 lengths is ~5 minutes.
+    # TUNE_ARGS overrides (e.g. "--ns 1K,2K,4K --rms").
+    tune) python3 benchmarks/tune_kernels.py --json "$out/tune.json" ${TUNE_ARGS:---ns 1K,4K,16K,64K,256K,1M} \
+            2>"$out/tune_err.log" ;;
     bench) python3 -m tokennorm bench ${BENCH_ARGS:-} --json "$out/bench.json" --csv "$out/bench.csv" \
              --plot "$out/bench.png" --markdown "$out/bench.md" > "$out/bench.log" 2>&1; rc=$?
            tail -60 "$out/bench.log"; [ $rc = 0 ] ;;
