@@ -9,7 +9,10 @@ piece s so that the deviations are small numbers::
     δ    = Σ n_i d_i / N                 mean = m_s + δ
     M2   = Σ M2_i + Σ n_i (d_i − δ)²     var  = M2 / N   (biased)
 
-Every term is built from centred values, so there is no E[x²] − E[x]² cancellation when |mean| ≫ std.
+Every term is built from centred values, so there is no E[x²] − E[x]² cancellation when |mean| ≫ std. What
+remains: in float32 each piece mean is only known to about ulp(|mean|), and the between-piece term is linear
+in that, so the merged variance is good to ~ulp(|mean|)·σ — the same order as the rounding of x − mean that
+any float32 LayerNorm, torch's included, applies to every element.
 """
 
 from __future__ import annotations
