@@ -24,7 +24,7 @@ row chunk by chunk (rows inner) so one chunk of dγ/dβ lives in registers at a 
 import triton
 import triton.language as tl
 
-from tokennorm.kernels.norm_fwd import dropout_keep, row_mean
+from tokennorm.kernels.norm_fwd import add_pair, dropout_keep, row_mean
 
 
 @triton.jit
@@ -118,10 +118,13 @@ def norm_bwd_kernel(
             mask = row_mask[:, None] & col_mask[None, :]
             dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, cols, mask, row_mask,
                                            stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
-            gx = row_mean(tl.sum(g * xhat, axis=1), N)
-            gs = gx  # mean(g): LayerNorm only
-            if not IS_RMS:
-                gs = row_mean(tl.sum(g, axis=1), N)
+            if IS_RMS:
+                gx = row_mean(tl.sum(g * xhat, axis=1), N)
+                gs = gx  # mean(g): LayerNorm only
+            else:  # both row sums in one two-operand reduction (one round of barriers)
+                sum_gx, sum_g = tl.reduce((g * xhat, g), 1, add_pair)
+                gx = row_mean(sum_gx, N)
+                gs = row_mean(sum_g, N)
             dw_tile, db_tile = dx_tile(dy, xhat, g, rstd, gx, gs, DH_IN, DX, DRES, SEED, rows64, cols, mask,
                                        stride_dh_in, stride_dx, stride_dres, N, dropout_p,
                                        ACC, IS_RMS, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)
@@ -147,8 +150,9 @@ def norm_bwd_kernel(
                     mask = row_mask[:, None] & (c < col_end)[None, :]
                     dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
                                                    stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
-                    gx += tl.sum(g * xhat, axis=1)
-                    gs += tl.sum(g, axis=1)
+                    sum_gx, sum_g = tl.reduce((g * xhat, g), 1, add_pair)
+                    gx += sum_gx
+                    gs += sum_g
                 if DOTS == 1:  # DOTS_SUMS: raw sums of this segment, for the caller to reduce
                     slot = (rows64 * tl.num_programs(1) + seg) * 2
                     tl.store(ROW_DOTS + slot, gx, mask=row_mask)

@@ -65,9 +65,16 @@ def corrected_mean_var(h, mask, n):
     """
     mean0 = row_mean(tl.sum(h, axis=1), n)
     centred = tl.where(mask, h - mean0[:, None], 0.0)
-    correction = row_mean(tl.sum(centred, axis=1), n)
-    var = tl.maximum(row_mean(tl.sum(centred * centred, axis=1), n) - correction * correction, 0.0)
+    # Σd and Σd² in one two-operand reduction: one round of shuffles and block barriers instead of two.
+    sum_d, sum_d2 = tl.reduce((centred, centred * centred), 1, add_pair)
+    correction = row_mean(sum_d, n)
+    var = tl.maximum(row_mean(sum_d2, n) - correction * correction, 0.0)
     return mean0 + correction, var
+
+
+@triton.jit
+def add_pair(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
 
 
 @triton.jit
