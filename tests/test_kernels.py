@@ -174,6 +174,27 @@ def test_split_rows_add_norm_backward_with_dropout_matches_the_unsplit_kernel():
     assert torch.equal(outs[0].dx == 0, outs[1].dx == 0)  # the same dropped elements
 
 
+@pytest.mark.parametrize("config", [None, CHUNKED[1]], ids=["single", "chunked"])
+def test_fused_pair_reductions_give_the_same_results(monkeypatch, config):
+    """The GPU build sums pairs (Σd, Σd²; Σg·x̂, Σg) in one two-operand reduction; the interpreter runs the
+    two-reduction form for speed. Here the fused form runs too (tiny tiles: it is slow interpreted)."""
+    from tokennorm.kernels import launch
+
+    m, n = 5, 37
+    x, w, b, dy = _inputs(m, n, torch.float32, True, True)
+    y_ref, g = _ref(x, w, b, dy, 1e-5, False)
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(launch, "FUSED_SUMS", fused)
+        fwd, bwd = _run(x, w, b, dy, 1e-5, False, config)
+        _close(fwd.y, y_ref, torch.float32)
+        _close(bwd.dx, g.dx, torch.float32)
+        _close(bwd.dweight, g.dweight, torch.float32, scale=m)
+        results.append((fwd.y, fwd.rstd, bwd.dx))
+    for a, b_ in zip(*results):
+        torch.testing.assert_close(a, b_, rtol=2e-6, atol=2e-6)  # the same sums, maybe in another order
+
+
 @pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
 def test_persistent_forward_walks_every_tile(is_rms):
     """A machine-sized grid (4 'SMs' in the interpreter × 1 program) walking 13 tiles of 2 rows: every row

@@ -76,7 +76,7 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
                             f"stats={stats}{' persistent' if persistent else ''}", norm_fwd_kernel, dtype, dict(
                                 IS_RMS=is_rms, HAS_WEIGHT=True, HAS_BIAS=not is_rms, HAS_RESIDUAL=True,
                                 HAS_DROPOUT=True, STORE_H=True, STORE_STATS=True, STATS=stats, BLOCK_M=2 if single else 1,
-                                BLOCK_N=1024, SINGLE_CHUNK=single, PERSISTENT=persistent), 4))
+                                BLOCK_N=1024, SINGLE_CHUNK=single, PERSISTENT=persistent, FUSED_SUMS=True), 4))
             for single, dots in ((True, DOTS_COMPUTE), (False, DOTS_COMPUTE), (False, DOTS_SUMS), (False, DOTS_GIVEN)):
                 if dtype != "bf16" and dots != DOTS_COMPUTE:
                     continue
@@ -84,7 +84,7 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
                             norm_bwd_kernel, dtype, dict(
                                 IS_RMS=is_rms, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=not is_rms,
                                 HAS_DH_IN=True, HAS_DROPOUT=True, STORE_DRES=True, DOTS=dots,
-                                BLOCK_M=2 if single else 1, BLOCK_N=1024, SINGLE_CHUNK=single), 4))
+                                BLOCK_M=2 if single else 1, BLOCK_N=1024, SINGLE_CHUNK=single, FUSED_SUMS=True), 4))
     return out
 
 
@@ -123,7 +123,7 @@ def report_configs() -> int:
                 IS_RMS=False, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, HAS_DH_IN=False,
                 HAS_DROPOUT=False, STORE_DRES=False, DOTS=DOTS_COMPUTE)),
         ):
-            consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk)
+            consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=True)
             compiled = _compile(kernel, "bf16", consts, cfg.num_warps)
             res = resources(compiled)
             if res is None:

@@ -7,6 +7,7 @@ eager mode that wrapper is a plain launch. Inputs are [M, N] views whose last st
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from typing import NamedTuple, Optional
 
@@ -25,6 +26,10 @@ except ImportError:  # pragma: no cover - older torch launches directly (the op 
     def _wrap(kernel):
         return kernel
 
+
+# Paired row sums as one reduction on GPUs; two under Triton's interpreter (see norm_fwd.row_sums). Read once,
+# like triton.jit itself reads TRITON_INTERPRET when the kernels are defined.
+FUSED_SUMS = os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 # Wrapped once: building the wrapper per call is measurable host overhead at decode sizes.
 _norm_fwd_kernel = _wrap(norm_fwd_kernel)
@@ -119,7 +124,7 @@ def _launch_forward(
         m, n, seg_n, eps, _float32_remainder(eps), dropout_p, weight_offset,
         IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h is not None,
-        STORE_STATS=store_stats, STATS=stats, PERSISTENT=persistent,
+        STORE_STATS=store_stats, STATS=stats, PERSISTENT=persistent, FUSED_SUMS=FUSED_SUMS,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=single, num_warps=cfg.num_warps,
         **_stages(cfg),
     )
@@ -287,6 +292,7 @@ def _launch_backward(
         IS_RMS=is_rms, HAS_WEIGHT=weight is not None,
         COMPUTE_DW=dw_partial is not None, COMPUTE_DB=db_partial is not None,
         HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None, DOTS=dots,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, num_warps=cfg.num_warps,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=FUSED_SUMS,
+        num_warps=cfg.num_warps,
         **_stages(cfg),
     )

@@ -24,7 +24,7 @@ row chunk by chunk (rows inner) so one chunk of dγ/dβ lives in registers at a 
 import triton
 import triton.language as tl
 
-from tokennorm.kernels.norm_fwd import add_pair, dropout_keep, row_mean
+from tokennorm.kernels.norm_fwd import dropout_keep, row_mean, row_sums
 
 
 @triton.jit
@@ -94,7 +94,7 @@ def norm_bwd_kernel(
     M, N, seg_n, rows_per_program, dropout_p, weight_offset,
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
     HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr, DOTS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr, FUSED_SUMS: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if H.dtype.element_ty == tl.float64 else tl.float32
     pid = tl.program_id(0)
@@ -121,8 +121,8 @@ def norm_bwd_kernel(
             if IS_RMS:
                 gx = row_mean(tl.sum(g * xhat, axis=1), N)
                 gs = gx  # mean(g): LayerNorm only
-            else:  # both row sums in one two-operand reduction (one round of barriers)
-                sum_gx, sum_g = tl.reduce((g * xhat, g), 1, add_pair)
+            else:
+                sum_gx, sum_g = row_sums(g * xhat, g, FUSED_SUMS)
                 gx = row_mean(sum_gx, N)
                 gs = row_mean(sum_g, N)
             dw_tile, db_tile = dx_tile(dy, xhat, g, rstd, gx, gs, DH_IN, DX, DRES, SEED, rows64, cols, mask,
@@ -150,7 +150,7 @@ def norm_bwd_kernel(
                     mask = row_mask[:, None] & (c < col_end)[None, :]
                     dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
                                                    stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
-                    sum_gx, sum_g = tl.reduce((g * xhat, g), 1, add_pair)
+                    sum_gx, sum_g = row_sums(g * xhat, g, FUSED_SUMS)
                     gx += sum_gx
                     gs += sum_g
                 if DOTS == 1:  # DOTS_SUMS: raw sums of this segment, for the caller to reduce

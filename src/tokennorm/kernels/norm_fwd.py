@@ -57,7 +57,7 @@ def inv_sqrt(v, ACC: tl.constexpr):
 
 
 @triton.jit
-def corrected_mean_var(h, mask, n):
+def corrected_mean_var(h, mask, n, FUSED_SUMS: tl.constexpr):
     """Per-row mean and biased variance of a [rows, cols] tile by the corrected two-pass algorithm.
 
     The rounded mean's error is measured on the centred values and removed: a constant row gets its value
@@ -65,11 +65,21 @@ def corrected_mean_var(h, mask, n):
     """
     mean0 = row_mean(tl.sum(h, axis=1), n)
     centred = tl.where(mask, h - mean0[:, None], 0.0)
-    # Σd and Σd² in one two-operand reduction: one round of shuffles and block barriers instead of two.
-    sum_d, sum_d2 = tl.reduce((centred, centred * centred), 1, add_pair)
+    sum_d, sum_d2 = row_sums(centred, centred * centred, FUSED_SUMS)
     correction = row_mean(sum_d, n)
     var = tl.maximum(row_mean(sum_d2, n) - correction * correction, 0.0)
     return mean0 + correction, var
+
+
+@triton.jit
+def row_sums(a, b, FUSED_SUMS: tl.constexpr):
+    """(Σ a, Σ b) over axis 1. FUSED_SUMS: one two-operand reduction — one round of shuffles and block
+    barriers instead of two (and fewer registers). Off under Triton's interpreter, which runs a custom
+    combine function element by element in Python (minutes on a 64K row); the sums are the same."""
+    if FUSED_SUMS:
+        return tl.reduce((a, b), 1, add_pair)
+    else:
+        return tl.sum(a, axis=1), tl.sum(b, axis=1)
 
 
 @triton.jit
@@ -109,7 +119,7 @@ def norm_fwd_kernel(
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr, STORE_STATS: tl.constexpr,
     STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
-    PERSISTENT: tl.constexpr,
+    PERSISTENT: tl.constexpr, FUSED_SUMS: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     H_DTYPE: tl.constexpr = H.dtype.element_ty
@@ -141,11 +151,13 @@ def norm_fwd_kernel(
             for tile in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
                 whole_row_tile(tile, X, RES, W, B, SEED, Y, H, MEAN, RSTD, stride_x, stride_res, stride_y, stride_h,
                                M, N, eps, dropout_p, weight_offset, ACC, H_DTYPE, ROUND_H, IS_RMS, HAS_WEIGHT,
-                               HAS_BIAS, HAS_RESIDUAL, HAS_DROPOUT, STORE_H, STORE_STATS, BLOCK_M, BLOCK_N)
+                               HAS_BIAS, HAS_RESIDUAL, HAS_DROPOUT, STORE_H, STORE_STATS, BLOCK_M, BLOCK_N,
+                               FUSED_SUMS)
         else:
             whole_row_tile(tl.program_id(0), X, RES, W, B, SEED, Y, H, MEAN, RSTD, stride_x, stride_res, stride_y,
                            stride_h, M, N, eps, dropout_p, weight_offset, ACC, H_DTYPE, ROUND_H, IS_RMS,
-                           HAS_WEIGHT, HAS_BIAS, HAS_RESIDUAL, HAS_DROPOUT, STORE_H, STORE_STATS, BLOCK_M, BLOCK_N)
+                           HAS_WEIGHT, HAS_BIAS, HAS_RESIDUAL, HAS_DROPOUT, STORE_H, STORE_STATS, BLOCK_M, BLOCK_N,
+                               FUSED_SUMS)
     elif SINGLE_CHUNK:
         c = col0 + cols
         col_mask = c < col_end
@@ -159,7 +171,7 @@ def norm_fwd_kernel(
                 tl.store(RSTD + moment_index, tl.sum(h * h, axis=1), mask=row_mask)
             else:
                 width = col_end - col0
-                seg_mean, seg_var = corrected_mean_var(h, mask, width)
+                seg_mean, seg_var = corrected_mean_var(h, mask, width, FUSED_SUMS)
                 tl.store(MEAN + moment_index, seg_mean, mask=row_mask)
                 tl.store(RSTD + moment_index, seg_var * width, mask=row_mask)
         else:  # STATS_GIVEN
@@ -182,7 +194,7 @@ def norm_fwd_kernel(
                     m2 += tl.sum(h * h, axis=1)
                 else:
                     n_b = tl.minimum(col_end - start, BLOCK_N).to(ACC)
-                    mean_b, var_b = corrected_mean_var(h, mask, n_b)
+                    mean_b, var_b = corrected_mean_var(h, mask, n_b, FUSED_SUMS)
                     delta = mean_b - mean
                     total = count + n_b
                     mean += delta * (n_b / total)
@@ -224,6 +236,7 @@ def whole_row_tile(
     ACC: tl.constexpr, H_DTYPE: tl.constexpr, ROUND_H: tl.constexpr, IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     STORE_H: tl.constexpr, STORE_STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FUSED_SUMS: tl.constexpr,
 ):
     """Rows [tile·BLOCK_M, (tile+1)·BLOCK_M), each whole in registers: h, its statistics, y — one read, one write."""
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -240,7 +253,7 @@ def whole_row_tile(
         rstd = inv_sqrt(row_mean(tl.sum(h * h, axis=1), N) + eps, ACC)
         mean = tl.zeros_like(rstd)  # unused by RMSNorm
     else:
-        mean, var = corrected_mean_var(h, mask, N)
+        mean, var = corrected_mean_var(h, mask, N, FUSED_SUMS)
         rstd = inv_sqrt(var + eps, ACC)
     if STORE_STATS:
         if not IS_RMS:
