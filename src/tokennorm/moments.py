@@ -28,12 +28,14 @@ __all__ = ["merge_moments", "merge_row_moments"]
 def merge_moments(mean: Tensor, m2: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
     """Merge the moments of W pieces: ``mean``, ``m2`` [W, rows], ``count`` [W] → (mean, M2), each [rows]."""
     total = count.sum()
-    largest = int(count.argmax())  # the piece whose mean is the shift
-    d = mean - mean[largest]  # [W, rows]
+    # The piece whose mean is the shift, picked on the device (no .item(): no host sync, graph-capturable).
+    largest = count.argmax().reshape(1, 1).expand(1, mean.shape[1])  # [1, rows]
+    shift = mean.gather(0, largest)  # [1, rows]
+    d = mean - shift  # [W, rows]
     weights = count[:, None]  # [W, 1]
     delta = (weights * d).sum(dim=0) / total  # [rows]
     row_m2 = m2.sum(dim=0) + (weights * (d - delta).square()).sum(dim=0)  # [rows]
-    return mean[largest] + delta, row_m2
+    return shift[0] + delta, row_m2
 
 
 def merge_row_moments(
