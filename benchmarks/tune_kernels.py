@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from tokennorm.bench.cli import parse_count
 from tokennorm.kernels import config as kconfig
+from tokennorm.kernels import traffic
 from tokennorm.kernels.config import TileConfig
 from tokennorm.kernels.launch import norm_backward, norm_forward
 
@@ -57,6 +58,13 @@ def _candidates(n: int, max_tile: int) -> list[TileConfig]:
     return out
 
 
+def _with_default(candidates: list[TileConfig], default: TileConfig, pipelined: bool) -> list[TileConfig]:
+    """The candidates, tokennorm's default config (always measured), and with ``pipelined`` the default with
+    its loops software-pipelined 2 and 3 deep (num_stages)."""
+    extra = [default] + ([dataclasses.replace(default, num_stages=k) for k in (2, 3)] if pipelined else [])
+    return candidates + [c for c in extra if c not in candidates]
+
+
 def _time(fn) -> float:
     import triton.testing
 
@@ -87,9 +95,10 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda") -
         y_ref = F.rms_norm(xr, (n,), w.float(), 1e-5)
     else:
         y_ref = F.layer_norm(xr, (n,), w.float(), b.float(), 1e-5)
-    results = {"n": n, "m": m, "copy_gbps": copy_bw / 1e9, "fwd": [], "bwd": []}
+    results = {"n": n, "m": m, "copy_gbps": copy_bw / 1e9, "is_rms": is_rms, "itemsize": s, "fwd": [], "bwd": []}
     fwd0 = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None)
-    for cfg in _candidates(n, 65536):
+    default = kconfig.forward_config(n)  # a whole-row tile without a persistent grid has no loop to pipeline
+    for cfg in _with_default(_candidates(n, 65536), default, pipelined=not default.single_chunk):
         try:
             out = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg)
             err = (out.y.float() - y_ref).abs().max().item()
@@ -100,12 +109,17 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda") -
             print(f"  fwd {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
             continue
         frac = 2 * m * n * s / (ms * 1e-3) / copy_bw
-        results["fwd"].append({"cfg": cfg.__dict__, "ms": ms, "frac": frac, "max_err": err})
+        moved = traffic.forward_bytes(m, n, s, cfg, store_stats=False)
+        results["fwd"].append({"cfg": cfg.__dict__, "ms": ms, "frac": frac, "max_err": err,
+                               "moved_frac": moved / (ms * 1e-3) / copy_bw})
     dx_ref = norm_backward(dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
                            dtype, None).dx.float()
     # Tiles at 2 programs per SM first, then the best tile at 1 and 4 programs per SM.
-    tried = [(cfg, 2) for cfg in _candidates(n, 32768)]
     saved_per_sm = kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED
+    default = kconfig.backward_config(n)
+    default_per_sm = saved_per_sm[not default.single_chunk]
+    tried = [(cfg, 2) for cfg in _candidates(n, 32768)]
+    tried += [(cfg, default_per_sm) for cfg in _with_default([], default, pipelined=True)]
     for cfg, per_sm in _bwd_trials(tried, results["bwd"]):
         kconfig.BWD_PROGRAMS_PER_SM_SINGLE = kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = per_sm
         try:
@@ -120,7 +134,10 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda") -
         finally:
             kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = saved_per_sm
         frac = 3 * m * n * s / (ms * 1e-3) / copy_bw  # read x, dy; write dx
-        results["bwd"].append({"cfg": cfg.__dict__, "per_sm": per_sm, "ms": ms, "frac": frac, "max_err": err})
+        groups = kconfig.row_groups(m, per_sm * kconfig.sm_count(x.device), traffic.row_segments(n, cfg))[0]
+        moved = traffic.backward_bytes(m, n, s, cfg, groups, not is_rms)
+        results["bwd"].append({"cfg": cfg.__dict__, "per_sm": per_sm, "ms": ms, "frac": frac, "max_err": err,
+                               "moved_frac": moved / (ms * 1e-3) / copy_bw})
     return results
 
 
@@ -148,9 +165,10 @@ def main() -> int:
         print(f"N={n:>8} M={r['m']:>7} copy {r['copy_gbps']:.0f} GB/s | fwd default "
               f"{dflt_f and round(dflt_f['frac'], 3)} bwd default {dflt_b and round(dflt_b['frac'], 3)}")
         for e in best_f:
-            print(f"    fwd {e['frac']:.3f} {e['ms']*1e3:8.1f} us {e['cfg']}")
+            print(f"    fwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us {e['cfg']}")
         for e in best_b:
-            print(f"    bwd {e['frac']:.3f} {e['ms']*1e3:8.1f} us {e['cfg']} per_sm={e['per_sm']}")
+            print(f"    bwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us {e['cfg']} "
+                  f"per_sm={e['per_sm']}")
         sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as f:

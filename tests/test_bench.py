@@ -184,3 +184,10 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     assert result["fwd"] and result["bwd"]
     assert all(e["max_err"] < 1e-3 for e in result["fwd"] + result["bwd"]), "a candidate computed a wrong answer"
     assert any(e["cfg"]["segments"] > 1 for e in result["fwd"]) and any(e["cfg"]["segments"] > 1 for e in result["bwd"])
+    # tokennorm's own defaults are always among the measured, with the bandwidth on the bytes they move
+    from tokennorm.kernels import config as kconfig
+    assert kconfig.backward_config(n).__dict__ in [e["cfg"] for e in result["bwd"]]
+    assert kconfig.forward_config(n).__dict__ in [e["cfg"] for e in result["fwd"]]
+    assert all(e["moved_frac"] >= e["frac"] for e in result["fwd"] + result["bwd"])
+    from tokennorm.kernels import traffic  # the traffic report reads what the run recorded
+    assert len(traffic.analyse([result], sms=4)) == len(result["bwd"])

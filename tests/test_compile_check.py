@@ -1,7 +1,8 @@
 """Every kernel variant compiles for a Hopper GPU here, without one (Triton's compiler and bundled ptxas).
 
 The interpreter runs the kernels' arithmetic in the other tests; this catches what only GPU code generation
-sees (a math op lowered differently for a dtype, a layout or type error) and checks the 16-byte loads.
+sees (a math op lowered differently for a dtype, a layout or type error), checks the 16-byte loads, and that
+loops asked to be software-pipelined are (cp.async into shared memory).
 """
 
 import os
@@ -22,4 +23,7 @@ def test_every_kernel_variant_compiles_for_sm90():
         pytest.skip("this triton install has no ptxas")
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
     assert proc.returncode == 0 and lines and all(line.startswith("ok") for line in lines), proc.stdout + proc.stderr
-    assert sum("16-byte loads" in line for line in lines) == 4  # bf16 whole-row forward, LN and RMS, ± persistent
+    # bf16 whole-row forward, LN and RMS: plain, persistent, persistent and pipelined
+    assert sum("16-byte loads" in line for line in lines) == 6
+    # every pipelined variant really is (cp.async): fwd persistent and chunked, bwd tile, sums and dx; LN and RMS
+    assert sum("cp.async" in line for line in lines) == 10

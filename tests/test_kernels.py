@@ -13,6 +13,7 @@ import torch
 
 from conftest import KERNEL_DEVICE
 from tokennorm import backend, reference
+from tokennorm.kernels import config as kconfig
 from tokennorm.kernels.config import TileConfig, backward_config, forward_config
 from tokennorm.kernels.launch import norm_backward, norm_forward
 
@@ -214,6 +215,24 @@ def test_persistent_forward_walks_every_tile(is_rms):
            torch.float32)
 
 
+@pytest.mark.parametrize("config", [TileConfig(2, 16, False, 1), TileConfig(4, 64, True, 1),
+                                    TileConfig(1, 16, False, 1, segments=2)],
+                         ids=["chunked", "tiles", "split"])
+def test_pipelined_loops_give_bitwise_the_same_results(config):
+    """num_stages > 1 (tl.range's software pipelining) only reorders loads: same outputs, bit for bit."""
+    import dataclasses
+
+    m, n = 9, 40
+    x, w, b, dy = _inputs(m, n, torch.float32, True, True)
+    plain = _run(x, w, b, dy, 1e-5, False, config)
+    piped = _run(x, w, b, dy, 1e-5, False, dataclasses.replace(config, num_stages=3))
+    for a, e in zip((*plain[0], *plain[1]), (*piped[0], *piped[1])):
+        assert (a is None and e is None) or torch.equal(a, e)
+    y_ref, g = _ref(x, w, b, dy, 1e-5, False)
+    _close(piped[0].y, y_ref, torch.float32)
+    _close(piped[1].dx, g.dx, torch.float32)
+
+
 def test_split_rows_add_norm_with_dropout_matches_the_unsplit_kernel():
     """Same Philox mask (keyed by the element's index, not the tiling), same h bit for bit, same y."""
     m, n = 4, 40
@@ -295,6 +314,42 @@ def test_default_configs_are_consistent():
             assert cfg.block_n & (cfg.block_n - 1) == 0
             assert cfg.single_chunk == (cfg.block_n >= n)
             assert 1 <= cfg.num_warps <= 32 and cfg.num_warps & (cfg.num_warps - 1) == 0
+
+
+def test_long_rows_backward_splits_into_segments_with_few_partial_rows(monkeypatch):
+    """Rows longer than one tile: the default backward is segment sums → dx over few row groups × many
+    segments, so the float32 dγ/dβ partials (one row per group) stay a small fraction of the gradient's
+    bytes. One group per SM, as before the split, made them 2.7× the gradient's bytes at N = 1M (RESULTS.md)."""
+    monkeypatch.setattr(kconfig, "sm_count", lambda device: 132)
+    for n, m in ((16384, 8192), (65536, 2048), (262144, 512), (1 << 20, 128)):
+        cfg = backward_config(n)
+        assert not cfg.single_chunk and cfg.segments == n // cfg.block_n
+        groups, rows_per_group = kconfig.backward_programs(m, torch.device("cuda"), cfg, cfg.segments)
+        assert (groups - 1) * rows_per_group < m <= groups * rows_per_group  # every row in exactly one group
+        assert groups * cfg.segments <= max(132 * kconfig.BWD_PROGRAMS_PER_SM_CHUNKED, cfg.segments)
+        partial_bytes = 2 * 2 * groups * n * 4  # dγ and dβ, written then read, float32
+        assert partial_bytes < 0.05 * 3 * m * n * 2  # vs reading h, dy and writing dx in bf16
+
+
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_long_rows_default_backward_matches_the_reference(monkeypatch, request, is_rms):
+    """The default long-row backward end to end (thresholds shrunk so that 37 columns are 'long'): 5 segments
+    of 8, dx and dγ/dβ against float64, bitwise the same on a second run."""
+    monkeypatch.setattr(kconfig, "BWD_MAX_SINGLE_CHUNK_N", 16)
+    monkeypatch.setattr(kconfig, "BWD_CHUNK_N", 8)
+    backward_config.cache_clear()
+    request.addfinalizer(backward_config.cache_clear)
+    m, n = 6, 37
+    assert backward_config(n).segments == 5
+    x, w, b, dy = _inputs(m, n, torch.float32, True, not is_rms)
+    _, g = _ref(x, w, b, dy, 1e-5, is_rms)
+    first, second = (_run(x, w, b, dy, 1e-5, is_rms)[1] for _ in range(2))
+    _close(first.dx, g.dx, torch.float32)
+    _close(first.dweight, g.dweight, torch.float32, scale=m)
+    if not is_rms:
+        _close(first.dbias, g.dbias, torch.float32, scale=m)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
 
 
 def test_cuda_without_triton_fails_fast(monkeypatch):

@@ -7,7 +7,7 @@ whole-row tile are 16 bytes wide. ::
 
     python -m tokennorm.kernels.compile_check       # prints one line per variant; exit 1 on any failure
 
-``--configs`` instead reports, for the launch configurations tokennorm picks at each row length of the
+``--configs [--stages K]`` instead reports, for the launch configurations tokennorm picks at each row length of the
 benchmark sweep, the registers and stack (spills) per thread from the compiled binary and how many programs
 fit on one SM (Hopper: 64K registers, 64 warps, 32 blocks per SM) — the first questions when a kernel is
 slower than its bytes predict, answered without a GPU.
@@ -67,25 +67,35 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
     out = []
     for dtype in ("bf16", "fp32", "fp64"):
         for is_rms in (False, True):
-            for single, stats, persistent in ((True, STATS_COMPUTE, False), (True, STATS_COMPUTE, True),
-                                              (False, STATS_COMPUTE, False), (True, STATS_MOMENTS, False),
-                                              (False, STATS_MOMENTS, False), (False, STATS_GIVEN, False)):
-                if dtype != "bf16" and (stats != STATS_COMPUTE or persistent):
+            for single, stats, persistent, stages in (
+                    (True, STATS_COMPUTE, False, 1), (True, STATS_COMPUTE, True, 1), (True, STATS_COMPUTE, True, 3),
+                    (False, STATS_COMPUTE, False, 1), (False, STATS_COMPUTE, False, 3), (True, STATS_MOMENTS, False, 1),
+                    (False, STATS_MOMENTS, False, 1), (False, STATS_GIVEN, False, 1)):
+                if dtype != "bf16" and (stats != STATS_COMPUTE or persistent or stages > 1):
                     continue
                 out.append((f"fwd {dtype} {'rms' if is_rms else 'ln'} {'tile' if single else 'chunks'} "
-                            f"stats={stats}{' persistent' if persistent else ''}", norm_fwd_kernel, dtype, dict(
+                            f"stats={stats}{' persistent' if persistent else ''}{_stages_label(stages)}",
+                            norm_fwd_kernel, dtype, dict(
                                 IS_RMS=is_rms, HAS_WEIGHT=True, HAS_BIAS=not is_rms, HAS_RESIDUAL=True,
                                 HAS_DROPOUT=True, STORE_H=True, STORE_STATS=True, STATS=stats, BLOCK_M=2 if single else 1,
-                                BLOCK_N=1024, SINGLE_CHUNK=single, PERSISTENT=persistent, FUSED_SUMS=True), 4))
-            for single, dots in ((True, DOTS_COMPUTE), (False, DOTS_COMPUTE), (False, DOTS_SUMS), (False, DOTS_GIVEN)):
-                if dtype != "bf16" and dots != DOTS_COMPUTE:
+                                BLOCK_N=1024, SINGLE_CHUNK=single, PERSISTENT=persistent, FUSED_SUMS=True,
+                                LOOP_STAGES=stages), 4))
+            for single, dots, stages in ((True, DOTS_COMPUTE, 1), (True, DOTS_COMPUTE, 3), (False, DOTS_COMPUTE, 1),
+                                         (False, DOTS_SUMS, 1), (False, DOTS_SUMS, 3), (False, DOTS_GIVEN, 1),
+                                         (False, DOTS_GIVEN, 3)):
+                if dtype != "bf16" and (dots != DOTS_COMPUTE or stages > 1):
                     continue
-                out.append((f"bwd {dtype} {'rms' if is_rms else 'ln'} {'tile' if single else 'chunks'} dots={dots}",
-                            norm_bwd_kernel, dtype, dict(
+                out.append((f"bwd {dtype} {'rms' if is_rms else 'ln'} {'tile' if single else 'chunks'} dots={dots}"
+                            f"{_stages_label(stages)}", norm_bwd_kernel, dtype, dict(
                                 IS_RMS=is_rms, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=not is_rms,
                                 HAS_DH_IN=True, HAS_DROPOUT=True, STORE_DRES=True, DOTS=dots,
-                                BLOCK_M=2 if single else 1, BLOCK_N=1024, SINGLE_CHUNK=single, FUSED_SUMS=True), 4))
+                                BLOCK_M=2 if single else 1, BLOCK_N=1024, SINGLE_CHUNK=single, FUSED_SUMS=True,
+                                LOOP_STAGES=stages), 4))
     return out
+
+
+def _stages_label(stages: int) -> str:
+    return f" stages={stages}" if stages > 1 else ""
 
 
 def resources(compiled: Any) -> Optional[tuple[int, int]]:
@@ -109,21 +119,27 @@ def programs_per_sm(regs: int, num_warps: int, shared: int) -> int:
     return max(0, min(by_regs, 64 // num_warps, 32, by_shared))
 
 
-def report_configs() -> int:
-    """Registers, spills and occupancy of the default configs over the benchmark's row lengths (bf16, LN)."""
+def report_configs(stages: Optional[int] = None) -> int:
+    """Registers, spills, shared memory and occupancy of the default configs over the benchmark's row lengths
+    (bf16, LN); ``stages`` overrides their loops' pipelining depth."""
     from tokennorm.kernels.config import backward_config, forward_config
 
-    print(f"{'N':>8}  {'kernel':4}  {'tile':>12}  warps  regs  stack  programs/SM")
+    print(f"{'N':>8}  {'kernel':8}  {'tile':>12}  warps  regs  stack  smem KB  programs/SM")
     for n in (1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144, 1048576):
+        bwd = backward_config(n)
+        # A split row runs two backward launches: the segment sums, then dx with the sums given.
+        bwd_modes = (("bwd", DOTS_COMPUTE),) if bwd.segments == 1 else (("bwd sums", DOTS_SUMS),
+                                                                         ("bwd dx", DOTS_GIVEN))
         for name, kernel, cfg, consts in (
             ("fwd", norm_fwd_kernel, forward_config(n), dict(
                 IS_RMS=False, HAS_WEIGHT=True, HAS_BIAS=True, HAS_RESIDUAL=False, HAS_DROPOUT=False,
                 STORE_H=False, STORE_STATS=True, STATS=STATS_COMPUTE, PERSISTENT=False)),
-            ("bwd", norm_bwd_kernel, backward_config(n), dict(
+            *((label, norm_bwd_kernel, bwd, dict(
                 IS_RMS=False, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, HAS_DH_IN=False,
-                HAS_DROPOUT=False, STORE_DRES=False, DOTS=DOTS_COMPUTE)),
+                HAS_DROPOUT=False, STORE_DRES=False, DOTS=dots)) for label, dots in bwd_modes),
         ):
-            consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=True)
+            consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=True,
+                          LOOP_STAGES=stages or cfg.num_stages)
             compiled = _compile(kernel, "bf16", consts, cfg.num_warps)
             res = resources(compiled)
             if res is None:
@@ -132,13 +148,15 @@ def report_configs() -> int:
             regs, stack = res
             fit = programs_per_sm(regs, cfg.num_warps, compiled.metadata.shared)
             tile = f"{cfg.block_m}×{cfg.block_n}{'' if cfg.single_chunk else ' ch'}"
-            print(f"{n:>8}  {name:4}  {tile:>12}  {cfg.num_warps:5d}  {regs:4d}  {stack:5d}  {fit:11d}", flush=True)
+            print(f"{n:>8}  {name:8}  {tile:>12}  {cfg.num_warps:5d}  {regs:4d}  {stack:5d}  "
+                  f"{compiled.metadata.shared / 1024:7.1f}  {fit:11d}", flush=True)
     return 0
 
 
 def main() -> int:
-    if "--configs" in sys.argv[1:]:
-        return report_configs()
+    args = sys.argv[1:]
+    if "--configs" in args:
+        return report_configs(int(args[args.index("--stages") + 1]) if "--stages" in args else None)
     failures = 0
     start = time.perf_counter()
     for label, kernel, dtype, constexprs, warps in variants():
@@ -151,14 +169,24 @@ def main() -> int:
         ptx = compiled.asm["ptx"]
         note = ""
         if label.startswith("fwd bf16") and "tile" in label and "stats=0" in label:
-            # 1024 bf16 over 128 threads: 8 per thread, one 16-byte load each for x and the residual
-            wide = len(re.findall(r"ld\.global(?:\.[a-z0-9]+)*\.v4\.b32", ptx))
+            # 1024 bf16 over 128 threads: 8 per thread, one 16-byte load each for x and the residual (straight
+            # into registers, or into shared memory by cp.async when the loop is pipelined)
+            wide = len(re.findall(r"ld\.global(?:\.[a-z0-9]+)*\.v4\.b32", ptx)) + len(re.findall(
+                r"cp\.async\.(?:ca|cg)\.shared\.global(?:\.[a-z0-9:]+)* \[[^\]]+\], \[[^\]]+\], (?:0x10|16)\b", ptx))
             if wide == 0:
                 failures += 1
                 note = "  FAIL: no 16-byte loads"
             else:
                 note = f"  {wide} × 16-byte loads"
-        print(f"ok   {label}{note}")
+        if "stages=" in label:
+            # Pipelined loops load through cp.async into shared memory; without it the depth did nothing.
+            copies = len(re.findall(r"cp\.async\.(?:ca|cg)", ptx))
+            if copies == 0:
+                failures += 1
+                note += "  FAIL: loop not pipelined (no cp.async)"
+            else:
+                note += f"  {copies} × cp.async"
+        print(f"{'FAIL' if 'FAIL' in note else 'ok  '} {label}{note}")
     print(f"{failures} failures, {time.perf_counter() - start:.1f} s")
     return 1 if failures else 0
 

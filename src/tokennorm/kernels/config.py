@@ -8,9 +8,9 @@ Every value is cached per (row length, element size, device), so a call pays one
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import triton
@@ -28,7 +28,8 @@ BWD_LONG_N = 65536
 # A tile should hold at least this many elements so that small rows still keep enough loads in flight.
 MIN_TILE_ELEMENTS = 4096
 # Backward grid: this many programs per SM, each reducing its rows' dγ/dβ into one float32 partial row.
-# H100: 4 led for whole-row tiles at N ≤ 4K; 1 led (or tied) for chunked rows.
+# H100: 4 led for whole-row tiles at N ≤ 4K; 1 led (or tied) for chunked rows. Chunked rows are split into
+# one-chunk segments, and the row groups shrink by the number of segments (see backward_programs).
 BWD_PROGRAMS_PER_SM_SINGLE = 4
 BWD_PROGRAMS_PER_SM_CHUNKED = 1
 # The interpreter runs programs one after another: few programs, same total work.
@@ -43,14 +44,16 @@ class TileConfig:
     block_n: int  # columns per tile: the whole row (single_chunk) or one chunk of it
     single_chunk: bool  # the whole row fits one tile
     num_warps: int
-    # Forward only: > 1 splits each row over this many programs (split-row path: segment moments → merge →
-    # normalize), so that a few long rows still fill the GPU. Off by default until measured on a GPU.
+    # > 1 splits each row over this many programs. Forward: segment moments → merge → normalize, so that a few
+    # long rows still fill the GPU (opt-in until measured). Backward: segment sums → sum → dx and dγ/dβ, the
+    # default for chunked rows (see backward_config).
     segments: int = 1
     # Forward only, whole-row tiles: > 0 makes the grid persistent, this many programs per SM walking the row
-    # tiles, so the software pipeliner can overlap a tile's loads with the previous tile's reductions.
+    # tiles (with num_stages > 1, the next tiles' loads overlap this tile's reductions).
     programs_per_sm: int = 0
-    # Software-pipelining depth of the kernel's loops (Triton's launch option); None: Triton's default.
-    num_stages: Optional[int] = None
+    # Software-pipelining depth of the kernels' innermost loops over row tiles and chunks (the LOOP_STAGES
+    # switch, tl.range's num_stages): 1 means none. Off by default until measured on a GPU.
+    num_stages: int = 1
 
 
 # Whole-row tiles measured fastest on an H100 (benchmarks/tune_kernels.py, bf16, M·N = 2^27, 2026-11-23),
@@ -88,8 +91,16 @@ def forward_config(n: int) -> TileConfig:
 
 @functools.lru_cache(maxsize=None)
 def backward_config(n: int) -> TileConfig:
-    """Tiling for the backward kernel on rows of ``n`` elements."""
-    return _tile(n, BWD_MAX_SINGLE_CHUNK_N, BWD_LONG_CHUNK_N if n >= BWD_LONG_N else BWD_CHUNK_N, MEASURED_BWD)
+    """Tiling for the backward kernel on rows of ``n`` elements.
+
+    Rows too long for one tile are split into one-chunk segments. The chunked walk reads h and dy twice
+    either way (row sums, then dx), but split rows let the grid be few row groups × many segments, and each
+    row group writes one float32 partial row of dγ (and dβ): with one group per SM, those partials cost 0.7×
+    the bytes the gradient needs at N = 256K and 2.7× at N = 1M (LayerNorm, bf16; H100, 2026-11-23;
+    benchmarks/RESULTS.md, "Where the backward's time goes").
+    """
+    cfg = _tile(n, BWD_MAX_SINGLE_CHUNK_N, BWD_LONG_CHUNK_N if n >= BWD_LONG_N else BWD_CHUNK_N, MEASURED_BWD)
+    return cfg if cfg.single_chunk else dataclasses.replace(cfg, segments=cdiv(n, cfg.block_n))
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,12 +110,21 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SM_COUNT
 
 
-def backward_programs(m: int, device: torch.device, config: TileConfig) -> tuple[int, int]:
-    """(number of programs, rows per program) for the backward grid over ``m`` rows."""
+def backward_programs(m: int, device: torch.device, config: TileConfig, segments: int = 1) -> tuple[int, int]:
+    """(row groups, rows per group) for a backward grid of row groups × ``segments`` over ``m`` rows."""
     per_sm = BWD_PROGRAMS_PER_SM_SINGLE if config.single_chunk else BWD_PROGRAMS_PER_SM_CHUNKED
-    programs = max(1, min(m, per_sm * sm_count(device)))
-    rows_per_program = cdiv(m, programs)
-    return cdiv(m, rows_per_program), rows_per_program
+    return row_groups(m, per_sm * sm_count(device), segments)
+
+
+def row_groups(m: int, programs: int, segments: int = 1) -> tuple[int, int]:
+    """(row groups, rows per group) for about ``programs`` programs in all over ``m`` rows cut into ``segments``.
+
+    Each row group writes one float32 partial row of dγ/dβ, summed afterwards: 8 bytes per column and group
+    for each, against 3·s bytes per element for the gradient itself. So the groups shrink as segments grow.
+    """
+    groups = max(1, min(m, programs // segments))
+    rows_per_group = cdiv(m, groups)
+    return cdiv(m, rows_per_group), rows_per_group
 
 
 MEASURED_FWD.update({

@@ -125,13 +125,9 @@ def _launch_forward(
         IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h is not None,
         STORE_STATS=store_stats, STATS=stats, PERSISTENT=persistent, FUSED_SUMS=FUSED_SUMS,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=single, num_warps=cfg.num_warps,
-        **_stages(cfg),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=single, LOOP_STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps,
     )
-
-
-def _stages(cfg: TileConfig) -> dict:
-    return {} if cfg.num_stages is None else {"num_stages": cfg.num_stages}
 
 
 def segment_width(n: int, segments: int, block_n: int) -> int:
@@ -224,7 +220,8 @@ def norm_backward(
     ``h`` is what was normalized (x itself for a plain norm); ``residual_dtype`` not None asks for a separate
     d(residual) output in that dtype. ``row_means`` [M, 2], when given, holds each row's mean(g·x̂) and
     mean(g) (reduced elsewhere, e.g. across tensor-parallel ranks from :func:`norm_backward_sums`) instead
-    of computing them here. A config with ``segments > 1`` splits each row over that many programs.
+    of computing them here. A config with ``segments > 1`` splits each row over that many programs (the
+    default for rows longer than one tile, see :func:`~tokennorm.kernels.config.backward_config`).
     """
     m, n = h.shape
     dev = h.device
@@ -245,7 +242,7 @@ def norm_backward(
         dots, row_dots = DOTS_GIVEN, row_means.to(acc).contiguous()
     else:
         row_dots = None if cfg.single_chunk else torch.empty((m, 2), device=dev, dtype=acc)
-    programs, rows_per_program = backward_programs(m, dev, cfg)
+    programs, rows_per_program = backward_programs(m, dev, cfg, cdiv(n, seg_n))
     dw_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
     db_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
     _launch_backward(dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw_partial, db_partial, row_dots,
@@ -271,7 +268,7 @@ def norm_backward_sums(
     segments = cdiv(n, seg_n) if n else 1
     sums = torch.empty((m, segments, 2), device=h.device, dtype=acc_dtype(h.dtype))
     if m > 0 and n > 0:
-        programs, rows_per_program = backward_programs(m, h.device, config)
+        programs, rows_per_program = backward_programs(m, h.device, config, segments)
         _launch_backward(dy, h, weight, mean, rstd, None, None, dy, None, None, None, sums, 0.0, weight_offset,
                          is_rms, DOTS_SUMS, seg_n, programs, rows_per_program, config)
     return sums
@@ -293,6 +290,5 @@ def _launch_backward(
         COMPUTE_DW=dw_partial is not None, COMPUTE_DB=db_partial is not None,
         HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None, DOTS=dots,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=FUSED_SUMS,
-        num_warps=cfg.num_warps,
-        **_stages(cfg),
+        LOOP_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
     )

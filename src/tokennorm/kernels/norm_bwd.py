@@ -16,6 +16,8 @@ the rows' means given. With a second grid dimension splitting rows into ``seg_n`
 make the split-row backward (sums → torch sum → dx) and the local part of a tensor-parallel backward (sums →
 all-reduce → dx).
 
+``LOOP_STAGES``: software-pipelining depth of the innermost loops (row tiles, chunks), as in the forward.
+
 ``SINGLE_CHUNK``: the row fits a [BLOCK_M, BLOCK_N] tile and everything happens in one pass over h and dy.
 Otherwise pass 1 computes each row's two dot products chunk by chunk into ``ROW_DOTS``, and pass 2 walks the
 row chunk by chunk (rows inner) so one chunk of dγ/dβ lives in registers at a time.
@@ -95,6 +97,7 @@ def norm_bwd_kernel(
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
     HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr, DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr, FUSED_SUMS: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if H.dtype.element_ty == tl.float64 else tl.float32
     pid = tl.program_id(0)
@@ -111,7 +114,7 @@ def norm_bwd_kernel(
         col_mask = cols < N
         dw = tl.zeros([BLOCK_N], dtype=ACC)
         db = tl.zeros([BLOCK_N], dtype=ACC)
-        for r0 in range(row_start, row_end, BLOCK_M):
+        for r0 in tl.range(row_start, row_end, BLOCK_M, num_stages=LOOP_STAGES):
             rows = r0 + tl.arange(0, BLOCK_M)
             row_mask = rows < row_end
             rows64 = rows.to(tl.int64)
@@ -145,7 +148,7 @@ def norm_bwd_kernel(
                 rows64 = rows.to(tl.int64)
                 gx = tl.zeros([BLOCK_M], dtype=ACC)
                 gs = tl.zeros([BLOCK_M], dtype=ACC)
-                for start in range(col0, col_end, BLOCK_N):
+                for start in tl.range(col0, col_end, BLOCK_N, num_stages=LOOP_STAGES):
                     c = start + cols
                     mask = row_mask[:, None] & (c < col_end)[None, :]
                     dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
@@ -168,7 +171,7 @@ def norm_bwd_kernel(
                 col_mask = c < col_end
                 dw = tl.zeros([BLOCK_N], dtype=ACC)
                 db = tl.zeros([BLOCK_N], dtype=ACC)
-                for r0 in range(row_start, row_end, BLOCK_M):
+                for r0 in tl.range(row_start, row_end, BLOCK_M, num_stages=LOOP_STAGES):
                     rows = r0 + tl.arange(0, BLOCK_M)
                     row_mask = rows < row_end
                     rows64 = rows.to(tl.int64)

@@ -8,6 +8,9 @@ One kernel, compile-time switches:
   tensor, regenerated in backward); ``STORE_H``: h is written out (needed by backward and by pre-LN callers).
 * ``STORE_STATS``: write mean and rstd per row (backward needs them; inference does not).
 * ``PERSISTENT``: whole-row tiles walked by a machine-sized grid instead of one program per tile.
+* ``LOOP_STAGES``: software-pipelining depth of the loops over row tiles and chunks (``tl.range``'s
+  num_stages; 1: none). Only an explicit per-loop depth makes Triton pipeline loads that feed no ``tl.dot``:
+  the launch's num_stages alone leaves these loops unpipelined (checked in the PTX by compile_check).
 * ``STATS``: compute the row's statistics and normalize (the usual case); or only write each segment's
   moments (mean and M2; Σx² for RMSNorm); or normalize with statistics given in MEAN/RSTD. With a second grid
   dimension splitting rows into ``seg_n``-column segments, the last two make the split-row path (moments →
@@ -119,7 +122,7 @@ def norm_fwd_kernel(
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr, STORE_STATS: tl.constexpr,
     STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
-    PERSISTENT: tl.constexpr, FUSED_SUMS: tl.constexpr,
+    PERSISTENT: tl.constexpr, FUSED_SUMS: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     H_DTYPE: tl.constexpr = H.dtype.element_ty
@@ -146,9 +149,9 @@ def norm_fwd_kernel(
 
     if SINGLE_CHUNK and STATS == 0:  # STATS_COMPUTE on whole rows: the common case
         if PERSISTENT:
-            # A grid sized to the machine, each program walking row tiles: the loop lets Triton's pipeliner
-            # issue the next tile's loads while this tile reduces (as deep as the launch's num_stages).
-            for tile in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+            # A grid sized to the machine, each program walking row tiles: with LOOP_STAGES > 1 the next tiles'
+            # loads are in flight (cp.async into shared memory) while this tile reduces.
+            for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0), num_stages=LOOP_STAGES):
                 whole_row_tile(tile, X, RES, W, B, SEED, Y, H, MEAN, RSTD, stride_x, stride_res, stride_y, stride_h,
                                M, N, eps, dropout_p, weight_offset, ACC, H_DTYPE, ROUND_H, IS_RMS, HAS_WEIGHT,
                                HAS_BIAS, HAS_RESIDUAL, HAS_DROPOUT, STORE_H, STORE_STATS, BLOCK_M, BLOCK_N,
@@ -183,7 +186,7 @@ def norm_fwd_kernel(
             count = tl.zeros([BLOCK_M], dtype=ACC)
             mean = tl.zeros([BLOCK_M], dtype=ACC)
             m2 = tl.zeros([BLOCK_M], dtype=ACC)  # Σ(x − mean)² for LayerNorm, Σx² for RMSNorm
-            for start in range(col0, col_end, BLOCK_N):
+            for start in tl.range(col0, col_end, BLOCK_N, num_stages=LOOP_STAGES):
                 c = start + cols
                 mask = row_mask[:, None] & (c < col_end)[None, :]
                 h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
@@ -214,7 +217,7 @@ def norm_fwd_kernel(
                 if STORE_H:
                     tl.debug_barrier()  # pass 2 reads h back: make this program's stores visible to its threads
             # Pass 2: normalize.
-            for start in range(col0, col_end, BLOCK_N):
+            for start in tl.range(col0, col_end, BLOCK_N, num_stages=LOOP_STAGES):
                 c = start + cols
                 col_mask = c < col_end
                 mask = row_mask[:, None] & col_mask[None, :]
