@@ -190,4 +190,4 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     assert kconfig.forward_config(n).__dict__ in [e["cfg"] for e in result["fwd"]]
     assert all(e["moved_frac"] >= e["frac"] for e in result["fwd"] + result["bwd"])
     from tokennorm.kernels import traffic  # the traffic report reads what the run recorded
-    assert len(traffic.analyse([result], sms=4)) == len(result["bwd"])
+    assert len(traffic.analyse([result], sms=4)) == len(result["fwd"]) + len(result["bwd"])

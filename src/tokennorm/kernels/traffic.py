@@ -11,9 +11,9 @@ with a device copy. What it counts (L2 hits are not modelled: the passes here ar
   sums, then dx); plus the float32 dγ/dβ partial rows, one per row group, written by the kernel and read back
   by the final sum; plus the split path's per-segment sums.
 
-``python -m tokennorm.kernels.traffic RUN.json [--sms 132]`` applies it to a ``benchmarks/tune_kernels.py``
-result and prints, per backward candidate, the bytes moved per byte needed and the bandwidth actually
-achieved on the bytes moved.
+``python -m tokennorm.kernels.traffic RUN.json [--sms 132] [--best]`` applies it to a
+``benchmarks/tune_kernels.py`` result and prints, per candidate, the bytes moved per byte needed and the
+bandwidth achieved on the bytes moved.
 """
 
 from __future__ import annotations
@@ -60,27 +60,32 @@ def backward_bytes(m: int, n: int, itemsize: int, cfg: TileConfig, row_groups: i
 
 
 def analyse(runs: list[dict], sms: int, has_bias: Optional[bool] = None, itemsize: Optional[int] = None) -> list[dict]:
-    """Per backward candidate of a tune_kernels.py run: the modelled bytes and the bandwidth on them.
+    """Per candidate of a tune_kernels.py run (forward, then backward): the modelled bytes and the bandwidth
+    on them.
 
-    The run records programs per SM but not the grid; it is rebuilt with the grid rule of that run (row
-    groups = min(M, programs per SM × SMs) ÷ segments), so pass the SM count of the device that ran it.
-    ``has_bias`` (LayerNorm) and ``itemsize`` default to what the run recorded (runs from 2026-11-23 did not
-    record them: pass them).
+    The forward was timed without storing statistics. For the backward the run records programs per SM but
+    not the grid; it is rebuilt with today's rule (``config.row_groups``; the same as the run's for plans
+    without split rows), so pass the SM count of the device that ran it. ``has_bias`` (LayerNorm) and
+    ``itemsize`` default to what the run recorded (runs from 2026-11-23 did not record them: pass them).
     """
     out = []
     for run in runs:
         m, n, copy = run["m"], run["n"], run["copy_gbps"]
         bias = not run["is_rms"] if has_bias is None else has_bias
         size = run["itemsize"] if itemsize is None else itemsize
-        for e in run["bwd"]:
-            cfg = TileConfig(**e["cfg"])
-            groups = row_groups(m, e["per_sm"] * sms, row_segments(n, cfg))[0]
-            moved = backward_bytes(m, n, size, cfg, groups, bias)
-            needed = 3 * m * n * size
-            seconds = e["ms"] * 1e-3
-            out.append({"n": n, "m": m, "cfg": cfg, "per_sm": e["per_sm"], "groups": groups,
-                        "needed_frac": needed / seconds / 1e9 / copy, "moved_per_needed": moved / needed,
-                        "moved_frac": moved / seconds / 1e9 / copy})
+        for direction in ("fwd", "bwd"):
+            for e in run[direction]:
+                cfg = TileConfig(**e["cfg"])
+                groups = None
+                if direction == "fwd":
+                    moved, needed = forward_bytes(m, n, size, cfg, store_stats=False), 2 * m * n * size
+                else:
+                    groups = row_groups(m, e["per_sm"] * sms, row_segments(n, cfg))[0]
+                    moved, needed = backward_bytes(m, n, size, cfg, groups, bias), 3 * m * n * size
+                seconds = e["ms"] * 1e-3
+                out.append({"dir": direction, "n": n, "m": m, "cfg": cfg, "per_sm": e.get("per_sm"),
+                            "groups": groups, "needed_frac": needed / seconds / 1e9 / copy,
+                            "moved_per_needed": moved / needed, "moved_frac": moved / seconds / 1e9 / copy})
     return out
 
 
@@ -99,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--itemsize", type=int, default=2, help="bytes per element, for runs that did not record it")
     p.add_argument("--best", action="store_true", help="only the fastest candidate per row length")
     args = p.parse_args(argv)
-    print("| run | N | M | backward tile | per SM | row groups | × copy (bytes needed) | bytes moved / needed "
+    print("| run | dir | N | M | tile | per SM | row groups | × copy (bytes needed) | bytes moved / needed "
           "| × copy (bytes moved) |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for path in args.runs:
         with open(path) as f:
             runs = json.load(f)
@@ -110,17 +115,21 @@ def main(argv: list[str] | None = None) -> int:
         rows = analyse(runs, args.sms, ("rms" not in path.rsplit("/", 1)[-1]) if legacy else None,
                        args.itemsize if legacy else None)
         if args.best:
-            best: dict[int, dict] = {}
+            best: dict[tuple[str, int], dict] = {}
             for r in rows:
-                if r["n"] not in best or r["needed_frac"] > best[r["n"]]["needed_frac"]:
-                    best[r["n"]] = r
+                key = (r["dir"], r["n"])
+                if key not in best or r["needed_frac"] > best[key]["needed_frac"]:
+                    best[key] = r
             rows = list(best.values())
         for r in rows:
             c = r["cfg"]
             tile = f"{c.block_m}×{c.block_n}, {c.num_warps} warps{'' if c.single_chunk else ', chunked'}"
             tile += f", {c.segments} segments" if c.segments > 1 else ""
-            print(f"| {path.rsplit('/', 1)[-1]} | {r['n']:,} | {r['m']:,} | {tile} | {r['per_sm']} | {r['groups']} "
-                  f"| {r['needed_frac']:.2f} | {r['moved_per_needed']:.2f} | {r['moved_frac']:.2f} |")
+            tile += f", {c.programs_per_sm}/SM persistent" if c.programs_per_sm else ""
+            tile += f", {c.num_stages} stages" if c.num_stages > 1 else ""
+            print(f"| {path.rsplit('/', 1)[-1]} | {r['dir']} | {r['n']:,} | {r['m']:,} | {tile} | {r['per_sm'] or '–'} "
+                  f"| {r['groups'] or '–'} | {r['needed_frac']:.2f} | {r['moved_per_needed']:.2f} "
+                  f"| {r['moved_frac']:.2f} |")
     print("\nToday's default backward on the same shapes (bytes moved / needed; LayerNorm, RMSNorm):\n")
     print("| N | M | backward tile | row groups | LN | RMS |")
     print("|---:|---:|---|---:|---:|---:|")
