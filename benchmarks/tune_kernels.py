@@ -2,10 +2,12 @@
 
 For each row length N (M = 2^27 / N rows, bf16 by default) and each candidate TileConfig, checks the result
 against torch (a config that computes a wrong answer is reported, never ranked) and times it with
-``triton.testing.do_bench`` (median, L2 flushed). Prints the best configs per N as a fraction of a
-device-to-device copy of the same bytes, measured in the same run.
+``triton.testing.do_bench`` (median, L2 flushed); then re-times the fastest few and tokennorm's defaults in
+interleaved rounds with the device copy (one run measured the same launch 1.8× apart: single samples are
+not enough). Prints the best configs per N as a fraction of a device-to-device copy of the same bytes,
+measured in the same run, with the bandwidth on the bytes each plan really moves (kernels/traffic.py).
 
-    PYTHONPATH=src python3 benchmarks/tune_kernels.py [--dtype bf16] [--ns 1K,4K,...] [--json PATH]
+    PYTHONPATH=src python3 benchmarks/tune_kernels.py [--dtype bf16] [--ns 1K,4K,...] [--rounds 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import statistics
 import sys
 
 import torch
@@ -74,12 +77,28 @@ def _time(fn) -> float:
 def _bwd_trials(first: list, done: list):
     """Yield the first-stage trials, then per-SM variants of the fastest of them."""
     yield from first
-    best = sorted(done, key=lambda e: e["ms"])[:3]
+    best = sorted(done, key=lambda e: e["ms_samples"][0])[:3]
     for e, per_sm in itertools.product(best[:1], (1, 4)):
         yield TileConfig(**e["cfg"]), per_sm
 
 
-def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda") -> dict:
+def _at_per_sm(per_sm: int, fn):
+    """``fn`` run with the backward grid at ``per_sm`` programs per SM (a module setting, restored after)."""
+    def run():
+        saved = kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED
+        kconfig.BWD_PROGRAMS_PER_SM_SINGLE = kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = per_sm
+        try:
+            return fn()
+        finally:
+            kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = saved
+    return run
+
+
+def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", rounds: int = 3,
+         confirm: int = 4) -> dict:
+    """Check and time every candidate once, then the ``confirm`` fastest per direction and the defaults again
+    in ``rounds`` interleaved rounds (each with the copy), so that a change of clocks or neighbours during the
+    sweep hits them all alike. Each entry's ``ms`` is the median of its samples (all kept in ``ms_samples``)."""
     m = max(1, mn // n)
     x = torch.randn(m, n, device=dev, dtype=dtype)
     w = torch.randn(n, device=dev, dtype=dtype) * 0.1 + 1
@@ -88,56 +107,85 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda") -
     s = dtype.itemsize
     src = torch.empty(m * n * s, dtype=torch.uint8, device=dev).fill_(1)
     dst = torch.empty_like(src)
-    copy_bw = 2 * src.numel() / (_time(lambda: dst.copy_(src)) * 1e-3)
+    copy = lambda: dst.copy_(src)  # noqa: E731
+    copy_ms = [_time(copy)]
 
     xr = x.float()
     if is_rms:
         y_ref = F.rms_norm(xr, (n,), w.float(), 1e-5)
     else:
         y_ref = F.layer_norm(xr, (n,), w.float(), b.float(), 1e-5)
-    results = {"n": n, "m": m, "copy_gbps": copy_bw / 1e9, "is_rms": is_rms, "itemsize": s, "fwd": [], "bwd": []}
+    results = {"n": n, "m": m, "is_rms": is_rms, "itemsize": s, "fwd": [], "bwd": []}
+    runners: dict[int, object] = {}  # id(entry) -> the call it times
+
+    def record(direction: str, cfg: TileConfig, per_sm, fn, err: float) -> None:
+        entry = {"cfg": cfg.__dict__, "ms_samples": [_time(fn)], "max_err": err}
+        if per_sm is not None:
+            entry["per_sm"] = per_sm
+        results[direction].append(entry)
+        runners[id(entry)] = fn
+
     fwd0 = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None)
-    default = kconfig.forward_config(n)  # a whole-row tile without a persistent grid has no loop to pipeline
-    for cfg in _with_default(_candidates(n, 65536), default, pipelined=not default.single_chunk):
+    default_f = kconfig.forward_config(n)  # a whole-row tile without a persistent grid has no loop to pipeline
+    for cfg in _with_default(_candidates(n, 65536), default_f, pipelined=not default_f.single_chunk):
+        run = lambda cfg=cfg: norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None,  # noqa: E731
+                                           config=cfg, store_stats=False)
         try:
-            out = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg)
-            err = (out.y.float() - y_ref).abs().max().item()
-            ok = err < 0.1
-            ms = _time(lambda: norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg,
-                                            store_stats=False)) if ok else float("nan")
+            err = (norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg).y.float()
+                   - y_ref).abs().max().item()
         except Exception as exc:  # a config that does not compile (registers, shared memory) is skipped
             print(f"  fwd {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
             continue
-        frac = 2 * m * n * s / (ms * 1e-3) / copy_bw
-        moved = traffic.forward_bytes(m, n, s, cfg, store_stats=False)
-        results["fwd"].append({"cfg": cfg.__dict__, "ms": ms, "frac": frac, "max_err": err,
-                               "moved_frac": moved / (ms * 1e-3) / copy_bw})
+        if err < 0.1:  # a wrong answer is reported in stderr, never ranked
+            record("fwd", cfg, None, run, err)
+        else:
+            print(f"  fwd {cfg}: WRONG, max error {err}", file=sys.stderr)
     dx_ref = norm_backward(dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
                            dtype, None).dx.float()
     # Tiles at 2 programs per SM first, then the best tile at 1 and 4 programs per SM.
-    saved_per_sm = kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED
-    default = kconfig.backward_config(n)
-    default_per_sm = saved_per_sm[not default.single_chunk]
+    default_b = kconfig.backward_config(n)
+    default_per_sm = (kconfig.BWD_PROGRAMS_PER_SM_SINGLE if default_b.single_chunk
+                      else kconfig.BWD_PROGRAMS_PER_SM_CHUNKED)
     tried = [(cfg, 2) for cfg in _candidates(n, 32768)]
-    tried += [(cfg, default_per_sm) for cfg in _with_default([], default, pipelined=True)]
+    tried += [(cfg, default_per_sm) for cfg in _with_default([], default_b, pipelined=True)]
     for cfg, per_sm in _bwd_trials(tried, results["bwd"]):
-        kconfig.BWD_PROGRAMS_PER_SM_SINGLE = kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = per_sm
+        run = _at_per_sm(per_sm, lambda cfg=cfg: norm_backward(
+            dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms, dtype, None, config=cfg))
         try:
-            run = lambda: norm_backward(dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True,  # noqa
-                                        not is_rms, dtype, None, config=cfg)
             err = (run().dx.float() - dx_ref).abs().max().item()
-            ok = err < 0.1
-            ms = _time(run) if ok else float("nan")
         except Exception as exc:
             print(f"  bwd {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
             continue
-        finally:
-            kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = saved_per_sm
-        frac = 3 * m * n * s / (ms * 1e-3) / copy_bw  # read x, dy; write dx
-        groups = kconfig.row_groups(m, per_sm * kconfig.sm_count(x.device), traffic.row_segments(n, cfg))[0]
-        moved = traffic.backward_bytes(m, n, s, cfg, groups, not is_rms)
-        results["bwd"].append({"cfg": cfg.__dict__, "per_sm": per_sm, "ms": ms, "frac": frac, "max_err": err,
-                               "moved_frac": moved / (ms * 1e-3) / copy_bw})
+        if err < 0.1:
+            record("bwd", cfg, per_sm, run, err)
+        else:
+            print(f"  bwd {cfg}: WRONG, max error {err}", file=sys.stderr)
+
+    defaults = {("fwd", json.dumps(default_f.__dict__), None), ("bwd", json.dumps(default_b.__dict__), default_per_sm)}
+    picked = []
+    for direction in ("fwd", "bwd"):
+        ranked = sorted(results[direction], key=lambda e: e["ms_samples"][0])
+        picked += [e for i, e in enumerate(ranked) if i < confirm or (
+            direction, json.dumps(e["cfg"]), e.get("per_sm")) in defaults]
+    for _ in range(rounds):
+        copy_ms.append(_time(copy))
+        for e in picked:
+            e["ms_samples"].append(_time(runners[id(e)]))
+
+    copy_bw = 2 * src.numel() / (statistics.median(copy_ms) * 1e-3)
+    results["copy_gbps"] = copy_bw / 1e9
+    results["copy_ms_samples"] = copy_ms
+    for direction, needed_per_element in (("fwd", 2), ("bwd", 3)):  # fwd: read x, write y; bwd: read x, dy; write dx
+        for e in results[direction]:
+            e["ms"] = ms = statistics.median(e["ms_samples"])
+            cfg = TileConfig(**e["cfg"])
+            if direction == "fwd":
+                moved = traffic.forward_bytes(m, n, s, cfg, store_stats=False)
+            else:
+                groups = kconfig.row_groups(m, e["per_sm"] * kconfig.sm_count(x.device), traffic.row_segments(n, cfg))[0]
+                moved = traffic.backward_bytes(m, n, s, cfg, groups, not is_rms)
+            e["frac"] = needed_per_element * m * n * s / (ms * 1e-3) / copy_bw
+            e["moved_frac"] = moved / (ms * 1e-3) / copy_bw
     return results
 
 
@@ -147,6 +195,7 @@ def main() -> int:
     p.add_argument("--ns", default="1K,2K,4K,8K,16K,32K,64K,128K,256K,1M")
     p.add_argument("--mn", type=parse_count, default=2**27)
     p.add_argument("--rms", action="store_true", help="tune RMSNorm instead of LayerNorm")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved re-timing rounds of the fastest and defaults")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -154,7 +203,7 @@ def main() -> int:
         return 2
     rows = []
     for n in [parse_count(t) for t in args.ns.split(",")]:
-        r = tune(n, DTYPES[args.dtype], args.rms, args.mn)
+        r = tune(n, DTYPES[args.dtype], args.rms, args.mn, rounds=args.rounds)
         rows.append(r)
         default_f, default_b = kconfig.forward_config(n), kconfig.backward_config(n)
         best_f = sorted(r["fwd"], key=lambda e: e["ms"])[:3]
@@ -164,10 +213,11 @@ def main() -> int:
             kconfig.BWD_PROGRAMS_PER_SM_SINGLE if default_b.single_chunk else kconfig.BWD_PROGRAMS_PER_SM_CHUNKED)), None)
         print(f"N={n:>8} M={r['m']:>7} copy {r['copy_gbps']:.0f} GB/s | fwd default "
               f"{dflt_f and round(dflt_f['frac'], 3)} bwd default {dflt_b and round(dflt_b['frac'], 3)}")
+        spread = lambda e: max(e["ms_samples"]) / min(e["ms_samples"])  # noqa: E731
         for e in best_f:
-            print(f"    fwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us {e['cfg']}")
+            print(f"    fwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us (×{spread(e):.2f} spread) {e['cfg']}")
         for e in best_b:
-            print(f"    bwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us {e['cfg']} "
+            print(f"    bwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us (×{spread(e):.2f} spread) {e['cfg']} "
                   f"per_sm={e['per_sm']}")
         sys.stdout.flush()
     if args.json:

@@ -180,7 +180,7 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     spec.loader.exec_module(tune_kernels)
     monkeypatch.setattr(tune_kernels, "_time", lambda fn: (fn(), 1.0)[1])
     n = 65536  # long enough for chunked and split-row candidates, one row
-    result = tune_kernels.tune(n, torch.float32, False, n, dev="cpu")
+    result = tune_kernels.tune(n, torch.float32, False, n, dev="cpu", rounds=1, confirm=1)
     assert result["fwd"] and result["bwd"]
     assert all(e["max_err"] < 1e-3 for e in result["fwd"] + result["bwd"]), "a candidate computed a wrong answer"
     assert any(e["cfg"]["segments"] > 1 for e in result["fwd"]) and any(e["cfg"]["segments"] > 1 for e in result["bwd"])
@@ -189,5 +189,12 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     assert kconfig.backward_config(n).__dict__ in [e["cfg"] for e in result["bwd"]]
     assert kconfig.forward_config(n).__dict__ in [e["cfg"] for e in result["fwd"]]
     assert all(e["moved_frac"] >= e["frac"] for e in result["fwd"] + result["bwd"])
+    # the fastest and the defaults were timed again, interleaved with the copy
+    default_bwd = kconfig.backward_config(n)
+    per_sm = kconfig.BWD_PROGRAMS_PER_SM_SINGLE if default_bwd.single_chunk else kconfig.BWD_PROGRAMS_PER_SM_CHUNKED
+    defaults = [e for e in result["fwd"] if e["cfg"] == kconfig.forward_config(n).__dict__]
+    defaults += [e for e in result["bwd"] if e["cfg"] == default_bwd.__dict__ and e["per_sm"] == per_sm]
+    assert len(result["copy_ms_samples"]) == 2 and len(defaults) == 2
+    assert all(len(e["ms_samples"]) == 2 for e in defaults)
     from tokennorm.kernels import traffic  # the traffic report reads what the run recorded
     assert len(traffic.analyse([result], sms=4)) == len(result["fwd"]) + len(result["bwd"])
