@@ -424,3 +424,65 @@ def test_more_than_2_to_the_31_elements():
                        x.dtype, None).dx
     dx_ref = reference.layer_norm_backward(dy[-3:].double(), tail, (n,), None, None, 1e-5).dx
     torch.testing.assert_close(dx[-3:].double(), dx_ref, atol=6e-2, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("n", [1024, 16384], ids=["whole-rows", "split-row-backward"])
+def test_cuda_graph_captures_forward_and_backward(n):
+    """No host synchronisation and no data-dependent allocation: a training step captures in a CUDA graph
+    (make_graphed_callables raises on a sync during capture) and replays to the eager results."""
+    import copy
+
+    import tokennorm
+
+    torch.manual_seed(0)
+    ln = tokennorm.LayerNorm(n).cuda()
+    with torch.no_grad():
+        ln.weight.normal_(1.0, 0.1)
+        ln.bias.normal_(0.0, 0.1)
+    eager = copy.deepcopy(ln)
+    x = torch.randn(8, n, device="cuda", requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(ln, (x,))
+    for step in range(2):  # two replays of the same captured step
+        ln.weight.grad = ln.bias.grad = eager.weight.grad = eager.bias.grad = None
+        xs = [(torch.randn(8, n, device="cuda") * (step + 1)).requires_grad_() for _ in range(2)]
+        with torch.no_grad():
+            xs[1].copy_(xs[0])
+        dy = torch.randn(8, n, device="cuda")
+        y = graphed(xs[0])
+        y.backward(dy)
+        y_ref = eager(xs[1])
+        y_ref.backward(dy)
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(xs[0].grad, xs[1].grad)
+        torch.testing.assert_close(ln.weight.grad, eager.weight.grad)
+        torch.testing.assert_close(ln.bias.grad, eager.bias.grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_add_norm_dropout_draws_a_new_mask_each_replay():
+    """The dropout seed comes from torch's CUDA RNG inside the graph: each replay draws a new mask."""
+    import tokennorm
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1024, device="cuda")
+    r = torch.zeros_like(x)
+    w = torch.ones(1024, device="cuda")
+    run = lambda: tokennorm.add_norm(x, r, w, None, norm="rmsnorm", dropout_p=0.5, prenorm=True)  # noqa: E731
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compile the kernels) outside the capture
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, h = run()
+    masks = []
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        masks.append(h != 0)
+        torch.testing.assert_close(h[masks[-1]], x[masks[-1]] / 0.5)  # h = r + dropout(x), exactly
+    keep = masks[0].float().mean().item()
+    assert 0.488 < keep < 0.512  # 65536 draws: 6 standard deviations either side
+    assert not torch.equal(masks[0], masks[1])
