@@ -314,6 +314,7 @@ def test_default_configs_are_consistent():
             assert cfg.block_n & (cfg.block_n - 1) == 0
             assert cfg.single_chunk == (cfg.block_n >= n)
             assert 1 <= cfg.num_warps <= 32 and cfg.num_warps & (cfg.num_warps - 1) == 0
+            assert cfg.block_n >= 2  # no size-1 reduction axis (see config._tile)
 
 
 def test_long_rows_backward_splits_into_segments_with_few_partial_rows(monkeypatch):

@@ -75,7 +75,10 @@ def _warps_for(tile_elements: int) -> int:
 
 def _tile(n: int, max_single: int, chunk: int, measured: dict[int, TileConfig]) -> TileConfig:
     if n <= max_single:
-        block_n = triton.next_power_of_2(max(n, 1))
+        # At least 2 columns: a tile whose reduced axis has size 1 is a corner of Triton's code generation
+        # that only N = 1 reaches (suspected in the one GPU failure at M = 3, N = 1; the interpreter passes).
+        # One masked column costs nothing there.
+        block_n = triton.next_power_of_2(max(n, 2))
         if block_n in measured:
             return measured[block_n]
         block_m = max(1, min(64, MIN_TILE_ELEMENTS // block_n))
