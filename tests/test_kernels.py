@@ -147,7 +147,7 @@ def test_split_rows_match_the_reference_and_the_unsplit_kernel(config, is_rms):
 @pytest.mark.parametrize("config", SPLIT, ids=["split-tiles", "split-chunks"])
 @pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
 def test_split_rows_backward_matches_the_reference(config, is_rms):
-    """Backward over split rows: segment sums → summed in torch → dx and dγ/dβ partials per segment."""
+    """Backward over split rows: segment sums, then dx (summing them in the kernel) and dγ/dβ partials."""
     m, n = 5, 37
     x, w, b, dy = _inputs(m, n, torch.float32, True, not is_rms)
     fwd = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None)

@@ -30,7 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SUMS, norm_bwd_kernel
+from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SEGMENTS, DOTS_SUMS, norm_bwd_kernel
 from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MOMENTS, norm_fwd_kernel
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -82,7 +82,8 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
                                 LOOP_STAGES=stages), 4))
             for single, dots, stages in ((True, DOTS_COMPUTE, 1), (True, DOTS_COMPUTE, 3), (False, DOTS_COMPUTE, 1),
                                          (False, DOTS_SUMS, 1), (False, DOTS_SUMS, 3), (False, DOTS_GIVEN, 1),
-                                         (False, DOTS_GIVEN, 3)):
+                                         (False, DOTS_GIVEN, 3), (False, DOTS_SEGMENTS, 1),
+                                         (False, DOTS_SEGMENTS, 3)):
                 if dtype != "bf16" and (dots != DOTS_COMPUTE or stages > 1):
                     continue
                 out.append((f"bwd {dtype} {'rms' if is_rms else 'ln'} {'tile' if single else 'chunks'} dots={dots}"
@@ -90,7 +91,7 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
                                 IS_RMS=is_rms, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=not is_rms,
                                 HAS_DH_IN=True, HAS_DROPOUT=True, STORE_DRES=True, DOTS=dots,
                                 BLOCK_M=2 if single else 1, BLOCK_N=1024, SINGLE_CHUNK=single, FUSED_SUMS=True,
-                                LOOP_STAGES=stages), 4))
+                                LOOP_STAGES=stages, S_BLOCK=8 if dots == DOTS_SEGMENTS else 1), 4))
     return out
 
 
@@ -127,16 +128,18 @@ def report_configs(stages: Optional[int] = None) -> int:
     print(f"{'N':>8}  {'kernel':8}  {'tile':>12}  warps  regs  stack  smem KB  programs/SM")
     for n in (1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144, 1048576):
         bwd = backward_config(n)
-        # A split row runs two backward launches: the segment sums, then dx with the sums given.
+        # A split row runs two backward launches: the segment sums, then dx summing them.
         bwd_modes = (("bwd", DOTS_COMPUTE),) if bwd.segments == 1 else (("bwd sums", DOTS_SUMS),
-                                                                         ("bwd dx", DOTS_GIVEN))
+                                                                         ("bwd dx", DOTS_SEGMENTS))
         for name, kernel, cfg, consts in (
             ("fwd", norm_fwd_kernel, forward_config(n), dict(
                 IS_RMS=False, HAS_WEIGHT=True, HAS_BIAS=True, HAS_RESIDUAL=False, HAS_DROPOUT=False,
                 STORE_H=False, STORE_STATS=True, STATS=STATS_COMPUTE, PERSISTENT=False)),
             *((label, norm_bwd_kernel, bwd, dict(
                 IS_RMS=False, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, HAS_DH_IN=False,
-                HAS_DROPOUT=False, STORE_DRES=False, DOTS=dots)) for label, dots in bwd_modes),
+                HAS_DROPOUT=False, STORE_DRES=False, DOTS=dots,
+                S_BLOCK=1 << (bwd.segments - 1).bit_length() if dots == DOTS_SEGMENTS else 1))
+              for label, dots in bwd_modes),
         ):
             consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=True,
                           LOOP_STAGES=stages or cfg.num_stages)

@@ -45,7 +45,7 @@ class TileConfig:
     single_chunk: bool  # the whole row fits one tile
     num_warps: int
     # > 1 splits each row over this many programs. Forward: segment moments → merge → normalize, so that a few
-    # long rows still fill the GPU (opt-in until measured). Backward: segment sums → sum → dx and dγ/dβ, the
+    # long rows still fill the GPU (opt-in until measured). Backward: segment sums, then dx and dγ/dβ, the
     # default for chunked rows (see backward_config).
     segments: int = 1
     # Forward only, whole-row tiles: > 0 makes the grid persistent, this many programs per SM walking the row

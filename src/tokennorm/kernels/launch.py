@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config, sm_count
-from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SUMS, norm_bwd_kernel
+from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SEGMENTS, DOTS_SUMS, norm_bwd_kernel
 from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MOMENTS, norm_fwd_kernel
 from tokennorm.moments import merge_row_moments
 
@@ -234,14 +234,13 @@ def norm_backward(
                            torch.zeros(n if compute_dbias else 0, device=dev, dtype=acc))
     cfg = config or backward_config(int(n))
     seg_n = n if cfg.segments == 1 else segment_width(n, cfg.segments, cfg.block_n)
-    dots = DOTS_COMPUTE
-    if row_means is None and cfg.segments > 1:  # split rows: segment sums, summed here, then dx
-        sums = norm_backward_sums(dy, h, weight, mean, rstd, weight_offset, is_rms, seg_n, cfg)
-        row_means = sums.sum(dim=1) / n
     if row_means is not None:
         dots, row_dots = DOTS_GIVEN, row_means.to(acc).contiguous()
+    elif cfg.segments > 1:  # split rows: segment sums, then dx summing them in the kernel
+        dots = DOTS_SEGMENTS
+        row_dots = norm_backward_sums(dy, h, weight, mean, rstd, weight_offset, is_rms, seg_n, cfg)
     else:
-        row_dots = None if cfg.single_chunk else torch.empty((m, 2), device=dev, dtype=acc)
+        dots, row_dots = DOTS_COMPUTE, None if cfg.single_chunk else torch.empty((m, 2), device=dev, dtype=acc)
     programs, rows_per_program = backward_programs(m, dev, cfg, cdiv(n, seg_n))
     dw_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
     db_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
@@ -290,5 +289,11 @@ def _launch_backward(
         COMPUTE_DW=dw_partial is not None, COMPUTE_DB=db_partial is not None,
         HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None, DOTS=dots,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=FUSED_SUMS,
-        LOOP_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+        LOOP_STAGES=cfg.num_stages, S_BLOCK=_pow2(cdiv(n, seg_n)) if dots == DOTS_SEGMENTS else 1,
+        num_warps=cfg.num_warps,
     )
+
+
+def _pow2(k: int) -> int:
+    """The smallest power of two ≥ k (a tl.arange length)."""
+    return 1 << (k - 1).bit_length()

@@ -12,9 +12,9 @@ and written as one partial row each; the caller sums the few partial rows. No at
 reproducible.
 
 ``DOTS``: compute the two row dot products here (the usual case); or only write each segment's sums; or take
-the rows' means given. With a second grid dimension splitting rows into ``seg_n``-column segments, the last two
-make the split-row backward (sums → torch sum → dx) and the local part of a tensor-parallel backward (sums →
-all-reduce → dx).
+the rows' means given; or sum the segments' sums here. With a second grid dimension splitting rows into
+``seg_n``-column segments, sums then segments make the split-row backward (two launches), and sums then given
+the local part of a tensor-parallel backward (sums → all-reduce → dx).
 
 ``LOOP_STAGES``: software-pipelining depth of the innermost loops (row tiles, chunks), as in the forward.
 
@@ -87,6 +87,29 @@ def dx_tile(
 DOTS_COMPUTE = 0  # computed here over the whole row
 DOTS_SUMS = 1  # only write this segment's sums Σg·x̂, Σg into ROW_DOTS[row, segment, 0:2]; no dx
 DOTS_GIVEN = 2  # read the rows' means from ROW_DOTS[row, 0:2] (reduced elsewhere); write dx and dγ/dβ
+DOTS_SEGMENTS = 3  # sum the rows' segment sums from ROW_DOTS[row, 0:segments, 0:2] (a DOTS_SUMS launch with
+#                    the same grid) here; write dx and dγ/dβ. The split-row backward: two launches, nothing else
+
+
+@triton.jit
+def _row_dots(ROW_DOTS, rows64, row_mask, N, IS_RMS: tl.constexpr, DOTS: tl.constexpr, S_BLOCK: tl.constexpr):
+    """The rows' mean(g·x̂) and mean(g) for pass 2: from ROW_DOTS [M, 2] (stored by pass 1, or given), or
+    (DOTS_SEGMENTS) summed from the segments' sums [M, segments, 2], segments = the grid's second dimension."""
+    if DOTS == 3:
+        s = tl.arange(0, S_BLOCK)
+        segments = tl.num_programs(1)
+        m = row_mask[:, None] & (s < segments)[None, :]
+        slot = (rows64[:, None] * segments + s[None, :]) * 2
+        gx = row_mean(tl.sum(tl.load(ROW_DOTS + slot, mask=m, other=0.0), axis=1), N)
+        gs = gx  # mean(g): LayerNorm only
+        if not IS_RMS:
+            gs = row_mean(tl.sum(tl.load(ROW_DOTS + slot + 1, mask=m, other=0.0), axis=1), N)
+    else:
+        gx = tl.load(ROW_DOTS + rows64 * 2, mask=row_mask, other=0.0)
+        gs = gx
+        if not IS_RMS:
+            gs = tl.load(ROW_DOTS + rows64 * 2 + 1, mask=row_mask, other=0.0)
+    return gx, gs
 
 
 @triton.jit
@@ -97,7 +120,7 @@ def norm_bwd_kernel(
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
     HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr, DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr, FUSED_SUMS: tl.constexpr,
-    LOOP_STAGES: tl.constexpr,
+    LOOP_STAGES: tl.constexpr, S_BLOCK: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if H.dtype.element_ty == tl.float64 else tl.float32
     pid = tl.program_id(0)
@@ -140,7 +163,7 @@ def norm_bwd_kernel(
         if COMPUTE_DB:
             tl.store(DB_PARTIAL + partial_row + cols, db.to(DB_PARTIAL.dtype.element_ty), mask=col_mask)
     else:
-        if DOTS != 2:
+        if DOTS == 0 or DOTS == 1:
             # Pass 1: per row, Σ g·x̂ and Σ g over this program's columns, chunk by chunk.
             for r0 in range(row_start, row_end, BLOCK_M):
                 rows = r0 + tl.arange(0, BLOCK_M)
@@ -178,10 +201,7 @@ def norm_bwd_kernel(
                     mask = row_mask[:, None] & col_mask[None, :]
                     dy, xhat, g, rstd = _load_tile(DY, H, W, MEAN, RSTD, rows64, c, mask, row_mask,
                                                    stride_dy, stride_h, N, weight_offset, ACC, IS_RMS, HAS_WEIGHT)
-                    gx = tl.load(ROW_DOTS + rows64 * 2, mask=row_mask, other=0.0)
-                    gs = gx  # mean(g): LayerNorm only
-                    if not IS_RMS:
-                        gs = tl.load(ROW_DOTS + rows64 * 2 + 1, mask=row_mask, other=0.0)
+                    gx, gs = _row_dots(ROW_DOTS, rows64, row_mask, N, IS_RMS, DOTS, S_BLOCK)
                     dw_tile, db_tile = dx_tile(dy, xhat, g, rstd, gx, gs, DH_IN, DX, DRES, SEED, rows64, c, mask,
                                                stride_dh_in, stride_dx, stride_dres, N, dropout_p,
                                                ACC, IS_RMS, HAS_DH_IN, HAS_DROPOUT, STORE_DRES)

@@ -55,7 +55,9 @@ def backward_bytes(m: int, n: int, itemsize: int, cfg: TileConfig, row_groups: i
     reads = 1 if one_pass else 2
     gradient = (2 * reads + 1) * m * n * itemsize + 2 * m * acc_itemsize  # h, dy per pass; dx; mean, rstd
     partials = (2 if has_bias else 1) * row_groups * n * acc_itemsize * 2
-    sums = m * segments * 2 * acc_itemsize * 2 + m * 2 * acc_itemsize * 2 if segments > 1 else 0
+    # split rows: the segments' sums, written, then read by the dx launch (each program of a row reads them
+    # all; the repeats come from L2)
+    sums = m * segments * 2 * acc_itemsize * 2 if segments > 1 else 0
     return gradient + partials + sums
 
 
