@@ -47,7 +47,7 @@ def _candidates(n: int, max_tile: int) -> list[TileConfig]:
         base = kconfig.forward_config(n)
         for per_sm, stages in ((2, 3), (4, 2), (4, 3), (8, 2)):
             out.append(dataclasses.replace(base, programs_per_sm=per_sm, num_stages=stages))
-    if n >= 65536:  # split rows: segment moments/sums → merged in torch → normalize / dx
+    if n >= 65536:  # split rows: segment moments / sums, then normalize / dx
         for segments in (2, 4, 8, 16, 32):
             for chunk, warps in ((8192, 16), (16384, 32)):
                 if chunk * segments <= 2 * n and (max_tile > 32768 or warps == 16):

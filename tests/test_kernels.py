@@ -121,7 +121,7 @@ def test_weight_offset_is_zero_centred_weight():
         _close(bwd.dweight, g.dweight, torch.float32, scale=4)
 
 
-# Split rows: each row over several programs (segment moments → merge in torch → normalize). 37 columns make
+# Split rows: each row over several programs (segment moments, then merge and normalize). 37 columns make
 # segments of 16, 16 and 5 (one tile each) in the first config, 24 and 13 (walked in chunks of 8) in the second.
 SPLIT = [TileConfig(2, 16, True, 1, segments=3), TileConfig(1, 8, False, 1, segments=2)]
 
@@ -295,6 +295,31 @@ def test_chunked_statistics_survive_a_large_mean():
     fwd = norm_forward(x, None, None, None, None, 1e-5, 0.0, 0.0, False, None, config=CHUNKED[0])
     y_ref = reference.layer_norm(x.double().cpu(), (64,), eps=1e-5)
     torch.testing.assert_close(fwd.y.double().cpu(), y_ref, atol=2e-3, rtol=0)  # fp32 x itself is ±5e-4 off
+
+
+@pytest.mark.parametrize("is_rms", [False, True], ids=["ln", "rms"])
+def test_split_rows_merge_in_the_kernel_matches_tokennorm_moments(is_rms):
+    """The split-row forward's second launch merges the row's segment moments itself (STATS_MERGE): the same
+    statistics as tokennorm.moments' merge of those moments in float64, on rows far off centre."""
+    from tokennorm import moments
+    from tokennorm.kernels import launch
+
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(5, 37, generator=g) + 1e4).to(KERNEL_DEVICE)
+    config = TileConfig(2, 16, True, 1, segments=3)  # segments of 16, 16 and 5 columns
+    seg_mean, seg_m2, _ = launch.norm_moments(x, None, None, 0.0, is_rms, None, 16, config)
+    count = torch.tensor([16.0, 16.0, 5.0], dtype=torch.float64)
+    if is_rms:
+        rstd_ref = 1 / torch.sqrt(seg_m2.double().cpu().sum(1) / 37 + 1e-5)
+    else:
+        mean_ref, m2_ref = moments.merge_moments(seg_mean.double().cpu().t(), seg_m2.double().cpu().t(), count)
+        rstd_ref = 1 / torch.sqrt(m2_ref / 37 + 1e-5)
+    out = norm_forward(x, None, None, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=config)
+    torch.testing.assert_close(out.rstd.double().cpu(), rstd_ref, rtol=1e-5, atol=0)
+    if not is_rms:
+        torch.testing.assert_close(out.mean.double().cpu(), mean_ref, rtol=1e-7, atol=0)
+    y_ref = (reference.rms_norm if is_rms else reference.layer_norm)(x.double().cpu(), (37,), eps=1e-5)
+    torch.testing.assert_close(out.y.double().cpu(), y_ref, atol=2e-3, rtol=0)  # fp32 x itself is ±5e-4 off
 
 
 def test_nan_and_inf_stay_in_their_row():

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokennorm.moments import merge_moments, merge_row_moments
+from tokennorm.moments import merge_moments
 
 
 def _pieces_moments(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,16 +50,3 @@ def test_merge_equals_whole_row_statistics(sizes, rows, shift, seed):
     if shift == 1e4 and n >= 8:
         naive = (x.square().mean(1) - x.mean(1).square()).double()
         assert (m2.double() / n - exact_var).abs().max() * 100 < (naive - exact_var).abs().max() + 1.0
-
-
-def test_merge_row_moments_gives_rstd_and_rms():
-    x = torch.randn(3, 20, dtype=torch.float64) * 2 + 5
-    sizes = [8, 8, 4]
-    mean, m2, count = _pieces_moments(x, sizes)
-    row_mean, rstd = merge_row_moments(mean.t(), m2.t(), count, 1e-5, is_rms=False)
-    torch.testing.assert_close(row_mean, x.mean(1))
-    torch.testing.assert_close(rstd, torch.rsqrt(x.var(1, correction=0) + 1e-5))
-    sumsq = torch.stack([p.square().sum(1) for p in x.split(sizes, dim=1)], dim=1)  # RMSNorm's pieces: Σx²
-    none, rstd_rms = merge_row_moments(None, sumsq, count, 1e-6, is_rms=True)
-    assert none is None
-    torch.testing.assert_close(rstd_rms, torch.rsqrt(x.square().mean(1) + 1e-6))

@@ -1,7 +1,8 @@
 """Merging the moments of pieces of a row into the row's statistics (pure PyTorch, deterministic).
 
-A row of N elements is cut into pieces of n_i elements (segments of the split-row kernel path, or the shards of
-a tensor-parallel hidden dim; n_i may be 0). Each piece contributes its mean m_i and centred sum of squares
+A row of N elements is cut into pieces of n_i elements (the shards of a tensor-parallel hidden dim; n_i may be
+0). The split-row kernel path merges its segments with the same formula inside the kernel
+(``kernels.norm_fwd.merged_stats``). Each piece contributes its mean m_i and centred sum of squares
 M2_i = Σ(x − m_i)². The merge is Chan, Golub & LeVeque's parallel form, shifted by the mean of the largest
 piece s so that the deviations are small numbers::
 
@@ -17,12 +18,10 @@ any float32 LayerNorm, torch's included, applies to every element.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
-__all__ = ["merge_moments", "merge_row_moments"]
+__all__ = ["merge_moments"]
 
 
 def merge_moments(mean: Tensor, m2: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
@@ -36,15 +35,3 @@ def merge_moments(mean: Tensor, m2: Tensor, count: Tensor) -> tuple[Tensor, Tens
     delta = (weights * d).sum(dim=0) / total  # [rows]
     row_m2 = m2.sum(dim=0) + (weights * (d - delta).square()).sum(dim=0)  # [rows]
     return shift[0] + delta, row_m2
-
-
-def merge_row_moments(
-    seg_mean: Tensor, seg_m2: Tensor, seg_count: Tensor, eps: float, is_rms: bool
-) -> tuple[Optional[Tensor], Tensor]:
-    """(mean, rstd) of whole rows from their segments' moments ([M, S] each; RMSNorm: Σx² in ``seg_m2`` and no
-    mean), with ``seg_count`` [S] elements per segment. rstd = 1 / sqrt(var + ε), correctly rounded."""
-    n = seg_count.sum()
-    if is_rms:
-        return None, 1.0 / torch.sqrt(seg_m2.sum(dim=1) / n + eps)
-    mean, m2 = merge_moments(seg_mean.t(), seg_m2.t(), seg_count)
-    return mean, 1.0 / torch.sqrt(m2 / n + eps)

@@ -31,7 +31,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SEGMENTS, DOTS_SUMS, norm_bwd_kernel
-from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MOMENTS, norm_fwd_kernel
+from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MERGE, STATS_MOMENTS, norm_fwd_kernel
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Arguments Triton specializes as multiples of 16 at a typical launch (aligned pointers, row lengths, strides).
@@ -48,7 +48,7 @@ def _compile(kernel: Any, dtype: str, constexprs: dict[str, Any], num_warps: int
             signature[name] = "constexpr"
         elif name == "SEED":
             signature[name] = "*i64"
-        elif name in ("MEAN", "RSTD", "DW_PARTIAL", "DB_PARTIAL", "ROW_DOTS"):
+        elif name in ("MEAN", "RSTD", "SEG_MEAN", "SEG_M2", "DW_PARTIAL", "DB_PARTIAL", "ROW_DOTS"):
             signature[name] = f"*{stat}"
         elif name.isupper() and name not in ("M", "N"):
             signature[name] = f"*{dtype}"
@@ -70,7 +70,8 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
             for single, stats, persistent, stages in (
                     (True, STATS_COMPUTE, False, 1), (True, STATS_COMPUTE, True, 1), (True, STATS_COMPUTE, True, 3),
                     (False, STATS_COMPUTE, False, 1), (False, STATS_COMPUTE, False, 3), (True, STATS_MOMENTS, False, 1),
-                    (False, STATS_MOMENTS, False, 1), (False, STATS_GIVEN, False, 1)):
+                    (False, STATS_MOMENTS, False, 1), (False, STATS_GIVEN, False, 1), (True, STATS_MERGE, False, 1),
+                    (False, STATS_MERGE, False, 1)):
                 if dtype != "bf16" and (stats != STATS_COMPUTE or persistent or stages > 1):
                     continue
                 out.append((f"fwd {dtype} {'rms' if is_rms else 'ln'} {'tile' if single else 'chunks'} "
@@ -79,7 +80,7 @@ def variants() -> list[tuple[str, Any, str, dict[str, Any], int]]:
                                 IS_RMS=is_rms, HAS_WEIGHT=True, HAS_BIAS=not is_rms, HAS_RESIDUAL=True,
                                 HAS_DROPOUT=True, STORE_H=True, STORE_STATS=True, STATS=stats, BLOCK_M=2 if single else 1,
                                 BLOCK_N=1024, SINGLE_CHUNK=single, PERSISTENT=persistent, FUSED_SUMS=True,
-                                LOOP_STAGES=stages), 4))
+                                LOOP_STAGES=stages, S_BLOCK=8 if stats == STATS_MERGE else 1), 4))
             for single, dots, stages in ((True, DOTS_COMPUTE, 1), (True, DOTS_COMPUTE, 3), (False, DOTS_COMPUTE, 1),
                                          (False, DOTS_SUMS, 1), (False, DOTS_SUMS, 3), (False, DOTS_GIVEN, 1),
                                          (False, DOTS_GIVEN, 3), (False, DOTS_SEGMENTS, 1),
@@ -134,7 +135,7 @@ def report_configs(stages: Optional[int] = None) -> int:
         for name, kernel, cfg, consts in (
             ("fwd", norm_fwd_kernel, forward_config(n), dict(
                 IS_RMS=False, HAS_WEIGHT=True, HAS_BIAS=True, HAS_RESIDUAL=False, HAS_DROPOUT=False,
-                STORE_H=False, STORE_STATS=True, STATS=STATS_COMPUTE, PERSISTENT=False)),
+                STORE_H=False, STORE_STATS=True, STATS=STATS_COMPUTE, PERSISTENT=False, S_BLOCK=1)),
             *((label, norm_bwd_kernel, bwd, dict(
                 IS_RMS=False, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, HAS_DH_IN=False,
                 HAS_DROPOUT=False, STORE_DRES=False, DOTS=dots,

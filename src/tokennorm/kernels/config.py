@@ -44,7 +44,7 @@ class TileConfig:
     block_n: int  # columns per tile: the whole row (single_chunk) or one chunk of it
     single_chunk: bool  # the whole row fits one tile
     num_warps: int
-    # > 1 splits each row over this many programs. Forward: segment moments → merge → normalize, so that a few
+    # > 1 splits each row over this many programs. Forward: segment moments, then merge and normalize, so that a few
     # long rows still fill the GPU (opt-in until measured). Backward: segment sums, then dx and dγ/dβ, the
     # default for chunked rows (see backward_config).
     segments: int = 1

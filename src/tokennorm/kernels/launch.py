@@ -16,8 +16,7 @@ from torch import Tensor
 
 from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config, sm_count
 from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SEGMENTS, DOTS_SUMS, norm_bwd_kernel
-from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MOMENTS, norm_fwd_kernel
-from tokennorm.moments import merge_row_moments
+from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MERGE, STATS_MOMENTS, norm_fwd_kernel
 
 try:  # torch >= 2.6: compile traces into the kernel launch
     from torch.library import wrap_triton as _wrap
@@ -83,7 +82,8 @@ def norm_forward(
     """Run the forward kernel. ``h_dtype`` not None means h = residual + dropout(x) is stored in that dtype.
 
     ``store_stats=False`` (inference: nothing will run backward) skips mean/rstd and returns them as None.
-    A config with ``segments > 1`` takes the split-row path (:func:`norm_moments`, a merge, :func:`norm_apply`).
+    A config with ``segments > 1`` takes the split-row path (:func:`norm_moments`, then normalization merging
+    the segments' moments in the kernel).
     """
     m, n = x.shape
     cfg = config or forward_config(int(n))  # N is a model constant: specialize on it, M may stay symbolic
@@ -107,7 +107,7 @@ def _launch_forward(
     x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], seed: Optional[Tensor],
     y: Optional[Tensor], h: Optional[Tensor], mean: Optional[Tensor], rstd: Optional[Tensor], eps: float,
     dropout_p: float, weight_offset: float, is_rms: bool, store_stats: bool, stats: int, seg_n: int,
-    cfg: TileConfig,
+    cfg: TileConfig, seg_moments: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
 ) -> None:
     m, n = x.shape
     # Outputs a mode does not write (Y in the moments mode, H unless stored) get a placeholder pointer.
@@ -117,8 +117,9 @@ def _launch_forward(
     persistent = cfg.programs_per_sm > 0 and single and stats == STATS_COMPUTE
     if persistent:
         tiles = min(tiles, cfg.programs_per_sm * sm_count(x.device))
-    _norm_fwd_kernel[(tiles, cdiv(n, seg_n))](
-        x, residual, weight, bias, seed, placeholder, h if h is not None else placeholder, mean, rstd,
+    segments = cdiv(n, seg_n)
+    _norm_fwd_kernel[(tiles, segments)](
+        x, residual, weight, bias, seed, placeholder, h if h is not None else placeholder, mean, rstd, *seg_moments,
         x.stride(0), 0 if residual is None else residual.stride(0), 0 if y is None else y.stride(0),
         0 if h is None else h.stride(0),
         m, n, seg_n, eps, _float32_remainder(eps), dropout_p, weight_offset,
@@ -126,7 +127,7 @@ def _launch_forward(
         HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h is not None,
         STORE_STATS=store_stats, STATS=stats, PERSISTENT=persistent, FUSED_SUMS=FUSED_SUMS,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=single, LOOP_STAGES=cfg.num_stages,
-        num_warps=cfg.num_warps,
+        S_BLOCK=_pow2(segments) if stats == STATS_MERGE else 1, num_warps=cfg.num_warps,
     )
 
 
@@ -177,8 +178,8 @@ def _split_row_forward(
     seed: Optional[Tensor], eps: float, dropout_p: float, weight_offset: float, is_rms: bool,
     h_dtype: Optional[torch.dtype], cfg: TileConfig, store_stats: bool,
 ) -> ForwardOut:
-    """Rows split over ``cfg.segments`` programs each: segment moments, a merge in torch (O(M·segments)),
-    then normalization of h (stored, or recomputed when the caller does not want it)."""
+    """Rows split over ``cfg.segments`` programs each, in two launches: segment moments, then normalization of
+    h (stored, or recomputed when the caller does not want it) with the moments merged in the kernel."""
     m, n = x.shape
     seg_n = segment_width(n, cfg.segments, cfg.block_n)
     # h is needed again by the normalize pass: stored in the caller's dtype (then both paths normalize h as
@@ -186,14 +187,14 @@ def _split_row_forward(
     needs_h = residual is not None or dropout_p > 0.0
     keep_h = h_dtype if h_dtype is not None else (acc_dtype(x.dtype) if needs_h else None)
     seg_mean, seg_m2, h = norm_moments(x, residual, seed, dropout_p, is_rms, keep_h, seg_n, cfg)
-    counts = (n - torch.arange(seg_m2.shape[1], device=x.device) * seg_n).clamp(max=seg_n).to(seg_m2.dtype)
-    mean, rstd = merge_row_moments(seg_mean, seg_m2, counts, eps, is_rms)
-    y = norm_apply(h if h is not None else x, weight, bias, mean, rstd, weight_offset, is_rms, seg_n, cfg,
-                   out_dtype=x.dtype)
-    if is_rms and store_stats:
-        mean = _empty(x.device, rstd.dtype)
-    if not store_stats:
-        mean = rstd = None
+    acc = acc_dtype(x.dtype)
+    mean = rstd = None
+    if store_stats:
+        mean = _empty(x.device, acc) if is_rms else torch.empty(m, device=x.device, dtype=acc)
+        rstd = torch.empty(m, device=x.device, dtype=acc)
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    _launch_forward(h if h is not None else x, None, weight, bias, None, y, None, mean, rstd, eps, 0.0,
+                    weight_offset, is_rms, store_stats, STATS_MERGE, seg_n, cfg, (seg_mean, seg_m2))
     return ForwardOut(y, h if h_dtype is not None else None, mean, rstd)
 
 

@@ -12,9 +12,10 @@ One kernel, compile-time switches:
   num_stages; 1: none). Only an explicit per-loop depth makes Triton pipeline loads that feed no ``tl.dot``:
   the launch's num_stages alone leaves these loops unpipelined (checked in the PTX by compile_check).
 * ``STATS``: compute the row's statistics and normalize (the usual case); or only write each segment's
-  moments (mean and M2; Σx² for RMSNorm); or normalize with statistics given in MEAN/RSTD. With a second grid
-  dimension splitting rows into ``seg_n``-column segments, the last two make the split-row path (moments →
-  merge → normalize) and the local part of a tensor-parallel norm (moments → all-gather → merge → normalize).
+  moments (mean and M2; Σx² for RMSNorm); or normalize with statistics given in MEAN/RSTD; or merge the
+  segments' moments here and normalize. With a second grid dimension splitting rows into ``seg_n``-column
+  segments, moments then merge make the split-row path (two launches), and moments then given the local part
+  of a tensor-parallel norm (moments → all-gather → merge → normalize).
 * ``SINGLE_CHUNK``: the row fits one [BLOCK_M, BLOCK_N] register tile (BLOCK_M rows per program); else each
   program walks its row in BLOCK_N chunks twice: once for statistics (chunk means and M2 merged with Chan's
   formula, never E[x²] − E[x]²; each mean refined by the corrected two-pass algorithm), once to normalize.
@@ -112,17 +113,45 @@ def dropout_keep(SEED, rows64, cols, N, dropout_p):
 STATS_COMPUTE = 0  # compute mean/rstd of the whole row, write y (and mean/rstd with STORE_STATS)
 STATS_MOMENTS = 1  # compute this segment's moments only: MEAN ← segment mean, RSTD ← its M2 (RMSNorm: Σh²)
 STATS_GIVEN = 2  # read the row's mean/rstd from MEAN/RSTD (merged elsewhere), write y for this segment
+STATS_MERGE = 3  # merge the row's segment moments SEG_MEAN/SEG_M2 [M, segments] (a STATS_MOMENTS launch with the
+#                  same grid) here, write y for this segment (and mean/rstd from segment 0 with STORE_STATS)
+
+
+@triton.jit
+def merged_stats(SEG_MEAN, SEG_M2, rows64, row_mask, N, seg_n, eps,
+                 ACC: tl.constexpr, IS_RMS: tl.constexpr, S_BLOCK: tl.constexpr):
+    """(mean, rstd) of whole rows from their segments' moments — the merge of tokennorm.moments (Chan's
+    parallel form shifted by the first, largest, segment's mean), done by every program of the row alike."""
+    s = tl.arange(0, S_BLOCK)
+    segments = tl.num_programs(1)
+    m = row_mask[:, None] & (s < segments)[None, :]
+    idx = rows64[:, None] * segments + s[None, :]
+    m2 = tl.load(SEG_M2 + idx, mask=m, other=0.0).to(ACC)
+    if IS_RMS:
+        rstd = inv_sqrt(row_mean(tl.sum(m2, axis=1), N) + eps, ACC)
+        mean = tl.zeros_like(rstd)
+    else:
+        count = tl.where(s < segments, tl.minimum(seg_n, N - s * seg_n), 0).to(ACC)
+        seg_mean = tl.load(SEG_MEAN + idx, mask=m, other=0.0).to(ACC)
+        shift = tl.sum(tl.where(s[None, :] == 0, seg_mean, 0.0), axis=1)
+        d = tl.where(m, seg_mean - shift[:, None], 0.0)
+        delta = row_mean(tl.sum(count[None, :] * d, axis=1), N)
+        dd = d - delta[:, None]
+        m2_rows = tl.sum(m2, axis=1) + tl.sum(tl.where(m, count[None, :] * dd * dd, 0.0), axis=1)
+        mean = shift + delta
+        rstd = inv_sqrt(row_mean(m2_rows, N) + eps, ACC)
+    return mean, rstd
 
 
 @triton.jit
 def norm_fwd_kernel(
-    X, RES, W, B, SEED, Y, H, MEAN, RSTD,
+    X, RES, W, B, SEED, Y, H, MEAN, RSTD, SEG_MEAN, SEG_M2,
     stride_x, stride_res, stride_y, stride_h,
     M, N, seg_n, eps, eps_lo, dropout_p, weight_offset,
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr, STORE_STATS: tl.constexpr,
     STATS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
-    PERSISTENT: tl.constexpr, FUSED_SUMS: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    PERSISTENT: tl.constexpr, FUSED_SUMS: tl.constexpr, LOOP_STAGES: tl.constexpr, S_BLOCK: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     H_DTYPE: tl.constexpr = H.dtype.element_ty
@@ -146,6 +175,13 @@ def norm_fwd_kernel(
         mean = tl.zeros([BLOCK_M], dtype=ACC)
         if not IS_RMS:
             mean = tl.load(MEAN + rows64, mask=row_mask, other=0.0).to(ACC)
+    if STATS == 3:  # STATS_MERGE
+        mean, rstd = merged_stats(SEG_MEAN, SEG_M2, rows64, row_mask, N, seg_n, eps, ACC, IS_RMS, S_BLOCK)
+        if STORE_STATS:
+            if seg == 0:  # one program per row writes the statistics
+                if not IS_RMS:
+                    tl.store(MEAN + rows64, mean, mask=row_mask)
+                tl.store(RSTD + rows64, rstd, mask=row_mask)
 
     if SINGLE_CHUNK and STATS == 0:  # STATS_COMPUTE on whole rows: the common case
         if PERSISTENT:
@@ -177,11 +213,11 @@ def norm_fwd_kernel(
                 seg_mean, seg_var = corrected_mean_var(h, mask, width, FUSED_SUMS)
                 tl.store(MEAN + moment_index, seg_mean, mask=row_mask)
                 tl.store(RSTD + moment_index, seg_var * width, mask=row_mask)
-        else:  # STATS_GIVEN
+        else:  # STATS_GIVEN, STATS_MERGE
             normalize_store(h, mean, rstd, W, B, Y, rows64, c, col_mask, mask, stride_y, weight_offset,
                             ACC, IS_RMS, HAS_WEIGHT, HAS_BIAS)
     else:
-        if STATS != 2:
+        if STATS == 0 or STATS == 1:
             # Pass 1: statistics, chunk by chunk.
             count = tl.zeros([BLOCK_M], dtype=ACC)
             mean = tl.zeros([BLOCK_M], dtype=ACC)
