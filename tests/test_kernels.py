@@ -322,6 +322,32 @@ def test_split_rows_merge_in_the_kernel_matches_tokennorm_moments(is_rms):
     torch.testing.assert_close(out.y.double().cpu(), y_ref, atol=2e-3, rtol=0)  # fp32 x itself is ±5e-4 off
 
 
+@pytest.mark.parametrize("config", [*CHUNKED, TileConfig(1, 16, False, 1, segments=2)],
+                         ids=["chunked1", "chunked2", "split-chunks"])
+def test_chunked_statistics_of_a_constant_row_are_exact(config):
+    """Chunk statistics merged with Chan's formula (and segments merged in the kernel): a constant row (65
+    columns, a partial last chunk) has its value as mean and variance 0 exactly, so y is β bit for bit, as
+    torch's own LayerNorm gives."""
+    x = torch.full((3, 65), 3.7).to(KERNEL_DEVICE)
+    x[1] = -1234.5
+    w = torch.randn(65).to(KERNEL_DEVICE)
+    b = torch.randn(65).to(KERNEL_DEVICE)
+    out = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, False, None, config=config)
+    assert torch.equal(out.mean.cpu(), x[:, 0].cpu())
+    assert torch.equal(out.y.cpu(), b.cpu().expand(3, 65))
+    assert torch.equal(out.y.cpu(), torch.nn.functional.layer_norm(x.cpu(), (65,), w.cpu(), b.cpu(), 1e-5))
+
+
+def test_chunked_statistics_match_the_whole_row_kernel():
+    """Chunk moments merged vs the whole row in registers: the same statistics to float32 rounding."""
+    x, w, b, _ = _inputs(6, 100, torch.float32, True, True)
+    whole = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, False, None)
+    for config in CHUNKED:
+        chunked = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, False, None, config=config)
+        torch.testing.assert_close(chunked.mean, whole.mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(chunked.rstd, whole.rstd, rtol=1e-6, atol=0)
+
+
 def test_nan_and_inf_stay_in_their_row():
     x = torch.randn(4, 8)
     x[1, 3] = float("nan")
