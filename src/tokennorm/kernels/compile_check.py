@@ -124,7 +124,7 @@ def programs_per_sm(regs: int, num_warps: int, shared: int) -> int:
 def report_configs(stages: Optional[int] = None) -> int:
     """Registers, spills, shared memory and occupancy of the default configs over the benchmark's row lengths
     (bf16, LN); ``stages`` overrides their loops' pipelining depth."""
-    from tokennorm.kernels.config import backward_config, forward_config
+    from tokennorm.kernels.config import backward_config, forward_config, pow2
 
     print(f"{'N':>8}  {'kernel':8}  {'tile':>12}  warps  regs  stack  smem KB  programs/SM")
     for n in (1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144, 1048576):
@@ -139,7 +139,7 @@ def report_configs(stages: Optional[int] = None) -> int:
             *((label, norm_bwd_kernel, bwd, dict(
                 IS_RMS=False, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, HAS_DH_IN=False,
                 HAS_DROPOUT=False, STORE_DRES=False, DOTS=dots,
-                S_BLOCK=1 << (bwd.segments - 1).bit_length() if dots == DOTS_SEGMENTS else 1))
+                S_BLOCK=pow2(bwd.segments) if dots == DOTS_SEGMENTS else 1))
               for label, dots in bwd_modes),
         ):
             consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=True,

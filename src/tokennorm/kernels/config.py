@@ -68,6 +68,17 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def pow2(k: int) -> int:
+    """The smallest power of two ≥ k (a tl.arange length)."""
+    return 1 << (k - 1).bit_length()
+
+
+def segment_width(n: int, segments: int, block_n: int) -> int:
+    """Columns per segment when a row of ``n`` is split over ``segments`` programs: a multiple of the tile
+    width (aligned, vectorizable loads), so the real number of segments is ``cdiv(n, segment_width)``."""
+    return cdiv(cdiv(n, segments), block_n) * block_n
+
+
 def _warps_for(tile_elements: int) -> int:
     # About 16 elements per thread, at least one warp, at most 16.
     return max(1, min(16, triton.next_power_of_2(tile_elements) // 512))

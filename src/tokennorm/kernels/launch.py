@@ -14,7 +14,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from tokennorm.kernels.config import TileConfig, backward_config, backward_programs, cdiv, forward_config, sm_count
+from tokennorm.kernels.config import (
+    TileConfig, backward_config, backward_programs, cdiv, forward_config, pow2, segment_width, sm_count,
+)
 from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SEGMENTS, DOTS_SUMS, norm_bwd_kernel
 from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MERGE, STATS_MOMENTS, norm_fwd_kernel
 
@@ -127,14 +129,8 @@ def _launch_forward(
         HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h is not None,
         STORE_STATS=store_stats, STATS=stats, PERSISTENT=persistent, FUSED_SUMS=FUSED_SUMS,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=single, LOOP_STAGES=cfg.num_stages,
-        S_BLOCK=_pow2(segments) if stats == STATS_MERGE else 1, num_warps=cfg.num_warps,
+        S_BLOCK=pow2(segments) if stats == STATS_MERGE else 1, num_warps=cfg.num_warps,
     )
-
-
-def segment_width(n: int, segments: int, block_n: int) -> int:
-    """Columns per segment when a row of ``n`` is split over ``segments`` programs: a multiple of the tile
-    width (aligned, vectorizable loads), so the real number of segments is ``cdiv(n, segment_width)``."""
-    return cdiv(cdiv(n, segments), block_n) * block_n
 
 
 def norm_moments(
@@ -290,11 +286,7 @@ def _launch_backward(
         COMPUTE_DW=dw_partial is not None, COMPUTE_DB=db_partial is not None,
         HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None, DOTS=dots,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=FUSED_SUMS,
-        LOOP_STAGES=cfg.num_stages, S_BLOCK=_pow2(cdiv(n, seg_n)) if dots == DOTS_SEGMENTS else 1,
+        LOOP_STAGES=cfg.num_stages, S_BLOCK=pow2(cdiv(n, seg_n)) if dots == DOTS_SEGMENTS else 1,
         num_warps=cfg.num_warps,
     )
 
-
-def _pow2(k: int) -> int:
-    """The smallest power of two ≥ k (a tl.arange length)."""
-    return 1 << (k - 1).bit_length()

@@ -24,15 +24,14 @@ import sys
 from typing import Optional
 
 from tokennorm.kernels import config as kconfig
-from tokennorm.kernels.config import TileConfig, cdiv, row_groups
+from tokennorm.kernels.config import TileConfig, cdiv, row_groups, segment_width
 
 
 def row_segments(n: int, cfg: TileConfig) -> int:
     """Programs each row is split over (1 unless the config splits rows)."""
     if cfg.segments <= 1 or n == 0:
         return 1
-    seg_n = cdiv(cdiv(n, cfg.segments), cfg.block_n) * cfg.block_n  # as launch.segment_width
-    return cdiv(n, seg_n)
+    return cdiv(n, segment_width(n, cfg.segments, cfg.block_n))
 
 
 def forward_bytes(m: int, n: int, itemsize: int, cfg: TileConfig, store_stats: bool = True) -> int:
