@@ -171,6 +171,16 @@ def test_triton_matches_torch(triton_backend, op, dtype):
                              eps=1e-5 if op.has_bias else None)
 
 
+@pytest.mark.parametrize("op", OPS, ids=lambda o: o.name)
+@pytest.mark.parametrize("shape", [(2, 1), (2, 3)], ids=str)
+def test_triton_path_normalizing_a_whole_2d_input(triton_backend, op, shape):
+    """A 2-D input normalized over both its dims is one row; the output keeps the input's shape (the fuzz
+    test found [2, 1] coming back as [1, 2] from a shortcut that assumed 2-D meant one normalized dim)."""
+    weight, bias = make_params(shape, F64, True, op.has_bias, triton_backend)
+    assert_matches_torch(op, _randn(shape, F64, 5, triton_backend), shape, weight, bias,
+                         eps=1e-5 if op.has_bias else None)
+
+
 @pytest.mark.filterwarnings(MIXED_DTYPE_WARNING)
 @pytest.mark.parametrize("op", OPS, ids=lambda o: o.name)
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=str)

@@ -58,7 +58,9 @@ def _norm_triton(
     x: Tensor, n: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, is_rms: bool
 ) -> Tensor:
     y, _ = _fused_forward(_rows(x, n), weight, bias, None, None, eps, 0.0, 0.0, is_rms, None, (x, weight, bias))
-    return y if x.dim() == 2 else y.view_as(x)  # view_as: a third of view(torch.Size)'s host time
+    # [M, n] already unless x has more dims or normalizes over more than its last (view_as: a third of the host
+    # time of view(torch.Size))
+    return y if x.dim() == 2 and x.shape[1] == n else y.view_as(x)
 
 
 def layer_norm(
