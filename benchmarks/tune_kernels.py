@@ -144,8 +144,7 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", r
                            dtype, None).dx.float()
     # Tiles at 2 programs per SM first, then the best tile at 1 and 4 programs per SM.
     default_b = kconfig.backward_config(n)
-    default_per_sm = (kconfig.BWD_PROGRAMS_PER_SM_SINGLE if default_b.single_chunk
-                      else kconfig.BWD_PROGRAMS_PER_SM_CHUNKED)
+    default_per_sm = kconfig.backward_programs_per_sm(default_b)
     tried = [(cfg, 2) for cfg in _candidates(n, 32768)]
     tried += [(cfg, default_per_sm) for cfg in _with_default([], default_b, pipelined=True)]
     for cfg, per_sm in _bwd_trials(tried, results["bwd"]):
@@ -210,7 +209,7 @@ def main() -> int:
         best_b = sorted(r["bwd"], key=lambda e: e["ms"])[:3]
         dflt_f = next((e for e in r["fwd"] if e["cfg"] == default_f.__dict__), None)
         dflt_b = next((e for e in r["bwd"] if e["cfg"] == default_b.__dict__ and e["per_sm"] == (
-            kconfig.BWD_PROGRAMS_PER_SM_SINGLE if default_b.single_chunk else kconfig.BWD_PROGRAMS_PER_SM_CHUNKED)), None)
+            kconfig.backward_programs_per_sm(default_b))), None)
         print(f"N={n:>8} M={r['m']:>7} copy {r['copy_gbps']:.0f} GB/s | fwd default "
               f"{dflt_f and round(dflt_f['frac'], 3)} bwd default {dflt_b and round(dflt_b['frac'], 3)}")
         spread = lambda e: max(e["ms_samples"]) / min(e["ms_samples"])  # noqa: E731

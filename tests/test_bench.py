@@ -191,7 +191,7 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     assert all(e["moved_frac"] >= e["frac"] for e in result["fwd"] + result["bwd"])
     # the fastest and the defaults were timed again, interleaved with the copy
     default_bwd = kconfig.backward_config(n)
-    per_sm = kconfig.BWD_PROGRAMS_PER_SM_SINGLE if default_bwd.single_chunk else kconfig.BWD_PROGRAMS_PER_SM_CHUNKED
+    per_sm = kconfig.backward_programs_per_sm(default_bwd)
     defaults = [e for e in result["fwd"] if e["cfg"] == kconfig.forward_config(n).__dict__]
     defaults += [e for e in result["bwd"] if e["cfg"] == default_bwd.__dict__ and e["per_sm"] == per_sm]
     assert len(result["copy_ms_samples"]) == 2 and len(defaults) == 2

@@ -44,9 +44,9 @@ class TileConfig:
     block_n: int  # columns per tile: the whole row (single_chunk) or one chunk of it
     single_chunk: bool  # the whole row fits one tile
     num_warps: int
-    # > 1 splits each row over this many programs. Forward: segment moments, then merge and normalize, so that a few
-    # long rows still fill the GPU (opt-in until measured). Backward: segment sums, then dx and dγ/dβ, the
-    # default for chunked rows (see backward_config).
+    # > 1 splits each row over this many programs. Forward: segment moments, then merge and normalize, so
+    # that a few long rows still fill the GPU (opt-in until measured). Backward: segment sums, then dx and
+    # dγ/dβ, the default for chunked rows (see backward_config).
     segments: int = 1
     # Forward only, whole-row tiles: > 0 makes the grid persistent, this many programs per SM walking the row
     # tiles (with num_stages > 1, the next tiles' loads overlap this tile's reductions).
@@ -124,10 +124,14 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SM_COUNT
 
 
+def backward_programs_per_sm(config: TileConfig) -> int:
+    """Programs per SM the backward grid aims for with this tiling."""
+    return BWD_PROGRAMS_PER_SM_SINGLE if config.single_chunk else BWD_PROGRAMS_PER_SM_CHUNKED
+
+
 def backward_programs(m: int, device: torch.device, config: TileConfig, segments: int = 1) -> tuple[int, int]:
     """(row groups, rows per group) for a backward grid of row groups × ``segments`` over ``m`` rows."""
-    per_sm = BWD_PROGRAMS_PER_SM_SINGLE if config.single_chunk else BWD_PROGRAMS_PER_SM_CHUNKED
-    return row_groups(m, per_sm * sm_count(device), segments)
+    return row_groups(m, backward_programs_per_sm(config) * sm_count(device), segments)
 
 
 def row_groups(m: int, programs: int, segments: int = 1) -> tuple[int, int]:

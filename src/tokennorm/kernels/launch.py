@@ -94,15 +94,22 @@ def norm_forward(
                                   cfg, store_stats)
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     h = torch.empty((m, n), device=x.device, dtype=h_dtype) if h_dtype is not None else None
-    mean = rstd = None
-    if store_stats:
-        acc = acc_dtype(x.dtype)
-        mean = _empty(x.device, acc) if is_rms else torch.empty(m, device=x.device, dtype=acc)
-        rstd = torch.empty(m, device=x.device, dtype=acc)
+    mean, rstd = _stats_outputs(x, is_rms, store_stats)
     if m > 0 and n > 0:
         _launch_forward(x, residual, weight, bias, seed, y, h, mean, rstd, eps, dropout_p, weight_offset, is_rms,
                         store_stats, STATS_COMPUTE, n, cfg)
     return ForwardOut(y, h, mean, rstd)
+
+
+def _stats_outputs(x: Tensor, is_rms: bool, store_stats: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """(mean, rstd) outputs per row of x in the accumulation dtype (RMSNorm: an empty mean); None without
+    ``store_stats``."""
+    if not store_stats:
+        return None, None
+    acc = acc_dtype(x.dtype)
+    m = x.shape[0]
+    return (_empty(x.device, acc) if is_rms else torch.empty(m, device=x.device, dtype=acc),
+            torch.empty(m, device=x.device, dtype=acc))
 
 
 def _launch_forward(
@@ -183,11 +190,7 @@ def _split_row_forward(
     needs_h = residual is not None or dropout_p > 0.0
     keep_h = h_dtype if h_dtype is not None else (acc_dtype(x.dtype) if needs_h else None)
     seg_mean, seg_m2, h = norm_moments(x, residual, seed, dropout_p, is_rms, keep_h, seg_n, cfg)
-    acc = acc_dtype(x.dtype)
-    mean = rstd = None
-    if store_stats:
-        mean = _empty(x.device, acc) if is_rms else torch.empty(m, device=x.device, dtype=acc)
-        rstd = torch.empty(m, device=x.device, dtype=acc)
+    mean, rstd = _stats_outputs(x, is_rms, store_stats)
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     _launch_forward(h if h is not None else x, None, weight, bias, None, y, None, mean, rstd, eps, 0.0,
                     weight_offset, is_rms, store_stats, STATS_MERGE, seg_n, cfg, (seg_mean, seg_m2))

@@ -93,8 +93,7 @@ def analyse(runs: list[dict], sms: int, has_bias: Optional[bool] = None, itemsiz
 def default_backward_bytes(m: int, n: int, itemsize: int, sms: int, has_bias: bool) -> tuple[TileConfig, int, int]:
     """(config, row groups, bytes moved) of the backward tokennorm launches by default on a GPU with ``sms`` SMs."""
     cfg = kconfig.backward_config(n)
-    per_sm = kconfig.BWD_PROGRAMS_PER_SM_SINGLE if cfg.single_chunk else kconfig.BWD_PROGRAMS_PER_SM_CHUNKED
-    groups = row_groups(m, per_sm * sms, row_segments(n, cfg))[0]
+    groups = row_groups(m, kconfig.backward_programs_per_sm(cfg) * sms, row_segments(n, cfg))[0]
     return cfg, groups, backward_bytes(m, n, itemsize, cfg, groups, has_bias)
 
 
