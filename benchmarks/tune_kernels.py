@@ -22,7 +22,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from tokennorm.bench.cli import parse_count
+from tokennorm.tools.bench.cli import parse_count
 from tokennorm.kernels import config as kconfig
 from tokennorm.kernels import traffic
 from tokennorm.kernels.config import TileConfig

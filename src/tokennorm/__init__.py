@@ -2,16 +2,29 @@
 
 Exact drop-ins for ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm`` and ``F.layer_norm`` / ``F.rms_norm``, with
 Triton kernels on CUDA tensors (``TOKENNORM_BACKEND`` chooses: auto, torch, triton).
+
+The names below are imported on first use: ``import tokennorm`` alone loads neither torch nor the patch tool,
+so the ``tokennorm`` command starts fast.
 """
 
-from tokennorm import ops as _ops  # noqa: F401  (registers the torch.library ops)
-from tokennorm.functional import add_norm, layer_norm, rms_norm
-from tokennorm.modules import AddNorm, LayerNorm, RMSNorm
-from tokennorm.patching import patch, patch_report, unpatch
+from typing import TYPE_CHECKING
+
+from tokennorm._lazy import lazy_exports
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from tokennorm.functional import add_norm, layer_norm, rms_norm
+    from tokennorm.modules import AddNorm, LayerNorm, RMSNorm
+    from tokennorm.patching import patch, patch_report, unpatch
 
 __all__ = [
     "LayerNorm", "RMSNorm", "AddNorm", "layer_norm", "rms_norm", "add_norm", "patch", "unpatch", "patch_report",
     "__version__",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(("LayerNorm", "RMSNorm", "AddNorm"), "tokennorm.modules"),
+    **dict.fromkeys(("layer_norm", "rms_norm", "add_norm"), "tokennorm.functional"),
+    **dict.fromkeys(("patch", "unpatch", "patch_report"), "tokennorm.patching"),
+})

@@ -14,12 +14,12 @@ from typing import Optional, Sequence
 
 # subcommand -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "verify": ("tokennorm.verify", "check every op against the float64 reference on this machine"),
-    "bench": ("tokennorm.bench.cli", "benchmark tokennorm against torch and installed peers"),
-    "demo": ("tokennorm.demo", "train a tiny causal LM comparing norm choices and placements"),
-    "audit": ("tokennorm.audit_cli", "measure leakage across tokens, batch items and padding in a model"),
-    "explain": ("tokennorm.explain_cli", "draw which elements share statistics; numeric walkthrough"),
-    "patch-check": ("tokennorm.patch_cli", "patch a local model with tokennorm and report the difference"),
+    "verify": ("tokennorm.tools.verify.checks", "check every op against the float64 reference on this machine"),
+    "bench": ("tokennorm.tools.bench.cli", "benchmark tokennorm against torch and installed peers"),
+    "demo": ("tokennorm.tools.demo.train", "train a tiny causal LM comparing norm choices and placements"),
+    "audit": ("tokennorm.tools.audit.cli", "measure leakage across tokens, batch items and padding in a model"),
+    "explain": ("tokennorm.tools.explain.cli", "draw which elements share statistics; numeric walkthrough"),
+    "patch-check": ("tokennorm.tools.patch_check.cli", "patch a local model with tokennorm and report the difference"),
 }
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokennorm import _checks
+from tokennorm import ops as _ops  # noqa: F401  (registers torch.ops.tokennorm.*, which the Triton path calls)
 from tokennorm.backend import use_triton
 from tokennorm.kernels import launch
 from tokennorm.reference import default_rms_eps

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokennorm import pitfalls, reference
+from tokennorm import reference
+from tokennorm.tools.explain import pitfalls
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "pitfalls.md"
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "pitfalls.md"
 F64 = torch.float64
 
 
@@ -25,7 +26,7 @@ def test_doc_table_is_what_the_code_measures():
 
 
 def test_module_main_prints_the_table():
-    out = subprocess.run([sys.executable, "-m", "tokennorm.pitfalls"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "tokennorm.tools.explain.pitfalls"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == pitfalls.markdown_table(pitfalls.measure_all())
 
 

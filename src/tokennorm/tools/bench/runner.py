@@ -14,9 +14,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from tokennorm.bench.cases import Case, Sweep, dtype_name
-from tokennorm.bench.implementations import REFERENCE, Impl, NormFn, NormOut, Unsupported
-from tokennorm.bench.timing import Budget, Stats, copy_step, time_per_call, time_throughput
+from tokennorm.tools.bench.cases import Case, Sweep, dtype_name
+from tokennorm.tools.bench.implementations import REFERENCE, Impl, NormFn, NormOut, Unsupported
+from tokennorm.tools.bench.timing import Budget, Stats, copy_step, time_per_call, time_throughput
 
 # Largest accepted |out − torch| / max|torch| of a forward output: about two roundings of the dtype (bf16 has
 # 8 significant bits, fp16 11) — different reduction orders differ by that; a wrong formula (ε misplaced, a

@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Callable, Optional, Sequence, TypeVar
 
-from tokennorm.bench.cases import DIRECTIONS, DTYPES, OPS, Sweep, default_sweep
-from tokennorm.bench.implementations import IMPLEMENTATIONS, Impl
+from tokennorm.tools.bench.cases import DIRECTIONS, DTYPES, OPS, Sweep, default_sweep
+from tokennorm.tools.bench.implementations import IMPLEMENTATIONS, Impl
 
 HELP = "Benchmark tokennorm against torch eager, torch.compile and installed peers (GB/s, fraction of a copy)."
 
@@ -121,8 +121,8 @@ def _impls_from(args: argparse.Namespace, device: str) -> tuple[list[Impl], list
 def _run_with_progress(sweep: Sweep, impls: list[Impl], device: str, args: argparse.Namespace, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tokennorm.bench.runner import run_sweep
-    from tokennorm.bench.timing import DEFAULT_BUDGET, QUICK_BUDGET
+    from tokennorm.tools.bench.runner import run_sweep
+    from tokennorm.tools.bench.timing import DEFAULT_BUDGET, QUICK_BUDGET
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from tokennorm.bench import report
+    from tokennorm.tools.bench import report
 
     # Logs (not a terminal) get a width that fits the table instead of rich's 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 150)

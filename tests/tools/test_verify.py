@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokennorm import cli, functional, pitfalls, verify
+from tokennorm import cli, functional
+from tokennorm.tools.explain import pitfalls
+from tokennorm.tools.verify import checks as verify
 
 DTYPES = [verify._dtype_name(d) for d in verify.supported_dtypes("cpu")]
 

@@ -414,7 +414,7 @@ def _load_bench_block():
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_block.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_block.py"
     spec = importlib.util.spec_from_file_location("bench_block", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules

@@ -8,8 +8,8 @@ import math
 from dataclasses import asdict, fields
 from typing import Sequence
 
-from tokennorm.bench.cases import DIRECTIONS, DTYPES, OPS
-from tokennorm.bench.runner import Result, SweepResult
+from tokennorm.tools.bench.cases import DIRECTIONS, DTYPES, OPS
+from tokennorm.tools.bench.runner import Result, SweepResult
 
 TITLES = {
     ("throughput", "cuda"): "throughput: device time per call (CUDA events), L2 flushed before each call",

@@ -1,6 +1,6 @@
 """Who is compared: tokennorm, torch eager, torch.compile, and every installed peer.
 
-Each implementation turns a :class:`~tokennorm.bench.cases.Case` into a function ``fn(x, residual, weight,
+Each implementation turns a :class:`~tokennorm.tools.bench.cases.Case` into a function ``fn(x, residual, weight,
 bias)`` returning y (plain norms) or (y, h) (Add & Norm, h = residual + dropout(x)), or raises
 :class:`Unsupported` with a one-line reason. Peers are imported only when a case asks for them, never installed.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokennorm.bench.cases import Case
+from tokennorm.tools.bench.cases import Case
 
 NormOut = Union[Tensor, tuple[Tensor, Tensor]]
 NormFn = Callable[[Tensor, Optional[Tensor], Tensor, Optional[Tensor]], NormOut]

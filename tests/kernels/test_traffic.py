@@ -11,7 +11,7 @@ from tokennorm.kernels import config as kconfig
 from tokennorm.kernels import traffic
 from tokennorm.kernels.config import TileConfig
 
-RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "h100-2026-11-23"
+RUN = Path(__file__).resolve().parent.parent.parent / "benchmarks" / "results" / "h100-2026-11-23"
 
 
 def test_whole_row_plans_move_the_fewest_bytes_plus_small_terms():

@@ -266,7 +266,7 @@ def _class_name(module: nn.Module) -> str:
         return f"torch.nn.{cls.__name__}"
     if cls in _TOKENNORM_CLASSES:
         return f"tokennorm.{cls.__name__}"
-    if cls.__module__ == __name__:
+    if cls.__module__.startswith("tokennorm.patching"):
         return f"tokennorm.patching.{cls.__name__}"
     return cls.__qualname__
 

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from tokennorm import cli, demo
+from tokennorm import cli
+from tokennorm.tools.demo import train as demo
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "16",
         "--eval-interval", "20", "--eval-batches", "2", "--lr", "1e-2"]

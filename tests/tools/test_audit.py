@@ -16,7 +16,7 @@ import torch
 from matplotlib import image as mpimg
 from torch import nn
 
-from tokennorm import audit as A
+from tokennorm.tools.audit import measure as A
 from tokennorm.cli import main as cli_main
 from tokennorm.transformer import Encoder, EncoderLayer
 

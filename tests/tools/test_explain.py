@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import image as mpimg
 
-from tokennorm import explain as E
+from tokennorm.tools.explain import groups as E
 from tokennorm.cli import main as cli_main
 
 SHAPES = [(2, 3, 4), (3, 5, 6), (1, 2, 2)]

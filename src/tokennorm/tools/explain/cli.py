@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from tokennorm import explain as _explain
+from tokennorm.tools.explain import groups as _explain
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_SHOWN = 8  # channels printed per vector before eliding

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokennorm import pitfalls
+from tokennorm.tools.explain import pitfalls
 
 __all__ = [
     "NORMS",

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokennorm.bench import cli
-from tokennorm.bench.cases import OPS, Case, Sweep, bytes_moved, default_sweep
-from tokennorm.bench.implementations import IMPLEMENTATIONS, Impl
-from tokennorm.bench.runner import run_sweep
-from tokennorm.bench.timing import Budget, summarize
+from tokennorm.tools.bench import cli
+from tokennorm.tools.bench.cases import OPS, Case, Sweep, bytes_moved, default_sweep
+from tokennorm.tools.bench.implementations import IMPLEMENTATIONS, Impl
+from tokennorm.tools.bench.runner import run_sweep
+from tokennorm.tools.bench.timing import Budget, summarize
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The fewest bytes, in units of M·N·s, written out from the issue: norm fwd reads x and writes y; fwd+bwd also
 # reads x and dy and writes dx; Add & Norm fwd reads x, r and writes y, h; its backward reads h, dy, dh, writes dx.
@@ -174,7 +174,7 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
 
     if torch.cuda.is_available():
         pytest.skip("the GPU run is the real one")
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "tune_kernels.py"
+    path = Path(__file__).resolve().parent.parent.parent / "benchmarks" / "tune_kernels.py"
     spec = importlib.util.spec_from_file_location("tune_kernels", path)
     tune_kernels = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune_kernels)

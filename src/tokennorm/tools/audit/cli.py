@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from tokennorm import audit as _audit
+from tokennorm.tools.audit import measure as _audit
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MODE_CHOICES = {"both": _audit.MODES, "train": ("train",), "eval": ("eval",)}
