@@ -8,7 +8,7 @@ The same benchmark as ``tokennorm bench`` (same options), for those who prefer a
 
 import sys
 
-from tokennorm.tools.bench.cli import main
+from tokennorm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

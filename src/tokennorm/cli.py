@@ -1,8 +1,10 @@
 """``tokennorm`` command line: ``tokennorm verify | bench | demo | audit | explain | patch-check``.
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int`` (the exit
-code). Only the module of the subcommand being run is imported, so ``tokennorm verify`` does not pay for
-matplotlib or transformers, and a broken optional dependency of one command cannot break the others.
+Each subcommand is ``tokennorm/tools/<tool>/cli.py``, exposing ``add_arguments(parser)`` and ``run(args) -> int``
+(the exit code). Only the module of the subcommand being run is imported, and it imports torch and its tool's
+API inside ``run``: ``tokennorm --help`` and argument errors answer without loading torch, ``tokennorm verify``
+does not pay for matplotlib or transformers, and a broken optional dependency of one command cannot break the
+others.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import Optional, Sequence
 
 # subcommand -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "verify": ("tokennorm.tools.verify.checks", "check every op against the float64 reference on this machine"),
+    "verify": ("tokennorm.tools.verify.cli", "check every op against the float64 reference on this machine"),
     "bench": ("tokennorm.tools.bench.cli", "benchmark tokennorm against torch and installed peers"),
-    "demo": ("tokennorm.tools.demo.train", "train a tiny causal LM comparing norm choices and placements"),
+    "demo": ("tokennorm.tools.demo.cli", "train a tiny causal LM comparing norm choices and placements"),
     "audit": ("tokennorm.tools.audit.cli", "measure leakage across tokens, batch items and padding in a model"),
     "explain": ("tokennorm.tools.explain.cli", "draw which elements share statistics; numeric walkthrough"),
     "patch-check": ("tokennorm.tools.patch_check.cli", "patch a local model with tokennorm and report the difference"),

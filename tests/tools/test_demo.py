@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from tokennorm import cli
-from tokennorm.tools.demo import train as demo
+from tokennorm.tools.demo import cli as demo_cli
+from tokennorm.tools.demo import data as demo_data
+from tokennorm.tools.demo import train
 
 TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "16",
         "--eval-interval", "20", "--eval-batches", "2", "--lr", "1e-2"]
@@ -73,11 +75,11 @@ def test_bad_configs_are_rejected_naming_the_entry(capsys):
     assert exc.value.code == 2
     assert "'groupnorm-pre'" in capsys.readouterr().err
     with pytest.raises(argparse.ArgumentTypeError, match="'layernorm-middle'"):
-        demo.parse_configs("layernorm-middle")
+        demo_cli.parse_configs("layernorm-middle")
     with pytest.raises(argparse.ArgumentTypeError, match="twice"):
-        demo.parse_configs("rmsnorm-pre,rmsnorm-pre")
-    assert demo.parse_configs("none-post, batchnorm-pre") == (
-        demo.RunConfig("none", "post"), demo.RunConfig("batchnorm", "pre"))
+        demo_cli.parse_configs("rmsnorm-pre,rmsnorm-pre")
+    assert demo_cli.parse_configs("none-post, batchnorm-pre") == (
+        train.RunConfig("none", "post"), train.RunConfig("batchnorm", "pre"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -93,17 +95,17 @@ def test_heads_must_divide_d_model(tmp_path, capsys):
 
 
 def test_corpus_is_the_documented_file():
-    text = demo.load_corpus()
+    text = demo_data.load_corpus()
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == (
         "7ac00e23da6e4874b715b3c3c0c1cdc442bc790eb6ac3f39c0610052e5e636fa")
     assert len(text) == 151_922 and len(set(text)) == 65 and text.isascii()
 
 
 def test_char_data_round_trips_and_batches_are_next_character_targets():
-    data = demo.CharData.from_text("abcabcabd" * 10, val_fraction=0.2)
+    data = demo_data.CharData.from_text("abcabcabd" * 10, val_fraction=0.2)
     assert data.vocab == ["a", "b", "c", "d"] and len(data.train) == 72 and len(data.val) == 18
     assert data.decode(torch.cat([data.train, data.val])) == "abcabcabd" * 10
-    x, y = demo.sample_batch(data.train, 5, 8, torch.Generator().manual_seed(0))
+    x, y = demo_data.sample_batch(data.train, 5, 8, torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (5, 8)
     assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one character
     text = data.decode(data.train)
@@ -111,11 +113,11 @@ def test_char_data_round_trips_and_batches_are_next_character_targets():
         window = data.decode(row_x) + data.decode(row_y[-1:])
         assert window in text
     with pytest.raises(ValueError, match="seq_len=80"):
-        demo.sample_batch(data.val, 1, 80, torch.Generator())
+        demo_data.sample_batch(data.val, 1, 80, torch.Generator())
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():
-    lrs = [demo.lr_at(s, 100, 10, 1.0) for s in range(100)]
+    lrs = [train.lr_at(s, 100, 10, 1.0) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[10] == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone decay after warmup

@@ -1,4 +1,4 @@
-"""tokennorm.explain and ``tokennorm explain``: the groups drawn are the groups torch normalizes over, the
+"""tokennorm.tools.explain and ``tokennorm explain``: the groups drawn are the groups torch normalizes over, the
 figures have one real panel per norm, and the walkthrough's numbers are torch's."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import image as mpimg
 
-from tokennorm.tools.explain import groups as E
+from tokennorm.tools import explain as E
 from tokennorm.cli import main as cli_main
 
 SHAPES = [(2, 3, 4), (3, 5, 6), (1, 2, 2)]

@@ -1,4 +1,4 @@
-"""tokennorm.pitfalls: each mistake differs from LayerNorm exactly as the math says, and docs/pitfalls.md
+"""tokennorm.tools.explain.pitfalls: each mistake differs from LayerNorm exactly as the math says, and docs/pitfalls.md
 shows the numbers the code computes."""
 
 import math
@@ -26,7 +26,8 @@ def test_doc_table_is_what_the_code_measures():
 
 
 def test_module_main_prints_the_table():
-    out = subprocess.run([sys.executable, "-m", "tokennorm.tools.explain.pitfalls"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "tokennorm.tools.explain.pitfalls"], capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == pitfalls.markdown_table(pitfalls.measure_all())
 
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from tokennorm import cli, functional
 from tokennorm.tools.explain import pitfalls
-from tokennorm.tools.verify import checks as verify
+from tokennorm.tools.verify import cases, checks
 
-DTYPES = [verify._dtype_name(d) for d in verify.supported_dtypes("cpu")]
+DTYPES = [checks.dtype_name(d) for d in checks.supported_dtypes("cpu")]
 
 
 def _verify(tmp_path, *args):
@@ -34,20 +34,20 @@ def _assert_complete(doc, n_cases):
     seen = {}
     for r in doc["results"]:
         seen.setdefault((r["op"], r["direction"], r["dtype"]), set()).add((tuple(r["shape"]), r["tensor"]))
-    for op in verify.OPS:
+    for op in cases.OPS:
         for direction, tensors in _expected_tensors(op).items():
             for dtype in DTYPES:
                 got = seen[(op.name, direction, dtype)]
                 assert {t for _, t in got} == tensors, (op.name, direction, dtype)
                 assert len({s for s, _ in got}) == n_cases
-    assert len(seen) == len(verify.OPS) * 2 * len(DTYPES)
+    assert len(seen) == len(cases.OPS) * 2 * len(DTYPES)
 
 
 def test_in_process_all_pass_and_json_has_every_op_dtype_direction(tmp_path, capsys):
     rc, doc = _verify(tmp_path)
     assert rc == 0
     assert doc["passed"] is True and all(r["passed"] for r in doc["results"])
-    _assert_complete(doc, len(verify.QUICK_CASES))
+    _assert_complete(doc, len(cases.QUICK_CASES))
     for r in doc["results"]:
         assert 0 <= r["max_abs_error"] <= r["tolerance"]
     assert doc["device"] == "cpu" and doc["backend_used"] == "torch" and doc["torch"] == torch.__version__
@@ -65,7 +65,7 @@ def test_subprocess_module_entry_point(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(path.read_text())
     assert doc["passed"] is True and all(r["passed"] for r in doc["results"])
-    _assert_complete(doc, len(verify.QUICK_CASES))
+    _assert_complete(doc, len(cases.QUICK_CASES))
     assert "checks passed" in proc.stdout
 
 
@@ -147,13 +147,13 @@ def test_triton_backend_is_the_one_checked(tmp_path, monkeypatch):
     calls = []
     real = launch.norm_forward
     monkeypatch.setattr(launch, "norm_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(verify, "QUICK_CASES", (verify.Case((3, 7)), verify.Case((5, 4, 6), normalized_ndim=2)))
+    monkeypatch.setattr(cases, "QUICK_CASES", (cases.Case((3, 7)), cases.Case((5, 4, 6), normalized_ndim=2)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = tmp_path / "triton.json"
     rc = cli.main(["verify", "--device", device, "--backend", "triton", "--quick", "--json", str(path)])
     doc = json.loads(path.read_text())
     assert rc == 0 and doc["backend_used"] == "triton"
-    assert len(calls) == len(verify.OPS) * len(verify.QUICK_CASES) * len(verify.supported_dtypes(device))
+    assert len(calls) == len(cases.OPS) * len(cases.QUICK_CASES) * len(checks.supported_dtypes(device))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,4 +1,4 @@
-"""``tokennorm audit``: measure future, cross-batch and padding leakage of a model (see :mod:`tokennorm.audit`).
+"""``tokennorm audit``: measure future, cross-batch and padding leakage of a model (see :mod:`tokennorm.tools.audit`).
 
 The model is a built-in demo (``--demo layernorm | rmsnorm | batchnorm``: one causal decoder, three norms) or
 ``--model module:factory``, an import path to an ``nn.Module`` or to a callable returning one (called with no
@@ -17,17 +17,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-from torch import Tensor, nn
+from tokennorm.tools.audit.demos import DEMOS
+from tokennorm.tools.audit.report import MODES, WHERE
 
-from tokennorm.tools.audit import measure as _audit
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-MODE_CHOICES = {"both": _audit.MODES, "train": ("train",), "eval": ("eval",)}
+    from tokennorm.tools.audit.report import AuditReport
+
+DTYPES = ("float32", "float64")
+MODE_CHOICES = {"both": MODES, "train": ("train",), "eval": ("eval",)}
 DEMO_TOKENS = (2, 16)
 DEMO_PAD = 4
 
@@ -38,7 +40,7 @@ class SpecError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--demo", choices=_audit.DEMOS,
+    src.add_argument("--demo", choices=DEMOS,
                      help="built-in causal decoder (tokennorm.transformer.CausalLM) with this norm")
     src.add_argument("--model", metavar="MODULE:FACTORY",
                      help="import path of an nn.Module, or of a callable returning one (called without arguments)")
@@ -83,6 +85,8 @@ def _ints(text: str, count: int, flag: str) -> tuple[int, ...]:
 
 def load_model(path: str) -> nn.Module:
     """The nn.Module named by ``module:attr`` (``attr`` may be dotted; a callable is called without arguments)."""
+    from torch import nn
+
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise SpecError(f"--model must look like 'package.module:factory', but got {path!r}")
@@ -103,7 +107,12 @@ def load_model(path: str) -> nn.Module:
 
 def build_inputs(args: argparse.Namespace, model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
     """The input tensor and key-padding mask the arguments describe."""
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    import torch
+
+    from tokennorm.tools.audit.demos import demo_inputs
+    from tokennorm.tools.audit.subject import vocab_size
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(args.seed)
     if args.shape:
         batch, length, channels = _ints(args.shape, 3, "--shape")
@@ -115,7 +124,7 @@ def build_inputs(args: argparse.Namespace, model: nn.Module) -> tuple[Tensor, Op
         vocab = args.vocab
         if vocab is None:
             try:
-                vocab = _audit._vocab_size(model)
+                vocab = vocab_size(model)
             except TypeError as e:
                 raise SpecError(f"{e}; give --vocab") from e
         if vocab < 2:
@@ -125,7 +134,7 @@ def build_inputs(args: argparse.Namespace, model: nn.Module) -> tuple[Tensor, Op
     if not 0 <= pad < length:
         raise SpecError(f"--pad must be in [0, N={length}), but got --pad {pad}")
     if inputs is None:
-        tokens, mask = _audit.demo_inputs(batch, length, pad, vocab, pad_id=0, seed=args.seed)
+        tokens, mask = demo_inputs(batch, length, pad, vocab, pad_id=0, seed=args.seed)
         if args.pad_side == "right":
             tokens, mask = tokens.flip(1), mask.flip(1)
         inputs = tokens.to(device)
@@ -142,7 +151,7 @@ def _fmt(v: float) -> str:
     return "inf" if v == float("inf") else ("0" if v == 0 else f"{v:.3g}")
 
 
-def print_report(report: _audit.AuditReport, console: Any) -> None:
+def print_report(report: AuditReport, console: Any) -> None:
     """The findings as a rich table, with what the input was and what each pinpoint means."""
     from rich.table import Table
 
@@ -162,7 +171,7 @@ def print_report(report: _audit.AuditReport, console: Any) -> None:
         m = f.autograd if f.autograd.count else f.perturbation
         where = " ".join(f"({a},{b})" for a, b in m.where[:3]) + (" …" if m.count > 3 else "")
         if m.where:
-            legend[f"{f.check} ({m.method})"] = _audit.WHERE[(f.check, m.method)]
+            legend[f"{f.check} ({m.method})"] = WHERE[(f.check, m.method)]
         table.add_row(f.mode, f.check, verdict, _fmt(f.autograd.magnitude), _fmt(f.perturbation.magnitude),
                       f"{f.autograd.count}/{f.perturbation.count}", where or "-")
     console.print(table)
@@ -179,18 +188,20 @@ def print_report(report: _audit.AuditReport, console: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
+
+    from tokennorm.tools.audit.demos import demo_model
+    from tokennorm.tools.audit.heatmap import plot_dependency
+    from tokennorm.tools.audit.measure import audit
 
     console, err = Console(), Console(stderr=True)
     try:
-        if args.demo:
-            model: nn.Module = _audit.demo_model(args.demo)
-        else:
-            model = load_model(args.model)
-        model = model.to(device=args.device, dtype=DTYPES[args.dtype])
+        model = demo_model(args.demo) if args.demo else load_model(args.model)
+        model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
         inputs, mask = build_inputs(args, model)
         mask_arg = None if args.mask_arg.lower() == "none" else args.mask_arg
-        report = _audit.audit(
+        report = audit(
             model, inputs, causal=args.causal, modes=MODE_CHOICES[args.mode], key_padding_mask=mask,
             mask_arg=mask_arg, tol=args.tol, seed=args.seed, max_rows=args.max_rows, max_columns=args.max_columns,
         )
@@ -203,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         report.model_name = f"{args.model} ({report.model_name})"
     print_report(report, console)
     if args.png:
-        path = _audit.plot_dependency(report, args.png)
+        path = plot_dependency(report, args.png)
         console.print(f"heatmap: {path}")
     if args.json:
         path = Path(args.json)
@@ -212,12 +223,3 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"report: {path}")
     return 1 if report.leaks else 0
 
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tokennorm audit", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -41,44 +41,16 @@ dependence. bfloat16/float16 roundoff (eps 8e-3 / 1e-3) hides most real leaks: a
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "CHECKS",
-    "MODES",
-    "DEMOS",
-    "Measurement",
-    "Finding",
-    "AuditReport",
-    "default_tol",
-    "audit",
-    "demo_model",
-    "demo_inputs",
-    "plot_dependency",
-]
-
-CHECKS = ("future", "cross_batch", "padding")
-MODES = ("train", "eval")
-DEMOS = ("layernorm", "rmsnorm", "batchnorm")
-
-# What a pinpoint (a, b) means, per check and method.
-WHERE = {
-    ("future", "autograd"): "(output t, input s > t)",
-    ("future", "perturbation"): "(output t, input s > t)",
-    ("cross_batch", "autograd"): "(item i, other item j it depends on)",
-    ("cross_batch", "perturbation"): "(item i, other item j it depends on)",
-    ("padding", "autograd"): "(item, PAD position) that reaches non-PAD outputs",
-    ("padding", "perturbation"): "(item, non-PAD position) whose output moved",
-}
-MAX_WHERE = 10  # pinpoints kept per measurement, strongest first
+from tokennorm.tools.audit.report import MAX_WHERE, MODES, AuditReport, Finding, Measurement
+from tokennorm.tools.audit.subject import as_output, in_mode, make_subject, seeded
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -86,255 +58,6 @@ def default_tol(dtype: torch.dtype) -> float:
     return 128 * torch.finfo(dtype).eps
 
 
-@dataclass
-class Measurement:
-    """One method's result for one check: the largest relative leak and where it is.
-
-    ``where`` holds up to ten pinpoints ``(a, b)``, strongest first (their meaning: :data:`WHERE`); ``count``
-    is how many pinpoints exceed the tolerance in all.
-    """
-
-    method: str
-    magnitude: float
-    count: int
-    where: list[tuple[int, int]]
-
-
-@dataclass
-class Finding:
-    """The result of one check in one mode, by autograd and by perturbation."""
-
-    mode: str
-    check: str
-    autograd: Measurement
-    perturbation: Measurement
-    tol: float
-
-    @property
-    def leaks(self) -> bool:
-        """True when either method measured dependence above the tolerance."""
-        return self.autograd.magnitude > self.tol or self.perturbation.magnitude > self.tol
-
-    @property
-    def agree(self) -> bool:
-        """True when both methods reach the same verdict."""
-        return (self.autograd.magnitude > self.tol) == (self.perturbation.magnitude > self.tol)
-
-
-@dataclass
-class AuditReport:
-    """Everything :func:`audit` measured.
-
-    ``matrices[mode]["autograd"]`` is the relative token-to-token dependence [N, N] (row t: output position,
-    column s: input position, aggregated over batch items); rows that were not computed are NaN.
-    ``matrices[mode]["perturbation"]`` is the same from perturbing one input column at a time; NaN columns
-    were not perturbed.
-    """
-
-    findings: list[Finding]
-    matrices: dict[str, dict[str, Tensor]]
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    token_ids: bool
-    causal: bool
-    tol: float
-    skipped: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    model_name: str = ""
-
-    @property
-    def leaks(self) -> bool:
-        """True when any finding leaks."""
-        return any(f.leaks for f in self.findings)
-
-    def finding(self, mode: str, check: str) -> Finding:
-        """The finding for ``check`` in ``mode``; KeyError when that check did not run."""
-        for f in self.findings:
-            if f.mode == mode and f.check == check:
-                return f
-        raise KeyError(f"no finding for mode={mode!r}, check={check!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (NaN → null, ∞ → "inf"; matrices with 4 significant digits)."""
-        return {
-            "model": self.model_name,
-            "input": {"shape": list(self.shape), "dtype": str(self.dtype).removeprefix("torch."),
-                      "token_ids": self.token_ids},
-            "causal": self.causal,
-            "tol": self.tol,
-            "leaks": self.leaks,
-            "seconds": round(self.seconds, 3),
-            "skipped": self.skipped,
-            "findings": [
-                {
-                    "mode": f.mode,
-                    "check": f.check,
-                    "leaks": f.leaks,
-                    "agree": f.agree,
-                    **{
-                        m.method: {"magnitude": _json_float(m.magnitude), "count": m.count,
-                                   "where": [list(w) for w in m.where], "where_means": WHERE[(f.check, m.method)]}
-                        for m in (f.autograd, f.perturbation)
-                    },
-                }
-                for f in self.findings
-            ],
-            "matrices": {
-                mode: {method: [[_json_float(v) for v in row] for row in m.tolist()] for method, m in ms.items()}
-                for mode, ms in self.matrices.items()
-            },
-        }
-
-
-def _json_float(v: float) -> Union[float, str, None]:
-    if math.isnan(v):
-        return None
-    if math.isinf(v):
-        return "inf"
-    return float(f"{v:.4g}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The model under test, seen as x [B, N, C] -> y [B, N, F]
-
-
-@dataclass
-class _Subject:
-    x: Tensor  # [B, N, C]: the input, or the token embeddings
-    run: Callable[[Tensor], Any]  # x -> raw model output (key-padding mask bound)
-    fresh: Callable[[Tensor], Tensor]  # where [B, N] bool -> x with new values at those positions
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Same RNG stream for every forward pass (same dropout masks); the caller's RNG state is left untouched."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-@contextlib.contextmanager
-def _in_mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """``model.train(train)`` with frozen parameters (no weight gradients are built, only input ones).
-
-    Afterwards every module's flag, every parameter's requires_grad and every buffer (BatchNorm's running
-    statistics, which train-mode passes update) are as before.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    params = [(p, p.requires_grad) for p in model.parameters()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    model.train(train)
-    for p, _ in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for m, flag in flags:
-            m.training = flag
-        for p, flag in params:
-            p.requires_grad_(flag)
-
-
-def _vocab_size(model: nn.Module) -> int:
-    size = getattr(model, "vocab_size", None)
-    if isinstance(size, int):
-        return size
-    emb = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-    if emb is None:
-        raise TypeError("token-id input needs a model with an int vocab_size attribute or an nn.Embedding")
-    return emb.num_embeddings
-
-
-def _token_embedding(model: nn.Module, tokens: Tensor, kwargs: dict[str, Any]) -> nn.Embedding:
-    """The first nn.Embedding whose output is [B, N, C] for ``tokens`` [B, N] (found by one probe pass)."""
-    found: list[nn.Embedding] = []
-
-    def record(module: nn.Module, args: tuple, out: Any) -> None:
-        if isinstance(out, Tensor) and out.dim() == 3 and out.shape[:2] == tokens.shape:
-            found.append(module)
-
-    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Embedding)]
-    try:
-        with torch.no_grad():
-            model(tokens, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    if not found:
-        raise TypeError(
-            f"token-id input of shape {list(tokens.shape)} needs a model with embed()/forward_embeddings() or an "
-            "nn.Embedding that maps the ids to [B, N, C]; none found"
-        )
-    return found[0]
-
-
-def _subject(
-    model: nn.Module, inputs: Tensor, kwargs: dict[str, Any], seed: int, generator: torch.Generator
-) -> _Subject:
-    device = inputs.device
-    if inputs.is_floating_point():
-        x = inputs.detach()
-        scale = x.std() if x.numel() > 1 else x.new_tensor(1.0)
-
-        def fresh_values(where: Tensor) -> Tensor:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(device) * scale
-            return torch.where(where[..., None], noise, x)
-
-        return _Subject(x, lambda z: model(z, **kwargs), fresh_values)
-
-    vocab = _vocab_size(model)
-
-    def other_ids(where: Tensor) -> Tensor:
-        ids = torch.randint(0, vocab, inputs.shape, generator=generator).to(device)
-        ids = torch.where(ids == inputs, (ids + 1) % vocab, ids)  # really another token
-        return torch.where(where, ids, inputs)
-
-    if hasattr(model, "embed") and hasattr(model, "forward_embeddings"):
-        def embed(ids: Tensor) -> Tensor:
-            with torch.no_grad(), _seeded(seed, device):
-                return model.embed(ids)
-
-        return _Subject(embed(inputs), lambda z: model.forward_embeddings(z, **kwargs),
-                        lambda where: torch.where(where[..., None], embed(other_ids(where)), embed(inputs)))
-
-    emb = _token_embedding(model, inputs, kwargs)
-    with torch.no_grad(), _seeded(seed, device):
-        x = emb(inputs)
-
-    def run(z: Tensor) -> Any:
-        handle = emb.register_forward_hook(lambda module, args, out: z)  # the model sees z as its embeddings
-        try:
-            return model(inputs, **kwargs)
-        finally:
-            handle.remove()
-
-    def fresh_embeddings(where: Tensor) -> Tensor:
-        with torch.no_grad(), _seeded(seed, device):
-            return torch.where(where[..., None], emb(other_ids(where)), x)
-
-    return _Subject(x, run, fresh_embeddings)
-
-
-def _as_output(out: Any, batch: int, length: int, output_fn: Optional[Callable[[Any], Tensor]]) -> Tensor:
-    """The model's output as [B, N, F]: ``output_fn(out)``, else out, out[0] or out.logits."""
-    if output_fn is not None:
-        out = output_fn(out)
-    elif isinstance(out, (tuple, list)):
-        out = out[0]
-    elif not isinstance(out, Tensor) and hasattr(out, "logits"):
-        out = out.logits
-    if not isinstance(out, Tensor) or out.dim() < 2 or tuple(out.shape[:2]) != (batch, length):
-        got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"expected the model output to be [B, N, ...] = [{batch}, {length}, ...], but got {got}")
-    return out.reshape(batch, length, -1)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Measurements
 
 
 def _relative(values: Tensor) -> Tensor:
@@ -394,13 +117,13 @@ def _audit_mode(
     batch, length = inputs.shape[:2]
     device = inputs.device
     gen = torch.Generator().manual_seed(cfg.seed)
-    with _in_mode(model, mode == "train"):
-        subject = _subject(model, inputs, cfg.kwargs, cfg.seed, gen)
+    with in_mode(model, mode == "train"):
+        subject = make_subject(model, inputs, cfg.kwargs, cfg.seed, gen)
         tol = default_tol(subject.x.dtype) if cfg.tol is None else cfg.tol
 
         def forward(z: Tensor) -> Tensor:
-            with _seeded(cfg.seed, device):
-                return _as_output(subject.run(z), batch, length, cfg.output_fn)
+            with seeded(cfg.seed, device):
+                return as_output(subject.run(z), batch, length, cfg.output_fn)
 
         x = subject.x.detach().requires_grad_(True)
         out = forward(x)
@@ -536,94 +259,3 @@ def audit(
         skipped["padding"] = "no key_padding_mask with both PAD and non-PAD positions"
     return AuditReport(findings, matrices, tuple(inputs.shape), dtype, not inputs.is_floating_point(), causal,
                        used_tol, skipped, time.perf_counter() - start, type(model).__name__)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Demos and the heatmap
-
-
-def demo_model(norm: str, *, vocab_size: int = 64, d_model: int = 64, num_layers: int = 2, seed: int = 0) -> nn.Module:
-    """The built-in demo: one causal decoder, ``tokennorm.transformer.CausalLM`` (pre-norm, dropout 0.1).
-
-    Its norms are ``norm``: ``"layernorm"``, ``"rmsnorm"`` or ``"batchnorm"``; the other weights are the same
-    for every norm (same seed).
-    """
-    if norm not in DEMOS:
-        raise ValueError(f"norm must be one of {', '.join(map(repr, DEMOS))}, but got norm={norm!r}")
-    from tokennorm.transformer import CausalLM
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CausalLM(vocab_size, d_model=d_model, nhead=4, num_layers=num_layers, dropout=0.1, norm=norm,
-                        placement="pre")
-
-
-def demo_inputs(
-    batch: int = 2, length: int = 16, pad: int = 4, vocab_size: int = 64, pad_id: int = 0, seed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """Random token ids [batch, length] and a key-padding mask whose last item starts with ``pad`` PAD tokens.
-
-    Left padding, as in batched generation: with right padding a causal model could not see the PAD tokens
-    anyway, so the padding check would test causality again instead of the key-padding mask.
-    """
-    if not 0 <= pad < length:
-        raise ValueError(f"pad must be in [0, length={length}), but got pad={pad}")
-    if batch < 1 or vocab_size < 2 or not 0 <= pad_id < vocab_size:
-        raise ValueError(f"need batch ≥ 1, vocab_size ≥ 2 and 0 ≤ pad_id < vocab_size, but got batch={batch}, "
-                         f"vocab_size={vocab_size}, pad_id={pad_id}")
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab_size - 1, (batch, length), generator=gen)
-    tokens = tokens + (tokens >= pad_id).long()  # every real token differs from pad_id
-    mask = torch.zeros(batch, length, dtype=torch.bool)
-    if pad:
-        mask[-1, :pad] = True
-    return tokens.masked_fill(mask, pad_id), mask
-
-
-def plot_dependency(report: AuditReport, path: Union[str, Path], title: Optional[str] = None) -> Path:
-    """Write the token-to-token dependency matrices as a PNG heatmap; returns the path.
-
-    One row of panels per mode, autograd left, perturbation right; log colour scale of the relative
-    dependence, white = exactly 0, grey = not measured, red squares = pinpointed future leaks. For causal audits
-    everything right of the red diagonal is the future.
-    """
-    from matplotlib import colormaps
-    from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
-
-    modes = list(report.matrices)
-    vmin = report.tol / 100
-    cmap = colormaps["viridis"].with_extremes(under="white", bad="lightgrey")
-    fig = Figure(figsize=(10, 4.4 * len(modes)), layout="constrained")
-    axes = fig.subplots(len(modes), 2, squeeze=False)
-    labels = {"autograd": "autograd  ‖uᵀ ∂y_t/∂x_s‖", "perturbation": "perturbation  ‖Δy_t‖, x_s replaced"}
-    image = None
-    for row, mode in zip(axes, modes):
-        for ax, (method, matrix) in zip(row, report.matrices[mode].items()):
-            data = matrix.clone()
-            data[data == 0] = vmin / 10  # exact zeros: drawn in the "under" colour
-            image = ax.imshow(data.numpy(), cmap=cmap, norm=LogNorm(vmin=vmin, vmax=1.0), interpolation="nearest")
-            n = matrix.shape[0]
-            if report.causal:  # staircase between s ≤ t (allowed) and s > t (the future)
-                steps = [(t + 0.5, t + dy) for t in range(n - 1) for dy in (-0.5, 0.5)]
-                ax.plot(*zip(*steps), color="red", linewidth=0.8)
-            future = next((f for f in report.findings if f.mode == mode and f.check == "future"), None)
-            for t, s in getattr(future, method).where if future else []:
-                ax.add_patch(_square(s, t))  # the pinpointed leaks
-            ax.set_title(f"{mode}: {labels[method]}", fontsize=10)
-            ax.set_xlabel("input position s")
-            ax.set_ylabel("output position t")
-    verdict = "LEAKS" if report.leaks else "clean"
-    fig.suptitle(title or f"{report.model_name} {list(report.shape)}: {verdict} (tol {report.tol:.2g})")
-    bar = fig.colorbar(image, ax=axes, extend="min", shrink=0.8, label="relative dependence (log)")
-    bar.ax.axhline(report.tol, color="red", linewidth=1.5)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _square(x: int, y: int) -> Any:
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2)

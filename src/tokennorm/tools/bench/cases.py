@@ -15,9 +15,10 @@ Throughput is bytes / median time, reported as a fraction of a device-to-device 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a sweep is built: the command line lists ops and dtypes without it
+    import torch
 
 DROPOUT_P = 0.1  # the dropout probability of the "-drop" Add & Norm ops
 
@@ -52,7 +53,8 @@ BYTES_PER_ELEMENT = {
     (True, "fwdbwd"): 8,
 }
 
-DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Short name -> torch's name of each benchmarked dtype.
+DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 # Throughput rows flush the cache between calls and time the device; latency rows time back-to-back calls
 # from Python, as a user makes them (host overhead included).
@@ -64,8 +66,16 @@ def bytes_moved(op: Op, direction: str, m: int, n: int, dtype: torch.dtype) -> i
     return BYTES_PER_ELEMENT[(op.add, direction)] * m * n * dtype.itemsize
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bf16"`` -> ``torch.bfloat16``."""
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
 def dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, d in DTYPES.items() if d == dtype)
+    """``torch.bfloat16`` -> ``"bf16"``."""
+    return next(name for name, full in DTYPES.items() if str(dtype) == f"torch.{full}")
 
 
 @dataclass(frozen=True)
@@ -123,8 +133,9 @@ def default_sweep(device: str, quick: bool, ops: Optional[tuple[str, ...]] = Non
     ops = ops or DEFAULT_OPS
     if device == "cuda":
         dtypes = ("bf16",) if quick else ("bf16", "fp16", "fp32")
-        return Sweep(ops, DIRECTIONS, tuple(DTYPES[d] for d in dtypes), GPU_QUICK_NS if quick else GPU_NS,
+        return Sweep(ops, DIRECTIONS, tuple(map(torch_dtype, dtypes)), GPU_QUICK_NS if quick else GPU_NS,
                      mn=2**27, latency_rows=(1, 4096))
     if quick:
-        return Sweep(ops, DIRECTIONS, (torch.float32,), (1 * K,), mn=2**16, latency_rows=(1,))
-    return Sweep(ops, DIRECTIONS, (torch.float32, torch.bfloat16), (1 * K, 4 * K), mn=2**18, latency_rows=(1,))
+        return Sweep(ops, DIRECTIONS, (torch_dtype("fp32"),), (1 * K,), mn=2**16, latency_rows=(1,))
+    return Sweep(ops, DIRECTIONS, tuple(map(torch_dtype, ("fp32", "bf16"))), (1 * K, 4 * K), mn=2**18,
+                 latency_rows=(1,))

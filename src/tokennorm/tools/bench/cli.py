@@ -13,12 +13,10 @@ import dataclasses
 import re
 import sys
 import time
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
-from tokennorm.tools.bench.cases import DIRECTIONS, DTYPES, OPS, Sweep, default_sweep
+from tokennorm.tools.bench.cases import DIRECTIONS, DTYPES, OPS, Sweep, default_sweep, torch_dtype
 from tokennorm.tools.bench.implementations import IMPLEMENTATIONS, Impl
-
-HELP = "Benchmark tokennorm against torch eager, torch.compile and installed peers (GB/s, fraction of a copy)."
 
 T = TypeVar("T")
 _COUNT = re.compile(r"^\s*(?:(\d+)\s*\^\s*(\d+)|(\d+)\s*([kKmMgG]?))\s*$")
@@ -67,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated, from {', '.join(OPS)} (default: ln,rms,addnorm,addnorm-drop)")
     parser.add_argument("--dirs", type=_comma_list(_one_of(DIRECTIONS, "direction")), default=None,
                         help="fwd, fwdbwd or both (default: both)")
-    parser.add_argument("--dtypes", type=_comma_list(lambda t: DTYPES[_one_of(tuple(DTYPES), "dtype")(t)]),
+    parser.add_argument("--dtypes", type=_comma_list(_one_of(tuple(DTYPES), "dtype")),
                         default=None, help="comma-separated, from bf16, fp16, fp32")
     parser.add_argument("--sizes", type=_comma_list(parse_count), default=None,
                         help="row lengths N, e.g. 1K,4K,1M (default: 1K…1M on CUDA, 1K,4K on CPU)")
@@ -98,7 +96,7 @@ def _sweep_from(args: argparse.Namespace, device: str) -> Sweep:
         base,
         ops=args.ops or base.ops,
         directions=args.dirs or base.directions,
-        dtypes=args.dtypes or base.dtypes,
+        dtypes=tuple(map(torch_dtype, args.dtypes)) if args.dtypes else base.dtypes,
         ns=args.sizes or base.ns,
         mn=args.mn or base.mn,
         latency_rows=base.latency_rows if args.latency_rows is None else args.latency_rows,
@@ -187,12 +185,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     return 0
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tokennorm bench", description=HELP)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

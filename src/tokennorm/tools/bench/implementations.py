@@ -2,7 +2,8 @@
 
 Each implementation turns a :class:`~tokennorm.tools.bench.cases.Case` into a function ``fn(x, residual, weight,
 bias)`` returning y (plain norms) or (y, h) (Add & Norm, h = residual + dropout(x)), or raises
-:class:`Unsupported` with a one-line reason. Peers are imported only when a case asks for them, never installed.
+:class:`Unsupported` with a one-line reason. Peers are imported only when a case asks for them, never installed;
+torch too, so that the command line can list the implementations without loading it.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import functools
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from tokennorm.tools.bench.cases import Case
 
-NormOut = Union[Tensor, tuple[Tensor, Tensor]]
-NormFn = Callable[[Tensor, Optional[Tensor], Tensor, Optional[Tensor]], NormOut]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+NormOut = Union["Tensor", tuple["Tensor", "Tensor"]]
+NormFn = Callable[["Tensor", Optional["Tensor"], "Tensor", Optional["Tensor"]], NormOut]
 
 EPS = 1e-5
 LIGER_MAX_N = 65536  # Liger's kernels keep a whole row in one block and refuse longer rows
@@ -30,6 +30,8 @@ class Unsupported(Exception):
 
 
 def _torch_eager(case: Case) -> NormFn:
+    import torch.nn.functional as F
+
     shape, op = (case.n,), case.op
 
     def norm(h: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -48,6 +50,8 @@ def _torch_eager(case: Case) -> NormFn:
 
 
 def _torch_compile(case: Case) -> NormFn:
+    import torch
+
     # One static-shape graph per case. The reset drops the previous cases' graphs, which would otherwise hit
     # dynamo's recompile limit over a sweep and fall back to eager (or to slower dynamic-shape kernels).
     torch._dynamo.reset()

@@ -2,7 +2,7 @@
 
 Prints, for a small x [B, N, C] (``--shape``, or a random small shape from ``--seed``), the groups of each
 norm, then LayerNorm's mean, variance, rstd, x̂ and y per token next to torch's (``aten.native_layer_norm``),
-and the seeds' mistakes (unbiased variance, ε added to σ, statistics across tokens) with their error.
+and the classic mistakes (unbiased variance, ε added to σ, statistics across tokens) with their error.
 ``--out DIR`` writes the figures: ``norm_groups`` (one B × (N·C) grid per norm) and ``norm_cubes`` (3-D),
 as PNG and/or SVG (``--format``).
 """
@@ -10,16 +10,16 @@ as PNG and/or SVG (``--format``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
-from tokennorm.tools.explain import groups as _explain
+    from tokennorm.tools.explain.steps import Walkthrough
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")
 MAX_SHOWN = 8  # channels printed per vector before eliding
 
 
@@ -44,6 +44,8 @@ def _shape(args: argparse.Namespace, gen: torch.Generator) -> tuple[int, int, in
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"--shape must be three positive integers B,N,C, but got --shape {args.shape!r}")
         return shape  # type: ignore[return-value]
+    import torch
+
     b = int(torch.randint(2, 4, (), generator=gen))
     n = int(torch.randint(2, 5, (), generator=gen))
     c = args.groups * int(torch.randint(2, 5, (), generator=gen))  # divisible by the groups
@@ -60,25 +62,27 @@ def _vec(t: Tensor, digits: int = 4) -> str:
 def print_groups(shape: tuple[int, int, int], num_groups: int, console: Any) -> None:
     from rich.table import Table
 
+    from tokennorm.tools.explain.groups import NORM_TITLES, NORMS, PER_GROUP, stat_groups
+
     b, n, c = shape
     table = Table(title=f"which elements of x [B={b}, N={n}, C={c}] share one mean/variance")
     for col in ("norm", "one statistic per", "groups", "elements each", "mixes tokens?", "mixes sequences?"):
         table.add_column(col)
-    for norm in _explain.NORMS:
-        g = _explain.stat_groups(norm, shape, num_groups)
+    for norm in NORMS:
+        g = stat_groups(norm, shape, num_groups)
         k = int(g.max()) + 1
         # a group mixes tokens when it spans elements of two tokens, sequences when it spans two sequences
         tokens_per_group = [len({(bi, ni) for bi, ni, _ in (g == k_).nonzero().tolist()}) for k_ in range(k)]
         seqs_per_group = [len(set((g == k_).nonzero()[:, 0].tolist())) for k_ in range(k)]
         mixes_tokens, mixes_seqs = max(tokens_per_group) > 1, max(seqs_per_group) > 1
-        name = _explain.NORM_TITLES[norm] + (f" (G={num_groups})" if norm == "groupnorm" else "")
-        table.add_row(name, _explain._PER[norm], str(k), str(g.numel() // k),
+        name = NORM_TITLES[norm] + (f" (G={num_groups})" if norm == "groupnorm" else "")
+        table.add_row(name, PER_GROUP[norm], str(k), str(g.numel() // k),
                       "[red]yes[/red]" if mixes_tokens else "[green]no[/green]",
                       "[red]yes[/red]" if mixes_seqs else "[green]no[/green]")
     console.print(table)
 
 
-def print_walkthrough(w: _explain.Walkthrough, console: Any) -> None:
+def print_walkthrough(w: Walkthrough, console: Any) -> None:
     from rich.table import Table
 
     b, n, c = w.x.shape
@@ -107,7 +111,7 @@ def print_walkthrough(w: _explain.Walkthrough, console: Any) -> None:
     verdict = "[green]equal to torch[/green]" if ok else "[red]DIFFERENT from torch[/red]"
     console.print(f"max |y − torch y| = {w.max_abs_diff:.3g} (allowed: {w.tolerance():.3g}, torch's rounding in "
                   f"{str(w.x.dtype)[6:]}): {verdict}")
-    mistakes = Table(title="the seeds' mistakes on this x (from tokennorm.pitfalls), error vs the right y")
+    mistakes = Table(title="the classic mistakes on this x (tokennorm.tools.explain.pitfalls), error vs the right y")
     for col in ("mistake", "right", "wrong", "max |error|", "relative", "moves other tokens by"):
         mistakes.add_column(col, justify="right" if col in ("max |error|", "relative", "moves other tokens by")
                             else "left", no_wrap=col == "mistake",
@@ -119,7 +123,12 @@ def print_walkthrough(w: _explain.Walkthrough, console: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
+
+    from tokennorm.tools.explain.figures import draw_cube, draw_groups
+    from tokennorm.tools.explain.groups import NORMS
+    from tokennorm.tools.explain.steps import walkthrough
 
     console, err = Console(), Console(stderr=True)
     gen = torch.Generator().manual_seed(args.seed)
@@ -127,13 +136,13 @@ def run(args: argparse.Namespace) -> int:
         shape = _shape(args, gen)
         if shape[2] % args.groups or args.groups < 1:
             raise ValueError(f"--groups must divide C={shape[2]}, but got --groups {args.groups}")
-        dtype = DTYPES[args.dtype]
+        dtype = getattr(torch, args.dtype)
         x = (args.scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
         weight = bias = None
         if args.affine:
             weight = (1 + 0.5 * torch.randn(shape[2], generator=gen, dtype=torch.float64)).to(dtype)
             bias = (0.5 * torch.randn(shape[2], generator=gen, dtype=torch.float64)).to(dtype)
-        w = _explain.walkthrough(x, args.eps, weight, bias)
+        w = walkthrough(x, args.eps, weight, bias)
     except ValueError as e:
         err.print(f"[red]error:[/red] {e}")
         return 2
@@ -144,18 +153,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         suffixes = ("png", "svg") if args.format == "both" else (args.format,)
         for suffix in suffixes:
-            for name, draw in (("norm_groups", _explain.draw_groups), ("norm_cubes", _explain.draw_cube)):
+            for name, draw in (("norm_groups", draw_groups), ("norm_cubes", draw_cube)):
                 path = out / f"{name}.{suffix}"
-                draw(shape, _explain.NORMS, args.groups, path)
+                draw(shape, NORMS, args.groups, path)
                 console.print(f"figure: {path}")
     return 0 if w.max_abs_diff <= w.tolerance() else 1
 
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="tokennorm explain", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,134 @@
+"""What an audit found: one :class:`Measurement` per method, a :class:`Finding` per check and mode, the
+:class:`AuditReport` (with its JSON form)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:  # the command line imports this module to list the checks, before torch is loaded
+    import torch
+    from torch import Tensor
+
+CHECKS = ("future", "cross_batch", "padding")
+MODES = ("train", "eval")
+
+# What a pinpoint (a, b) means, per check and method.
+WHERE = {
+    ("future", "autograd"): "(output t, input s > t)",
+    ("future", "perturbation"): "(output t, input s > t)",
+    ("cross_batch", "autograd"): "(item i, other item j it depends on)",
+    ("cross_batch", "perturbation"): "(item i, other item j it depends on)",
+    ("padding", "autograd"): "(item, PAD position) that reaches non-PAD outputs",
+    ("padding", "perturbation"): "(item, non-PAD position) whose output moved",
+}
+MAX_WHERE = 10  # pinpoints kept per measurement, strongest first
+
+
+@dataclass
+class Measurement:
+    """One method's result for one check: the largest relative leak and where it is.
+
+    ``where`` holds up to ten pinpoints ``(a, b)``, strongest first (their meaning: :data:`WHERE`); ``count``
+    is how many pinpoints exceed the tolerance in all.
+    """
+
+    method: str
+    magnitude: float
+    count: int
+    where: list[tuple[int, int]]
+
+
+@dataclass
+class Finding:
+    """The result of one check in one mode, by autograd and by perturbation."""
+
+    mode: str
+    check: str
+    autograd: Measurement
+    perturbation: Measurement
+    tol: float
+
+    @property
+    def leaks(self) -> bool:
+        """True when either method measured dependence above the tolerance."""
+        return self.autograd.magnitude > self.tol or self.perturbation.magnitude > self.tol
+
+    @property
+    def agree(self) -> bool:
+        """True when both methods reach the same verdict."""
+        return (self.autograd.magnitude > self.tol) == (self.perturbation.magnitude > self.tol)
+
+
+@dataclass
+class AuditReport:
+    """Everything :func:`audit` measured.
+
+    ``matrices[mode]["autograd"]`` is the relative token-to-token dependence [N, N] (row t: output position,
+    column s: input position, aggregated over batch items); rows that were not computed are NaN.
+    ``matrices[mode]["perturbation"]`` is the same from perturbing one input column at a time; NaN columns
+    were not perturbed.
+    """
+
+    findings: list[Finding]
+    matrices: dict[str, dict[str, Tensor]]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    token_ids: bool
+    causal: bool
+    tol: float
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    model_name: str = ""
+
+    @property
+    def leaks(self) -> bool:
+        """True when any finding leaks."""
+        return any(f.leaks for f in self.findings)
+
+    def finding(self, mode: str, check: str) -> Finding:
+        """The finding for ``check`` in ``mode``; KeyError when that check did not run."""
+        for f in self.findings:
+            if f.mode == mode and f.check == check:
+                return f
+        raise KeyError(f"no finding for mode={mode!r}, check={check!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN → null, ∞ → "inf"; matrices with 4 significant digits)."""
+        return {
+            "model": self.model_name,
+            "input": {"shape": list(self.shape), "dtype": str(self.dtype).removeprefix("torch."),
+                      "token_ids": self.token_ids},
+            "causal": self.causal,
+            "tol": self.tol,
+            "leaks": self.leaks,
+            "seconds": round(self.seconds, 3),
+            "skipped": self.skipped,
+            "findings": [
+                {
+                    "mode": f.mode,
+                    "check": f.check,
+                    "leaks": f.leaks,
+                    "agree": f.agree,
+                    **{
+                        m.method: {"magnitude": _json_float(m.magnitude), "count": m.count,
+                                   "where": [list(w) for w in m.where], "where_means": WHERE[(f.check, m.method)]}
+                        for m in (f.autograd, f.perturbation)
+                    },
+                }
+                for f in self.findings
+            ],
+            "matrices": {
+                mode: {method: [[_json_float(v) for v in row] for row in m.tolist()] for method, m in ms.items()}
+                for mode, ms in self.matrices.items()
+            },
+        }
+
+
+def _json_float(v: float) -> Union[float, str, None]:
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf"
+    return float(f"{v:.4g}")
