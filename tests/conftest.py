@@ -2,6 +2,10 @@
 
 TRITON_INTERPRET must be set before tokennorm's kernels are defined (triton.jit reads it then), so it is set
 here, before any test module imports tokennorm.
+
+Markers (registered in pyproject.toml): ``gpu`` tests are skipped without CUDA; ``interpret`` marks every test
+that runs tokennorm's Triton kernels, and without a GPU a test that launches a kernel in the interpreter
+without that marker fails, so the fast lane (``-m "not slow and not interpret"``) stays what it claims to be.
 """
 
 import os
@@ -11,11 +15,54 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The tests' tensors are small: thread hand-offs cost more than they save, and on a busy 2-core machine OpenMP
+# workers waiting for a core made the CPU tests about twice as slow. (Tools that set threads restore them.)
+torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
 # The device the Triton path runs on: the GPU when there is one, else the CPU under the interpreter.
 KERNEL_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+# Both backends, as parameters of a test or fixture that runs on each: the Triton one runs Triton's kernels.
+BACKENDS = ["torch_backend", pytest.param("triton_backend", marks=pytest.mark.interpret)]
+
+_interpreted_launches = [0]
+
+
+def _count_interpreted_launches() -> None:
+    try:
+        from triton.runtime.interpreter import GridExecutor
+    except ImportError:  # another Triton layout: the marker check below is skipped
+        return
+    launch = GridExecutor.__call__
+
+    def counted(self, *args, **kwargs):
+        _interpreted_launches[0] += 1
+        return launch(self, *args, **kwargs)
+
+    GridExecutor.__call__ = counted
+
+
+if not HAS_CUDA:
+    _count_interpreted_launches()
+
+
+@pytest.fixture(autouse=True)
+def _interpret_marker_matches(request):
+    before = _interpreted_launches[0]
+    yield
+    if _interpreted_launches[0] != before and request.node.get_closest_marker("interpret") is None:
+        pytest.fail("this test ran Triton kernels in the interpreter: mark it @pytest.mark.interpret", pytrace=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

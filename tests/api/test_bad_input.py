@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import tokennorm
+from conftest import BACKENDS
 
 X = torch.randn(3, 4)
 W4 = torch.ones(4)
@@ -43,7 +44,7 @@ def _torch_error(op, x, args):
     return info.type
 
 
-@pytest.fixture(params=["torch_backend", "triton_backend"])
+@pytest.fixture(params=BACKENDS)
 def backend(request):
     request.getfixturevalue(request.param)
 

@@ -57,6 +57,7 @@ def test_fuzz_torch_backend(torch_backend, case):
     _check(case, "cpu")
 
 
+@pytest.mark.interpret
 @pytest.mark.filterwarnings(MIXED_DTYPE_WARNING)
 @settings(max_examples=10, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(case=norm_cases(max_rows=8, max_n=48))

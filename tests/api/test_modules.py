@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import tokennorm
+from conftest import BACKENDS
 
 # (tokennorm class, torch class, constructor kwargs): every parameter layout either class can have.
 CONFIGS = [
@@ -96,7 +97,7 @@ def _unfused(norm, h, module):
     return F.layer_norm(h, module.normalized_shape, module.weight, module.bias, module.eps)
 
 
-@pytest.fixture(params=["torch_backend", "triton_backend"])
+@pytest.fixture(params=BACKENDS)
 def device(request):
     return request.getfixturevalue(request.param) or "cpu"
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import tokennorm
+from conftest import BACKENDS
 from tokennorm import reference as R
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
@@ -34,7 +35,6 @@ TOL = {
     F16: (1e-3, 2e-3),
 }
 
-BACKENDS = ["torch_backend", "triton_backend"]
 # torch's rms_norm warns that a float32 weight on a bf16/fp16 input takes its unfused path: expected here.
 MIXED_DTYPE_WARNING = "ignore:Mismatch dtype between input and weight:UserWarning"
 
@@ -164,6 +164,7 @@ def test_functional_matches_torch(torch_backend, op, dtype, shape, ns):
 
 @pytest.mark.parametrize("op", OPS, ids=lambda o: o.name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.interpret
 def test_triton_matches_torch(triton_backend, op, dtype):
     for (shape, ns), (affine, with_bias) in zip(TINY_SHAPES, _affine_cases(op) * 2):
         weight, bias = make_params(ns, dtype, affine, with_bias, triton_backend)
@@ -173,6 +174,7 @@ def test_triton_matches_torch(triton_backend, op, dtype):
 
 @pytest.mark.parametrize("op", OPS, ids=lambda o: o.name)
 @pytest.mark.parametrize("shape", [(2, 1), (2, 3)], ids=str)
+@pytest.mark.interpret
 def test_triton_path_normalizing_a_whole_2d_input(triton_backend, op, shape):
     """A 2-D input normalized over both its dims is one row; the output keeps the input's shape (the fuzz
     test found [2, 1] coming back as [1, 2] from a shortcut that assumed 2-D meant one normalized dim)."""

@@ -419,6 +419,7 @@ def test_tiny_model_on_meta_device():
         assert rel_diff(model(input_ids=ids).logits, source(input_ids=ids).logits) < 1e-5
 
 
+@pytest.mark.slow
 def test_compile_tiny_patched_norms_inductor():
     # inductor generates and builds C++ on the CPU (~10 s per graph cold): one forward graph here; the
     # backward through compile is checked with aot_eager on MiniLM below
@@ -454,6 +455,7 @@ def _load_minilm(path):
     return AutoModel.from_pretrained(str(path), local_files_only=True)
 
 
+@pytest.mark.slow
 def test_minilm_outputs_gradients_and_compile(minilm_dir):
     model = _load_minilm(minilm_dir).eval()
     patched = patch(_load_minilm(minilm_dir).eval())

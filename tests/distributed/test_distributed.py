@@ -38,7 +38,8 @@ from tokennorm import reference as ref
 WORLD = 4
 DEADLINE_S = 90  # the whole group; a check that hangs is reported as unfinished
 COLLECTIVE_TIMEOUT_S = 30  # gloo's own timeout: a desynchronised collective fails instead of hanging
-pytestmark = pytest.mark.timeout(DEADLINE_S + 30)
+# slow: every test shares one group of WORLD processes, whose start and run take ~4 s
+pytestmark = [pytest.mark.timeout(DEADLINE_S + 30), pytest.mark.slow]
 
 # fp32 math on rows of <= 64 elements vs float64: a few fp32 ulps on values of order 1-10.
 FP32 = dict(rtol=1e-5, atol=1e-5)

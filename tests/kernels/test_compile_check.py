@@ -13,6 +13,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernel tests compile every variant anyway")
 def test_every_kernel_variant_compiles_for_sm90():
     pytest.importorskip("triton")

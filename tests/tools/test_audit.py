@@ -132,6 +132,7 @@ def batchnorm_report():
     return A.audit(A.demo_model("batchnorm"), tokens, key_padding_mask=mask)
 
 
+@pytest.mark.slow  # shares the batchnorm demo audit (2-9 s)
 def test_demo_batchnorm_leaks_in_train_mode_only(batchnorm_report):
     r = batchnorm_report
     assert r.leaks and r.token_ids and r.causal
@@ -143,6 +144,7 @@ def test_demo_batchnorm_leaks_in_train_mode_only(batchnorm_report):
     assert r.finding("train", "future").autograd.count > 50  # most of the 120 future pairs
 
 
+@pytest.mark.slow  # the demo decoder audited in full (2-5 s)
 @pytest.mark.parametrize("norm", ["rmsnorm"])
 def test_demo_rmsnorm_is_clean(norm):
     tokens, mask = A.demo_inputs()
@@ -179,6 +181,7 @@ def test_nan_output_counts_as_leak():
     assert f.leaks and f.autograd.magnitude == float("inf") and (0, 4) in f.autograd.where
 
 
+@pytest.mark.slow  # shares the batchnorm demo audit (2-9 s)
 def test_heatmap_png(tmp_path, batchnorm_report):
     path = A.plot_dependency(batchnorm_report, tmp_path / "deps.png")
     img = mpimg.imread(path)
@@ -188,6 +191,7 @@ def test_heatmap_png(tmp_path, batchnorm_report):
     assert len({tuple(p) for p in (rgb * 255).round().astype(int)[::7].tolist()}) > 50  # a real heatmap
 
 
+@pytest.mark.slow  # shares the batchnorm demo audit (2-9 s)
 def test_json_report(batchnorm_report):
     d = json.loads(json.dumps(batchnorm_report.to_dict(), allow_nan=False))
     assert d["leaks"] is True and d["input"] == {"shape": [2, 16], "dtype": "float32", "token_ids": True}
@@ -211,6 +215,7 @@ def test_bad_arguments():
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow  # the demo decoder audited in full (2-5 s)
 def test_cli_exit_codes_and_json(tmp_path, capsys):
     out = tmp_path / "bn.json"
     assert cli_main(["audit", "--demo", "batchnorm", "--mode", "train", "--json", str(out),
@@ -254,6 +259,7 @@ def test_cli_model_import_path(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------------------------- scale
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("TOKENNORM_SCALE_TEST"), reason="slow (~40 s): set TOKENNORM_SCALE_TEST=1")
 @pytest.mark.timeout(300)
 def test_scale_6_layers_384_wide_128_tokens():

@@ -166,6 +166,8 @@ def test_script_runs_the_same_command(monkeypatch, capsys):
     assert "--latency-rows" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.interpret
 def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     """benchmarks/tune_kernels.py end to end on a tiny problem, kernels in the interpreter, timer stubbed: every
     candidate (persistent, chunked, split-row) computes the right answer and gets a row — so a GPU session's

@@ -25,6 +25,7 @@ def test_doc_table_is_what_the_code_measures():
     assert pitfalls.markdown_table(pitfalls.measure_all()) in DOC.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_module_main_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "tokennorm.tools.explain.pitfalls"], capture_output=True, text=True,
                          check=True)

@@ -55,6 +55,7 @@ def test_in_process_all_pass_and_json_has_every_op_dtype_direction(tmp_path, cap
     assert f"all {doc['checks']} checks passed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_subprocess_module_entry_point(tmp_path):
     path = tmp_path / "out.json"
     env = {k: v for k, v in os.environ.items() if k != "TOKENNORM_BACKEND"}
@@ -140,6 +141,8 @@ def test_cuda_requested_without_cuda_exits_2(capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.interpret
 def test_triton_backend_is_the_one_checked(tmp_path, monkeypatch):
     """Under the interpreter (conftest) ``--backend triton`` must run the Triton kernels, not torch's."""
     from tokennorm.kernels import launch
@@ -156,7 +159,8 @@ def test_triton_backend_is_the_one_checked(tmp_path, monkeypatch):
     assert len(calls) == len(cases.OPS) * len(cases.QUICK_CASES) * len(checks.supported_dtypes(device))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+@pytest.mark.interpret
 def test_cuda_default_sweep_passes(tmp_path):
     path = tmp_path / "cuda.json"
     assert cli.main(["verify", "--device", "cuda", "--json", str(path)]) == 0

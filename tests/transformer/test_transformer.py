@@ -104,7 +104,8 @@ def test_decoder_layer_from_torch_matches_outputs_and_gradients(norm_first, acti
     args = [t.clone().requires_grad_() for t in (x, memory)], [t.clone().requires_grad_() for t in (x, memory)]
     y_ours = ours(*args[0], tgt_key_padding_mask=tkpm, memory_key_padding_mask=mkpm, causal=True)
     y_theirs = theirs(
-        *args[1], tgt_mask=_causal(6).isinf(), tgt_key_padding_mask=tkpm, memory_key_padding_mask=mkpm, tgt_is_causal=True
+        *args[1], tgt_mask=_causal(6).isinf(), tgt_key_padding_mask=tkpm, memory_key_padding_mask=mkpm,
+        tgt_is_causal=True,
     )
     assert_close(y_ours, y_theirs)
     dy = torch.randn_like(y_ours)
@@ -422,6 +423,7 @@ def _load_bench_block():
     return module
 
 
+@pytest.mark.slow
 def test_bench_block_tiny_cpu_run_matches_torch_and_writes_json(tmp_path, capsys):
     bench = _load_bench_block()
     out = tmp_path / "block.json"

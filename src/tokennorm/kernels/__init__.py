@@ -14,8 +14,8 @@ Map of this package (the layers above: :mod:`tokennorm.ops` registers the launch
 ``norm_bwd.py``
     ``norm_bwd_kernel``: dx (and the residual's gradient) plus float32 dγ/dβ partial rows, one per program.
     Switches: ``IS_RMS``, ``HAS_WEIGHT``, ``COMPUTE_DW``, ``COMPUTE_DB``, ``HAS_DH_IN``, ``HAS_DROPOUT``,
-    ``STORE_DRES``, ``LOOP_STAGES``, ``SINGLE_CHUNK``, ``FUSED_SUMS`` and the ``DOTS`` mode: ``DOTS_COMPUTE``, ``DOTS_SUMS`` / ``DOTS_SEGMENTS`` (split rows),
-    ``DOTS_GIVEN`` (row means reduced elsewhere).
+    ``STORE_DRES``, ``LOOP_STAGES``, ``SINGLE_CHUNK``, ``FUSED_SUMS`` and the ``DOTS`` mode: ``DOTS_COMPUTE``,
+    ``DOTS_SUMS`` / ``DOTS_SEGMENTS`` (split rows), ``DOTS_GIVEN`` (row means reduced elsewhere).
 ``config.py``
     Launch configurations as data: ``TileConfig`` (a frozen dataclass) chosen per row length by
     ``forward_config`` / ``backward_config``; the thresholds (whole-row tile up to 32K elements forward and 8K
