@@ -23,8 +23,8 @@ for stage in $stages; do
   echo "=== $stage $(date +%T)"
   case $stage in
     # The whole log goes to OUTDIR (a failure's message must not be cut off); the summary is printed.
-    tests) python3 -m pytest -q -p no:cacheprovider -n 6 --tb=short tests/test_kernels.py tests/test_add_norm.py \
-             tests/test_norm_parity.py tests/test_verify.py tests/test_modules.py tests/test_distributed.py \
+    tests) python3 -m pytest -q -p no:cacheprovider -n 6 --tb=short tests/kernels tests/ops tests/api/test_add_norm.py \
+             tests/api/test_norm_parity.py tests/tools/test_verify.py tests/api/test_modules.py tests/distributed \
              > "$out/tests.log" 2>&1; rc=$?; grep -E "^(FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -25
            [ $rc = 0 ] ;;
     verify) python3 -m tokennorm verify --json "$out/verify.json" > "$out/verify.log" 2>&1; rc=$?

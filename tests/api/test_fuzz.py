@@ -1,5 +1,5 @@
 """Hypothesis fuzzing of shapes, dtypes, parameters, strides and value ranges: tokennorm vs torch, forward and
-gradients, by the same 2×-torch's-error rule as tests/test_norm_parity.py."""
+gradients, by the same 2×-torch's-error rule as test_norm_parity.py."""
 
 import math
 

@@ -1,1 +1,12 @@
-"""tokennorm tools."""
+"""The tools behind the ``tokennorm`` command, one package each, none importing another:
+
+``verify``       every op, forward and backward, in every dtype, against the float64 reference
+``bench``        throughput and per-call latency against torch, torch.compile and installed peers
+``audit``        does an output token depend on future tokens, other batch items or padding? (any model)
+``explain``      which elements share statistics under each norm; LayerNorm step by step; the classic mistakes
+``demo``         a tiny causal LM trained with each norm and placement
+``patch_check``  :func:`tokennorm.patch` on a local Hugging Face model, and the difference it makes
+
+Each has a ``cli.py`` with ``add_arguments(parser)`` and ``run(args) -> int``, which imports torch and the tool's
+API only inside ``run``; :mod:`tokennorm.cli` imports only the command being run.
+"""

@@ -1,6 +1,6 @@
 """Does a model's output at one token depend on tokens it must not see? Measured, not assumed.
 
-The seeds' central claim is that LayerNorm's statistics are per token, so a causal decoder cannot learn the
+The claim under test: LayerNorm's statistics are per token, so a causal decoder cannot learn the
 future through it and padding cannot disturb real tokens, while BatchNorm mixes tokens, batch items and PAD.
 :func:`audit` checks this on any model, for three kinds of leakage:
 

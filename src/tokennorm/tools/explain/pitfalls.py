@@ -1,4 +1,4 @@
-"""The three classic LayerNorm mistakes from the seeds, as runnable functions, and what each one costs.
+"""The three classic LayerNorm mistakes, as runnable functions, and what each one costs.
 
 Right, per token (row) of C features, as ``torch.nn.LayerNorm`` computes it::
 
@@ -172,8 +172,8 @@ class StatedInput:
         return self.scale * torch.randn(self.shape, generator=g, dtype=torch.float64)
 
 
-# The inputs docs/pitfalls.md reports: the seeds' [batch 2, 3 tokens, C = 4] example, a realistic width, and
-# the same width with small-variance tokens, σ² ≈ 1e-4 = 10ε and σ² ≈ 1e-6 = ε/10, where ε's placement matters.
+# The inputs docs/pitfalls.md reports: a hand-sized [batch 2, 3 tokens, C = 4] example, a realistic width, and the
+# same width with small-variance tokens, σ² ≈ 1e-4 = 10ε and σ² ≈ 1e-6 = ε/10, where ε's placement matters.
 STATED_INPUTS: tuple[StatedInput, ...] = (
     StatedInput((2, 3, 4)),
     StatedInput((2, 3, 768)),

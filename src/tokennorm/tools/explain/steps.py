@@ -14,7 +14,7 @@ from tokennorm.tools.explain import pitfalls
 
 @dataclass
 class PitfallError:
-    """One of the seeds' mistakes on the walkthrough's input: its output and how far it is from the right y."""
+    """One of the classic mistakes on the walkthrough's input: its output and how far it is from the right y."""
 
     name: str
     description: str

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         shapes = cases.QUICK_CASES if args.quick else cases.CASES
         # The tensors are small: CPU thread-pool hand-offs cost more than they save, and on a busy machine
-        # spinning OpenMP workers made the sweep 20x slower (13 s instead of 0.6 s of CPU time).
+        # spinning OpenMP workers slow the sweep many times over (benchmarks/RESULTS.md, "CPU: threads").
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         start = time.perf_counter()
