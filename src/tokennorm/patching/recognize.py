@@ -41,6 +41,7 @@ _PROBE_ROWS = (3, 5)  # batch × tokens of the probe input
 
 
 def is_candidate(module: nn.Module) -> bool:
+    """Whether ``module`` is worth probing: torch's norms, a class named like a norm, or a leaf with an ε."""
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or "norm" in type(module).__name__.lower():
         return True
     # an unconventionally named norm still has an ε

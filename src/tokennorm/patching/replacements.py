@@ -25,6 +25,7 @@ def _output_dtype(rule: str, weight: Optional[Tensor], input_dtype: torch.dtype)
 
 
 def rule_dtype(rule: str, weight_dtype: Optional[torch.dtype], input_dtype: torch.dtype) -> torch.dtype:
+    """The output dtype ``rule`` (one of :data:`DTYPE_RULES`) gives for these weight and input dtypes."""
     if rule == "input" or weight_dtype is None:
         return input_dtype
     return weight_dtype if rule == "weight" else torch.promote_types(weight_dtype, input_dtype)

@@ -58,8 +58,6 @@ def default_tol(dtype: torch.dtype) -> float:
     return 128 * torch.finfo(dtype).eps
 
 
-
-
 def _relative(values: Tensor) -> Tensor:
     """values / max(values) over the measured (non-NaN) entries; non-finite measured values become +inf."""
     measured = ~torch.isnan(values)

@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 
 
-
 @dataclass
 class Subject:
+    """What the audit differentiates and perturbs: x, the model as a function of x, and fresh values for x."""
+
     x: Tensor  # [B, N, C]: the input, or the token embeddings
     run: Callable[[Tensor], Any]  # x -> raw model output (key-padding mask bound)
     fresh: Callable[[Tensor], Tensor]  # where [B, N] bool -> x with new values at those positions
@@ -54,6 +55,7 @@ def in_mode(model: nn.Module, train: bool) -> Iterator[None]:
 
 
 def vocab_size(model: nn.Module) -> int:
+    """``model.vocab_size``, else the size of its first nn.Embedding; TypeError when it has neither."""
     size = getattr(model, "vocab_size", None)
     if isinstance(size, int):
         return size
@@ -89,6 +91,8 @@ def _token_embedding(model: nn.Module, tokens: Tensor, kwargs: dict[str, Any]) -
 def make_subject(
     model: nn.Module, inputs: Tensor, kwargs: dict[str, Any], seed: int, generator: torch.Generator
 ) -> Subject:
+    """``inputs`` as x: a floating input itself, or the embeddings of token ids (``model.embed`` when the model
+    has ``embed`` / ``forward_embeddings``, else the output of the nn.Embedding that maps the ids)."""
     device = inputs.device
     if inputs.is_floating_point():
         x = inputs.detach()
