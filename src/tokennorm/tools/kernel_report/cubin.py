@@ -33,7 +33,9 @@ class Resources:
     registers: int  # per thread
     stack: int  # bytes per thread: the call stack, spills included
     local: int  # bytes per thread of local memory (spilled or indexed arrays)
-    static_shared: int  # bytes per block declared in the kernel (Triton uses dynamic shared memory instead)
+    # bytes per block declared statically: for Triton's kernels (whose shared memory is all dynamic), the 1 KB
+    # sm_90 reserves for the system per block, shown when the kernel uses shared memory at all
+    static_shared: int
 
 
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")

@@ -42,8 +42,8 @@ from triton.runtime.driver import driver
 
 from tokennorm.tools.kernel_report import cubin, hopper
 
-__all__ = ["Launch", "install", "uninstall", "is_installed", "launches", "clear", "capture", "recording",
-           "LOG_LIMIT"]
+__all__ = ["Launch", "install", "uninstall", "is_installed", "installed_device", "launches", "clear", "capture",
+           "recording", "LOG_LIMIT"]
 
 LOG_LIMIT = 4096  # launches kept by the log: it holds their arguments (tensors), so it must not grow per call
 
@@ -235,6 +235,13 @@ def uninstall() -> None:
 
 def is_installed() -> bool:
     return _installed is not None and driver._active is _installed
+
+
+def installed_device() -> hopper.Device:
+    """The GPU the installed fake driver claims to be."""
+    if not is_installed():
+        raise RuntimeError("the fake CUDA driver is not installed (call fakecuda.install() first)")
+    return _installed.device
 
 
 def launches() -> list[Launch]:

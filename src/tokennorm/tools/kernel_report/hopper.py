@@ -37,6 +37,7 @@ class Device:
     sm_clock_hz: float  # boost clock
     hbm_bytes_per_s: float  # theoretical
     copy_bytes_per_s: float  # a device-to-device copy's bandwidth
+    copy_measured: bool
     copy_source: str  # where copy_bytes_per_s comes from
     mem_clock_khz: int
     mem_bus_bits: int
@@ -49,13 +50,15 @@ class Device:
 
 H100 = Device(
     name="H100 SXM5 80GB HBM3", sms=132, sm_clock_hz=1.98e9, hbm_bytes_per_s=3.35e12,
-    copy_bytes_per_s=3.0e12, copy_source="measured (docs/design: 3004 GB/s, torch 2.11, M·N = 2^27)",
+    copy_bytes_per_s=3.0e12, copy_measured=True,
+    copy_source="docs/design.md: 3004 GB/s device copy, H100 80GB HBM3, torch 2.11, M·N = 2^27",
     mem_clock_khz=2_619_000, mem_bus_bits=5120,
 )
 H200 = Device(
     name="H200 SXM 141GB HBM3e", sms=132, sm_clock_hz=1.98e9, hbm_bytes_per_s=4.8e12,
     # not measured yet: the H100's copy / theoretical ratio (3.0 / 3.35) applied to 4.8 TB/s
-    copy_bytes_per_s=4.8e12 * 3.0 / 3.35, copy_source="assumed: the H100's copy/theoretical ratio",
+    copy_bytes_per_s=4.8e12 * 3.0 / 3.35, copy_measured=False,
+    copy_source="the H100's copy/theoretical ratio (3.0/3.35) applied to 4.8 TB/s",
     mem_clock_khz=3_201_000, mem_bus_bits=6144,
 )
 DEVICES = {"h100": H100, "h200": H200}
