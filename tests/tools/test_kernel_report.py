@@ -5,18 +5,20 @@ everything that compiles runs in a subprocess without TRITON_INTERPRET. The pars
 issue-rate arithmetic are checked here directly.
 """
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
-from tokennorm.tools.kernel_report import analysis, cli, hopper  # noqa: E402
+from tokennorm.tools.kernel_report import analysis, cli, hopper, host_time  # noqa: E402
 
 # ------------------------------------------------------------- compiled for sm_90: one subprocess for all
 
@@ -287,6 +289,27 @@ def test_issue_budget_is_the_sms_issue_rate_over_the_copy_rate():
     # bf16 LayerNorm forward (4 bytes per element) on an H100: 132·4·32·1.98e9 / (3.0e12 / 4) ≈ 44.6
     assert hopper.H100.issue_budget(4) == pytest.approx(132 * 4 * 32 * 1.98e9 / (3.0e12 / 4))
     assert hopper.H200.issue_budget(4) < hopper.H100.issue_budget(4)  # more bytes per second, same SMs
+
+
+# ------------------------------------------------------------------------------------------- host time
+
+
+def test_host_time_is_the_median_per_call_in_a_quiet_process():
+    threads, seen = torch.get_num_threads(), []
+
+    def busy_200us():
+        seen.append((torch.get_num_threads(), gc.isenabled()))
+        end = time.perf_counter() + 200e-6
+        while time.perf_counter() < end:
+            pass
+
+    t = host_time.measure(busy_200us, repeats=5, warmup=1, min_batch_s=0.002)
+    assert 200 <= t.p20_us <= t.median_us <= t.p80_us < 20_000  # at least the busy wait; loose above
+    assert t.repeats == 5 and t.calls_per_repeat * t.median_us >= 0.8 * 2000  # batches as long as asked
+    assert set(seen) == {(1, False)}  # one torch thread, no garbage collection while timing...
+    assert torch.get_num_threads() == threads and gc.isenabled()  # ...and both restored
+    with pytest.raises(ValueError, match="repeats"):
+        host_time.measure(busy_200us, repeats=0)
 
 
 # ----------------------------------------------------------------------------------------------- the CLI

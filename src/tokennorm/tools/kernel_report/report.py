@@ -145,10 +145,23 @@ def legend() -> str:
 
 
 def _cells(row: Row) -> list[str]:
-    head = [fn(row) for _, fn in CASE_COLUMNS]
-    if row.kernel is None:
-        return head + [f"— {row.case.skipped}"] + [""] * (len(COLUMNS) - 1)
-    return head + [fn(row) for _, fn in COLUMNS]
+    return [fn(row) for _, fn in CASE_COLUMNS + COLUMNS]
+
+
+def not_run(rows: Iterable[Row]) -> list[str]:
+    """One line per implementation and reason for the cases that launched nothing, e.g.
+    ``liger ln, rms fwd/bwd at N = 256K, 1M: refuses rows longer than 65,536 elements``."""
+    groups: dict[tuple[str, str], list[cases.CaseResult]] = {}
+    for row in rows:
+        if row.kernel is None:
+            groups.setdefault((row.case.impl, row.case.skipped or ""), []).append(row.case)
+    lines = []
+    for (impl, reason), group in groups.items():
+        ops = ", ".join(dict.fromkeys(c.op for c in group))
+        directions = "/".join(dict.fromkeys(c.direction for c in group))
+        ns = ", ".join(_n(n) for n in sorted({c.n for c in group}))
+        lines.append(f"{impl} {ops} {directions} at N = {ns}: {reason}")
+    return lines
 
 
 def headers() -> list[str]:
@@ -156,25 +169,30 @@ def headers() -> list[str]:
 
 
 def to_markdown(rows: Iterable[Row], meta: dict[str, Any]) -> str:
+    rows = list(rows)
     lines = [f"{meta['date']}, triton {meta['triton']}, torch {meta['torch']}, compiled for {meta['target']} on a "
              f"CPU (fake CUDA driver; nothing ran), liger-kernel {meta['liger_kernel'] or 'not installed'}, "
              f"{'/'.join(sorted({r.case.dtype for r in rows}))}.", "",
              "| " + " | ".join(headers()) + " |", "|" + "---|" * len(headers())]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |" for r in rows]
-    return "\n".join(lines + ["", legend()]) + "\n"
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |" for r in rows if r.kernel]
+    skipped = [f"Not run: {line}." for line in not_run(rows)]
+    return "\n".join(lines + [""] + ([" ".join(skipped), ""] if skipped else []) + [legend()]) + "\n"
 
 
 def to_rich(rows: Iterable[Row], meta: dict[str, Any]) -> Any:
     from rich.table import Table
 
+    rows = list(rows)
+    caption = "\n".join([*(f"Not run: {line}." for line in not_run(rows)), legend()])
     table = Table(title=f"What each launch compiles to ({meta['target']}, triton {meta['triton']})",
-                  caption=legend(), caption_justify="left")
+                  caption=caption, caption_justify="left")
     numeric = {"N", "regs / spill B", "smem KB", "bar.sync / shfl", "cp.async", "SASS / loop", "SASS/elem",
                *(h for h in headers() if h.startswith("issue"))}
     for h in headers():
         table.add_column(h, justify="right" if h in numeric else "left")
     for row in rows:
-        table.add_row(*_cells(row), style="dim" if row.kernel is None else None)
+        if row.kernel is not None:
+            table.add_row(*_cells(row))
     return table
 
 
