@@ -144,8 +144,6 @@ SCRIPT = """
 def compiled(tmp_path_factory):
     """What the script above found, compiling for sm_90 in a fresh interpreter without TRITON_INTERPRET (from a
     file: triton.jit reads the kernels' source)."""
-    if torch.cuda.is_available():
-        pytest.skip("the fake driver stands in for a missing GPU")
     where = tmp_path_factory.mktemp("kernel_report")
     script = where / "script.py"
     script.write_text(textwrap.dedent(SCRIPT))
@@ -352,3 +350,60 @@ def test_public_layer_norm_launches_are_captured_and_reported(compiled):
         assert 0 < r["issue_share"]["H100 SXM5 80GB HBM3"] < r["issue_share"]["H200 SXM 141GB HBM3e"]
         assert r["occupancy"]["programs"] >= 1 and r["m"] * r["n"] == out["report"]["meta"]["elements_per_case"]
     assert out["markdown"].count("| tokennorm | ln |") == len(rows)
+
+
+# ----------------------------------------------------------------------- on a GPU: the fake driver is faithful
+
+FAKE_LAUNCHES = """
+    import json
+    import torch
+    import tokennorm
+    from tokennorm.tools.kernel_report import cases, cubin, fakecuda
+
+    fakecuda.install()
+    found = []
+    with cases.tokennorm_on_fake_gpu(fakecuda.installed_device()), fakecuda.capture() as launches:
+        for n in NS:
+            x = torch.empty(M, n, dtype=torch.bfloat16, requires_grad=True)
+            w = torch.empty(n, dtype=torch.bfloat16, requires_grad=True)
+            b = torch.empty(n, dtype=torch.bfloat16, requires_grad=True)
+            tokennorm.layer_norm(x, (n,), w, b).backward(torch.empty(M, n, dtype=torch.bfloat16))
+    for launch in launches:
+        used = cubin.resources(launch.cubin)
+        found.append([launch.name, launch.kernel.hash, used.registers])
+    print(json.dumps(found))
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or "H100" not in torch.cuda.get_device_name()
+                    and "H200" not in torch.cuda.get_device_name(), reason="needs an H100 or H200 (132 SMs, sm_90)")
+def test_fake_driver_compiles_the_kernels_a_hopper_gpu_launches(tmp_path):
+    """The same public calls on the GPU and, in a subprocess, on CPU tensors under the fake driver: the fake
+    driver's launches are the GPU's (the same compiled kernel hash: specialization, config and options), and
+    cuobjdump reads the registers the CUDA driver reports."""
+    import tokennorm
+
+    m, ns = 4096, (1024, 4096, 16384)
+    real = {}
+    for n in ns:
+        x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = torch.randn(n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        b = torch.randn(n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        tokennorm.layer_norm(x, (n,), w, b).backward(torch.randn_like(x))
+    torch.cuda.synchronize()
+    for module in [mod for name, mod in list(sys.modules.items()) if name.startswith("tokennorm.kernels")]:
+        for fn in vars(module).values():
+            for caches in getattr(fn, "device_caches", {}).values():
+                for compiled in caches[0].values():
+                    real[compiled.hash] = compiled.n_regs
+
+    script = tmp_path / "fake.py"
+    script.write_text(f"M, NS = {m}, {ns}\n" + textwrap.dedent(FAKE_LAUNCHES))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    fake = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(fake) >= 2 * len(ns)  # a forward and at least one backward launch per N
+    for name, kernel_hash, registers in fake:
+        assert kernel_hash in real, f"{name}: the fake driver compiled a kernel the GPU did not launch"
+        assert registers == real[kernel_hash], name
