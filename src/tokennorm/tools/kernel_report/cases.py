@@ -1,7 +1,7 @@
 """The calls the kernel report makes, and what it keeps of each launch.
 
 Each case is one public call: tokennorm's API (or Liger's, when installed) as the benchmark calls it
-(:mod:`tokennorm.bench.implementations`), for one op, direction, dtype and row length N, on CPU tensors of the
+(:mod:`tokennorm.tools.bench.implementations`), for one op, direction, dtype and row length N, on CPU tensors of the
 benchmark's GPU shape (M·N = the GPU sweep's elements), with the fake CUDA driver installed. Directions:
 
 * ``fwd``: the forward under autograd (inputs require grad: statistics are stored for backward);
@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from tokennorm.bench.cases import BYTES_PER_ELEMENT, DTYPES, OPS, Case, default_sweep
-from tokennorm.bench.implementations import IMPLEMENTATIONS, Unsupported, import_problem
+from tokennorm.tools.bench.cases import BYTES_PER_ELEMENT, DTYPES, OPS, Case, default_sweep, torch_dtype  # noqa: F401
+from tokennorm.tools.bench.implementations import IMPLEMENTATIONS, Unsupported, import_problem
 from tokennorm.tools.kernel_report import fakecuda, hopper
 from tokennorm.tools.kernel_report.analysis import Tiling
 
@@ -134,7 +134,7 @@ def run_case(impl: str, op: str, direction: str, dtype: str, n: int) -> CaseResu
     """Make one case's public call under the (installed) fake driver and capture its launches."""
     m = max(1, ELEMENTS // n)
     result = CaseResult(impl, op, direction, dtype, n, m, [])
-    bench_case = Case(OPS[op], "fwd" if direction == "infer" else "fwdbwd", DTYPES[dtype], m, n)
+    bench_case = Case(OPS[op], "fwd" if direction == "infer" else "fwdbwd", torch_dtype(dtype), m, n)
     entry = IMPLEMENTATIONS[impl]
     try:
         for module in entry.requires:
@@ -145,7 +145,7 @@ def run_case(impl: str, op: str, direction: str, dtype: str, n: int) -> CaseResu
     except Unsupported as exc:
         result.skipped = str(exc)
         return result
-    dt = DTYPES[dtype]
+    dt = torch_dtype(dtype)
     grad = direction != "infer"
 
     def empty(*shape: int) -> torch.Tensor:

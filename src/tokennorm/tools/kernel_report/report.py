@@ -28,7 +28,7 @@ class Row:
 
     @property
     def itemsize(self) -> int:
-        return cases.DTYPES[self.case.dtype].itemsize
+        return cases.torch_dtype(self.case.dtype).itemsize
 
     @property
     def bytes_per_element(self) -> int:
