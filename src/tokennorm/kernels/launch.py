@@ -1,7 +1,8 @@
 """Launchers: allocate outputs, pick a config, launch. No autograd and no argument checking here.
 
-Kernels are launched through ``torch.library.wrap_triton`` so that ``torch.compile`` traces into them; in
-eager mode that wrapper is a plain launch. Inputs are [M, N] views whose last stride is 1.
+Kernels are launched through :class:`~tokennorm.kernels.launcher.CachedLauncher`: from a per-specialization
+cache in eager mode, through ``torch.library.wrap_triton`` while torch.compile traces. Inputs are [M, N] views
+whose last stride is 1.
 """
 
 from __future__ import annotations
@@ -17,24 +18,17 @@ from torch import Tensor
 from tokennorm.kernels.config import (
     TileConfig, backward_config, backward_programs, cdiv, forward_config, pow2, segment_width, sm_count,
 )
+from tokennorm.kernels.launcher import CachedLauncher
 from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SEGMENTS, DOTS_SUMS, norm_bwd_kernel
 from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MERGE, STATS_MOMENTS, norm_fwd_kernel
-
-try:  # torch >= 2.6: compile traces into the kernel launch
-    from torch.library import wrap_triton as _wrap
-except ImportError:  # pragma: no cover - older torch launches directly (the op stays opaque to compile)
-
-    def _wrap(kernel):
-        return kernel
-
 
 # Paired row sums as one reduction on GPUs; two under Triton's interpreter (see norm_fwd.row_sums). Read once,
 # like triton.jit itself reads TRITON_INTERPRET when the kernels are defined.
 FUSED_SUMS = os.environ.get("TRITON_INTERPRET", "0") != "1"
 
-# Wrapped once: building the wrapper per call is measurable host overhead at decode sizes.
-_norm_fwd_kernel = _wrap(norm_fwd_kernel)
-_norm_bwd_kernel = _wrap(norm_bwd_kernel)
+# Wrapped once, launched as WRAPPED[grid](...): cached launches in eager mode, wrap_triton under torch.compile.
+_norm_fwd_kernel = CachedLauncher(norm_fwd_kernel)
+_norm_bwd_kernel = CachedLauncher(norm_bwd_kernel)
 
 
 
