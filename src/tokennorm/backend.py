@@ -1,7 +1,8 @@
 """Which implementation runs an op: torch's own kernels or tokennorm's Triton kernels.
 
 The backend is a process-wide setting, like torch's own switches. ``TOKENNORM_BACKEND`` gives its value at
-start-up (when tokennorm is imported); :func:`set_backend` and :func:`using_backend` change it at run time:
+start-up (read once, when this module is first loaded); :func:`set_backend` and :func:`using_backend` change it
+at run time:
 
 * ``auto`` (default): Triton for CUDA tensors, torch for everything else.
 * ``triton``: Triton always; on CPU tensors this needs Triton's interpreter (``TRITON_INTERPRET=1`` in the
@@ -29,7 +30,7 @@ ENV_VAR = "TOKENNORM_BACKEND"
 _TRITON_FOUND = importlib.util.find_spec("triton") is not None  # looked up once: imports are not undone
 # CPU tensors can run the kernels only in Triton's interpreter, which triton.jit picks when the kernels are
 # defined (at import, from the environment). Tools that run the kernels' host path on CPU tensors under a fake
-# CUDA driver (benchmarks/bench_host.py) set this to True.
+# CUDA driver (tools/kernel_report's tokennorm_on_fake_gpu, tests/kernels/fake_gpu.py) set this to True.
 _kernels_run_on_cpu = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # The current setting and what it means per device, decided once in set_backend (the hot path reads two module
@@ -47,6 +48,8 @@ def triton_available() -> bool:
 
 
 def _parse(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a backend is named by a str (one of {', '.join(BACKENDS)}), not {type(name).__name__}")
     normalized = name.strip().lower() or "auto"
     if normalized not in BACKENDS:
         raise ValueError(f"{name!r} is not a tokennorm backend; expected one of {', '.join(BACKENDS)}")

@@ -86,6 +86,8 @@ def test_unknown_backend_is_a_value_error(backend_from_environment):
     for switch in (tokennorm.set_backend, tokennorm.using_backend):
         with pytest.raises(ValueError, match="'cuda' is not a tokennorm backend"):
             switch("cuda")
+        with pytest.raises(TypeError, match="str"):
+            switch(None)
 
 
 def test_triton_on_cpu_without_interpreter_refuses(monkeypatch):
