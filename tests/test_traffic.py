@@ -36,7 +36,7 @@ def test_chunked_forward_reads_twice_from_hbm_only_when_the_rows_in_flight_overf
 def test_long_rows_add_only_their_exchanged_partials():
     m, n, s = 128, 1 << 20, 2
     cfg = KernelConfig(LONG_ROWS, 16384, 16)
-    partials = 2 * m * 64 * 2 * 4 + 2 * (1 + m) * 4  # 64 segments' (mean, M2), written and read; counters
+    partials = 2 * m * 64 * 3 * 4 + 2 * (1 + m) * 4  # 64 segments' (mean hi, lo, M2), written and read; counters
     assert traffic.forward_bytes(m, n, s, cfg, store_stats=False) == 2 * m * n * s + partials
     bwd = KernelConfig(LONG_ROWS, 8192, 16)
     assert traffic.backward_programs(m, n, bwd) == 1  # 128 segments: one row group fills an H100

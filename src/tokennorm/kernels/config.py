@@ -24,7 +24,6 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from tokennorm.kernels.helpers import INTERPRETING
 
 ROWS, CHUNKED, LONG_ROWS, SEGMENT = "rows", "chunked", "long_rows", "segment"
 MODES = (ROWS, CHUNKED, LONG_ROWS, SEGMENT)

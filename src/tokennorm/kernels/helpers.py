@@ -4,7 +4,7 @@ Every kernel (rows, chunked, long rows, segment; forward and backward) is writte
 arithmetic exists once and is tested once: the interpreter runs the same helpers the GPU build compiles.
 
 Statistics are float32 (float64 for float64 inputs): the accumulation dtype ``ACC``. LayerNorm's mean and
-variance come from the corrected two-pass algorithm over the values in registers (:func:`mean_var`), chosen
+variance come from the corrected two-pass algorithm over the values in registers (:func:`centred_moments`), chosen
 over a single reduction of sums shifted by the row's first element because that shift loses accuracy when
 the first element is far from the mean (up to log2(N) bits on a row whose first channel holds a "massive
 activation"; benchmarks/RESULTS.md, "Statistics: accuracy first").
@@ -88,8 +88,9 @@ def inv_sqrt(v, ACC: tl.constexpr):
 def var_rstd(var, eps, ACC: tl.constexpr):
     """LayerNorm's 1/sqrt(var + ε); NaN where the variance overflowed.
 
-    With |x| beyond ~1e19 (float32) Σ(x − mean)² overflows: rstd would be 0 and y a finite, wrong row of zeros.
-    torch's LayerNorm gives NaN there; so does this. (An inf or NaN input already gives a NaN mean.)
+    With |x| beyond ~1e19 (float32) Σ(x − mean)² overflows: rstd would be 0 (or 1/sqrt(ε) after inf − inf) and
+    y a finite, wrong row. torch's LayerNorm gives NaN there; so does this: var is inf or NaN then. (An inf or
+    NaN input already gives a NaN mean.)
     RMSNorm keeps 1/sqrt(inf) = 0, as torch's does: an inf input must give zeros and NaN at the inf.
     """
     return tl.where(var == float("inf"), float("nan"), inv_sqrt(var + eps, ACC))
@@ -152,21 +153,24 @@ def pair_sums(a, b):
 
 
 @triton.jit
-def mean_var(h, mask, inv_n):
-    """Per-row mean and biased variance of a [rows, cols] tile (corrected two-pass), and h − mean (0 outside
-    ``mask``).
+def centred_moments(h, mask, inv_n):
+    """Per-row statistics of a [rows, cols] tile by the corrected two-pass algorithm: (mean0, correction, var,
+    h − mean), where mean = mean0 + correction (kept apart, the pair is the mean to about twice float32's
+    precision) and h − mean is 0 outside ``mask``.
 
     The rounded mean's error is measured on the centred values and removed; Σ(h − mean)² never cancels. A
     constant row gets its value as mean and var == 0 exactly (y == β, as torch gives), and a row with a huge
-    outlier stays at a few ulps (tests/kernels/test_statistics.py). The centred values are returned corrected
+    outlier stays at a few ulps (tests/kernels/test_numerics.py). The centred values are returned corrected
     rather than recomputed from h, so h is dead after the first pass.
     """
     mean0 = tl.sum(h, axis=1) * inv_n
     centred = tl.where(mask, h - mean0[:, None], 0.0)
     sum_d, sum_d2 = pair_sums(centred, centred * centred)
     correction = sum_d * inv_n
-    var = tl.maximum(sum_d2 * inv_n - correction * correction, 0.0)
-    return mean0 + correction, var, centred - correction[:, None]
+    # Rounding can take a zero variance a hair below 0; an overflowed one is inf − inf = NaN and must stay NaN
+    # (see var_rstd), so the clamp propagates NaN.
+    var = tl.maximum(sum_d2 * inv_n - correction * correction, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return mean0, correction, var, centred - correction[:, None]
 
 
 @triton.jit
@@ -177,21 +181,21 @@ def row_stats(h, mask, inv_n, eps, ACC: tl.constexpr, IS_RMS: tl.constexpr):
         rstd = inv_sqrt(tl.sum(h * h, axis=1) * inv_n + eps, ACC)
         return tl.zeros_like(rstd), rstd, h
     else:
-        mean, var, centred = mean_var(h, mask, inv_n)
-        return mean, var_rstd(var, eps, ACC), centred
+        mean0, correction, var, centred = centred_moments(h, mask, inv_n)
+        return mean0 + correction, var_rstd(var, eps, ACC), centred
 
 
 @triton.jit
 def segment_moments(h, mask, count, inv_count, IS_RMS: tl.constexpr):
     """Moments of a piece of each row (``count`` elements of the tile, ``inv_count`` = :func:`reciprocal` of
-    it): (mean, M2 = Σ(h − mean)²) for LayerNorm, (0, Σh²) for RMSNorm. Pieces merge with Chan's parallel
-    form (:func:`chan_update`, :func:`merge_moments`)."""
+    it): (mean_hi, mean_lo, M2) with mean = mean_hi + mean_lo and M2 = Σ(h − mean)² for LayerNorm; (0, 0, Σh²)
+    for RMSNorm. Pieces merge with :func:`merge_moments`."""
     if IS_RMS:
         m2 = tl.sum(h * h, axis=1)
-        return tl.zeros_like(m2), m2
+        return tl.zeros_like(m2), tl.zeros_like(m2), m2
     else:
-        mean, var, _ = mean_var(h, mask, inv_count)
-        return mean, var * count
+        mean0, correction, var, _ = centred_moments(h, mask, inv_count)
+        return mean0, correction, var * count
 
 
 @triton.jit
@@ -205,16 +209,22 @@ def chan_update(count, mean, m2, count_b, mean_b, m2_b):
 
 
 @triton.jit
-def merge_moments(seg_mean, seg_m2, piece, count, valid, inv_n, eps, ACC: tl.constexpr, IS_RMS: tl.constexpr):
+def merge_moments(seg_hi, seg_lo, seg_m2, piece, count, valid, inv_n, eps, ACC: tl.constexpr,
+                  IS_RMS: tl.constexpr):
     """(mean, rstd) of rows from their pieces' moments, [rows, pieces] each (``piece`` [pieces] the index,
     ``count`` [pieces] its elements, ``valid`` [rows, pieces] the real ones): tokennorm.moments' merge — Chan's
-    parallel form shifted by the first piece's mean — computed alike by every program that needs it."""
+    parallel form shifted by the first piece's mean — computed alike by every program that needs it.
+
+    The pieces' means come as hi + lo pairs (:func:`segment_moments`): their differences, which the merge is
+    made of, are then exact to float32 roundoff of the differences themselves, also far off centre (a mean of
+    1e4 with σ = 1 rounded to float32 would cost the variance ~250 ulps).
+    """
     if IS_RMS:
         rstd = inv_sqrt(tl.sum(tl.where(valid, seg_m2, 0.0), axis=1) * inv_n + eps, ACC)
         return tl.zeros_like(rstd), rstd
     else:
-        shift = tl.sum(tl.where(valid & (piece == 0)[None, :], seg_mean, 0.0), axis=1)
-        d = tl.where(valid, seg_mean - shift[:, None], 0.0)
+        shift = tl.sum(tl.where(valid & (piece == 0)[None, :], seg_hi, 0.0), axis=1)
+        d = tl.where(valid, (seg_hi - shift[:, None]) + seg_lo, 0.0)
         delta = tl.sum(count[None, :] * d, axis=1) * inv_n
         dd = d - delta[:, None]
         m2 = tl.sum(tl.where(valid, seg_m2 + count[None, :] * dd * dd, 0.0), axis=1)
@@ -322,12 +332,16 @@ def walk_moments(
     STORE_H: tl.constexpr, ROUND_H: tl.constexpr, IS_RMS: tl.constexpr, BLOCK_N: tl.constexpr,
     EVICT: tl.constexpr,
 ):
-    """(mean, M2) per row of h over columns [col0, col_end), chunk by chunk — each chunk's moments from the
-    corrected two-pass, merged with Chan's formula (RMSNorm: (0, Σh²)). Stores h with STORE_H."""
+    """(mean, M2) per row of h over columns [col0, col_end), chunk by chunk — each chunk's corrected two-pass
+    moments merged with Chan's formula (RMSNorm: (0, Σh²)). Stores h with STORE_H.
+
+    The chunks' moments are taken of h shifted by the first chunk's mean, so the means Chan's formula subtracts
+    are small numbers known to float32 precision, also for rows far off centre."""
     cols = tl.arange(0, BLOCK_N)
     count = tl.zeros(row_mask.shape, dtype=ACC)
-    mean = tl.zeros(row_mask.shape, dtype=ACC)
+    mean = tl.zeros(row_mask.shape, dtype=ACC)  # relative to shift
     m2 = tl.zeros(row_mask.shape, dtype=ACC)
+    shift = tl.zeros(row_mask.shape, dtype=ACC)
     # 1/width of a chunk, correctly rounded: exact for the full chunks (a power of two), once for the last one
     tail = col_end - col0 - (tl.cdiv(col_end - col0, BLOCK_N) - 1) * BLOCK_N
     inv_tail = reciprocal(tail, ACC)
@@ -343,8 +357,12 @@ def walk_moments(
         else:
             full = col_end - start >= BLOCK_N
             width = tl.where(full, BLOCK_N, tail).to(ACC)
-            mean_b, m2_b = segment_moments(h, mask, width, tl.where(full, 1.0 / BLOCK_N, inv_tail), IS_RMS)
-            count, mean, m2 = chan_update(count, mean, m2, width, mean_b, m2_b)
+            shifted = tl.where(mask, h - shift[:, None], 0.0)
+            hi, lo, m2_b = segment_moments(shifted, mask, width, tl.where(full, 1.0 / BLOCK_N, inv_tail), IS_RMS)
+            first = count == 0
+            shift = tl.where(first, hi, shift)  # the first chunk: its mean becomes the shift (and lo its mean)
+            count, mean, m2 = chan_update(count, mean, m2, width, hi * (1 - first.to(ACC)) + lo, m2_b)
+    mean = shift + mean
     return mean, m2
 
 

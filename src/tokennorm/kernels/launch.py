@@ -98,7 +98,7 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
     else:
         segments = cdiv(n, cfg.block_n)
         groups = _long_row_groups(m, segments, cfg, plan.facts)
-        partials = torch.empty((m, segments, 2), device=dev, dtype=plan.acc_dtype)
+        partials = torch.empty((m, segments, 3), device=dev, dtype=plan.acc_dtype)  # mean hi, mean lo, M2
         grid = (groups * segments,)
         if LONG_ROWS_EXCHANGE == "cooperative":
             sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)

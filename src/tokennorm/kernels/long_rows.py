@@ -2,7 +2,7 @@
 
 Each row is cut into ``segments`` column segments of ``BLOCK_N`` elements; one program holds one segment in
 registers. The programs of a row exchange their segment's partial results through global memory — forward
-(mean, M2) (RMSNorm: Σh²), backward (Σ g·x̂, Σ g) — wait until all of the row's segments have arrived (a
+(mean as hi + lo, M2) (RMSNorm: Σh²), backward (Σ g·x̂, Σ g) — wait until all of the row's segments have arrived (a
 per-row arrival counter), merge them (forward: Chan's parallel form, as ``tokennorm.moments``; backward: the
 sums) and finish the segment they still hold: y, or dx. HBM sees each input byte once at any row length.
 
@@ -63,14 +63,10 @@ def wait_for_row(SYNC, row, segments):
 
 
 @triton.jit
-def load_partials(PARTIALS, rows64, segments, S_BLOCK: tl.constexpr, VOLATILE: tl.constexpr):
-    """The row's [1, S_BLOCK] pair of per-segment partials (first, second), and which of the slots are real."""
-    piece = tl.arange(0, S_BLOCK)
-    valid = (piece < segments)[None, :] & (rows64 >= 0)[:, None]
-    slot = (rows64[:, None] * segments + piece[None, :]) * 2
-    first = tl.load(PARTIALS + slot, mask=valid, other=0.0, volatile=VOLATILE)
-    second = tl.load(PARTIALS + slot + 1, mask=valid, other=0.0, volatile=VOLATILE)
-    return first, second, piece, valid
+def load_partial(PARTIALS, slot, valid, VOLATILE: tl.constexpr):
+    """One value of each of the row's segments' partials (0 for the slots past the last segment); volatile
+    (L1 bypassed) when other programs of this launch wrote them."""
+    return tl.load(PARTIALS + slot, mask=valid, other=0.0, volatile=VOLATILE)
 
 
 @triton.jit
@@ -81,7 +77,8 @@ def long_rows_forward_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr,
     STORE_STATS: tl.constexpr, BLOCK_N: tl.constexpr, S_BLOCK: tl.constexpr,
 ):
-    """Grid: groups × segments programs. PARTIALS [M, segments, 2] float32/64; SYNC [1 + M] int32 zeros."""
+    """Grid: groups × segments programs. PARTIALS [M, segments, 3] (mean hi, mean lo, M2) in the accumulation
+    dtype; SYNC [1 + M] int32 zeros."""
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     H_DTYPE: tl.constexpr = H.dtype.element_ty if STORE_H else ACC
     ROUND_H: tl.constexpr = STORE_H and H_DTYPE != ACC
@@ -108,17 +105,22 @@ def long_rows_forward_kernel(
         if PUBLISH:
             if STORE_H:
                 store_tile(H, rows64, stride_h, cols, mask, h)
-            seg_mean, seg_m2 = segment_moments(h, mask, width.to(ACC), inv_width, IS_RMS)
-            slot = (rows64 * segments + seg) * 2
-            tl.store(PARTIALS + slot, seg_mean)
-            tl.store(PARTIALS + slot + 1, seg_m2)
+            mean_hi, mean_lo, seg_m2 = segment_moments(h, mask, width.to(ACC), inv_width, IS_RMS)
+            slot = (rows64 * segments + seg) * 3
+            tl.store(PARTIALS + slot, mean_hi)
+            tl.store(PARTIALS + slot + 1, mean_lo)
+            tl.store(PARTIALS + slot + 2, seg_m2)
         if EXCHANGE == "cooperative":
             wait_for_row(SYNC, row, segments)
         if FINISH:
-            seg_means, seg_m2s, piece, valid = load_partials(PARTIALS, rows64, segments, S_BLOCK,
-                                                             EXCHANGE == "cooperative")
+            piece = tl.arange(0, S_BLOCK)
+            valid = (piece < segments)[None, :] & (rows64 >= 0)[:, None]
+            slot = (rows64[:, None] * segments + piece[None, :]) * 3
+            mean_hi = load_partial(PARTIALS, slot, valid, EXCHANGE == "cooperative")
+            mean_lo = load_partial(PARTIALS, slot + 1, valid, EXCHANGE == "cooperative")
+            seg_m2 = load_partial(PARTIALS, slot + 2, valid, EXCHANGE == "cooperative")
             count = tl.where(piece < segments - 1, BLOCK_N, N - (segments - 1) * BLOCK_N).to(ACC)
-            mean, rstd = merge_moments(seg_means, seg_m2s, piece, count, valid, inv_n, eps, ACC, IS_RMS)
+            mean, rstd = merge_moments(mean_hi, mean_lo, seg_m2, piece, count, valid, inv_n, eps, ACC, IS_RMS)
             if STORE_STATS:
                 if seg == 0:
                     if not IS_RMS:
@@ -165,7 +167,11 @@ def long_rows_backward_kernel(
         if EXCHANGE == "cooperative":
             wait_for_row(SYNC, row, segments)
         if FINISH:
-            seg_gx, seg_g, _, _ = load_partials(PARTIALS, rows64, segments, S_BLOCK, EXCHANGE == "cooperative")
+            piece = tl.arange(0, S_BLOCK)
+            valid = (piece < segments)[None, :] & row_mask[:, None]
+            slot = (rows64[:, None] * segments + piece[None, :]) * 2
+            seg_gx = load_partial(PARTIALS, slot, valid, EXCHANGE == "cooperative")
+            seg_g = load_partial(PARTIALS, slot + 1, valid, EXCHANGE == "cooperative")
             store_dx(dy, xhat, g, rstd, tl.sum(seg_gx, axis=1) * inv_n, tl.sum(seg_g, axis=1) * inv_n, DH_IN, DX,
                      DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres, N, dropout_p, ACC, IS_RMS,
                      HAS_DH_IN, HAS_DROPOUT, STORE_DRES)

@@ -43,7 +43,7 @@ def forward_bytes(m: int, n: int, itemsize: int, cfg: KernelConfig, facts: Devic
     extra = 0
     if cfg.mode == kconfig.LONG_ROWS:
         segments = kconfig.long_rows_segments(n, cfg)
-        extra = 2 * m * segments * 2 * acc_itemsize + 2 * (1 + m) * COUNTER_BYTES
+        extra = 2 * m * segments * 3 * acc_itemsize + 2 * (1 + m) * COUNTER_BYTES  # (mean hi, lo, M2)
     stats = 2 * m * acc_itemsize if store_stats else 0
     return (reads + 1) * m * n * itemsize + stats + extra
 
@@ -131,7 +131,8 @@ def analyse(runs: list[dict], sms: int, has_bias: Optional[bool] = None, itemsiz
 def describe(cfg) -> str:
     """A config, short: "rows 1×1024, 4 warps, 12/SM, 2 stages" (or an old tiling's dict)."""
     if isinstance(cfg, dict):  # first kernels' tiling
-        text = f"{cfg['block_m']}×{cfg['block_n']}, {cfg['num_warps']} warps{'' if cfg['single_chunk'] else ', chunked'}"
+        text = f"{cfg['block_m']}×{cfg['block_n']}, {cfg['num_warps']} warps"
+        text += "" if cfg["single_chunk"] else ", chunked"
         return text + (f", {cfg['segments']} segments" if cfg.get("segments", 1) > 1 else "")
     text = f"{cfg.mode} {cfg.block_m}×{cfg.block_n}, {cfg.num_warps} warps"
     if cfg.mode != kconfig.SEGMENT:
