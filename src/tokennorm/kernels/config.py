@@ -77,7 +77,7 @@ FWD_ROWS_MAX_N = 16384
 # that compiles without spills.
 BWD_ROWS_MAX_N = 8192
 
-# Rows tiles by padded row length (bf16 LayerNorm compiled for sm_90, 2026-12-01; benchmarks/RESULTS.md,
+# Rows tiles by padded row length (bf16 LayerNorm compiled for sm_90, 2026-11-30; benchmarks/RESULTS.md,
 # "Kernels v2: static report"): (rows per tile, warps, programs per SM, pipeline stages, register cap).
 # 8 elements per thread (one 16-byte bf16 vector) up to 2K, 16 at 4K–8K, 32 at 16K; a row per warp below 256.
 _FWD_ROWS = {
