@@ -111,3 +111,11 @@ def test_l2_size_from_the_device_else_from_the_table(monkeypatch):
         assert kconfig.device_facts(torch.device("cuda", 0)) == (132, 52428800)
     finally:
         kconfig.device_facts.cache_clear()
+
+
+def test_the_register_cap_is_left_out_while_torch_compile_traces(monkeypatch):
+    """torch's wrap_triton forwards num_warps and num_stages to the kernel, not maxnreg."""
+    p = _forward_plan(config=KernelConfig(ROWS, 64, 1, max_registers=40))
+    assert p.launch_kwargs["maxnreg"] == 40
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert "maxnreg" not in p.launch_kwargs and p.launch_kwargs["num_warps"] == 1

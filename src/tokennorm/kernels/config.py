@@ -162,7 +162,7 @@ def chunked_fits_l2(n: int, stream_bytes: int, cfg: KernelConfig, facts: DeviceF
     return cfg.programs_per_sm * facts.sms * n * stream_bytes <= L2_FRACTION * facts.l2_bytes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1024)
 def forward_config(n: int, stream_bytes: int = 2, acc_bytes: int = 4,
                    facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
     """The forward kernel and tile for rows of ``n`` elements (``acc_bytes`` 8 for float64)."""
@@ -177,7 +177,7 @@ def forward_config(n: int, stream_bytes: int = 2, acc_bytes: int = 4,
     return FWD_CHUNK  # beyond the resident capacity: the second pass comes from HBM
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1024)
 def backward_config(n: int, acc_bytes: int = 4, facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
     """The backward kernel and tile for rows of ``n`` elements."""
     rows = _rows_tile(n * acc_bytes // 4, _BWD_ROWS, BWD_ROWS_MAX_N)

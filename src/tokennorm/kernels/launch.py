@@ -2,7 +2,7 @@
 
 Kernels are launched through ``torch.library.wrap_triton`` so that ``torch.compile`` traces into them; in
 eager mode that wrapper is a plain launch. Every launch has the form ``KERNEL[grid](*tensors_and_scalars,
-**plan.constexprs, ...)``. Inputs are [M, N] views whose last stride is 1.
+**plan.launch_kwargs, ...)``. Inputs are [M, N] views whose last stride is 1.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tokennorm.kernels.chunked import chunked_forward_kernel
 from tokennorm.kernels.config import KernelConfig, cdiv, row_groups
 from tokennorm.kernels.long_rows import long_rows_backward_kernel, long_rows_forward_kernel
 from tokennorm.kernels.plan import (
-    LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, forward_plan,
+    LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, forward_plan, launch_kwargs,
 )
 from tokennorm.kernels.rows import rows_backward_kernel, rows_forward_kernel
 from tokennorm.kernels.segment import segment_backward_kernel, segment_forward_kernel
@@ -92,9 +92,9 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
     scalars = (plan.eps, plan.eps_lo, plan.dropout_p)
     if cfg.mode == kconfig.ROWS:
         grid = (min(cdiv(m, cfg.block_m), cfg.programs_per_sm * plan.facts.sms),)
-        _rows_forward[grid](*args, *scalars, **plan.constexprs)
+        _rows_forward[grid](*args, *scalars, **plan.launch_kwargs)
     elif cfg.mode == kconfig.CHUNKED:
-        _chunked_forward[(min(m, cfg.programs_per_sm * plan.facts.sms),)](*args, *scalars, **plan.constexprs)
+        _chunked_forward[(min(m, cfg.programs_per_sm * plan.facts.sms),)](*args, *scalars, **plan.launch_kwargs)
     else:
         segments = cdiv(n, cfg.block_n)
         groups = _long_row_groups(m, segments, cfg, plan.facts)
@@ -103,11 +103,11 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
         if LONG_ROWS_EXCHANGE == "cooperative":
             sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
             _long_rows_forward[grid](*args[:9], partials, sync, *args[9:], groups, *scalars,
-                                     EXCHANGE="cooperative", **plan.constexprs)
+                                     EXCHANGE="cooperative", **plan.launch_kwargs)
         else:
             for exchange in ("publish", "finish"):
                 _long_rows_forward[grid](*args[:9], partials, None, *args[9:], groups, *scalars,
-                                         EXCHANGE=exchange, **plan.constexprs)
+                                         EXCHANGE=exchange, **plan.launch_kwargs)
     return ForwardOut(y, h, mean, rstd)
 
 
@@ -160,25 +160,25 @@ def run_backward(plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Ten
     strides = (dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
                0 if dres is None else dres.stride(0))
     if cfg.mode == kconfig.ROWS:
-        _rows_backward[(programs,)](*args, *strides, m, n, rows_per_program, plan.dropout_p, **plan.constexprs)
+        _rows_backward[(programs,)](*args, *strides, m, n, rows_per_program, plan.dropout_p, **plan.launch_kwargs)
     elif cfg.mode == kconfig.LONG_ROWS:
         partials = torch.empty((m, segments, 2), device=dev, dtype=acc)
         grid = (programs * segments,)
         if LONG_ROWS_EXCHANGE == "cooperative":
             sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
             _long_rows_backward[grid](*args, partials, sync, *strides, m, n, programs, plan.dropout_p,
-                                      EXCHANGE="cooperative", **plan.constexprs)
+                                      EXCHANGE="cooperative", **plan.launch_kwargs)
         else:
             for exchange in ("publish", "finish"):
                 _long_rows_backward[grid](*args, partials, None, *strides, m, n, programs, plan.dropout_p,
-                                          EXCHANGE=exchange, **plan.constexprs)
+                                          EXCHANGE=exchange, **plan.launch_kwargs)
     else:  # rows beyond the long-row capacity: segment sums, their means, then dx
         sums = torch.empty((m, segments, 2), device=dev, dtype=acc)
         _segment_backward[(cdiv(m, cfg.block_m), segments)](*args, sums, None, *strides, m, n, cfg.block_n, 0,
-                                                             plan.dropout_p, PASS="sums", **plan.constexprs)
+                                                             plan.dropout_p, PASS="sums", **plan.launch_kwargs)
         row_means = sums.sum(dim=1) * (1.0 / n)
         _segment_backward[(programs, segments)](*args, None, row_means, *strides, m, n, cfg.block_n,
-                                                rows_per_program, plan.dropout_p, PASS="dx", **plan.constexprs)
+                                                rows_per_program, plan.dropout_p, PASS="dx", **plan.launch_kwargs)
     return BackwardOut(
         dx, _empty(dev, plan.x_dtype) if dres is None else dres,
         dw.sum(dim=0) if plan.compute_dweight else _empty(dev, acc),
@@ -195,8 +195,8 @@ def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 def _segment_switches(cfg: KernelConfig, is_rms: bool, weight_offset: float = 0.0) -> dict:
-    return dict(IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                **cfg.launch_options)
+    return launch_kwargs(dict(IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m,
+                              BLOCK_N=cfg.block_n, **cfg.launch_options))
 
 
 def segment_moments(x: Tensor, is_rms: bool) -> tuple[Tensor, Tensor]:

@@ -2,8 +2,8 @@
 
 Each row is cut into ``segments`` column segments of ``BLOCK_N`` elements; one program holds one segment in
 registers. The programs of a row exchange their segment's partial results through global memory — forward
-(mean as hi + lo, M2) (RMSNorm: Σh²), backward (Σ g·x̂, Σ g) — wait until all of the row's segments have arrived (a
-per-row arrival counter), merge them (forward: Chan's parallel form, as ``tokennorm.moments``; backward: the
+(mean as hi + lo, M2) (RMSNorm: Σh²), backward (Σ g·x̂, Σ g) — wait until all of the row's segments have
+arrived (a per-row arrival counter), merge them (forward: Chan's parallel form, as ``tokennorm.moments``; backward: the
 sums) and finish the segment they still hold: y, or dx. HBM sees each input byte once at any row length.
 
 Work assignment and deadlock freedom (``EXCHANGE == "cooperative"``). A GPU gives no guarantee that the
@@ -14,15 +14,18 @@ g, g + groups, g + 2·groups, ... in lockstep. Then:
 
 * a program only waits for the other programs of its own group (same rows, other segments);
 * tickets are handed out in start order, so every group but the newest has all of its ``segments`` programs
-  started — they run to completion without waiting on anything else and then leave the SM;
+  started — they run to completion without waiting on anything else and then leave their SMs;
 * the newest group waits only for tickets not yet taken; they are taken by the next programs to start, which
-  can start as soon as any slot frees — and slots do free as long as the resident capacity (programs per SM ×
-  SMs) exceeds the programs one row needs, ``segments`` — the plan guarantees segments ≤ capacity / 2
-  (``config``), with the capacity that compile_check verifies from the compiled kernel's registers.
+  start as soon as any slot frees — and with ``segments`` ≤ the resident capacity (programs per SM × SMs,
+  which the plan guarantees: ``config.long_rows_fit``, with the programs per SM that compile_check verifies
+  from the compiled registers) the newest group cannot fill the machine, so some slot always frees.
 
-So no program ever waits for a program that cannot start. (A program id would not do: the hardware may run
-program 200 while program 3, whose segment program 200 needs, waits for a free SM.) What remains assumed is
-what every cooperative kernel assumes: kernels on other streams that hold SMs do finish.
+So no program waits for a program that cannot start. (A program id would not do: the hardware may run program
+200 while program 3, whose segment program 200 needs, waits for a free SM.) What remains assumed is what every
+cooperative kernel assumes: the other kernels holding SMs finish. Two of these launches running at the same
+time on different streams are safe while each row needs at most half the machine (their two newest groups
+cannot hold every slot); beyond that (the backward at N > 540K on an H100: 8K-element segments) a second
+concurrent long-row launch could hold the slots the first one's newest group needs.
 
 Memory ordering: each program writes its partials, ``tl.debug_barrier()`` orders all its threads' writes
 before its arrival, which is an ``acq_rel`` atomic at GPU scope; the waiters poll with ``acquire`` atomics and

@@ -50,7 +50,11 @@ class ForwardPlan:
     h_dtype: Optional[torch.dtype]  # h stored in this dtype; None: not stored
     store_stats: bool  # mean/rstd written (backward needs them)
     acc_dtype: torch.dtype
-    constexprs: dict = field(repr=False)  # the kernel's compile-time switches, by name
+    constexprs: dict = field(repr=False)  # the kernel's compile-time switches and launch options, by name
+
+    @property
+    def launch_kwargs(self) -> dict:
+        return launch_kwargs(self.constexprs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +71,20 @@ class BackwardPlan:
     compute_dbias: bool
     acc_dtype: torch.dtype
     constexprs: dict = field(repr=False)
+
+    @property
+    def launch_kwargs(self) -> dict:
+        return launch_kwargs(self.constexprs)
+
+
+def launch_kwargs(constexprs: dict) -> dict:
+    """What a launch passes by name: the plan's constexprs and options — without the register cap while
+    torch.compile traces the launch (``wrap_triton`` forwards num_warps and num_stages, not ``maxnreg``; the
+    kernel is then compiled uncapped, and a persistent grid sized for the capped one runs its last programs
+    as a second wave: slower by that tail, never wrong)."""
+    if "maxnreg" in constexprs and torch.compiler.is_compiling():
+        return {k: v for k, v in constexprs.items() if k != "maxnreg"}
+    return constexprs
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
