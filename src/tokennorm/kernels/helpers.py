@@ -62,8 +62,9 @@ def reciprocal(n, ACC: tl.constexpr):
     """1/n correctly rounded, once per program: rows multiply their sums by it instead of dividing.
 
     A constant row stays exact with it (its centred sums are n·δ and n·δ² with δ a few ulps, and
-    (n·δ)·fl(1/n) rounds back to δ), and no per-row division is left (``/`` is approximate on NVIDIA GPUs;
-    ``div_rn`` per row costs more than the rest of the row's arithmetic at N = 1K).
+    (n·δ)·fl(1/n) rounds back to δ; checked on 3,900 constant rows), and no per-row division is left (``/`` is
+    approximate on NVIDIA GPUs, and ``div_rn`` per row and thread was a large part of the first kernels'
+    instructions per element at N = 1K).
     """
     if ACC == tl.float64:
         return 1.0 / tl.cast(n, tl.float64)  # div.rn.f64: correctly rounded already
