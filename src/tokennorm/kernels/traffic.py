@@ -2,18 +2,21 @@
 
 A memory-bound kernel below the copy's bandwidth either moves its bytes slowly (too few loads in flight, too
 few programs) or moves more bytes than the op needs (a second pass over the input, partial buffers). Timing
-alone cannot tell the two apart; this model can: divide the modelled bytes by the measured time and compare
-with a device copy. What it counts (L2 hits are not modelled: the passes here are too far apart to hit):
+alone cannot tell the two apart; this model can. What it counts, per plan (``config.KernelConfig``):
 
-* forward: x read once and y written once for whole-row tiles; x read twice for long rows (statistics, then
-  normalization), chunked or split;
-* backward: h and dy read once, dx written, for whole-row tiles; h and dy read twice for long rows (row
-  sums, then dx); plus the float32 dγ/dβ partial rows, one per row group, written by the kernel and read back
-  by the final sum; plus the split path's per-segment sums.
+* rows: x read once, y written once (backward: h and dy read once, dx written once, mean/rstd read);
+* chunked (forward): x read once from HBM, and again from L2 when the rows in flight fit it
+  (``config.chunked_fits_l2``), else from HBM;
+* long rows: as rows, plus the exchanged partials (written once, read back from L2) and the counters;
+* segment (backward beyond the long-row capacity): h and dy read twice (sums, then dx), plus the sums;
+* backward: the float32 dγ/dβ partial rows, one per program (row group), written and read back by the final
+  sum.
 
 ``python -m tokennorm.kernels.traffic RUN.json [--sms 132] [--best]`` applies it to a
 ``benchmarks/tune_kernels.py`` result and prints, per candidate, the bytes moved per byte needed and the
-bandwidth achieved on the bytes moved.
+bandwidth achieved on the bytes moved; then the default plans' bytes moved / needed for the run's shapes.
+Runs recorded before the kernels' second version (2026-11-23, H100) carry the old tilings (``single_chunk``,
+``segments``); they are read as what those kernels did: two reads of the input for rows longer than a tile.
 """
 
 from __future__ import annotations
@@ -24,65 +27,100 @@ import sys
 from typing import Optional
 
 from tokennorm.kernels import config as kconfig
-from tokennorm.kernels.config import TileConfig, cdiv, row_groups, segment_width
+from tokennorm.kernels.config import DeviceFacts, KernelConfig, cdiv, row_groups
+
+H100 = DeviceFacts(sms=132, l2_bytes=50 << 20)
+H200 = DeviceFacts(sms=132, l2_bytes=60 << 20)
+COUNTER_BYTES = 4
 
 
-def row_segments(n: int, cfg: TileConfig) -> int:
-    """Programs each row is split over (1 unless the config splits rows)."""
-    if cfg.segments <= 1 or n == 0:
-        return 1
-    return cdiv(n, segment_width(n, cfg.segments, cfg.block_n))
+def forward_bytes(m: int, n: int, itemsize: int, cfg: KernelConfig, facts: DeviceFacts = H100,
+                  store_stats: bool = True, acc_itemsize: int = 4) -> int:
+    """Bytes a forward plan moves for LayerNorm/RMSNorm of an [m, n] input (no residual)."""
+    reads = 1
+    if cfg.mode == kconfig.CHUNKED and not kconfig.chunked_fits_l2(n, itemsize, cfg, facts):
+        reads = 2
+    extra = 0
+    if cfg.mode == kconfig.LONG_ROWS:
+        segments = kconfig.long_rows_segments(n, cfg)
+        extra = 2 * m * segments * 3 * acc_itemsize + 2 * (1 + m) * COUNTER_BYTES  # (mean hi, lo, M2)
+    stats = 2 * m * acc_itemsize if store_stats else 0
+    return (reads + 1) * m * n * itemsize + stats + extra
 
 
-def forward_bytes(m: int, n: int, itemsize: int, cfg: TileConfig, store_stats: bool = True) -> int:
-    """Bytes the forward kernel(s) move for LayerNorm/RMSNorm of an [m, n] input (no residual)."""
-    one_pass = cfg.single_chunk and row_segments(n, cfg) == 1
-    reads = 1 if one_pass else 2
-    stats = 2 * m * 4 if store_stats else 0
-    return (reads + 1) * m * n * itemsize + stats
+def backward_programs(m: int, n: int, cfg: KernelConfig, facts: DeviceFacts = H100) -> int:
+    """Partial rows of dγ/dβ the backward plan writes (its programs, or row groups)."""
+    if cfg.mode == kconfig.ROWS:
+        return row_groups(m, cfg.programs_per_sm * facts.sms)[0]
+    segments = cdiv(n, cfg.block_n)
+    if cfg.mode == kconfig.LONG_ROWS:
+        return max(1, min(m, cfg.programs_per_sm * facts.sms // segments))
+    return row_groups(m, 2 * facts.sms, segments)[0]
 
 
-def backward_bytes(m: int, n: int, itemsize: int, cfg: TileConfig, row_groups: int, has_bias: bool,
-                   acc_itemsize: int = 4) -> int:
-    """Bytes the backward kernel(s) and the partial sums move for an [m, n] input.
-
-    ``row_groups`` is the first grid dimension (:func:`tokennorm.kernels.config.backward_programs`): each
-    group writes one partial row of dγ (and of dβ with a bias), which the final sum reads back.
-    """
-    segments = row_segments(n, cfg)
-    one_pass = cfg.single_chunk and segments == 1
-    reads = 1 if one_pass else 2
+def backward_bytes(m: int, n: int, itemsize: int, cfg: KernelConfig, facts: DeviceFacts = H100,
+                   has_bias: bool = True, acc_itemsize: int = 4) -> int:
+    """Bytes a backward plan and the final partial sum move for an [m, n] input."""
+    reads = 2 if cfg.mode == kconfig.SEGMENT else 1
     gradient = (2 * reads + 1) * m * n * itemsize + 2 * m * acc_itemsize  # h, dy per pass; dx; mean, rstd
-    partials = (2 if has_bias else 1) * row_groups * n * acc_itemsize * 2
-    # split rows: the segments' sums, written, then read by the dx launch (each program of a row reads them
-    # all; the repeats come from L2)
-    sums = m * segments * 2 * acc_itemsize * 2 if segments > 1 else 0
-    return gradient + partials + sums
+    groups = backward_programs(m, n, cfg, facts)
+    partials = (2 if has_bias else 1) * groups * n * acc_itemsize * 2
+    extra = 0
+    if cfg.mode != kconfig.ROWS:  # per-segment sums: written, read back once
+        extra = 2 * m * cdiv(n, cfg.block_n) * 2 * acc_itemsize
+    if cfg.mode == kconfig.LONG_ROWS:
+        extra += 2 * (1 + m) * COUNTER_BYTES
+    return gradient + partials + extra
+
+
+def default_bytes(m: int, n: int, itemsize: int, facts: DeviceFacts = H100,
+                  has_bias: bool = True) -> tuple[KernelConfig, int, KernelConfig, int]:
+    """(forward config, forward bytes, backward config, backward bytes) of tokennorm's default plans on a GPU
+    like ``facts`` (forward without storing statistics, as inference runs it)."""
+    fwd = kconfig.forward_config(n, itemsize, 4, facts)
+    bwd = kconfig.backward_config(n, 4, facts)
+    return (fwd, forward_bytes(m, n, itemsize, fwd, facts, store_stats=False),
+            bwd, backward_bytes(m, n, itemsize, bwd, facts, has_bias))
+
+
+def _legacy_bytes(direction: str, m: int, n: int, size: int, cfg: dict, per_sm: Optional[int], sms: int,
+                  bias: bool) -> tuple[int, Optional[int]]:
+    """(bytes moved, row groups) of a candidate recorded with the first kernels' tilings (2026-11-23)."""
+    split = cfg.get("segments", 1)
+    segments = cdiv(n, cdiv(cdiv(n, split), cfg["block_n"]) * cfg["block_n"]) if split > 1 else 1
+    reads = 1 if cfg["single_chunk"] and segments == 1 else 2
+    if direction == "fwd":
+        return (reads + 1) * m * n * size, None
+    groups = row_groups(m, per_sm * sms, segments)[0]
+    moved = (2 * reads + 1) * m * n * size + 2 * m * 4 + (2 if bias else 1) * groups * n * 4 * 2
+    return moved + (m * segments * 2 * 4 * 2 if segments > 1 else 0), groups
 
 
 def analyse(runs: list[dict], sms: int, has_bias: Optional[bool] = None, itemsize: Optional[int] = None) -> list[dict]:
     """Per candidate of a tune_kernels.py run (forward, then backward): the modelled bytes and the bandwidth
-    on them.
-
-    The forward was timed without storing statistics. For the backward the run records programs per SM but
-    not the grid; it is rebuilt with today's rule (``config.row_groups``; the same as the run's for plans
-    without split rows), so pass the SM count of the device that ran it. ``has_bias`` (LayerNorm) and
-    ``itemsize`` default to what the run recorded (runs from 2026-11-23 did not record them: pass them).
-    """
+    on them. ``has_bias`` (LayerNorm) and ``itemsize`` default to what the run recorded (runs from 2026-11-23
+    did not record them: pass them)."""
+    facts = DeviceFacts(sms=sms, l2_bytes=H100.l2_bytes)
     out = []
     for run in runs:
         m, n, copy = run["m"], run["n"], run["copy_gbps"]
         bias = not run["is_rms"] if has_bias is None else has_bias
         size = run["itemsize"] if itemsize is None else itemsize
+        facts = DeviceFacts(sms, run.get("l2_bytes", facts.l2_bytes))
         for direction in ("fwd", "bwd"):
             for e in run[direction]:
-                cfg = TileConfig(**e["cfg"])
                 groups = None
-                if direction == "fwd":
-                    moved, needed = forward_bytes(m, n, size, cfg, store_stats=False), 2 * m * n * size
+                if "mode" in e["cfg"]:
+                    cfg = KernelConfig(**e["cfg"])
+                    if direction == "fwd":
+                        moved = forward_bytes(m, n, size, cfg, facts, store_stats=False)
+                    else:
+                        groups = backward_programs(m, n, cfg, facts)
+                        moved = backward_bytes(m, n, size, cfg, facts, bias)
                 else:
-                    groups = row_groups(m, e["per_sm"] * sms, row_segments(n, cfg))[0]
-                    moved, needed = backward_bytes(m, n, size, cfg, groups, bias), 3 * m * n * size
+                    cfg = e["cfg"]
+                    moved, groups = _legacy_bytes(direction, m, n, size, cfg, e.get("per_sm"), sms, bias)
+                needed = (2 if direction == "fwd" else 3) * m * n * size
                 seconds = e["ms"] * 1e-3
                 out.append({"dir": direction, "n": n, "m": m, "cfg": cfg, "per_sm": e.get("per_sm"),
                             "groups": groups, "needed_frac": needed / seconds / 1e9 / copy,
@@ -90,21 +128,27 @@ def analyse(runs: list[dict], sms: int, has_bias: Optional[bool] = None, itemsiz
     return out
 
 
-def default_backward_bytes(m: int, n: int, itemsize: int, sms: int, has_bias: bool) -> tuple[TileConfig, int, int]:
-    """(config, row groups, bytes moved) of the backward tokennorm launches by default on a GPU with ``sms`` SMs."""
-    cfg = kconfig.backward_config(n)
-    groups = row_groups(m, kconfig.backward_programs_per_sm(cfg) * sms, row_segments(n, cfg))[0]
-    return cfg, groups, backward_bytes(m, n, itemsize, cfg, groups, has_bias)
+def describe(cfg) -> str:
+    """A config, short: "rows 1×1024, 4 warps, 12/SM, 2 stages" (or an old tiling's dict)."""
+    if isinstance(cfg, dict):  # first kernels' tiling
+        text = f"{cfg['block_m']}×{cfg['block_n']}, {cfg['num_warps']} warps"
+        text += "" if cfg["single_chunk"] else ", chunked"
+        return text + (f", {cfg['segments']} segments" if cfg.get("segments", 1) > 1 else "")
+    text = f"{cfg.mode} {cfg.block_m}×{cfg.block_n}, {cfg.num_warps} warps"
+    if cfg.mode != kconfig.SEGMENT:
+        text += f", {cfg.programs_per_sm}/SM"
+    return text + (f", {cfg.num_stages} stages" if cfg.num_stages > 1 else "")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Bytes moved vs bytes needed, for a tune_kernels.py run")
+    p = argparse.ArgumentParser(prog="python -m tokennorm.kernels.traffic",
+                                description="Bytes moved vs bytes needed, for a tune_kernels.py run")
     p.add_argument("runs", nargs="+", help="tune_kernels.py --json output(s)")
     p.add_argument("--sms", type=int, default=132, help="SMs of the GPU that ran it (H100 SXM: 132)")
     p.add_argument("--itemsize", type=int, default=2, help="bytes per element, for runs that did not record it")
     p.add_argument("--best", action="store_true", help="only the fastest candidate per row length")
     args = p.parse_args(argv)
-    print("| run | dir | N | M | tile | per SM | row groups | × copy (bytes needed) | bytes moved / needed "
+    print("| run | dir | N | M | config | per SM | row groups | × copy (bytes needed) | bytes moved / needed "
           "| × copy (bytes moved) |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for path in args.runs:
@@ -122,26 +166,19 @@ def main(argv: list[str] | None = None) -> int:
                     best[key] = r
             rows = list(best.values())
         for r in rows:
-            c = r["cfg"]
-            tile = f"{c.block_m}×{c.block_n}, {c.num_warps} warps{'' if c.single_chunk else ', chunked'}"
-            tile += f", {c.segments} segments" if c.segments > 1 else ""
-            tile += f", {c.programs_per_sm}/SM persistent" if c.programs_per_sm else ""
-            tile += f", {c.num_stages} stages" if c.num_stages > 1 else ""
-            print(f"| {path.rsplit('/', 1)[-1]} | {r['dir']} | {r['n']:,} | {r['m']:,} | {tile} | {r['per_sm'] or '–'} "
-                  f"| {r['groups'] or '–'} | {r['needed_frac']:.2f} | {r['moved_per_needed']:.2f} "
-                  f"| {r['moved_frac']:.2f} |")
-    print("\nToday's default backward on the same shapes (bytes moved / needed; LayerNorm, RMSNorm):\n")
-    print("| N | M | backward tile | row groups | LN | RMS |")
-    print("|---:|---:|---|---:|---:|---:|")
+            print(f"| {path.rsplit('/', 1)[-1]} | {r['dir']} | {r['n']:,} | {r['m']:,} | {describe(r['cfg'])} "
+                  f"| {r['per_sm'] or '–'} | {r['groups'] or '–'} | {r['needed_frac']:.2f} "
+                  f"| {r['moved_per_needed']:.2f} | {r['moved_frac']:.2f} |")
+    print("\nToday's default plans on the same shapes (bytes moved / needed; H100-sized L2; LayerNorm):\n")
+    print("| N | M | forward | fwd | backward | bwd |")
+    print("|---:|---:|---|---:|---|---:|")
     with open(args.runs[0]) as f:
         shapes = [(r["m"], r["n"]) for r in json.load(f)]
+    facts = DeviceFacts(args.sms, H100.l2_bytes)
     for m, n in shapes:
-        ratios = []
-        for has_bias in (True, False):
-            cfg, groups, moved = default_backward_bytes(m, n, args.itemsize, args.sms, has_bias)
-            ratios.append(moved / (3 * m * n * args.itemsize))
-        tile = f"{cfg.block_m}×{cfg.block_n}{'' if cfg.single_chunk else f', {row_segments(n, cfg)} segments'}"
-        print(f"| {n:,} | {m:,} | {tile} | {groups} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
+        fwd, f_bytes, bwd, b_bytes = default_bytes(m, n, args.itemsize, facts)
+        print(f"| {n:,} | {m:,} | {describe(fwd)} | {f_bytes / (2 * m * n * args.itemsize):.3f} | {describe(bwd)} "
+              f"| {b_bytes / (3 * m * n * args.itemsize):.3f} |")
     return 0
 
 
