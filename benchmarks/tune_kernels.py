@@ -7,7 +7,7 @@ against torch (a config that computes a wrong answer is reported, never ranked) 
 tokennorm's defaults in interleaved rounds with the device copy (one run measured the same launch 1.8× apart:
 single samples are not enough). Prints the best configs per N as a fraction of a device-to-device copy of the
 same bytes, measured in the same run, with the bandwidth on the bytes each plan really moves
-(kernels/traffic.py).
+(tools/kernel_report/traffic.py).
 
     PYTHONPATH=src python3 benchmarks/tune_kernels.py [--dtype bf16] [--ns 1K,4K,...] [--rounds 3] [--json PATH]
 """
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from tokennorm.tools.bench.cli import parse_count
 from tokennorm.kernels import config as kconfig
-from tokennorm.kernels import traffic
+from tokennorm.tools.kernel_report import traffic
 from tokennorm.kernels.config import CHUNKED, LONG_ROWS, ROWS, SEGMENT, KernelConfig
 from tokennorm.kernels.launch import norm_backward, norm_forward
 

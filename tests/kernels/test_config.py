@@ -21,7 +21,7 @@ def test_default_configs_are_consistent():
 def test_long_rows_backward_writes_few_partial_rows():
     """Rows longer than a backward tile: long-row groups of `segments` programs, one float32 partial row of dγ
     (and dβ) per group — a small fraction of the gradient's bytes at every length up to 1M."""
-    from tokennorm.kernels import traffic
+    from tokennorm.tools.kernel_report import traffic
 
     h100 = kconfig.DeviceFacts(sms=132, l2_bytes=50 << 20)
     for n, m in ((16384, 8192), (65536, 2048), (262144, 512), (1 << 20, 128)):

@@ -198,5 +198,5 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     # the fastest and the defaults were timed again, interleaved with the copy
     assert len(result["copy_ms_samples"]) == 2 and len(defaults) == 2
     assert all(len(e["ms_samples"]) == 2 for e in defaults)
-    from tokennorm.kernels import traffic  # the traffic report reads what the run recorded
+    from tokennorm.tools.kernel_report import traffic  # the traffic report reads what the run recorded
     assert len(traffic.analyse([result], sms=4)) == len(result["fwd"]) + len(result["bwd"])

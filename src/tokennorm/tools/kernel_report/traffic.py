@@ -12,7 +12,8 @@ alone cannot tell the two apart; this model can. What it counts, per plan (``con
 * backward: the float32 dγ/dβ partial rows, one per program (row group), written and read back by the final
   sum.
 
-``python -m tokennorm.kernels.traffic RUN.json [--sms 132] [--best]`` applies it to a
+``python -m tokennorm.tools.kernel_report.traffic`` prints the default plans' bytes moved / needed at every row
+length (H100- and H200-sized L2). ``... traffic RUN.json [--sms 132] [--best]`` applies the model to a
 ``benchmarks/tune_kernels.py`` result and prints, per candidate, the bytes moved per byte needed and the
 bandwidth achieved on the bytes moved; then the default plans' bytes moved / needed for the run's shapes.
 Runs recorded before the kernels' second version (2026-11-23, H100) carry the old tilings (``single_chunk``,
@@ -141,13 +142,16 @@ def describe(cfg) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tokennorm.kernels.traffic",
-                                description="Bytes moved vs bytes needed, for a tune_kernels.py run")
-    p.add_argument("runs", nargs="+", help="tune_kernels.py --json output(s)")
+    p = argparse.ArgumentParser(prog="python -m tokennorm.tools.kernel_report.traffic",
+                                description="Bytes moved vs bytes needed: the default plans, or a tune_kernels.py run")
+    p.add_argument("runs", nargs="*", help="tune_kernels.py --json output(s); none: the default plans at every N")
     p.add_argument("--sms", type=int, default=132, help="SMs of the GPU that ran it (H100 SXM: 132)")
     p.add_argument("--itemsize", type=int, default=2, help="bytes per element, for runs that did not record it")
     p.add_argument("--best", action="store_true", help="only the fastest candidate per row length")
     args = p.parse_args(argv)
+    if not args.runs:
+        default_plans_table(args.itemsize)
+        return 0
     print("| run | dir | N | M | config | per SM | row groups | × copy (bytes needed) | bytes moved / needed "
           "| × copy (bytes moved) |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
@@ -180,6 +184,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {n:,} | {m:,} | {describe(fwd)} | {f_bytes / (2 * m * n * args.itemsize):.3f} | {describe(bwd)} "
               f"| {b_bytes / (3 * m * n * args.itemsize):.3f} |")
     return 0
+
+
+DEFAULT_PLAN_NS = tuple(1 << k for k in range(10, 21))  # 1K ... 1M
+
+
+def default_plans_table(itemsize: int, elements: int = 1 << 27) -> None:
+    """The default plans' bytes moved per byte needed at M·N = ``elements``, LayerNorm, for H100 and H200."""
+    print("| device | N | M | forward plan | fwd | backward plan | bwd |")
+    print("|---|---:|---:|---|---:|---|---:|")
+    for name, facts in (("H100 (50 MB L2)", H100), ("H200 (60 MB L2)", H200)):
+        for n in DEFAULT_PLAN_NS:
+            m = elements // n
+            fwd, f_bytes, bwd, b_bytes = default_bytes(m, n, itemsize, facts)
+            print(f"| {name} | {n:,} | {m:,} | {describe(fwd)} | {f_bytes / (2 * m * n * itemsize):.3f} "
+                  f"| {describe(bwd)} | {b_bytes / (3 * m * n * itemsize):.3f} |")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ each kernel (rows, chunked, long rows, segment; forward and backward) in each of
 on, for Hopper (sm_90), and checks what the design claims of the PTX: 16-byte loads and stores of x, γ, β
 and y in the bf16 rows kernels, cp.async where a loop prefetches, the cooperative long-row kernels' atomics.
 
-    python -m tokennorm.kernels.compile_check             # one line per variant; exit 1 on any failure
-    python -m tokennorm.kernels.compile_check --configs   # the default configs: registers, spills, occupancy
+    python -m tokennorm.tools.kernel_report.compile_check             # one line per variant; exit 1 on any failure
+    python -m tokennorm.tools.kernel_report.compile_check --configs   # the default configs: registers, spills, occupancy
 
 ``--configs`` reports, for the configurations tokennorm picks at each row length of the benchmark sweep (bf16
 LayerNorm on an H100-sized machine), the registers and stack (spills) per thread from the compiled binary,
@@ -256,7 +256,7 @@ def report_configs() -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokennorm.kernels.compile_check",
+    parser = argparse.ArgumentParser(prog="python -m tokennorm.tools.kernel_report.compile_check",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", action="store_true",
                         help="report registers, spills and occupancy of the default configs instead")

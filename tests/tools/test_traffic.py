@@ -1,4 +1,4 @@
-"""The HBM traffic model of the launch plans (tokennorm.kernels.traffic), checked against hand counts, the
+"""The HBM traffic model of the launch plans (tokennorm.tools.kernel_report.traffic), checked against hand counts, the
 targets of the kernels' design (bytes moved ≤ 1.02× / 1.05× the bytes needed), and the H100 run of the first
 kernels it was built to explain."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tokennorm.kernels import config as kconfig
-from tokennorm.kernels import traffic
+from tokennorm.tools.kernel_report import traffic
 from tokennorm.kernels.config import CHUNKED, LONG_ROWS, ROWS, SEGMENT, KernelConfig
 
 RUN = Path(__file__).resolve().parent.parent.parent / "benchmarks" / "results" / "h100-2026-11-23"
@@ -93,3 +93,12 @@ def test_cli_prints_both_tables(capsys):
     out = capsys.readouterr().out
     assert "| tune_rms.json | bwd | 1,048,576 | 128 |" in out and "| tune_rms.json | fwd | 1,048,576 | 128 |" in out
     assert "| 1,048,576 | 128 | long_rows 1×16384, 16 warps, 1/SM | 1.000 | long_rows 1×8192, 16 warps, 1/SM |" in out
+
+
+def test_command_without_a_run_prints_the_default_plans(capsys):
+    assert traffic.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("|") for line in lines[2:]]
+    assert len(rows) == 2 * len(traffic.DEFAULT_PLAN_NS)
+    for row in rows:  # the targets: forward ≤ 1.02 and backward ≤ 1.05 of the bytes needed
+        assert float(row[5]) <= 1.02 and float(row[7]) <= 1.05, row
