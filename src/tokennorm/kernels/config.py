@@ -12,8 +12,8 @@ Modes, one kernel each (forward / backward):
 
 The tiles were chosen without a GPU, from the compiled kernels (registers, spills, programs per SM, SASS per
 element; ``python -m tokennorm.tools.kernel_report.compile_check --configs``, table in benchmarks/RESULTS.md)
-and from the one H100 tuning run of the previous kernels (same file). Every config a plan can pick is cached per (row length,
-element size, device), so a call pays one dict lookup.
+and from the one H100 tuning run of the previous kernels (same file). Every config a plan can pick is cached
+per (row length, element size, device), so a call pays one dict lookup.
 """
 
 from __future__ import annotations
