@@ -136,13 +136,13 @@ def stubbed_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
 
     entries = {
         "raw Triton launch, forward kernel (JITFunction, prepared args)": _prepared_launch(
-            "_norm_fwd_kernel", inference, "jit"),
+            "_rows_forward", inference, "jit"),
         "raw Triton launch, backward kernel (JITFunction, prepared args)": _prepared_launch(
-            "_norm_bwd_kernel", train, "jit"),
-        "cached launch, forward kernel (prepared args)": _prepared_launch("_norm_fwd_kernel", inference, "cached"),
-        "cached launch, backward kernel (prepared args)": _prepared_launch("_norm_bwd_kernel", train, "cached"),
+            "_rows_backward", train, "jit"),
+        "cached launch, forward kernel (prepared args)": _prepared_launch("_rows_forward", inference, "cached"),
+        "cached launch, backward kernel (prepared args)": _prepared_launch("_rows_backward", train, "cached"),
         "cached launch, forward kernel, keywords bound once (prepared args)": _prepared_launch(
-            "_norm_fwd_kernel", inference, "bound"),
+            "_rows_forward", inference, "bound"),
         "triton_op norm_fwd, eager (compile's path)": lambda: torch.ops.tokennorm.norm_fwd(
             x, w, b, None, None, 1e-5, 0.0, 0.0, False, None),
         "layer_norm": lambda: tokennorm.layer_norm(x, ns, w, b),

@@ -14,7 +14,6 @@ Nothing runs, so inputs are allocated and never written (the operating system ma
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -91,22 +90,25 @@ def tokennorm_on_fake_gpu(device: hopper.Device) -> Iterator[None]:
     ``device``'s SMs, as on that GPU. (The triton backend selects CPU tensors only when the kernels run there,
     i.e. under the interpreter; this says they do, to the backend selection only: the kernels are compiled ones.)"""
     import tokennorm.backend as backend
-    from tokennorm.kernels import config
+    from tokennorm.kernels import config, plan
 
-    original_sm_count = config.sm_count
-    patched = [mod for name, mod in list(sys.modules.items())
-               if name.startswith("tokennorm.") and getattr(mod, "sm_count", None) is original_sm_count]
+    original_facts = config.device_facts
     kernels_run_on_cpu = backend._kernels_run_on_cpu
+
+    def clear_caches() -> None:  # plans and configs cached for the CPU's (interpreter's) facts must not leak
+        for cached in (plan.forward_plan, plan.backward_plan, config.forward_config, config.backward_config):
+            cached.cache_clear()
+
     try:
         backend._kernels_run_on_cpu = True
-        for mod in patched:
-            mod.sm_count = lambda _device: device.sms
+        config.device_facts = lambda _device: config.DeviceFacts(sms=device.sms, l2_bytes=device.l2_bytes)
+        clear_caches()
         with backend.using_backend("triton"):
             yield
     finally:
         backend._kernels_run_on_cpu = kernels_run_on_cpu
-        for mod in patched:
-            mod.sm_count = original_sm_count
+        config.device_facts = original_facts
+        clear_caches()
 
 
 @dataclass
