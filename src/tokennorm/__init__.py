@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tokennorm.patching import patch, patch_report, unpatch
     from tokennorm.adaptive import AdaLNZero, Modulation, ada_norm
     from tokennorm.channels_first import ChannelsFirstLayerNorm, channels_first_layer_norm
-    from tokennorm.dyt import AddDyT, DyT, add_dyt, dyt
+    from tokennorm.dynamic_tanh import AddDyT, DyT, add_dyt, dyt
 
 __all__ = [
     "LayerNorm", "RMSNorm", "AddNorm", "layer_norm", "rms_norm", "add_norm", "patch", "unpatch", "patch_report",
@@ -33,6 +33,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     **dict.fromkeys(("layer_norm", "rms_norm", "add_norm"), "tokennorm.functional"),
     **dict.fromkeys(("patch", "unpatch", "patch_report"), "tokennorm.patching"),
     **dict.fromkeys(("ada_norm", "AdaLNZero", "Modulation"), "tokennorm.adaptive"),
-    **dict.fromkeys(("dyt", "add_dyt", "DyT", "AddDyT"), "tokennorm.dyt"),
+    **dict.fromkeys(("dyt", "add_dyt", "DyT", "AddDyT"), "tokennorm.dynamic_tanh"),
     **dict.fromkeys(("channels_first_layer_norm", "ChannelsFirstLayerNorm"), "tokennorm.channels_first"),
 })

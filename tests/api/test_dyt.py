@@ -67,6 +67,13 @@ def test_matches_the_float64_reference_with_gradients(dtype, add, prenorm):
         _within("d" + name, leaf.grad, ref, leaf.dtype, 4, magnitudes["d" + name])
 
 
+def test_the_public_function_is_not_shadowed_by_a_submodule():
+    import tokennorm.dynamic_tanh  # noqa: F401  (importing a submodule sets a package attribute)
+
+    assert callable(tokennorm.dyt) and callable(tokennorm.add_dyt) and callable(tokennorm.ada_norm)
+    assert callable(tokennorm.channels_first_layer_norm)
+
+
 def test_dyt_module_is_the_papers_dynamic_tanh():
     """Parameters and state_dict keys of the paper's DynamicTanh (alpha [1], weight, bias); Liger's LigerDyT names
     them alpha, gamma, beta — the same tensors."""

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokennorm.dyt import AddDyT, DyT
+from tokennorm.dynamic_tanh import AddDyT, DyT
 from tokennorm.modules import AddNorm, LayerNorm, RMSNorm
 
 __all__ = ["NORM_TYPES", "PLACEMENTS", "SequenceBatchNorm", "ResidualNorm", "make_norm", "make_add_norm"]

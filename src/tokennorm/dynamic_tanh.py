@@ -4,6 +4,8 @@ DyT ("Transformers without Normalization", Zhu, Chen, He, LeCun and Liu, CVPR 20
 LayerNorm with an element-wise squashing whose steepness α is learned: no statistics at all, so every token (and
 every element) is transformed on its own. The math, with its hand-written backward, is
 :func:`tokennorm.reference.dyt` / :func:`tokennorm.reference.add_dyt`.
+
+(Not ``dyt.py``: importing a submodule sets it as an attribute of the package, and ``tokennorm.dyt`` is the function.)
 """
 
 from __future__ import annotations
