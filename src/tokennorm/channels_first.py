@@ -56,6 +56,11 @@ def channels_first_layer_norm(
     _checks.check_norm_inputs("LayerNormKernelImpl", channels_last, tuple(input.shape[1:2]), weight, bias)
     # The one dispatch point of this op: the Triton kernel that reduces over dim 1 in place (issue 18, phase 2)
     # plugs in here; until then torch's LayerNorm runs on the channels-last view.
+    if any(p is not None and p.dtype != input.dtype for p in (weight, bias)):
+        # float32 parameters with a bfloat16/float16 input: torch's CUDA LayerNorm refuses the mix (its CPU one
+        # computes it in float32), so compute it in float32 here on every device
+        y = F.layer_norm(channels_last.float(), input.shape[1:2], weight, bias, eps).to(input.dtype)
+        return y.movedim(-1, 1)
     return F.layer_norm(channels_last, input.shape[1:2], weight, bias, eps).movedim(-1, 1)
 
 
