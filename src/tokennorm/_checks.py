@@ -42,6 +42,11 @@ def as_shape(normalized_shape, name: str = "normalized_shape") -> tuple[int, ...
     return tuple(shape)
 
 
+def _scalar_type_name(dtype: torch.dtype) -> str:
+    """torch's name for a dtype in its error messages: 'Long' for torch.int64, 'ComplexFloat' for complex64."""
+    return torch.empty(0, dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
+
+
 def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -111,6 +116,22 @@ def norm_row_length(
                 f"bfloat16/float16 input, but got {name} of dtype {p.dtype}"
             )
     return n
+
+
+def check_dtype(op: str, input: Tensor) -> None:
+    """NotImplementedError as torch's for an input dtype no norm kernel takes (integers, bool, complex, float8)."""
+    if input.dtype not in KERNEL_DTYPES:
+        raise NotImplementedError(f'"{op}" not implemented for \'{_scalar_type_name(input.dtype)}\'')
+
+
+def check_norm_inputs(
+    op: str, input: Tensor, normalized_shape, weight: Optional[Tensor], bias: Optional[Tensor]
+) -> None:
+    """For the ops built on a norm (ada_norm, DyT, channels-first LayerNorm): the input's dtype (``op`` names the
+    kernel in the message, as torch's do), then :func:`norm_row_length`'s checks, with RMSNorm's messages for
+    ``op == "rms_norm"`` and LayerNorm's (and its parameter dtype rule) otherwise."""
+    check_dtype(op, input)
+    norm_row_length("rms_norm" if op == "rms_norm" else "layer_norm", input, normalized_shape, weight, bias)
 
 
 def _raise_shape_mismatch(op: str, input: Tensor, shape: tuple) -> None:
