@@ -66,9 +66,6 @@ def get_backend() -> str:
     return _name
 
 
-backend_name = get_backend  # the name the bench tool and benchmarks/bench_block.py still use
-
-
 def set_backend(name: str) -> None:
     """Make ``name`` (``"auto"``, ``"torch"`` or ``"triton"``; case and surrounding spaces ignored) the backend
     of every later call in this process, all threads. ValueError for anything else."""

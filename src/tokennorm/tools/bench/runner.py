@@ -190,9 +190,9 @@ def _version(package: str) -> Optional[str]:
 
 def environment(device: str) -> dict:
     """Where and with what the numbers were taken."""
-    from tokennorm.backend import backend_name
+    from tokennorm.backend import get_backend
 
-    backend = backend_name()
+    backend = get_backend()
     used = "triton" if backend == "triton" or (backend == "auto" and device == "cuda") else "torch"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
