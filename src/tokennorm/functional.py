@@ -20,21 +20,11 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from tokennorm import _checks, ops  # ops also registers torch.ops.tokennorm.*
 from tokennorm.backend import use_triton
-from tokennorm.reference import compute_dtype, default_rms_eps
+from tokennorm.reference import LAYER_NORM_EPS, compute_dtype, default_rms_eps, norm_eps
 
 __all__ = ["layer_norm", "rms_norm", "add_norm", "norm_eps", "LAYER_NORM_EPS"]
 
 NORMS = ("layernorm", "rmsnorm")
-LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default
-
-
-def norm_eps(eps: Optional[float], is_rms: bool, dtype: torch.dtype) -> float:
-    """ε for a norm whose input has ``dtype``: ``eps`` itself, or for None the norm's default — 1e-5 for
-    LayerNorm, torch's RMSNorm default (the machine epsilon of the compute dtype, see
-    :func:`~tokennorm.reference.default_rms_eps`) for RMSNorm. The one place these defaults are decided."""
-    if eps is not None:
-        return eps
-    return default_rms_eps(dtype) if is_rms else LAYER_NORM_EPS
 
 
 def _rows(t: Tensor, n: int) -> Tensor:
@@ -162,8 +152,9 @@ def add_norm(
     r"""Fused Add & Norm: ``h = residual + dropout(x)``, ``y = Norm(h) · (weight + weight_offset) + bias``.
 
     h is the new residual stream, stored in ``residual_dtype`` (default: the residual's dtype, else x's), e.g.
-    float32 under bf16 activations. y is the norm of h *as stored* (rounded to its dtype), computed in float32
-    (float64 when x or h is float64), returned in x's dtype — on either backend.
+    float32 under bf16 activations. Both h and y are computed in float32, or float64 when any of x, residual, h
+    is float64: h from the exact operands, rounded once to its dtype; y as the norm of h *as stored*, rounded
+    once to x's dtype — on either backend.
 
     Args:
         x: (*, normalized_shape), float16/bfloat16/float32/float64: the sublayer's output.
@@ -214,38 +205,47 @@ def add_norm(
     eps = norm_eps(None if eps is None else _checks.as_eps("add_norm", 5, eps), is_rms, h_dtype)
     p = dropout_p if training else 0.0
 
+    # The compute dtype of both the add and the norm: float64 when any of x, residual, h is float64.
+    acc = compute_dtype(x.dtype, h_dtype, *(() if residual is None else (residual.dtype,)))
+
     if not use_triton(x) or x.numel() == 0:
-        h = _add_dropout_torch(x, residual, p, h_dtype)
-        y = _norm_torch(h, _checks.as_shape(normalized_shape), weight, bias, eps, is_rms, weight_offset, x.dtype)
+        h = _add_dropout_torch(x, residual, p, h_dtype, acc)
+        y = _norm_torch(h, _checks.as_shape(normalized_shape), weight, bias, eps, is_rms, weight_offset, x.dtype,
+                        acc)
         return (y, h) if prenorm else y
 
+    # The kernels compute in float64 exactly when x is float64: a float64 residual or h under a narrower x
+    # takes x in float64 (a rare mix; one extra cast each way).
+    xk = x if acc == compute_dtype(x.dtype) else x.to(acc)
     # The kernel stores h (and normalizes it as stored) whenever h is not x itself: an add, dropout, another
     # dtype, or a caller who wants h back.
     store_h = residual is not None or p > 0.0 or prenorm or h_dtype != x.dtype
     seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64) if p > 0.0 else None
     y, h = ops.norm_forward(
-        _rows(x, n), _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), seed,
+        _rows(xk, n), _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), seed,
         eps, p, weight_offset, is_rms, h_dtype if store_h else None, _requires_grad(x, residual, weight, bias),
     )
-    y = y.view_as(x)
+    y = y.view_as(x) if xk is x else y.view_as(x).to(x.dtype)
     return (y, h.view_as(x)) if prenorm else y
 
 
-def _add_dropout_torch(x: Tensor, residual: Optional[Tensor], p: float, h_dtype: torch.dtype) -> Tensor:
-    xd = F.dropout(x, p, training=True) if p > 0.0 else x
-    if residual is None:
-        return xd.to(h_dtype, copy=True)
-    return residual.to(h_dtype) + xd.to(h_dtype)
+def _add_dropout_torch(x: Tensor, residual: Optional[Tensor], p: float, h_dtype: torch.dtype,
+                       acc: torch.dtype) -> Tensor:
+    """h = residual + dropout(x), computed in ``acc`` and rounded once to ``h_dtype``, as the kernels do."""
+    if p == 0.0 and x.dtype == h_dtype and (residual is None or residual.dtype == h_dtype):
+        return x.clone() if residual is None else residual + x  # torch's 16-bit arithmetic: float32, one rounding
+    xd = x.to(acc)
+    if p > 0.0:
+        xd = F.dropout(xd, p, training=True)
+    return (xd if residual is None else residual.to(acc) + xd).to(h_dtype)
 
 
 def _norm_torch(
     h: Tensor, shape: tuple[int, ...], weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-    is_rms: bool, weight_offset: float, out_dtype: torch.dtype,
+    is_rms: bool, weight_offset: float, out_dtype: torch.dtype, acc: torch.dtype,
 ) -> Tensor:
     """Norm(h) · (weight + weight_offset) + bias with torch's norms, as the kernels compute it: h as stored,
-    parameters and arithmetic in the compute dtype (float32, float64 when x or h is float64), one rounding to
-    ``out_dtype`` (x's dtype) at the end."""
-    acc = torch.promote_types(compute_dtype(h.dtype), compute_dtype(out_dtype))
+    parameters and arithmetic in ``acc``, one rounding to ``out_dtype`` (x's dtype) at the end."""
     h = h.to(acc)
     if weight is not None:
         weight = weight.to(acc)

@@ -32,8 +32,10 @@ from torch import Tensor
 __all__ = [
     "NormGrads",
     "AddNormGrads",
+    "LAYER_NORM_EPS",
     "compute_dtype",
     "default_rms_eps",
+    "norm_eps",
     "layer_norm",
     "layer_norm_backward",
     "rms_norm",
@@ -53,9 +55,13 @@ __all__ = [
 ]
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype statistics are accumulated in: float64 for float64 inputs, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype statistics are accumulated in: float64 when any of ``dtypes`` (the tensors an op computes from) is
+    float64, float32 otherwise."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def default_rms_eps(dtype: torch.dtype) -> float:
@@ -65,6 +71,15 @@ def default_rms_eps(dtype: torch.dtype) -> float:
     ``finfo(input.dtype).eps`` (0.0078 for bf16), which torch does not use.
     """
     return torch.finfo(compute_dtype(dtype)).eps
+
+
+def norm_eps(eps: Optional[float], is_rms: bool, dtype: torch.dtype) -> float:
+    """ε of a norm whose input (the tensor normalized) has ``dtype``: ``eps`` itself, or for None the norm's
+    default — :data:`LAYER_NORM_EPS` for LayerNorm, :func:`default_rms_eps` for RMSNorm. The one place these
+    defaults are decided."""
+    if eps is not None:
+        return eps
+    return default_rms_eps(dtype) if is_rms else LAYER_NORM_EPS
 
 
 def _rows(x: Tensor, normalized_shape: Sequence[int]) -> Tensor:
@@ -100,7 +115,7 @@ def layer_norm(
     normalized_shape: Sequence[int],
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
-    eps: float = 1e-5,
+    eps: float = LAYER_NORM_EPS,
     weight_offset: float = 0.0,
 ) -> Tensor:
     """LayerNorm over the trailing ``normalized_shape`` dims; y has x's dtype."""
@@ -174,7 +189,7 @@ def layer_norm_backward(
     normalized_shape: Sequence[int],
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
-    eps: float = 1e-5,
+    eps: float = LAYER_NORM_EPS,
     weight_offset: float = 0.0,
 ) -> NormGrads:
     """Gradients of :func:`layer_norm` given the upstream gradient ``dy``."""
@@ -200,7 +215,7 @@ def add_norm(
     normalized_shape: Sequence[int],
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
-    eps: Optional[float] = 1e-5,
+    eps: Optional[float] = None,
     *,
     norm: str = "layernorm",
     keep_mask: Optional[Tensor] = None,
@@ -211,20 +226,23 @@ def add_norm(
     """Add & Norm: ``h = residual + dropout(x)``, ``y = Norm(h)``. Returns (y, h).
 
     ``keep_mask`` (bool, x's shape) says which elements of x dropout keeps; kept ones are scaled by 1/(1 − p).
-    h has ``residual_dtype`` (default: the residual's dtype, else x's); y has x's dtype.
+    h has ``residual_dtype`` (default: the residual's dtype, else x's); y has x's dtype. Both are computed in
+    :func:`compute_dtype` of x, the residual and h and rounded once: h from the exact operands, y from h as
+    stored. ``eps=None``: :func:`norm_eps` of h's dtype.
     """
     h_dtype = residual_dtype or (residual.dtype if residual is not None else x.dtype)
-    acc = compute_dtype(h_dtype)
+    acc = compute_dtype(x.dtype, h_dtype, *(() if residual is None else (residual.dtype,)))
     xd = x.to(acc)
     if keep_mask is not None:
         xd = torch.where(keep_mask, xd / (1.0 - dropout_p), torch.zeros_like(xd))
     h = (xd if residual is None else residual.to(acc) + xd).to(h_dtype)
+    eps = norm_eps(eps, norm == "rmsnorm", h_dtype)
     if norm == "rmsnorm":
-        y = rms_norm(h, normalized_shape, weight, eps, weight_offset)
+        y = rms_norm(h.to(acc), normalized_shape, weight, eps, weight_offset)
         if bias is not None:  # RMSNorm with a bias: y = x̂ · γ + β
-            y = (y.to(acc) + bias.to(acc)).to(y.dtype)
+            y = y + bias.to(acc)
     else:
-        y = layer_norm(h, normalized_shape, weight, bias, 1e-5 if eps is None else eps, weight_offset)
+        y = layer_norm(h.to(acc), normalized_shape, weight, bias, eps, weight_offset)
     return y.to(x.dtype), h
 
 
@@ -247,7 +265,7 @@ def add_norm_backward(
     normalized_shape: Sequence[int],
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
-    eps: Optional[float] = 1e-5,
+    eps: Optional[float] = None,
     *,
     norm: str = "layernorm",
     keep_mask: Optional[Tensor] = None,
@@ -255,12 +273,13 @@ def add_norm_backward(
     weight_offset: float = 0.0,
 ) -> AddNormGrads:
     """Gradients of :func:`add_norm`; ``dh`` is the upstream gradient of the returned h (pre-LN), or None."""
+    eps = norm_eps(eps, norm == "rmsnorm", h.dtype)
     if norm == "rmsnorm":
         g = rms_norm_backward(dy, h, normalized_shape, weight, eps, weight_offset)
         if bias is not None:
             g.dbias = _rows(dy, normalized_shape).sum(dim=0).reshape(bias.shape).to(bias.dtype)  # Σ_rows dy
     else:
-        g = layer_norm_backward(dy, h, normalized_shape, weight, bias, 1e-5 if eps is None else eps, weight_offset)
+        g = layer_norm_backward(dy, h, normalized_shape, weight, bias, eps, weight_offset)
     dh_total = g.dx.to(compute_dtype(h.dtype))
     if dh is not None:
         dh_total = dh_total + dh.to(dh_total.dtype)
@@ -317,9 +336,7 @@ def _norm_affine(h: Tensor, norm: str, weight: Optional[Tensor], bias: Optional[
 
 
 def _default_eps(norm: str, eps: Optional[float], dtype: torch.dtype) -> float:
-    if eps is not None:
-        return eps
-    return default_rms_eps(dtype) if norm == "rmsnorm" else 1e-5
+    return norm_eps(eps, norm == "rmsnorm", dtype)
 
 
 def ada_norm(

@@ -33,7 +33,7 @@ from tokennorm.distributed._dtensor import unwrap
 from tokennorm.distributed._stats import local_moments, merge_moments
 from tokennorm.distributed._validate import LocalProblem, all_gather_single, exchange_and_check
 from tokennorm.kernels import launch
-from tokennorm.reference import compute_dtype, default_rms_eps
+from tokennorm.reference import compute_dtype, default_rms_eps, norm_eps
 
 __all__ = ["default_shard_sizes", "sharded_layer_norm", "sharded_rms_norm", "sharded_add_norm"]
 
@@ -251,7 +251,7 @@ def sharded_add_norm(
     residual_shard: Optional[Tensor] = None,
     weight_shard: Optional[Tensor] = None,
     bias_shard: Optional[Tensor] = None,
-    eps: Optional[float] = 1e-5,
+    eps: Optional[float] = None,
     group: Optional[dist.ProcessGroup] = None,
     full_size: Optional[int] = None,
     *,
@@ -284,8 +284,7 @@ def sharded_add_norm(
         problems |= LocalProblem.RESIDUAL_SHAPE
     is_rms = norm == "rmsnorm"
     h_dtype = residual_dtype or (residual.dtype if residual is not None else x.dtype)
-    if eps is None:
-        eps = default_rms_eps(h_dtype) if is_rms else 1e-5
+    eps = norm_eps(eps, is_rms, h_dtype)
     needs_grad = x.requires_grad or (residual is not None and residual.requires_grad)
     if validate:
         exchange_and_check(fn, x, local.weight, local.bias, local.full_size, eps, is_rms, problems, local.group,
