@@ -47,7 +47,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import tokennorm  # noqa: E402
-from tokennorm.kernels import launch  # noqa: E402
+from tokennorm.kernels import config as kconfig  # noqa: E402
+from tokennorm.kernels import plan  # noqa: E402
+from tokennorm.kernels.launcher import CachedLauncher  # noqa: E402
 from tokennorm.tools.kernel_report import fakecuda, hopper  # noqa: E402
 from tokennorm.tools.kernel_report.cases import tokennorm_on_fake_gpu  # noqa: E402
 
@@ -90,30 +92,28 @@ def _train_step(fn: Callable[[], torch.Tensor], dy: torch.Tensor) -> Callable[[]
     return step
 
 
-def _prepared_launch(name: str, call: Callable[[], object], through: str) -> Callable[[], object]:
-    """The first launch of ``launch.<name>`` (a CachedLauncher) that ``call`` makes, replayed with the same grid and
-    arguments through ``through``: "jit" (the jit function itself, Triton's own launch), "cached", or "bound"
-    (the cached launcher with the keywords bound once, as a launch plan would hold them)."""
+def _prepared_launch(launcher: CachedLauncher, call: Callable[[], object], through: str) -> Callable[[], object]:
+    """The first launch through ``launcher`` that ``call`` makes, replayed with the same grid and arguments
+    through ``through``: "jit" (the jit function itself, Triton's own launch), "cached" (the CachedLauncher with
+    its keywords given per call), or "bound" (with its keywords bound once, as the plans hold them)."""
     captured = {}
-    original = getattr(launch, name)
+    original = CachedLauncher.run
 
-    class Capture:
-        def __getitem__(self, grid):
-            def record(*args, **kwargs):
-                captured.setdefault("launch", (grid, args, kwargs))
-                return original[grid](*args, **kwargs)
-            return record
+    def record(self, grid, args, kwargs, keyword_set):
+        if self is launcher:
+            captured.setdefault("launch", (grid, args, kwargs))
+        return original(self, grid, args, kwargs, keyword_set)
 
-    setattr(launch, name, Capture())
+    CachedLauncher.run = record
     try:
         call()
     finally:
-        setattr(launch, name, original)
+        CachedLauncher.run = original
     grid, args, kwargs = captured["launch"]
     if through == "bound":
-        bound = original.bind(**kwargs)
-        return lambda: bound[grid](*args)
-    kernel = original.kernel if through == "jit" else original
+        bound = launcher.bind(**kwargs)
+        return lambda: bound.launch(grid, *args)
+    kernel = launcher.kernel if through == "jit" else launcher
     return lambda: kernel[grid](*args, **kwargs)
 
 
@@ -134,15 +134,18 @@ def stubbed_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     def train():
         return tokennorm.layer_norm(xg, ns, wg, bg).backward(dy)
 
+    forward, backward = plan.FORWARD_KERNELS[kconfig.ROWS], plan.BACKWARD_KERNELS[kconfig.ROWS]
+
     entries = {
         "raw Triton launch, forward kernel (JITFunction, prepared args)": _prepared_launch(
-            "_rows_forward", inference, "jit"),
-        "raw Triton launch, backward kernel (JITFunction, prepared args)": _prepared_launch(
-            "_rows_backward", train, "jit"),
-        "cached launch, forward kernel (prepared args)": _prepared_launch("_rows_forward", inference, "cached"),
-        "cached launch, backward kernel (prepared args)": _prepared_launch("_rows_backward", train, "cached"),
+            forward, inference, "jit"),
+        "raw Triton launch, backward kernel (JITFunction, prepared args)": _prepared_launch(backward, train, "jit"),
+        "cached launch, forward kernel (prepared args)": _prepared_launch(forward, inference, "cached"),
+        "cached launch, backward kernel (prepared args)": _prepared_launch(backward, train, "cached"),
         "cached launch, forward kernel, keywords bound once (prepared args)": _prepared_launch(
-            "_rows_forward", inference, "bound"),
+            forward, inference, "bound"),
+        "cached launch, backward kernel, keywords bound once (prepared args)": _prepared_launch(
+            backward, train, "bound"),
         "triton_op norm_fwd, eager (compile's path)": lambda: torch.ops.tokennorm.norm_fwd(
             x, w, b, None, None, 1e-5, 0.0, 0.0, False, None),
         "layer_norm": lambda: tokennorm.layer_norm(x, ns, w, b),

@@ -82,12 +82,11 @@ def norm_bwd(
     dweight/dbias are sums in the accumulation dtype (empty unless asked for); dresidual is empty unless
     ``residual_dtype``.
     """
-    return tuple(
-        launch.norm_backward(
-            dy, h, weight, mean, rstd, dh_in, seed, dropout_p, weight_offset, is_rms,
-            compute_dweight, compute_dbias, x_dtype, residual_dtype,
-        )
-    )
+    dx, dres, dw, db = launch.norm_backward(dy, h, weight, mean, rstd, dh_in, seed, dropout_p, weight_offset, is_rms,
+                                            compute_dweight, compute_dbias, x_dtype, residual_dtype)
+    acc = launch.acc_dtype(h.dtype)  # the schema says Tensor: an output not produced is a 0-element tensor
+    return (dx, h.new_empty(0, dtype=x_dtype) if dres is None else dres, h.new_empty(0, dtype=acc) if dw is None else dw,
+            h.new_empty(0, dtype=acc) if db is None else db)
 
 
 @norm_bwd.register_fake

@@ -274,7 +274,7 @@ def test_backward_is_bitwise_deterministic(mode):
     first = _run(x, w, b, dy, 1e-5, False, MODES[mode])[1]
     second = _run(x, w, b, dy, 1e-5, False, MODES[mode])[1]
     for a, c in zip(first, second):
-        assert torch.equal(a, c)
+        assert (a is None and c is None) or torch.equal(a, c)  # dresidual: None (not asked for)
 
 
 def test_chunked_statistics_survive_a_large_mean():
@@ -364,7 +364,7 @@ def test_long_rows_default_backward_matches_the_reference(monkeypatch, request, 
     if not is_rms:
         _close(first.dbias, g.dbias, torch.float32, scale=m)
     for a, c in zip(first, second):
-        assert torch.equal(a, c)
+        assert (a is None and c is None) or torch.equal(a, c)  # dresidual: None (not asked for)
 
 
 @pytest.mark.gpu

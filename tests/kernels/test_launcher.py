@@ -12,7 +12,7 @@ import torch
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from tokennorm.kernels import launch, launcher
+from tokennorm.kernels import launch, launcher, plan
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_cached_launches_hand_the_launcher_what_triton_does(fake_gpu):
 @pytest.mark.slow
 def test_every_public_op_launches_as_triton_does(fake_gpu):
     result = fake_gpu("public-ops")
-    assert result["_rows_forward"]["from the cache"] > 0 and result["_rows_backward"]["from the cache"] > 0
+    assert result["rows_forward_kernel"]["from the cache"] > 0 and result["rows_backward_kernel"]["from the cache"] > 0
 
 
 @pytest.mark.slow
@@ -45,7 +45,8 @@ def test_torch_compile_traces_the_launch_through_wrap_triton(fake_gpu):
 def test_interpreted_kernels_are_called_as_they_are():
     if torch.cuda.is_available():
         pytest.skip("the kernels are compiled on a GPU machine")
-    wrapped = [v for v in vars(launch).values() if isinstance(v, launcher.CachedLauncher)]
+    wrapped = [*plan.FORWARD_KERNELS.values(), *plan.BACKWARD_KERNELS.values(),
+               *(v for v in vars(launch).values() if isinstance(v, launcher.CachedLauncher))]
     assert wrapped and all(not w._cached and w.cache_size() == 0 for w in wrapped)
 
 
@@ -90,3 +91,26 @@ def test_key_separates_what_triton_specializes_on():
     key_nv = no_value._make_key_function((torch.Tensor, torch.Tensor, int, float))
     assert key_nv(0, 0, x, y, 1, 0.5) == key_nv(0, 0, x, y, 32, 0.5) != key_nv(0, 0, x, y, 2**31, 0.5)
     assert key_nv(0, 0, x, y, 1, 0.5) != key_nv(1, 0, x, y, 1, 0.5) != key_nv(0, 1, x, y, 1, 0.5)  # device, keywords
+
+
+class _Recorder:
+    """Stands for a kernel: records the keywords of each launch."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append(kwargs)
+
+
+def test_the_register_cap_is_left_out_while_torch_compile_traces(monkeypatch):
+    """torch's wrap_triton forwards num_warps and num_stages to the kernel, not maxnreg."""
+    monkeypatch.setattr(launcher, "_wrap_triton", lambda kernel: kernel)
+    kernel = _Recorder()
+    bound = launcher.CachedLauncher(kernel).bind(BLOCK=64, num_warps=1, maxnreg=40)
+    bound.launch((1,), 1.0)
+    assert kernel.launches[-1] == {"BLOCK": 64, "num_warps": 1, "maxnreg": 40}
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    bound.launch((1,), 1.0)
+    bound[(1,)](1.0, MODE=2)
+    assert kernel.launches[-2:] == [{"BLOCK": 64, "num_warps": 1}, {"BLOCK": 64, "num_warps": 1, "MODE": 2}]

@@ -113,9 +113,10 @@ def test_l2_size_from_the_device_else_from_the_table(monkeypatch):
         kconfig.device_facts.cache_clear()
 
 
-def test_the_register_cap_is_left_out_while_torch_compile_traces(monkeypatch):
-    """torch's wrap_triton forwards num_warps and num_stages to the kernel, not maxnreg."""
-    p = _forward_plan(config=KernelConfig(ROWS, 64, 1, max_registers=40))
-    assert p.launch_kwargs["maxnreg"] == 40
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert "maxnreg" not in p.launch_kwargs and p.launch_kwargs["num_warps"] == 1
+def test_a_plan_holds_its_mode_s_kernel_with_its_switches_bound():
+    for config in (KernelConfig(ROWS, 64, 1), KernelConfig(CHUNKED, 16, 1), KernelConfig(LONG_ROWS, 16, 1)):
+        p = _forward_plan(config=config)
+        assert p.kernel.launcher is plan.FORWARD_KERNELS[config.mode] and p.kernel.kwargs == p.constexprs
+    p = plan.backward_plan(64, torch.float32, torch.float32, None, True, False, 0.0, 0.0, False, True, True, DEVICE,
+                           KernelConfig(SEGMENT, 16, 1))
+    assert p.kernel.launcher is plan.BACKWARD_KERNELS[SEGMENT] and p.kernel.kwargs == p.constexprs

@@ -31,8 +31,8 @@ Map of this package (the layers above: :mod:`tokennorm.ops` registers the launch
     reason.
 ``plan.py``
     ``ForwardPlan`` / ``BackwardPlan``: every decision about a call that does not depend on its data (mode,
-    tile, ε and its float32 remainder, dtypes, which inputs and outputs exist, the compile-time switches),
-    built once per distinct call and cached.
+    tile, ε and its float32 remainder, dtypes, which inputs and outputs exist, the compile-time switches, and
+    the mode's kernel with those switches bound), built once per distinct call and cached.
 ``launch.py``
     Allocate outputs and launch a plan: ``norm_forward`` / ``norm_backward`` (and ``run_forward`` /
     ``run_backward`` taking a plan), and the tensor-parallel pieces (``segment_moments``, ``segment_apply``,

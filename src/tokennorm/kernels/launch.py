@@ -1,8 +1,10 @@
 """Launchers: allocate outputs, take the call's plan, launch. No autograd and no argument checking here.
 
 Kernels are launched through :class:`~tokennorm.kernels.launcher.CachedLauncher`: from a per-specialization
-cache in eager mode, through ``torch.library.wrap_triton`` while torch.compile traces. Every launch has the form
-``KERNEL[grid](*tensors_and_scalars, **plan.launch_kwargs, ...)``. Inputs are [M, N] views whose last stride is 1.
+cache in eager mode, through ``torch.library.wrap_triton`` while torch.compile traces. A plan's launch has the
+form ``plan.kernel.launch(grid, *tensors_and_scalars)`` (its constexprs bound in the plan). Inputs are [M, N]
+views whose last stride is 1. These functions run on every call: their host time is measured in
+benchmarks/RESULTS.md ("Host time per call").
 """
 
 from __future__ import annotations
@@ -13,24 +15,17 @@ import torch
 from torch import Tensor
 
 from tokennorm.kernels import config as kconfig
-from tokennorm.kernels.chunked import chunked_forward_kernel
 from tokennorm.kernels.config import KernelConfig, cdiv, row_groups
 from tokennorm.kernels.launcher import CachedLauncher
-from tokennorm.kernels.long_rows import long_rows_backward_kernel, long_rows_forward_kernel
 from tokennorm.kernels.plan import (
-    LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, forward_plan, launch_kwargs,
+    BACKWARD_KERNELS, LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, forward_plan,
 )
-from tokennorm.kernels.rows import rows_backward_kernel, rows_forward_kernel
-from tokennorm.kernels.segment import segment_backward_kernel, segment_forward_kernel
+from tokennorm.kernels.segment import segment_forward_kernel
 
-# Wrapped once, launched as WRAPPED[grid](...): cached launches in eager mode, wrap_triton under torch.compile.
-_rows_forward = CachedLauncher(rows_forward_kernel)
-_chunked_forward = CachedLauncher(chunked_forward_kernel)
-_long_rows_forward = CachedLauncher(long_rows_forward_kernel)
+# The tensor-parallel pieces launch the segment kernels directly (WRAPPED[grid](...)); the plans' kernels are
+# kernels/plan.py's FORWARD_KERNELS and BACKWARD_KERNELS.
 _segment_forward = CachedLauncher(segment_forward_kernel)
-_rows_backward = CachedLauncher(rows_backward_kernel)
-_long_rows_backward = CachedLauncher(long_rows_backward_kernel)
-_segment_backward = CachedLauncher(segment_backward_kernel)
+_segment_backward = BACKWARD_KERNELS[kconfig.SEGMENT]
 
 __all__ = ["ForwardOut", "BackwardOut", "acc_dtype", "norm_forward", "run_forward", "norm_backward", "run_backward",
            "segment_moments", "segment_apply", "segment_sums", "segment_dx"]
@@ -45,9 +40,9 @@ class ForwardOut(NamedTuple):
 
 class BackwardOut(NamedTuple):
     dx: Tensor  # [M, N], x's dtype
-    dresidual: Tensor  # [M, N] in residual_dtype when asked for, else empty
-    dweight: Tensor  # [N] in the accumulation dtype (float32; float64 for float64) when asked for, else empty
-    dbias: Tensor  # [N] likewise
+    dresidual: Optional[Tensor]  # [M, N] in residual_dtype when asked for, else None
+    dweight: Optional[Tensor]  # [N] in the accumulation dtype (float32; float64 for float64) when asked for
+    dbias: Optional[Tensor]  # [N] likewise
 
 
 def norm_forward(
@@ -70,8 +65,9 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
                 residual: Optional[Tensor], seed: Optional[Tensor]) -> ForwardOut:
     m, n = x.shape
     dev = x.device
-    y = torch.empty((m, n), device=dev, dtype=x.dtype)
-    h = torch.empty((m, n), device=dev, dtype=plan.h_dtype) if plan.h_dtype is not None else None
+    # torch.empty(m, n, ...) rather than torch.empty((m, n), ...): a third less host time
+    y = torch.empty(m, n, device=dev, dtype=x.dtype)
+    h = None if plan.h_dtype is None else torch.empty(m, n, device=dev, dtype=plan.h_dtype)
     if plan.store_stats:
         mean = torch.empty(0 if plan.is_rms else m, device=dev, dtype=plan.acc_dtype)
         rstd = torch.empty(m, device=dev, dtype=plan.acc_dtype)
@@ -80,14 +76,16 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
     if m == 0 or n == 0:
         return ForwardOut(y, h, mean, rstd)
     cfg = plan.config
+    if cfg.mode == kconfig.ROWS:
+        plan.kernel.launch((min(cdiv(m, cfg.block_m), plan.programs),), x, residual, weight, bias, seed, y, h, mean,
+                           rstd, x.stride(0), 0 if residual is None else residual.stride(0), n,
+                           0 if h is None else n, m, n, plan.eps, plan.eps_lo, plan.dropout_p)
+        return ForwardOut(y, h, mean, rstd)
     args = (x, residual, weight, bias, seed, y, h, mean, rstd, x.stride(0),
             0 if residual is None else residual.stride(0), y.stride(0), 0 if h is None else h.stride(0), m, n)
     scalars = (plan.eps, plan.eps_lo, plan.dropout_p)
-    if cfg.mode == kconfig.ROWS:
-        grid = (min(cdiv(m, cfg.block_m), cfg.programs_per_sm * plan.facts.sms),)
-        _rows_forward[grid](*args, *scalars, **plan.launch_kwargs)
-    elif cfg.mode == kconfig.CHUNKED:
-        _chunked_forward[(min(m, cfg.programs_per_sm * plan.facts.sms),)](*args, *scalars, **plan.launch_kwargs)
+    if cfg.mode == kconfig.CHUNKED:
+        plan.kernel.launch((min(m, plan.programs),), *args, *scalars)
     else:
         segments = cdiv(n, cfg.block_n)
         groups = _long_row_groups(m, segments, cfg, plan.facts)
@@ -95,12 +93,10 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
         grid = (groups * segments,)
         if LONG_ROWS_EXCHANGE == "cooperative":
             sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
-            _long_rows_forward[grid](*args[:9], partials, sync, *args[9:], groups, *scalars,
-                                     EXCHANGE="cooperative", **plan.launch_kwargs)
+            plan.kernel.launch(grid, *args[:9], partials, sync, *args[9:], groups, *scalars, EXCHANGE="cooperative")
         else:
             for exchange in ("publish", "finish"):
-                _long_rows_forward[grid](*args[:9], partials, None, *args[9:], groups, *scalars,
-                                         EXCHANGE=exchange, **plan.launch_kwargs)
+                plan.kernel.launch(grid, *args[:9], partials, None, *args[9:], groups, *scalars, EXCHANGE=exchange)
     return ForwardOut(y, h, mean, rstd)
 
 
@@ -132,51 +128,55 @@ def run_backward(plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Ten
     m, n = h.shape
     dev = h.device
     acc = plan.acc_dtype
-    dx = torch.empty((m, n), device=dev, dtype=plan.x_dtype)
-    dres = torch.empty((m, n), device=dev, dtype=plan.residual_dtype) if plan.residual_dtype is not None else None
+    dx = torch.empty(m, n, device=dev, dtype=plan.x_dtype)
+    dres = None if plan.residual_dtype is None else torch.empty(m, n, device=dev, dtype=plan.residual_dtype)
     if m == 0 or n == 0:
-        return BackwardOut(dx, _empty(dev, plan.x_dtype) if dres is None else dres,
-                           torch.zeros(n if plan.compute_dweight else 0, device=dev, dtype=acc),
-                           torch.zeros(n if plan.compute_dbias else 0, device=dev, dtype=acc))
+        return BackwardOut(dx, dres, torch.zeros(n, device=dev, dtype=acc) if plan.compute_dweight else None,
+                           torch.zeros(n, device=dev, dtype=acc) if plan.compute_dbias else None)
     cfg = plan.config
     if cfg.mode == kconfig.ROWS:
-        programs, rows_per_program = row_groups(m, cfg.programs_per_sm * plan.facts.sms)
+        programs, rows_per_program = row_groups(m, plan.programs)
     elif cfg.mode == kconfig.LONG_ROWS:
         segments = cdiv(n, cfg.block_n)
         programs = _long_row_groups(m, segments, cfg, plan.facts)
     else:
         segments = cdiv(n, cfg.block_n)
         programs, rows_per_program = row_groups(m, 2 * plan.facts.sms, segments)
-    dw = torch.empty((programs, n), device=dev, dtype=acc) if plan.compute_dweight else None
-    db = torch.empty((programs, n), device=dev, dtype=acc) if plan.compute_dbias else None
-    args = (dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw, db)
-    strides = (dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
-               0 if dres is None else dres.stride(0))
+    # One partial row per program; a single one is dγ/dβ itself (no sum to launch).
+    dw = db = None
+    if plan.compute_dweight:
+        dw = torch.empty(n, device=dev, dtype=acc) if programs == 1 else torch.empty(programs, n, device=dev, dtype=acc)
+    if plan.compute_dbias:
+        db = torch.empty(n, device=dev, dtype=acc) if programs == 1 else torch.empty(programs, n, device=dev, dtype=acc)
     if cfg.mode == kconfig.ROWS:
-        _rows_backward[(programs,)](*args, *strides, m, n, rows_per_program, plan.dropout_p, **plan.launch_kwargs)
-    elif cfg.mode == kconfig.LONG_ROWS:
-        partials = torch.empty((m, segments, 2), device=dev, dtype=acc)
-        grid = (programs * segments,)
-        if LONG_ROWS_EXCHANGE == "cooperative":
-            sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
-            _long_rows_backward[grid](*args, partials, sync, *strides, m, n, programs, plan.dropout_p,
-                                      EXCHANGE="cooperative", **plan.launch_kwargs)
-        else:
-            for exchange in ("publish", "finish"):
-                _long_rows_backward[grid](*args, partials, None, *strides, m, n, programs, plan.dropout_p,
-                                          EXCHANGE=exchange, **plan.launch_kwargs)
-    else:  # rows beyond the long-row capacity: segment sums, their means, then dx
-        sums = torch.empty((m, segments, 2), device=dev, dtype=acc)
-        _segment_backward[(cdiv(m, cfg.block_m), segments)](*args, sums, None, *strides, m, n, cfg.block_n, 0,
-                                                             plan.dropout_p, PASS="sums", **plan.launch_kwargs)
-        row_means = sums.sum(dim=1) * (1.0 / n)
-        _segment_backward[(programs, segments)](*args, None, row_means, *strides, m, n, cfg.block_n,
-                                                rows_per_program, plan.dropout_p, PASS="dx", **plan.launch_kwargs)
-    return BackwardOut(
-        dx, _empty(dev, plan.x_dtype) if dres is None else dres,
-        dw.sum(dim=0) if plan.compute_dweight else _empty(dev, acc),
-        db.sum(dim=0) if plan.compute_dbias else _empty(dev, acc),
-    )
+        plan.kernel.launch((programs,), dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw, db, dy.stride(0),
+                           h.stride(0), 0 if dh_in is None else dh_in.stride(0), n, 0 if dres is None else n, m, n,
+                           rows_per_program, plan.dropout_p)
+    else:
+        args = (dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw, db)
+        strides = (dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), n, 0 if dres is None else n)
+        if cfg.mode == kconfig.LONG_ROWS:
+            partials = torch.empty((m, segments, 2), device=dev, dtype=acc)
+            grid = (programs * segments,)
+            if LONG_ROWS_EXCHANGE == "cooperative":
+                sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
+                plan.kernel.launch(grid, *args, partials, sync, *strides, m, n, programs, plan.dropout_p,
+                                   EXCHANGE="cooperative")
+            else:
+                for exchange in ("publish", "finish"):
+                    plan.kernel.launch(grid, *args, partials, None, *strides, m, n, programs, plan.dropout_p,
+                                       EXCHANGE=exchange)
+        else:  # rows beyond the long-row capacity: segment sums, their means, then dx
+            sums = torch.empty((m, segments, 2), device=dev, dtype=acc)
+            plan.kernel.launch((cdiv(m, cfg.block_m), segments), *args, sums, None, *strides, m, n, cfg.block_n, 0,
+                               plan.dropout_p, PASS="sums")
+            row_means = sums.sum(dim=1) * (1.0 / n)
+            plan.kernel.launch((programs, segments), *args, None, row_means, *strides, m, n, cfg.block_n,
+                               rows_per_program, plan.dropout_p, PASS="dx")
+    if programs > 1:  # partial rows summed in order: deterministic
+        dw = None if dw is None else dw.sum(dim=0)
+        db = None if db is None else db.sum(dim=0)
+    return BackwardOut(dx, dres, dw, db)
 
 
 def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -188,8 +188,8 @@ def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 def _segment_switches(cfg: KernelConfig, is_rms: bool, weight_offset: float = 0.0) -> dict:
-    return launch_kwargs(dict(IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m,
-                              BLOCK_N=cfg.block_n, **cfg.launch_options))
+    return dict(IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                **cfg.launch_options)
 
 
 def segment_moments(x: Tensor, is_rms: bool) -> tuple[Tensor, Tensor]:
@@ -248,8 +248,8 @@ def segment_dx(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rs
     acc = acc_dtype(h.dtype)
     dx = torch.empty((m, n), device=dev, dtype=x_dtype)
     if m == 0 or n == 0:
-        return BackwardOut(dx, _empty(dev, x_dtype), torch.zeros(n if compute_dweight else 0, device=dev, dtype=acc),
-                           torch.zeros(n if compute_dbias else 0, device=dev, dtype=acc))
+        return BackwardOut(dx, None, torch.zeros(n, device=dev, dtype=acc) if compute_dweight else None,
+                           torch.zeros(n, device=dev, dtype=acc) if compute_dbias else None)
     cfg = kconfig.segment_config(n, acc.itemsize)
     programs, rows_per_program = row_groups(m, 2 * kconfig.device_facts(dev).sms)
     dw = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
@@ -259,5 +259,4 @@ def segment_dx(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rs
         h.stride(0), 0, dx.stride(0), 0, m, n, n, rows_per_program, 0.0, PASS="dx", HAS_WEIGHT=weight is not None,
         COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias, HAS_DH_IN=False, HAS_DROPOUT=False,
         STORE_DRES=False, **_segment_switches(cfg, is_rms, weight_offset))
-    return BackwardOut(dx, _empty(dev, x_dtype), dw.sum(dim=0) if compute_dweight else _empty(dev, acc),
-                       db.sum(dim=0) if compute_dbias else _empty(dev, acc))
+    return BackwardOut(dx, None, dw.sum(dim=0) if compute_dweight else None, db.sum(dim=0) if compute_dbias else None)

@@ -97,6 +97,15 @@ def _warn_fallback(reason: str) -> None:
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 
 
+def _traceable_options(kwargs: dict) -> dict:
+    """A traced launch's keywords: without the register cap, which ``wrap_triton`` does not forward (it takes
+    num_warps and num_stages). The traced kernel is then compiled uncapped, and a persistent grid sized for the
+    capped one runs its last programs as a second wave: slower by that tail, never wrong."""
+    if "maxnreg" in kwargs:
+        return {k: v for k, v in kwargs.items() if k != "maxnreg"}
+    return kwargs
+
+
 class CachedLauncher:
     """A ``@triton.jit`` function launched as ``LAUNCHER[grid](*args, **kwargs)``, with cached launches.
 
@@ -134,9 +143,7 @@ class CachedLauncher:
         self._cached = True
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
-        if not self._cached:
-            return self.kernel[grid]
-        return lambda *args, **kwargs: self.run(grid, args, kwargs, self._keyword_set(kwargs))
+        return lambda *args, **kwargs: self.run(grid, args, kwargs, self._keyword_set(kwargs) if self._cached else None)
 
     def bind(self, **kwargs: Any) -> BoundLauncher:
         """This kernel with the keyword arguments (constexprs and options) fixed: ``bound[grid](*args)`` launches
@@ -159,7 +166,9 @@ class CachedLauncher:
     def run(self, grid: Any, args: tuple, kwargs: dict, keyword_set: int | None) -> Any:
         """Launch with ``grid``: the cached launch when possible, else ``JITFunction.run``."""
         if torch.compiler.is_compiling() or _dispatch_modes():  # tracing: record the launch in the graph
-            return self._traceable[grid](*args, **kwargs)
+            return (self._traceable if self._cached else self.kernel)[grid](*args, **_traceable_options(kwargs))
+        if not self._cached:
+            return self.kernel[grid](*args, **kwargs)
         _, driver, runtime, compilation = _INTERNALS
         if (runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls or runtime.debug
                 or compilation.instrumentation_mode or self.kernel.pre_run_hooks or keyword_set is None):
@@ -238,7 +247,8 @@ class CachedLauncher:
 
 
 class BoundLauncher:
-    """:meth:`CachedLauncher.bind`'s result: ``bound[grid](*args)``."""
+    """:meth:`CachedLauncher.bind`'s result: ``bound[grid](*args)``, or ``bound.launch(grid, *args)`` (one call
+    less). Keywords given at the launch are added to the bound ones (at the unbound launch's cost)."""
 
     __slots__ = ("launcher", "kwargs", "_keyword_set")
 
@@ -247,8 +257,11 @@ class BoundLauncher:
         self._keyword_set = launcher._keyword_set(kwargs) if launcher._cached else None
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
-        launcher, kwargs = self.launcher, self.kwargs
-        if not launcher._cached:
-            kernel = launcher.kernel[grid]
-            return lambda *args: kernel(*args, **kwargs)
-        return lambda *args: launcher.run(grid, args, kwargs, self._keyword_set)
+        return lambda *args, **extra: self.launch(grid, *args, **extra)
+
+    def launch(self, grid: Any, *args: Any, **extra: Any) -> Any:
+        launcher = self.launcher
+        if extra:
+            kwargs = {**self.kwargs, **extra}
+            return launcher.run(grid, args, kwargs, launcher._keyword_set(kwargs) if launcher._cached else None)
+        return launcher.run(grid, args, self.kwargs, self._keyword_set)

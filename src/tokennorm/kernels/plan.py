@@ -1,9 +1,11 @@
 """Launch plans: everything about a call that does not depend on its tensors' data, decided once.
 
 A plan holds the kernel mode and tile (``config``), the norm, ε (and its float32 remainder, for float64
-kernels), the dtypes, which of weight / bias / residual / dropout / stored h / statistics are present, and the
-compile-time switches each kernel takes (``constexprs``, passed by name). Plans are cached by their key, so
-building or fetching one costs one dict lookup (``functools.lru_cache``, bounded).
+kernels), the dtypes, which of weight / bias / residual / dropout / stored h / statistics are present, the
+compile-time switches each kernel takes (``constexprs``, passed by name), and the mode's kernel with those
+switches bound (``kernel``, a :class:`~tokennorm.kernels.launcher.BoundLauncher`): a launch passes only its
+runtime arguments. Plans are cached by their key, so building or fetching one costs one dict lookup
+(``functools.lru_cache``, bounded).
 """
 
 from __future__ import annotations
@@ -16,10 +18,27 @@ from typing import Optional
 import torch
 
 from tokennorm.kernels import config as kconfig
+from tokennorm.kernels.chunked import chunked_forward_kernel
 from tokennorm.kernels.config import KernelConfig, DeviceFacts
 from tokennorm.kernels.helpers import INTERPRETING
+from tokennorm.kernels.launcher import BoundLauncher, CachedLauncher
+from tokennorm.kernels.long_rows import long_rows_backward_kernel, long_rows_forward_kernel
+from tokennorm.kernels.rows import rows_backward_kernel, rows_forward_kernel
+from tokennorm.kernels.segment import segment_backward_kernel
 
 PLAN_CACHE_SIZE = 512
+
+# The kernel of each mode, launched through one CachedLauncher (its cache shared by every plan that runs it).
+FORWARD_KERNELS = {
+    kconfig.ROWS: CachedLauncher(rows_forward_kernel),
+    kconfig.CHUNKED: CachedLauncher(chunked_forward_kernel),
+    kconfig.LONG_ROWS: CachedLauncher(long_rows_forward_kernel),
+}
+BACKWARD_KERNELS = {
+    kconfig.ROWS: CachedLauncher(rows_backward_kernel),
+    kconfig.LONG_ROWS: CachedLauncher(long_rows_backward_kernel),
+    kconfig.SEGMENT: CachedLauncher(segment_backward_kernel),
+}
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -50,11 +69,9 @@ class ForwardPlan:
     h_dtype: Optional[torch.dtype]  # h stored in this dtype; None: not stored
     store_stats: bool  # mean/rstd written (backward needs them)
     acc_dtype: torch.dtype
+    programs: int  # a persistent grid's size: programs_per_sm · SMs
     constexprs: dict = field(repr=False)  # the kernel's compile-time switches and launch options, by name
-
-    @property
-    def launch_kwargs(self) -> dict:
-        return launch_kwargs(self.constexprs)
+    kernel: BoundLauncher = field(repr=False)  # FORWARD_KERNELS[config.mode] with the constexprs bound
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,21 +87,9 @@ class BackwardPlan:
     compute_dweight: bool
     compute_dbias: bool
     acc_dtype: torch.dtype
+    programs: int  # a persistent grid's size: programs_per_sm · SMs
     constexprs: dict = field(repr=False)
-
-    @property
-    def launch_kwargs(self) -> dict:
-        return launch_kwargs(self.constexprs)
-
-
-def launch_kwargs(constexprs: dict) -> dict:
-    """What a launch passes by name: the plan's constexprs and options — without the register cap while
-    torch.compile traces the launch (``wrap_triton`` forwards num_warps and num_stages, not ``maxnreg``; the
-    kernel is then compiled uncapped, and a persistent grid sized for the capped one runs its last programs
-    as a second wave: slower by that tail, never wrong)."""
-    if "maxnreg" in constexprs and torch.compiler.is_compiling():
-        return {k: v for k, v in constexprs.items() if k != "maxnreg"}
-    return constexprs
+    kernel: BoundLauncher = field(repr=False)  # BACKWARD_KERNELS[config.mode] with the constexprs bound
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
@@ -113,7 +118,7 @@ def forward_plan(
     elif config.mode != kconfig.CHUNKED:
         raise ValueError(f"no forward kernel for mode {config.mode!r}")
     return ForwardPlan(config, facts, is_rms, eps, float32_remainder(eps), dropout_p, h_dtype, store_stats, acc,
-                       switches)
+                       config.programs_per_sm * facts.sms, switches, FORWARD_KERNELS[config.mode].bind(**switches))
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
@@ -140,4 +145,5 @@ def backward_plan(
     else:
         raise ValueError(f"no backward kernel for mode {config.mode!r}")
     return BackwardPlan(config, facts, is_rms, dropout_p, x_dtype, residual_dtype, compute_dweight, compute_dbias,
-                        acc, switches)
+                        acc, config.programs_per_sm * facts.sms, switches,
+                        BACKWARD_KERNELS[config.mode].bind(**switches))
