@@ -5,9 +5,9 @@ are ``triton_op``s, so ``torch.compile`` traces into the kernel launches (no gra
 still fuse around them); outputs are always fresh tensors, never views of inputs; no host synchronisation
 and no data-dependent allocation happen inside, so they can be captured in a CUDA graph.
 
-Eager calls with autograd take :class:`EagerNorm` instead: the same launchers, the same saved tensors and the
-same backward glue (:func:`_setup_context`, :func:`_backward_with`), without the dispatcher's ~30 µs per op
-call on the host (benchmarks/RESULTS.md). :func:`norm_forward` picks between them.
+Eager calls with autograd take :class:`EagerNorm` instead: the same launchers and the same backward glue
+(:func:`_gradients`), without the dispatcher's ~30 µs per op call on the host (benchmarks/RESULTS.md, "Host
+time per call"). :func:`norm_forward` picks between them.
 
 Inputs are [M, N] with a last stride of 1 (see :mod:`tokennorm.functional`).
 """
@@ -108,65 +108,78 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, rstd)
     ctx.set_materialize_grads(False)  # an unused h output costs no zero-filled gradient
     ctx.save_for_backward(h if h_dtype is not None else x, weight, mean, rstd, seed)
-    ctx.config = (dropout_p, weight_offset, is_rms, h_dtype is not None, x.dtype,
-                  None if residual is None else residual.dtype, None if bias is None else bias.dtype)
-
-
-def _backward_with(run_backward, ctx, dy: Optional[Tensor], dh: Optional[Tensor]) -> tuple:
-    """Gradients of norm_fwd's inputs from those of its (y, h) outputs; ``run_backward`` is the norm_bwd op
-    (torch.compile) or :func:`launch.norm_backward` (eager), which take the same arguments."""
-    normalized, weight, mean, rstd, seed = ctx.saved_tensors
-    dropout_p, weight_offset, is_rms, has_h, x_dtype, residual_dtype, bias_dtype = ctx.config
-    need_x, need_w, need_b, need_res = ctx.needs_input_grad[:4]
-    if dy is None:  # only h was used downstream
-        dy = torch.zeros(normalized.shape, device=normalized.device, dtype=x_dtype)
-    # d(residual) equals dh; it needs its own output only when dropout or a dtype change makes dx differ.
-    separate_dres = need_res and (dropout_p > 0.0 or residual_dtype != x_dtype)
-    dx, dres, dw, db = run_backward(
-        _last_dim_contiguous(dy), normalized, weight, mean, rstd,
-        None if (dh is None or not has_h) else _last_dim_contiguous(dh), seed, dropout_p, weight_offset, is_rms,
-        need_w, need_b, x_dtype, residual_dtype if separate_dres else None,
-    )
-    if need_res and not separate_dres:
-        dres = dx
-    return (
-        dx if need_x else None,
-        dw.to(weight.dtype) if need_w else None,
-        db.to(bias_dtype) if need_b else None,
-        dres if need_res else None,
-        None, None, None, None, None, None,
-    )
+    ctx.config = _config(x, bias, residual, dropout_p, weight_offset, is_rms, h_dtype)
 
 
 def _backward(ctx, dy, dh, _dmean, _drstd):
-    return _backward_with(torch.ops.tokennorm.norm_bwd, ctx, dy, dh)
-
-
-def _last_dim_contiguous(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+    normalized, weight, mean, rstd, seed = ctx.saved_tensors
+    return (*_gradients(torch.ops.tokennorm.norm_bwd, ctx.config, ctx.needs_input_grad, dy, dh, normalized, weight,
+                        mean, rstd, seed), None, None, None, None, None, None)
 
 
 norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _config(x, bias, residual, dropout_p, weight_offset, is_rms, h_dtype) -> tuple:
+    """What backward needs to know of a forward call besides its saved tensors."""
+    return (dropout_p, weight_offset, is_rms, h_dtype is not None, x.dtype,
+            None if residual is None else residual.dtype, None if bias is None else bias.dtype)
+
+
+def _gradients(run_backward, config: tuple, needs_input_grad: tuple, dy: Optional[Tensor], dh: Optional[Tensor],
+               normalized: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+               seed: Optional[Tensor]) -> tuple:
+    """(dx, dweight, dbias, dresidual) of norm_fwd from the gradients of its (y, h) outputs, each None unless
+    ``needs_input_grad`` asks for it; ``run_backward`` is the norm_bwd op (torch.compile) or
+    :func:`launch.norm_backward` (eager), which take the same arguments."""
+    dropout_p, weight_offset, is_rms, has_h, x_dtype, residual_dtype, bias_dtype = config
+    need_x, need_w, need_b, need_res = needs_input_grad[:4]
+    if dy is None:  # only h was used downstream
+        dy = torch.zeros(normalized.shape, device=normalized.device, dtype=x_dtype)
+    elif dy.stride(-1) != 1:
+        dy = dy.contiguous()
+    if dh is not None and (not has_h or dh.stride(-1) != 1):
+        dh = dh.contiguous() if has_h else None
+    # d(residual) equals dh; it needs its own output only when dropout or a dtype change makes dx differ.
+    separate_dres = need_res and (dropout_p > 0.0 or residual_dtype != x_dtype)
+    dx, dres, dw, db = run_backward(dy, normalized, weight, mean, rstd, dh, seed, dropout_p, weight_offset, is_rms,
+                                    need_w, need_b, x_dtype, residual_dtype if separate_dres else None)
+    return (
+        dx if need_x else None,
+        (dw if dw.dtype == weight.dtype else dw.to(weight.dtype)) if need_w else None,
+        (db if db.dtype == bias_dtype else db.to(bias_dtype)) if need_b else None,
+        (dres if separate_dres else dx) if need_res else None,
+    )
+
+
 class EagerNorm(torch.autograd.Function):
     """``norm_fwd`` with autograd in eager mode: launches the kernels directly, forward and backward.
 
-    Same inputs and outputs as the op, same saved tensors and gradients (the glue above is shared). Defined in
-    the old style (``forward(ctx, ...)``): with a separate ``setup_context``, ``Function.apply`` binds its
-    arguments through ``inspect.signature`` on every call.
+    ``EagerNorm.apply(x, weight, bias, residual, (seed, eps, dropout_p, weight_offset, is_rms, h_dtype))`` returns
+    ``(y, h)`` (h None unless ``h_dtype``) with the op's gradients, bit for bit (:func:`_gradients` is shared).
+    For less host time per call than the op's route: the arguments that take no gradient come as one tuple, the
+    statistics stay internal (not outputs: ctx attributes, which backward alone reads), and the class is in the
+    old style (``forward(ctx, ...)``: with a separate ``setup_context``, ``apply`` binds its arguments through
+    ``inspect.signature`` on every call).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype):
-        inputs = (x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype)
-        output = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype)
-        _setup_context(ctx, inputs, output)
-        return tuple(output)  # h is None when not stored (the op returns an empty tensor: its schema says Tensor)
+    def forward(ctx, x, weight, bias, residual, options):
+        seed, eps, dropout_p, weight_offset, is_rms, h_dtype = options
+        y, h, mean, rstd = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms,
+                                               h_dtype)
+        ctx.save_for_backward(x if h is None else h, weight)  # inputs: version-checked in backward
+        ctx.statistics = (mean, rstd, seed)
+        ctx.config = _config(x, bias, residual, dropout_p, weight_offset, is_rms, h_dtype)
+        if h is not None:
+            ctx.set_materialize_grads(False)  # an unused h output costs no zero-filled gradient
+        return y, h
 
     @staticmethod
-    def backward(ctx, dy, dh, _dmean, _drstd):
-        return _backward_with(launch.norm_backward, ctx, dy, dh)
+    def backward(ctx, dy, dh):
+        normalized, weight = ctx.saved_tensors
+        return (*_gradients(launch.norm_backward, ctx.config, ctx.needs_input_grad, dy, dh, normalized, weight,
+                            *ctx.statistics), None)
 
 
 def norm_forward(
@@ -185,8 +198,7 @@ def norm_forward(
                                                   is_rms, h_dtype)
         return y, h if h_dtype is not None else None
     if needs_grad:
-        y, h, _, _ = EagerNorm.apply(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype)
-        return y, h if h_dtype is not None else None
+        return EagerNorm.apply(x, weight, bias, residual, (seed, eps, dropout_p, weight_offset, is_rms, h_dtype))
     out = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype,
                               store_stats=False)
     return out.y, out.h
