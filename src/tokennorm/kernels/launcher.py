@@ -233,11 +233,13 @@ class CachedLauncher:
             elif issubclass(t, torch.Tensor):
                 parts.append(f"{a}.dtype" if no_value or no_alignment else f"{a}.dtype, {a}.data_ptr() & 15 == 0")
             elif t is int:
+                if not (no_value or no_alignment):  # i32: one small int (0-3); i64/u64: a tuple (never equal)
+                    parts.append(f"({a} & 15 == 0) + 2 * ({a} == 1) if -2147483648 <= {a} <= 2147483647 "
+                                 f"else ({a} >= 9223372036854775808, {a} & 15 == 0)")
+                    continue
                 parts += [f"-2147483648 <= {a} <= 2147483647", f"{a} >= 9223372036854775808"]
                 if not no_value:
                     parts.append(f"{a} == 1")
-                    if not no_alignment:
-                        parts.append(f"{a} & 15 == 0")
             elif t not in (type(None), float, bool):  # those: the type (fixed by the pattern) says all
                 return None
         source = f"def key(device, keyword_set, {', '.join(names)}):\n    return ({', '.join(parts)},)\n"
