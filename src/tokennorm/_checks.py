@@ -163,7 +163,7 @@ def check_devices(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
 
 def check_residual(x: Tensor, residual: Tensor) -> None:
     """The residual must match x in shape and device and be floating point (its dtype may differ)."""
-    if tuple(residual.shape) != tuple(x.shape):
+    if residual.shape != x.shape:
         raise RuntimeError(
             f"Expected residual to have the shape of x, but got residual of shape {_fmt(residual.shape)} "
             f"and x of shape {_fmt(x.shape)}"

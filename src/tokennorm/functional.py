@@ -183,15 +183,17 @@ def add_norm(
     if not isinstance(x, Tensor):
         raise TypeError(f"add_norm(): argument 'x' (position 1) must be Tensor, not {type(x).__name__}")
     for position, name, value in ((2, "residual", residual), (3, "weight", weight), (4, "bias", bias)):
-        _checks.check_tensor_argument("add_norm", name, position, value)
+        if value is not None and not isinstance(value, Tensor):
+            _checks.check_tensor_argument("add_norm", name, position, value)
     if x.dtype not in _checks.KERNEL_DTYPES:
         raise NotImplementedError(f"add_norm is not implemented for x of dtype {x.dtype}")
     if residual_dtype is not None and not (isinstance(residual_dtype, torch.dtype)
                                            and residual_dtype.is_floating_point):
         raise TypeError(f"residual_dtype must be a floating-point dtype, but got residual_dtype={residual_dtype}")
     if normalized_shape is None:
-        normalized_shape = tuple(next((p.shape for p in (weight, bias) if p is not None), x.shape[-1:]))
-        if x.dim() < len(normalized_shape) or tuple(x.shape[x.dim() - len(normalized_shape):]) != normalized_shape:
+        shaped = weight if weight is not None else bias
+        normalized_shape = tuple(x.shape[-1:] if shaped is None else shaped.shape)
+        if x.dim() < len(normalized_shape) or x.shape[x.dim() - len(normalized_shape):] != normalized_shape:
             name = "weight" if weight is not None else "bias"
             raise RuntimeError(
                 f"add_norm normalizes over {name}.shape when normalized_shape is not given, but got {name} of "
@@ -206,7 +208,7 @@ def add_norm(
     p = dropout_p if training else 0.0
 
     # The compute dtype of both the add and the norm: float64 when any of x, residual, h is float64.
-    acc = compute_dtype(x.dtype, h_dtype, *(() if residual is None else (residual.dtype,)))
+    acc = compute_dtype(x.dtype, h_dtype, h_dtype if residual is None else residual.dtype)
 
     if not use_triton(x) or x.numel() == 0:
         h = _add_dropout_torch(x, residual, p, h_dtype, acc)
@@ -216,17 +218,20 @@ def add_norm(
 
     # The kernels compute in float64 exactly when x is float64: a float64 residual or h under a narrower x
     # takes x in float64 (a rare mix; one extra cast each way).
-    xk = x if acc == compute_dtype(x.dtype) else x.to(acc)
+    xk = x.to(acc) if acc is torch.float64 and x.dtype is not torch.float64 else x
+    x2 = _rows(xk, n)
     # The kernel stores h (and normalizes it as stored) whenever h is not x itself: an add, dropout, another
     # dtype, or a caller who wants h back.
     store_h = residual is not None or p > 0.0 or prenorm or h_dtype != x.dtype
     seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64) if p > 0.0 else None
     y, h = ops.norm_forward(
-        _rows(xk, n), _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), seed,
+        x2, _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), seed,
         eps, p, weight_offset, is_rms, h_dtype if store_h else None, _requires_grad(x, residual, weight, bias),
     )
-    y = y.view_as(x) if xk is x else y.view_as(x).to(x.dtype)
-    return (y, h.view_as(x)) if prenorm else y
+    if x2 is not x:  # x was not [M, N] already, or was cast
+        y = y.view_as(x) if xk is x else y.view_as(x).to(x.dtype)
+        h = None if h is None else h.view_as(x)
+    return (y, h) if prenorm else y
 
 
 def _add_dropout_torch(x: Tensor, residual: Optional[Tensor], p: float, h_dtype: torch.dtype,
