@@ -2,6 +2,7 @@
 
     python benchmarks/bench_host.py                 # parts stubbed and cpu, a table per part
     python benchmarks/bench_host.py --part stubbed --json out.json
+    python benchmarks/bench_host.py --part breakdown   # where the µs of a call go, layer by layer
     python benchmarks/bench_host.py --part gpu      # on a CUDA machine: µs per call from Python, bf16
 
 Part ``stubbed``: a fake CUDA driver (Triton compiles for sm_90; its launcher records nothing and returns) lets
@@ -11,6 +12,11 @@ through tokennorm's cached launcher (and with its keywords bound once), the ``tr
 called eagerly), and every public function and module, inference and forward+backward through autograd
 (backward with a precomputed ``dy``). A GPU host adds the C launcher and the CUDA driver call (a few µs) to every
 launch; CPU tensors also pass the backend's non-CUDA check (~0.3 µs) that CUDA tensors skip.
+
+Part ``breakdown`` (launch stubbed as above): LayerNorm's Triton path layer by layer, from the public function
+down to the compiled kernel's launcher, each entry one call inside the one above it (so the difference between
+neighbours is what a layer adds), the larger pieces alone, and forward+backward beside an autograd Function with
+EagerNorm's signature that launches nothing (what torch's autograd alone costs).
 
 Part ``cpu``: CPU tensors with the default backend (torch's kernels underneath), tokennorm against torch's own
 (``F.layer_norm``, ``F.rms_norm``, ``nn.LayerNorm``, ``nn.RMSNorm``), forward, without and with autograd.
@@ -47,8 +53,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import tokennorm  # noqa: E402
+from tokennorm import _checks, ops  # noqa: E402
 from tokennorm.kernels import config as kconfig  # noqa: E402
-from tokennorm.kernels import plan  # noqa: E402
+from tokennorm.kernels import launch, plan  # noqa: E402
 from tokennorm.kernels.launcher import CachedLauncher  # noqa: E402
 from tokennorm.tools.kernel_report import fakecuda, hopper  # noqa: E402
 from tokennorm.tools.kernel_report.cases import tokennorm_on_fake_gpu  # noqa: E402
@@ -165,6 +172,77 @@ def stubbed_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     return entries
 
 
+class _NoKernels(torch.autograd.Function):
+    """ops.EagerNorm's signature, saved tensors and context, launching nothing and allocating nothing of its own:
+    what torch's autograd alone costs an eager op like it (apply, saving, the engine, AccumulateGrad)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, options):
+        ctx.save_for_backward(x, weight)
+        ctx.statistics, ctx.config = (None, None, None), options
+        return x.view_as(x), None
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        x, weight = ctx.saved_tensors
+        return dy, ctx.config[-1], ctx.config[-1], None, None
+
+
+def breakdown_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
+    """LayerNorm's Triton path layer by layer, each entry one call inside the one above it, and the pieces: the
+    differences between neighbours are what each layer adds (the "Where the µs go" table of RESULTS.md)."""
+    ns, eps = (n,), 1e-5
+    x, w, b = torch.randn(m, n), torch.ones(n), torch.zeros(n)
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    dy = torch.randn(m, n)
+    forward_launcher = plan.FORWARD_KERNELS[kconfig.ROWS]
+    captured = {}
+    original = CachedLauncher.run
+
+    def record(self, grid, args, kwargs, keyword_set):
+        if self is forward_launcher:
+            captured.setdefault("launch", (grid, args, kwargs, keyword_set))
+        return original(self, grid, args, kwargs, keyword_set)
+
+    CachedLauncher.run = record
+    try:
+        tokennorm.layer_norm(x, ns, w, b)
+    finally:
+        CachedLauncher.run = original
+    grid, args, kwargs, keyword_set = captured["launch"]
+    compiled_launch, function, packed_metadata, tail, _ = next(reversed(forward_launcher._cache.values()))
+    fwd_plan = plan.forward_plan(n, x.dtype, True, True, None, None, eps, 0.0, 0.0, False, False, x.device)
+    stats = launch.norm_forward(x, w, b, None, None, eps, 0.0, 0.0, False, None)
+    dw_db = torch.zeros(n)
+    no_kernels_options = (None, eps, 0.0, 0.0, False, dw_db)
+    return {
+        "inference: tokennorm.layer_norm": lambda: tokennorm.layer_norm(x, ns, w, b),
+        "  ops.norm_forward (after checks, reshapes, routing)": lambda: ops.norm_forward(
+            x, w, b, None, None, eps, 0.0, 0.0, False, None, False),
+        "  launch.norm_forward (after the autograd routing)": lambda: launch.norm_forward(
+            x, w, b, None, None, eps, 0.0, 0.0, False, None, store_stats=False),
+        "  launch.run_forward (after the plan lookup)": lambda: launch.run_forward(fwd_plan, x, w, b, None, None),
+        "  plan.kernel.launch (after allocating y, the arguments, the grid)": lambda: fwd_plan.kernel.launch(
+            grid, *args),
+        "  CachedLauncher.run (after the bound launcher)": lambda: forward_launcher.run(
+            grid, args, kwargs, keyword_set),
+        "  the compiled kernel's launcher (the fake driver's stub)": lambda: compiled_launch(
+            grid[0], 1, 1, 0, function, packed_metadata, None, None, None, *args, *tail),
+        "piece: argument checks (_checks.norm_row_length)": lambda: _checks.norm_row_length(
+            "layer_norm", x, ns, w, b),
+        "piece: plan lookup (forward_plan)": lambda: plan.forward_plan(
+            n, x.dtype, True, True, None, None, eps, 0.0, 0.0, False, False, x.device),
+        "piece: torch.empty(m, n, device=, dtype=)": lambda: torch.empty(m, n, device=x.device, dtype=x.dtype),
+        "fwd+bwd: tokennorm.layer_norm": _train_step(lambda: tokennorm.layer_norm(xg, ns, wg, bg), dy),
+        "  torch's autograd alone (a Function like EagerNorm, no kernels)": _train_step(
+            lambda: _NoKernels.apply(xg, wg, bg, None, no_kernels_options)[0], dy),
+        "  launch.norm_forward, with statistics": lambda: launch.norm_forward(
+            x, w, b, None, None, eps, 0.0, 0.0, False, None),
+        "  launch.norm_backward": lambda: launch.norm_backward(dy, x, w, stats.mean, stats.rstd, None, None, 0.0,
+                                                              0.0, False, True, True, x.dtype, None),
+    }
+
+
 def cpu_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     entries = {}
     for grad in (False, True):
@@ -211,9 +289,10 @@ CPU_PAIRS = [("F.layer_norm", "tokennorm.layer_norm"), ("F.rms_norm", "tokennorm
 def run(part: str, calls: int, rounds: int) -> dict:
     results = {}
     for m, n in SHAPES:
-        if part == "stubbed":
+        if part in ("stubbed", "breakdown"):
+            entries = stubbed_entries if part == "stubbed" else breakdown_entries
             with tokennorm_on_fake_gpu(hopper.H100), fakecuda.recording(False):
-                samples = _time_interleaved(stubbed_entries(m, n), calls, rounds)
+                samples = _time_interleaved(entries(m, n), calls, rounds)
             results[f"{m}x{n}"] = {name: statistics.median(s) for name, s in samples.items()}
         elif part == "gpu":
             with tokennorm.using_backend("auto"):
@@ -255,7 +334,7 @@ def _print_table(part: str, results: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("stubbed", "cpu", "both", "gpu"), default="both",
+    parser.add_argument("--part", choices=("stubbed", "cpu", "both", "breakdown", "gpu"), default="both",
                         help="both: stubbed and cpu (default)")
     parser.add_argument("--calls", type=int, default=200, help="calls per entry per round (default 200)")
     parser.add_argument("--rounds", type=int, default=15, help="rounds (default 15)")

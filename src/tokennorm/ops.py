@@ -85,8 +85,8 @@ def norm_bwd(
     dx, dres, dw, db = launch.norm_backward(dy, h, weight, mean, rstd, dh_in, seed, dropout_p, weight_offset, is_rms,
                                             compute_dweight, compute_dbias, x_dtype, residual_dtype)
     acc = launch.acc_dtype(h.dtype)  # the schema says Tensor: an output not produced is a 0-element tensor
-    return (dx, h.new_empty(0, dtype=x_dtype) if dres is None else dres, h.new_empty(0, dtype=acc) if dw is None else dw,
-            h.new_empty(0, dtype=acc) if db is None else db)
+    return (dx, h.new_empty(0, dtype=x_dtype) if dres is None else dres,
+            h.new_empty(0, dtype=acc) if dw is None else dw, h.new_empty(0, dtype=acc) if db is None else db)
 
 
 @norm_bwd.register_fake
@@ -199,6 +199,6 @@ def norm_forward(
         return y, h if h_dtype is not None else None
     if needs_grad:
         return EagerNorm.apply(x, weight, bias, residual, (seed, eps, dropout_p, weight_offset, is_rms, h_dtype))
-    out = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype,
-                              store_stats=False)
-    return out.y, out.h
+    y, h, _, _ = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype,
+                                     store_stats=False)
+    return y, h
