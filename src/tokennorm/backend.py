@@ -57,9 +57,23 @@ def _parse(name: str) -> str:
 
 
 def get_backend() -> str:
-    """The current backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+    """The backend every call uses now: ``"auto"``, ``"torch"`` or ``"triton"``.
 
-    Raises ValueError when ``TOKENNORM_BACKEND`` held something else at start-up and no backend was set since.
+    ``auto`` runs tokennorm's Triton kernels on CUDA tensors and torch's own kernels on everything else;
+    ``triton`` runs the kernels always (CPU tensors only under Triton's interpreter); ``torch`` runs torch's
+    ``F.layer_norm`` / ``F.rms_norm`` everywhere. Set at start-up from ``TOKENNORM_BACKEND`` (default ``auto``),
+    at run time by :func:`set_backend` and :func:`using_backend`.
+
+    Returns:
+        str: the backend's name.
+
+    Raises:
+        ValueError: ``TOKENNORM_BACKEND`` held something else at start-up and no backend was set since.
+
+    Example::
+
+        >>> tokennorm.get_backend()
+        'auto'
     """
     if _error is not None:
         raise ValueError(_error)
@@ -67,19 +81,41 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    """Make ``name`` (``"auto"``, ``"torch"`` or ``"triton"``; case and surrounding spaces ignored) the backend
-    of every later call in this process, all threads. ValueError for anything else."""
+    """Make ``name`` the backend of every later call in this process, in all threads (see :func:`get_backend`
+    for what each runs).
+
+    Args:
+        name: ``"auto"``, ``"torch"`` or ``"triton"``; case and surrounding spaces are ignored, and an empty
+            string means ``"auto"``.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: ``name`` is not a backend.
+
+    Example::
+
+        >>> tokennorm.set_backend("torch")     # e.g. to compare against torch's own kernels
+        >>> tokennorm.set_backend("auto")
+    """
     _apply(_parse(name), None)
 
 
 def using_backend(name: str) -> contextlib.AbstractContextManager[None]:
-    """Context manager: ``name`` is the backend inside the ``with`` block, the previous setting after it.
+    """Context manager: ``name`` is the backend inside the ``with`` block, and the previous setting (even an
+    invalid ``TOKENNORM_BACKEND``) is back after it, also when the block raises.
 
-    Process-wide like :func:`set_backend` (not per thread); ValueError at once for a name that is not a
-    backend. Example::
+    Process-wide like :func:`set_backend` (not per thread: other threads see the change while the block runs).
 
-        with tokennorm.using_backend("torch"):
-            y_ref = model(x)
+    Args:
+        name: ``"auto"``, ``"torch"`` or ``"triton"`` (case and surrounding spaces ignored).
+
+    Raises:
+        TypeError, ValueError: at once, as :func:`set_backend`, before the block runs.
+
+    Example::
+
+        >>> with tokennorm.using_backend("torch"):
+        ...     y_ref = tokennorm.layer_norm(x, (512,))   # torch's kernels, for a reference
     """
     return _scope(_parse(name))
 

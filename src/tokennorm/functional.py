@@ -59,7 +59,7 @@ def _norm_triton(
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     )
     y, _ = ops.norm_forward(x2, _flat(weight), _flat(bias), None, None, eps, 0.0, 0.0, is_rms, None, needs_grad)
-    # [M, n] already when x was (view_as: a third of the host time of view(torch.Size))
+    # [M, n] already when x was (view_as: cheaper on the host than view(torch.Size))
     return y if x2 is x else y.view_as(x)
 
 
@@ -70,26 +70,46 @@ def layer_norm(
     bias: Optional[Tensor] = None,
     eps: float = LAYER_NORM_EPS,
 ) -> Tensor:
-    r"""Layer normalization over the trailing ``normalized_shape`` dims; same contract as ``F.layer_norm``.
+    r"""Layer normalization over the trailing ``normalized_shape`` dims of every token: a drop-in for
+    ``torch.nn.functional.layer_norm`` (same arguments, results, gradients and errors).
 
-    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
 
-    Each row (token) is normalized with its own mean and biased variance; γ and β are shared by all rows.
+    E and Var are taken over the last ``len(normalized_shape)`` dims of each token (row) separately; Var is the
+    biased variance (divided by n, not n − 1). γ and β are shared by every token. Statistics are computed in
+    float32 (float64 for a float64 input) whatever the input dtype; y is rounded once to the input's dtype.
+    Runs tokennorm's Triton kernels or torch's as :func:`tokennorm.get_backend` says (default: Triton on CUDA
+    tensors).
 
     Args:
-        input: (*, normalized_shape), float16/bfloat16/float32/float64 (other dtypes: as torch).
-        normalized_shape: the trailing dims to normalize over (a tuple or list of ints).
-        weight, bias: γ and β of shape ``normalized_shape``, in the input's dtype (or float32 for a 16-bit
-            input); None for none. Default: None.
+        input: the tensor to normalize, float16, bfloat16, float32 or float64 (other dtypes go to torch, which
+            raises as it does).
+        normalized_shape: the trailing dims to normalize over, a tuple or list of ints (not an int, as torch).
+        weight: γ, of shape ``normalized_shape``, the input's dtype or float32 for a float16/bfloat16 input; None
+            for no scaling. Default: None.
+        bias: β, likewise; None for no shift. Default: None.
         eps: added to the variance inside the square root. Default: 1e-5.
 
     Returns:
-        y of the input's shape and dtype.
+        y, of the input's shape and dtype (a new tensor: the input is never modified).
+
+    Shape:
+        - input: :math:`(*, \text{normalized\_shape})`, any number of leading (token) dims.
+        - output: the input's shape.
+
+    Example::
+
+        >>> x = torch.randn(2, 16, 512)            # [batch, tokens, channels]: 32 rows of 512
+        >>> w, b = torch.ones(512), torch.zeros(512)
+        >>> y = tokennorm.layer_norm(x, (512,), w, b)
+        >>> torch.allclose(y, torch.nn.functional.layer_norm(x, (512,), w, b))
+        True
     """
     if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel():
         n = _checks.norm_row_length("layer_norm", input, normalized_shape, weight, bias)
         return _norm_triton(input, n, weight, bias, _checks.as_eps("layer_norm", 5, eps), is_rms=False)
-    # torch's path: F.layer_norm's own body (calling it would add a Python frame, ~5 % of a decode-sized call)
+    # torch's path: F.layer_norm's own body (calling it would add a Python frame: benchmarks/RESULTS.md)
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(F.layer_norm, (input, weight, bias), input, normalized_shape, weight=weight,
                                      bias=bias, eps=eps)
@@ -106,19 +126,38 @@ def rms_norm(
     weight: Optional[Tensor] = None,
     eps: Optional[float] = None,
 ) -> Tensor:
-    r"""Root-mean-square normalization; same contract as ``F.rms_norm``.
+    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dims of every token: a drop-in for
+    ``torch.nn.functional.rms_norm`` (same arguments, results, gradients and errors).
 
-    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \cdot \gamma
+    .. math::
+        y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \cdot \gamma
+
+    E is taken over the last ``len(normalized_shape)`` dims of each token (row) separately; no mean is
+    subtracted. Computed in float32 (float64 for a float64 input) whatever the input dtype; y is rounded once to
+    the input's dtype. Runs tokennorm's Triton kernels or torch's as :func:`tokennorm.get_backend` says.
 
     Args:
-        input: (*, normalized_shape), float16/bfloat16/float32/float64 (other dtypes, e.g. complex: as torch).
-        normalized_shape: the trailing dims to normalize over (a tuple or list of ints).
-        weight: γ of shape ``normalized_shape``, any floating dtype; None for none. Default: None.
-        eps: added to the mean square inside the square root; None uses the machine epsilon of the compute
-            dtype (float32 for bf16/fp16/fp32, float64 for float64), as torch does. Default: None.
+        input: the tensor to normalize, float16, bfloat16, float32 or float64 (other dtypes, e.g. complex, go
+            to torch).
+        normalized_shape: the trailing dims to normalize over, a tuple or list of ints.
+        weight: γ, of shape ``normalized_shape``, any floating dtype; None for no scaling. Default: None.
+        eps: added to the mean square inside the square root; None for torch's default, the machine epsilon of
+            the compute dtype (float32's 1.19e-7 for float16/bfloat16/float32 inputs, float64's for float64 —
+            not ``torch.finfo(input.dtype).eps``). Default: None.
 
     Returns:
-        y of the input's shape and dtype.
+        y, of the input's shape and dtype (a new tensor: the input is never modified).
+
+    Shape:
+        - input: :math:`(*, \text{normalized\_shape})`, any number of leading (token) dims.
+        - output: the input's shape.
+
+    Example::
+
+        >>> x = torch.randn(1, 8, 4096)
+        >>> y = tokennorm.rms_norm(x, (4096,), torch.ones(4096), eps=1e-6)
+        >>> torch.allclose(y, torch.nn.functional.rms_norm(x, (4096,), torch.ones(4096), eps=1e-6))
+        True
     """
     if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel():
         n = _checks.norm_row_length("rms_norm", input, normalized_shape, weight, None)
@@ -149,32 +188,58 @@ def add_norm(
     weight_offset: float = 0.0,
     normalized_shape: Optional[Sequence[int]] = None,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-    r"""Fused Add & Norm: ``h = residual + dropout(x)``, ``y = Norm(h) · (weight + weight_offset) + bias``.
+    r"""Fused Add & Norm of a Transformer block: the residual add (with dropout on the sublayer's output) and the
+    norm that follows it, in one pass over memory.
 
-    h is the new residual stream, stored in ``residual_dtype`` (default: the residual's dtype, else x's), e.g.
-    float32 under bf16 activations. Both h and y are computed in float32, or float64 when any of x, residual, h
+    .. math::
+        h = \text{residual} + \text{dropout}(x), \qquad
+        y = \text{Norm}(h) \cdot (\gamma + \text{weight\_offset}) + \beta
+
+    where Norm is LayerNorm, :math:`\frac{h - \mathrm{E}[h]}{\sqrt{\mathrm{Var}[h] + \epsilon}}`, or RMSNorm,
+    :math:`\frac{h}{\sqrt{\mathrm{E}[h^2] + \epsilon}}`, over the trailing ``normalized_shape`` dims of each token.
+    Post-LN blocks use y as the next residual; pre-LN blocks (``prenorm=True``) feed y to the next sublayer and
+    carry h as the residual stream.
+
+    Dtypes: h is stored in ``residual_dtype`` (default: the residual's dtype, else x's), e.g. float32 under
+    bf16 activations; y has x's dtype. Both are computed in float32, or float64 when any of x, the residual or h
     is float64: h from the exact operands, rounded once to its dtype; y as the norm of h *as stored*, rounded
-    once to x's dtype — on either backend.
+    once to x's dtype. The same on either backend (the torch backend runs the unfused composition).
 
     Args:
-        x: (*, normalized_shape), float16/bfloat16/float32/float64: the sublayer's output.
-        residual: x's shape, any floating dtype; None for h = dropout(x). Default: None.
-        weight, bias: γ and β of shape ``normalized_shape``; None for none. Default: None.
-        eps: ε inside the square root; None for the norm's default: 1e-5 for LayerNorm, torch's RMSNorm
-            default for RMSNorm (the machine epsilon of h's compute dtype). Default: None.
-        norm: ``"layernorm"`` or ``"rmsnorm"`` (RMSNorm with a bias adds it after scaling).
-        dropout_p: probability of zeroing an element of x, in [0, 1); kept ones are scaled by 1/(1 − p).
-            Masks come from torch's RNG (``torch.manual_seed`` reproduces them) and are regenerated in
-            backward, never stored. Default: 0.
-        training: dropout only when True. Default: True.
+        x: the sublayer's output, float16, bfloat16, float32 or float64.
+        residual: the residual stream, x's shape, any floating dtype; None for h = dropout(x). Default: None.
+        weight: γ, of shape ``normalized_shape``; None for no scaling. Default: None.
+        bias: β, of shape ``normalized_shape``, added after the scaling (also for RMSNorm); None for no shift.
+            Default: None.
+        eps: ε inside the square root; None for the norm's default: 1e-5 for LayerNorm, torch's RMSNorm default
+            for RMSNorm (the machine epsilon of h's compute dtype). Default: None.
+        norm: ``"layernorm"`` or ``"rmsnorm"``. Default: ``"layernorm"``.
+        dropout_p: probability of zeroing an element of x, in [0, 1); kept elements are scaled by 1/(1 − p).
+            Masks come from torch's RNG (``torch.manual_seed`` reproduces them) and are regenerated in backward,
+            never stored. Default: 0.
+        training: apply dropout only when True (pass ``module.training``). Default: True.
         prenorm: return ``(y, h)`` instead of ``y``. Default: False.
-        residual_dtype: dtype of h. Default: None (see above).
-        weight_offset: y uses ``weight + weight_offset`` (1.0: Gemma-style zero-centred weight). Default: 0.
-        normalized_shape: the trailing dims to normalize over. Default: ``weight.shape``, else the last dim.
+        residual_dtype: dtype of h. Default: None (the residual's dtype, else x's).
+        weight_offset: y scales by ``weight + weight_offset`` (1.0: Gemma's zero-centred weight). Default: 0.
+        normalized_shape: the trailing dims to normalize over. Default: None (``weight.shape``, else
+            ``bias.shape``, else x's last dim).
 
     Returns:
-        y, or ``(y, h)`` when ``prenorm``. With ``dropout_p=0`` or ``training=False``, exactly
-        ``Norm(residual + x)``.
+        ``y``, or ``(y, h)`` when ``prenorm`` — new tensors; x and the residual are never modified. With
+        ``dropout_p=0`` or ``training=False``, exactly ``Norm(residual + x)``.
+
+    Shape:
+        - x, residual, y, h: :math:`(*, \text{normalized\_shape})`, any number of leading (token) dims.
+        - weight, bias: ``normalized_shape``.
+
+    Example::
+
+        >>> x, residual = torch.randn(2, 16, 512), torch.randn(2, 16, 512)
+        >>> w, b = torch.ones(512), torch.zeros(512)
+        >>> y = tokennorm.add_norm(x, residual, w, b)                          # post-LN: LayerNorm(residual + x)
+        >>> torch.allclose(y, torch.nn.functional.layer_norm(residual + x, (512,), w, b), atol=1e-6)
+        True
+        >>> y, h = tokennorm.add_norm(x, residual, w, norm="rmsnorm", prenorm=True)   # pre-LN: h is the stream
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, but got norm={norm!r}")

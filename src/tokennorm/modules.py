@@ -20,24 +20,34 @@ _Shape = Union[int, list[int], torch.Size, tuple[int, ...]]
 
 
 class LayerNorm(nn.LayerNorm):
-    r"""Layer normalization over the trailing ``normalized_shape`` dims of each token.
+    r"""Layer normalization over the trailing ``normalized_shape`` dims of each token: a drop-in for
+    :class:`torch.nn.LayerNorm` (a subclass: same constructor, parameters, state_dict, ``isinstance``).
 
-    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+    .. math::
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
 
-    Mean and biased variance are computed per token (row); γ and β are shared by every token. Same
-    arguments, parameters and state_dict as :class:`torch.nn.LayerNorm`; runs tokennorm's Triton kernels on
-    CUDA tensors.
+    Mean and biased variance are computed per token (row) over the last ``len(normalized_shape)`` dims, in
+    float32 (float64 for float64 input); γ and β are shared by every token. Runs
+    :func:`tokennorm.layer_norm`: tokennorm's Triton kernels on CUDA tensors, torch's elsewhere
+    (:func:`tokennorm.get_backend`).
 
     Args:
         normalized_shape: the trailing dims to normalize over (an int means the last dim).
         eps: added to the variance inside the square root. Default: 1e-5.
         elementwise_affine: learn γ (initialised to ones) and, if ``bias``, β (zeros). Default: True.
-        bias: learn β as well. Default: True.
+        bias: learn β as well (with ``elementwise_affine``). Default: True.
+        device, dtype: of the parameters. Default: torch's defaults.
+
+    Attributes:
+        weight: γ, of shape ``normalized_shape``, or None without ``elementwise_affine``.
+        bias: β, of shape ``normalized_shape``, or None.
 
     Shape:
-        - Input: (*, normalized_shape); Output: the same shape and dtype.
+        - Input: :math:`(*, \text{normalized\_shape})`, float16/bfloat16/float32/float64 (a float16/bfloat16
+          input may meet float32 parameters, as under autocast).
+        - Output: the input's shape and dtype.
 
-    Examples::
+    Example::
 
         >>> ln = tokennorm.LayerNorm(512)
         >>> y = ln(torch.randn(2, 16, 512))   # [batch, tokens, channels]: 32 tokens, 32 means
@@ -48,14 +58,32 @@ class LayerNorm(nn.LayerNorm):
 
 
 class RMSNorm(nn.RMSNorm):
-    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dims of each token.
+    r"""Root-mean-square normalization over the trailing ``normalized_shape`` dims of each token: a drop-in for
+    :class:`torch.nn.RMSNorm` (a subclass: same constructor, parameters, state_dict, ``isinstance``).
 
-    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \cdot \gamma
+    .. math::
+        y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \cdot \gamma
 
-    Same arguments, parameters and state_dict as :class:`torch.nn.RMSNorm`; ``eps=None`` uses torch's
-    default (the machine epsilon of the compute dtype). Runs tokennorm's Triton kernels on CUDA tensors.
+    The mean square is computed per token (row) over the last ``len(normalized_shape)`` dims, in float32
+    (float64 for float64 input). Runs :func:`tokennorm.rms_norm`: tokennorm's Triton kernels on CUDA tensors,
+    torch's elsewhere (:func:`tokennorm.get_backend`).
 
-    Examples::
+    Args:
+        normalized_shape: the trailing dims to normalize over (an int means the last dim).
+        eps: added to the mean square inside the square root; None for torch's default, the machine epsilon of
+            the compute dtype (float32's 1.19e-7 for float16/bfloat16/float32 input). Default: None.
+        elementwise_affine: learn γ (initialised to ones). Default: True.
+        device, dtype: of the parameter. Default: torch's defaults.
+
+    Attributes:
+        weight: γ, of shape ``normalized_shape``, or None without ``elementwise_affine``.
+
+    Shape:
+        - Input: :math:`(*, \text{normalized\_shape})`, float16/bfloat16/float32/float64 (γ may have any floating
+          dtype).
+        - Output: the input's shape and dtype.
+
+    Example::
 
         >>> rms = tokennorm.RMSNorm(4096, eps=1e-6)
         >>> y = rms(torch.randn(1, 8, 4096))
@@ -66,26 +94,54 @@ class RMSNorm(nn.RMSNorm):
 
 
 class AddNorm(nn.Module):
-    r"""Add & Norm of a Transformer block, fused: ``h = residual + dropout(x)``, ``y = Norm(h)``.
+    r"""Add & Norm of a Transformer block, fused (:func:`tokennorm.add_norm`): one pass over memory for the
+    residual add, dropout on the sublayer's output, and the norm.
+
+    .. math::
+        h = \text{residual} + \text{dropout}(x), \qquad
+        y = \text{Norm}(h) \cdot (\gamma + \text{weight\_offset}) + \beta
+
+    with Norm LayerNorm or RMSNorm over the trailing ``normalized_shape`` dims of each token.
 
     * ``placement="post"`` (original Transformer, post-LN): ``forward(x, residual)`` returns ``y``, which is
       also the next block's residual: ``LayerNorm(residual + Sublayer(residual))``.
     * ``placement="pre"`` (GPT-2, Llama): ``forward(x, residual)`` returns ``(y, h)``: ``y`` feeds the next
       sublayer, ``h`` is the new residual stream (in ``residual_dtype`` if given).
 
-    Args:
-        normalized_shape: the trailing dims to normalize over.
-        norm: ``"layernorm"`` or ``"rmsnorm"``.
-        placement: ``"post"`` or ``"pre"``.
-        dropout: probability of zeroing an element of ``x`` (the sublayer output) in training.
-        eps: ε inside the square root; None (default) for the norm's default (:func:`tokennorm.add_norm`):
-            1e-5 for LayerNorm, torch's RMSNorm default for RMSNorm (the machine epsilon of h's compute dtype).
-        elementwise_affine: learn γ (ones). bias: learn β (zeros); default True for LayerNorm, False for RMSNorm.
-        residual_dtype: dtype of the residual stream h (e.g. torch.float32 under bf16 activations).
-        weight_offset: y uses ``weight + weight_offset`` (1.0: Gemma-style zero-centred weight, initialised
-            to zeros).
+    Dtypes and rounding as :func:`tokennorm.add_norm`: h in ``residual_dtype`` (default: the residual's, else
+    x's), y in x's dtype, both computed in float32 (float64 when any of x, residual, h is float64).
 
-    The parameters are named ``weight`` and ``bias``, like the norm modules, so state_dicts interchange.
+    Args:
+        normalized_shape: the trailing dims to normalize over (an int means the last dim).
+        norm: ``"layernorm"`` or ``"rmsnorm"``. Default: ``"layernorm"``.
+        placement: ``"post"`` or ``"pre"``. Default: ``"post"``.
+        dropout: probability of zeroing an element of ``x`` (the sublayer output) in training, in [0, 1).
+            Default: 0.
+        eps: ε inside the square root; None for the norm's default: 1e-5 for LayerNorm (stored as 1e-5, as
+            ``nn.LayerNorm`` does), torch's RMSNorm default for RMSNorm (stored as None: the machine epsilon of
+            h's compute dtype). Default: None.
+        elementwise_affine: learn γ (ones; zeros with ``weight_offset=1``) and, if ``bias``, β (zeros).
+            Default: True.
+        bias: learn β as well. Default: None (True for LayerNorm, False for RMSNorm).
+        residual_dtype: dtype of the residual stream h (e.g. torch.float32 under bf16 activations). Default: None.
+        weight_offset: y scales by ``weight + weight_offset`` (1.0: Gemma-style zero-centred weight, initialised
+            to zeros). Default: 0.
+        device, dtype: of the parameters. Default: torch's defaults.
+
+    Attributes:
+        weight: γ, of shape ``normalized_shape``, or None without ``elementwise_affine``.
+        bias: β, of shape ``normalized_shape``, or None. (Named as the norm modules' are: state_dicts
+            interchange.)
+
+    Shape:
+        - x, residual: :math:`(*, \text{normalized\_shape})`; residual may be None (h = dropout(x)).
+        - Output: ``y`` (post) or ``(y, h)`` (pre), each of x's shape.
+
+    Example::
+
+        >>> block_norm = tokennorm.AddNorm(512, norm="rmsnorm", placement="pre", residual_dtype=torch.float32)
+        >>> x, stream = torch.randn(2, 16, 512).bfloat16(), torch.randn(2, 16, 512)
+        >>> y, stream = block_norm(x, stream)      # y: bf16, into the next sublayer; stream: float32
     """
 
     def __init__(

@@ -6,8 +6,8 @@ still fuse around them); outputs are always fresh tensors, never views of inputs
 and no data-dependent allocation happen inside, so they can be captured in a CUDA graph.
 
 Eager calls with autograd take :class:`EagerNorm` instead: the same launchers and the same backward glue
-(:func:`_gradients`), without the dispatcher's ~30 µs per op call on the host (benchmarks/RESULTS.md, "Host
-time per call"). :func:`norm_forward` picks between them.
+(:func:`_gradients`), without the dispatcher's host time per op call (benchmarks/RESULTS.md, "Host time per
+call"). :func:`norm_forward` picks between them.
 
 Inputs are [M, N] with a last stride of 1 (see :mod:`tokennorm.functional`).
 """

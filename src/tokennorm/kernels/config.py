@@ -77,7 +77,7 @@ FWD_ROWS_MAX_N = 16384
 # that compiles without spills.
 BWD_ROWS_MAX_N = 8192
 
-# Rows tiles by padded row length (bf16 LayerNorm compiled for sm_90, 2026-11-30; benchmarks/RESULTS.md,
+# Rows tiles by padded row length, from the bf16 LayerNorm kernels compiled for sm_90 (benchmarks/RESULTS.md,
 # "Kernels v2: static report"): (rows per tile, warps, programs per SM, pipeline stages, register cap).
 # 8 elements per thread (one 16-byte bf16 vector) up to 2K, 16 at 4K–8K, 32 at 16K; a row per warp below 256.
 _FWD_ROWS = {
@@ -105,7 +105,8 @@ SEGMENT_CHUNK = 8192
 
 
 def cdiv(a: int, b: int) -> int:
-    """⌈a / b⌉. Not triton.cdiv: that is a ConstexprFunction, ~10 µs of host time per call in triton 3.9."""
+    """⌈a / b⌉. Not triton.cdiv: that is a ConstexprFunction, many times the host time of this per call
+    (benchmarks/RESULTS.md, "Host time per call")."""
     return -(-a // b)
 
 

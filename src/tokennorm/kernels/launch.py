@@ -45,7 +45,7 @@ class BackwardOut(NamedTuple):
     dbias: Optional[Tensor]  # [N] likewise
 
 
-# On every call: NamedTuple(...) runs a Python __new__ (~0.5 µs); tuple.__new__ builds the same object in C.
+# On every call: NamedTuple(...) runs a Python __new__; tuple.__new__ builds the same object in C.
 _new = tuple.__new__
 
 
@@ -69,7 +69,7 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
                 residual: Optional[Tensor], seed: Optional[Tensor]) -> ForwardOut:
     m, n = x.shape
     dev = x.device
-    # torch.empty(m, n, ...) rather than torch.empty((m, n), ...): a third less host time
+    # torch.empty(m, n, ...) rather than torch.empty((m, n), ...): less host time (benchmarks/RESULTS.md)
     y = torch.empty(m, n, device=dev, dtype=x.dtype)
     h = None if plan.h_dtype is None else torch.empty(m, n, device=dev, dtype=plan.h_dtype)
     if plan.store_stats:
