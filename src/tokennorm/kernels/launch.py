@@ -69,8 +69,8 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
                 residual: Optional[Tensor], seed: Optional[Tensor]) -> ForwardOut:
     m, n = x.shape
     dev = x.device
-    # torch.empty(m, n, ...) rather than torch.empty((m, n), ...): less host time (benchmarks/RESULTS.md)
-    y = torch.empty(m, n, device=dev, dtype=x.dtype)
+    # x.new_empty(m, n) and torch.empty(m, n, ...), not a shape tuple: less host time (benchmarks/RESULTS.md)
+    y = x.new_empty(m, n)
     h = None if plan.h_dtype is None else torch.empty(m, n, device=dev, dtype=plan.h_dtype)
     if plan.store_stats:
         mean = torch.empty(0 if plan.is_rms else m, device=dev, dtype=plan.acc_dtype)
