@@ -210,3 +210,16 @@ def row_groups(m: int, programs: int, segments: int = 1) -> tuple[int, int]:
     groups = max(1, min(m, programs // segments))
     rows_per_group = cdiv(m, groups)
     return cdiv(m, rows_per_group), rows_per_group
+
+
+def sample_groups(samples: int, tokens: int, programs: int) -> tuple[int, int, int, int]:
+    """(programs, samples per program, splits, tokens per split) of a rows backward summing per-sample AdaLN
+    gradients, for about ``programs`` programs: several whole samples per program when samples are at least as
+    many as programs, else each sample's tokens split into ``splits`` ranges. Each (sample, range) writes one
+    float32 partial row per modulation, as the row groups do for dγ/dβ."""
+    if samples >= programs:
+        per_program = cdiv(samples, programs)
+        return cdiv(samples, per_program), per_program, 1, tokens
+    per_split = cdiv(tokens, min(tokens, cdiv(programs, samples)))
+    splits = cdiv(tokens, per_split)
+    return samples * splits, 1, splits, per_split

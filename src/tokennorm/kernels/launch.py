@@ -39,8 +39,9 @@ _rows_backward = _wrap(rows_backward_kernel)
 _long_rows_backward = _wrap(long_rows_backward_kernel)
 _segment_backward = _wrap(segment_backward_kernel)
 
-__all__ = ["ForwardOut", "BackwardOut", "acc_dtype", "norm_forward", "run_forward", "norm_backward", "run_backward",
-           "segment_moments", "segment_apply", "segment_sums", "segment_dx"]
+__all__ = ["ForwardOut", "BackwardOut", "Modulation", "ModulationGrads", "acc_dtype", "norm_forward", "run_forward",
+           "norm_backward", "run_backward", "ada_norm_backward", "segment_moments", "segment_apply", "segment_sums",
+           "segment_dx"]
 
 
 class ForwardOut(NamedTuple):
@@ -57,24 +58,55 @@ class BackwardOut(NamedTuple):
     dbias: Tensor  # [N] likewise
 
 
+class Modulation(NamedTuple):
+    """AdaLN's inputs beside x, as [rows, N] views with a last stride of 1: one row per sample (``tokens`` rows of
+    x each) or one per row of x (``tokens`` = 1)."""
+
+    shift: Tensor
+    scale: Tensor
+    gate: Optional[Tensor]
+    tokens: int
+
+
+class ModulationGrads(NamedTuple):
+    """AdaLN's gradients, each None unless asked for: for per-sample modulations [samples, N] in the accumulation
+    dtype; for per-token ones [M, N] in the modulation's dtype (dshift is dy itself then, when the dtypes agree)."""
+
+    dshift: Optional[Tensor]
+    dscale: Optional[Tensor]
+    dgate: Optional[Tensor]
+
+
+def _modulation_args(mod: Optional[Modulation]) -> tuple:
+    """The forward kernels' trailing arguments: GATE, SHIFT, SCALE, their row strides, tokens."""
+    if mod is None:
+        return None, None, None, 0, 0, 0, 1
+    gate = mod.gate
+    return (gate, mod.shift, mod.scale, 0 if gate is None else gate.stride(0), mod.shift.stride(0),
+            mod.scale.stride(0), mod.tokens)
+
+
 def norm_forward(
     x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], seed: Optional[Tensor],
     eps: float, dropout_p: float, weight_offset: float, is_rms: bool, h_dtype: Optional[torch.dtype],
-    config: Optional[KernelConfig] = None, store_stats: bool = True,
+    config: Optional[KernelConfig] = None, store_stats: bool = True, modulation: Optional[Modulation] = None,
 ) -> ForwardOut:
     """``y = Norm(residual + dropout(x)) · (weight + weight_offset) + bias`` with the cached plan for this call.
 
     ``h_dtype`` not None stores h = residual + dropout(x) in that dtype; ``store_stats=False`` (inference)
-    skips mean/rstd and returns them as None; ``config`` overrides the default kernel and tile.
+    skips mean/rstd and returns them as None; ``config`` overrides the default kernel and tile. With
+    ``modulation`` (AdaLN): h = residual + gate ⊙ x and y = (Norm(h)·w + b) · (1 + scale) + shift.
     """
     plan = forward_plan(x.shape[1], x.dtype, weight is not None, bias is not None,
                         None if residual is None else residual.dtype, h_dtype, eps, dropout_p, weight_offset, is_rms,
-                        store_stats, x.device, config)
-    return run_forward(plan, x, weight, bias, residual, seed)
+                        store_stats, x.device, config, modulation is not None and modulation.gate is not None,
+                        modulation is not None)
+    return run_forward(plan, x, weight, bias, residual, seed, modulation)
 
 
 def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                residual: Optional[Tensor], seed: Optional[Tensor]) -> ForwardOut:
+                residual: Optional[Tensor], seed: Optional[Tensor],
+                modulation: Optional[Modulation] = None) -> ForwardOut:
     m, n = x.shape
     dev = x.device
     y = torch.empty((m, n), device=dev, dtype=x.dtype)
@@ -89,7 +121,7 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
     cfg = plan.config
     args = (x, residual, weight, bias, seed, y, h, mean, rstd, x.stride(0),
             0 if residual is None else residual.stride(0), y.stride(0), 0 if h is None else h.stride(0), m, n)
-    scalars = (plan.eps, plan.eps_lo, plan.dropout_p)
+    scalars = (plan.eps, plan.eps_lo, plan.dropout_p, *_modulation_args(modulation))
     if cfg.mode == kconfig.ROWS:
         grid = (min(cdiv(m, cfg.block_m), cfg.programs_per_sm * plan.facts.sms),)
         _rows_forward[grid](*args, *scalars, **plan.launch_kwargs)
@@ -136,6 +168,32 @@ def norm_backward(
 
 def run_backward(plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
                  dh_in: Optional[Tensor], seed: Optional[Tensor]) -> BackwardOut:
+    return _backward(plan, dy, h, weight, mean, rstd, dh_in, seed)[0]
+
+
+def ada_norm_backward(
+    dy: Tensor, h: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
+    dh_in: Optional[Tensor], modulation: Modulation, is_rms: bool, compute_dweight: bool, compute_dbias: bool,
+    x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], need: tuple[bool, bool, bool] = (True, True, True),
+    config: Optional[KernelConfig] = None,
+) -> tuple[BackwardOut, ModulationGrads]:
+    """AdaLN's backward: :func:`norm_backward`'s outputs, with dx = gate ⊙ dh, and (dshift, dscale, dgate).
+
+    ``x`` is the sublayer output the gate multiplied (dgate = Σ dh ⊙ x), ``bias`` β (dscale = Σ dy · n needs
+    n = x̂ · w + b); ``modulation``'s shift is not read. ``need``: which of (dshift, dscale, dgate) to return.
+    """
+    has_gate = modulation.gate is not None
+    plan = backward_plan(h.shape[1], h.dtype, x_dtype, residual_dtype, weight is not None, dh_in is not None, 0.0,
+                         0.0, is_rms, compute_dweight, compute_dbias, h.device, config, bias is not None, has_gate,
+                         True, modulation.tokens != 1)
+    return _backward(plan, dy, h, weight, mean, rstd, dh_in, None, x, bias, modulation, need)
+
+
+def _backward(
+    plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+    dh_in: Optional[Tensor], seed: Optional[Tensor], x: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+    mod: Optional[Modulation] = None, need: tuple[bool, bool, bool] = (False, False, False),
+) -> tuple[BackwardOut, ModulationGrads]:
     m, n = h.shape
     dev = h.device
     acc = plan.acc_dtype
@@ -144,10 +202,18 @@ def run_backward(plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Ten
     if m == 0 or n == 0:
         return BackwardOut(dx, _empty(dev, plan.x_dtype) if dres is None else dres,
                            torch.zeros(n if plan.compute_dweight else 0, device=dev, dtype=acc),
-                           torch.zeros(n if plan.compute_dbias else 0, device=dev, dtype=acc))
+                           torch.zeros(n if plan.compute_dbias else 0, device=dev, dtype=acc)), \
+            _empty_modulation_grads(dy, mod, need, acc)
     cfg = plan.config
+    per_sample = mod is not None and mod.tokens != 1
+    samples = m // mod.tokens if per_sample else 0
+    mod_grid = (1, 1, 1)  # samples per program, splits, tokens per split (MOD_SUMS)
     if cfg.mode == kconfig.ROWS:
-        programs, rows_per_program = row_groups(m, cfg.programs_per_sm * plan.facts.sms)
+        if plan.modulation_sums:
+            programs, *mod_grid = kconfig.sample_groups(samples, mod.tokens, cfg.programs_per_sm * plan.facts.sms)
+            rows_per_program = mod_grid[2]
+        else:
+            programs, rows_per_program = row_groups(m, cfg.programs_per_sm * plan.facts.sms)
     elif cfg.mode == kconfig.LONG_ROWS:
         segments = cdiv(n, cfg.block_n)
         programs = _long_row_groups(m, segments, cfg, plan.facts)
@@ -159,31 +225,71 @@ def run_backward(plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Ten
     args = (dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw, db)
     strides = (dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
                0 if dres is None else dres.stride(0))
+    # AdaLN: per-sample sums (rows: partial rows per (sample, token range)) or per-token gradients
+    dscale = dgate = dshift = None
+    if mod is not None:
+        if plan.modulation_sums:
+            rows = samples * mod_grid[1]
+            dshift, dscale = (torch.empty((rows, n), device=dev, dtype=acc) for _ in range(2))
+            dgate = torch.empty((rows, n), device=dev, dtype=acc) if plan.has_gate else None
+        else:
+            dscale = torch.empty((m, n), device=dev, dtype=acc if per_sample else mod.scale.dtype)
+            if plan.has_gate:
+                dgate = torch.empty((m, n), device=dev, dtype=acc if per_sample else mod.gate.dtype)
+    gate = None if mod is None else mod.gate
+    mod_args = (x, bias, None if mod is None else mod.scale, gate, dscale, dgate,
+                0 if x is None else x.stride(0), 0 if mod is None else mod.scale.stride(0),
+                0 if gate is None else gate.stride(0), 1 if mod is None else mod.tokens)
     if cfg.mode == kconfig.ROWS:
-        _rows_backward[(programs,)](*args, *strides, m, n, rows_per_program, plan.dropout_p, **plan.launch_kwargs)
+        _rows_backward[(programs,)](*args, *strides, m, n, rows_per_program, plan.dropout_p, *mod_args[:2],
+                                    mod_args[2], mod_args[3], dshift, *mod_args[4:], *mod_grid[:2],
+                                    **plan.launch_kwargs)
     elif cfg.mode == kconfig.LONG_ROWS:
         partials = torch.empty((m, segments, 2), device=dev, dtype=acc)
         grid = (programs * segments,)
         if LONG_ROWS_EXCHANGE == "cooperative":
             sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
-            _long_rows_backward[grid](*args, partials, sync, *strides, m, n, programs, plan.dropout_p,
+            _long_rows_backward[grid](*args, partials, sync, *strides, m, n, programs, plan.dropout_p, *mod_args,
                                       EXCHANGE="cooperative", **plan.launch_kwargs)
         else:
             for exchange in ("publish", "finish"):
-                _long_rows_backward[grid](*args, partials, None, *strides, m, n, programs, plan.dropout_p,
+                _long_rows_backward[grid](*args, partials, None, *strides, m, n, programs, plan.dropout_p, *mod_args,
                                           EXCHANGE=exchange, **plan.launch_kwargs)
     else:  # rows beyond the long-row capacity: segment sums, their means, then dx
         sums = torch.empty((m, segments, 2), device=dev, dtype=acc)
         _segment_backward[(cdiv(m, cfg.block_m), segments)](*args, sums, None, *strides, m, n, cfg.block_n, 0,
-                                                             plan.dropout_p, PASS="sums", **plan.launch_kwargs)
+                                                             plan.dropout_p, *mod_args, PASS="sums",
+                                                             **plan.launch_kwargs)
         row_means = sums.sum(dim=1) * (1.0 / n)
         _segment_backward[(programs, segments)](*args, None, row_means, *strides, m, n, cfg.block_n,
-                                                rows_per_program, plan.dropout_p, PASS="dx", **plan.launch_kwargs)
-    return BackwardOut(
+                                                rows_per_program, plan.dropout_p, *mod_args, PASS="dx",
+                                                **plan.launch_kwargs)
+    out = BackwardOut(
         dx, _empty(dev, plan.x_dtype) if dres is None else dres,
         dw.sum(dim=0) if plan.compute_dweight else _empty(dev, acc),
         db.sum(dim=0) if plan.compute_dbias else _empty(dev, acc),
     )
+    if mod is None:
+        return out, ModulationGrads(None, None, None)
+    need_shift, need_scale, need_gate = need
+    if plan.modulation_sums:  # partial rows [samples, splits, N], summed in order: deterministic
+        grads = [t.view(samples, mod_grid[1], n).sum(dim=1) if t is not None else None for t in (dshift, dscale, dgate)]
+    elif per_sample:  # per-token gradients, summed over each sample's tokens
+        grads = [dy.view(samples, mod.tokens, n).sum(dim=1, dtype=acc) if need_shift else None,
+                 *(t.view(samples, mod.tokens, n).sum(dim=1) if t is not None else None for t in (dscale, dgate))]
+    else:
+        grads = [dy if dy.dtype == mod.shift.dtype else dy.to(mod.shift.dtype), dscale, dgate]
+    return out, ModulationGrads(*(g if wanted else None for g, wanted in zip(grads, need)))
+
+
+def _empty_modulation_grads(dy: Tensor, mod: Optional[Modulation], need: tuple[bool, bool, bool],
+                            acc: torch.dtype) -> ModulationGrads:
+    """AdaLN's gradients of an empty problem: zeros of the modulations' shapes."""
+    if mod is None:
+        return ModulationGrads(None, None, None)
+    return ModulationGrads(*(torch.zeros(t.shape, device=t.device, dtype=acc if mod.tokens != 1 else t.dtype)
+                             if t is not None and wanted else None
+                             for t, wanted in zip((mod.shift, mod.scale, mod.gate), need)))
 
 
 def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -192,6 +298,11 @@ def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 # Segment kernels for tensor parallelism: each rank's [M, n_i] slice is one segment of the full rows.
+
+
+# The segment backward's AdaLN arguments and switches, off (X, B, SCALE, GATE, DSCALE, DGATE, their strides, tokens)
+_NO_MODULATION = (None, None, None, None, None, None, 0, 0, 0, 1)
+_NO_MODULATION_SWITCHES = dict(HAS_BIAS=False, HAS_MOD=False, HAS_GATE=False)
 
 
 def _segment_switches(cfg: KernelConfig, is_rms: bool, weight_offset: float = 0.0) -> dict:
@@ -239,9 +350,9 @@ def segment_sums(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, 
         cfg = kconfig.segment_config(n, acc.itemsize)
         _segment_backward[(cdiv(m, cfg.block_m), 1)](
             dy, h, weight, mean, rstd, None, None, None, None, None, None, sums, None, dy.stride(0), h.stride(0),
-            0, 0, 0, m, n, n, 0, 0.0, PASS="sums", HAS_WEIGHT=weight is not None, COMPUTE_DW=False,
-            COMPUTE_DB=False, HAS_DH_IN=False, HAS_DROPOUT=False, STORE_DRES=False,
-            **_segment_switches(cfg, is_rms, weight_offset))
+            0, 0, 0, m, n, n, 0, 0.0, *_NO_MODULATION, PASS="sums", HAS_WEIGHT=weight is not None,
+            COMPUTE_DW=False, COMPUTE_DB=False, HAS_DH_IN=False, HAS_DROPOUT=False, STORE_DRES=False,
+            **_NO_MODULATION_SWITCHES, **_segment_switches(cfg, is_rms, weight_offset))
     return sums
 
 
@@ -263,8 +374,8 @@ def segment_dx(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rs
     db = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
     _segment_backward[(programs, 1)](
         dy, h, weight, mean, rstd, None, None, dx, None, dw, db, None, row_means.to(acc).contiguous(), dy.stride(0),
-        h.stride(0), 0, dx.stride(0), 0, m, n, n, rows_per_program, 0.0, PASS="dx", HAS_WEIGHT=weight is not None,
-        COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias, HAS_DH_IN=False, HAS_DROPOUT=False,
-        STORE_DRES=False, **_segment_switches(cfg, is_rms, weight_offset))
+        h.stride(0), 0, dx.stride(0), 0, m, n, n, rows_per_program, 0.0, *_NO_MODULATION, PASS="dx",
+        HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias, HAS_DH_IN=False,
+        HAS_DROPOUT=False, STORE_DRES=False, **_NO_MODULATION_SWITCHES, **_segment_switches(cfg, is_rms, weight_offset))
     return BackwardOut(dx, _empty(dev, x_dtype), dw.sum(dim=0) if compute_dweight else _empty(dev, acc),
                        db.sum(dim=0) if compute_dbias else _empty(dev, acc))

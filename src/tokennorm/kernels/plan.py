@@ -1,9 +1,9 @@
 """Launch plans: everything about a call that does not depend on its tensors' data, decided once.
 
 A plan holds the kernel mode and tile (``config``), the norm, ε (and its float32 remainder, for float64
-kernels), the dtypes, which of weight / bias / residual / dropout / stored h / statistics are present, and the
-compile-time switches each kernel takes (``constexprs``, passed by name). Plans are cached by their key, so
-building or fetching one costs one dict lookup (``functools.lru_cache``, bounded).
+kernels), the dtypes, which of weight / bias / residual / dropout / stored h / statistics / AdaLN's gate and
+modulation are present, and the compile-time switches each kernel takes (``constexprs``, passed by name). Plans
+are cached by their key, so building or fetching one costs one dict lookup (``functools.lru_cache``, bounded).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class ForwardPlan:
     store_stats: bool  # mean/rstd written (backward needs them)
     acc_dtype: torch.dtype
     constexprs: dict = field(repr=False)  # the kernel's compile-time switches and launch options, by name
+    has_gate: bool = False  # AdaLN-Zero: h = residual + gate ⊙ x
+    has_modulation: bool = False  # AdaLN: y = n · (1 + scale) + shift
 
     @property
     def launch_kwargs(self) -> dict:
@@ -71,6 +73,9 @@ class BackwardPlan:
     compute_dbias: bool
     acc_dtype: torch.dtype
     constexprs: dict = field(repr=False)
+    has_gate: bool = False  # AdaLN-Zero's gate: dx = gate ⊙ dh, dgate = Σ dh ⊙ x
+    has_modulation: bool = False  # AdaLN's shift and scale: dshift = Σ dy, dscale = Σ dy · n
+    modulation_sums: bool = False  # per-sample sums as per-program partials (rows); else per-token outputs
 
     @property
     def launch_kwargs(self) -> dict:
@@ -91,9 +96,11 @@ def launch_kwargs(constexprs: dict) -> dict:
 def forward_plan(
     n: int, x_dtype: torch.dtype, has_weight: bool, has_bias: bool, residual_dtype: Optional[torch.dtype],
     h_dtype: Optional[torch.dtype], eps: float, dropout_p: float, weight_offset: float, is_rms: bool,
-    store_stats: bool, device: torch.device, config: Optional[KernelConfig] = None,
+    store_stats: bool, device: torch.device, config: Optional[KernelConfig] = None, has_gate: bool = False,
+    has_modulation: bool = False,
 ) -> ForwardPlan:
-    """The plan for a forward over rows of ``n`` elements (``config`` overrides the default tile)."""
+    """The plan for a forward over rows of ``n`` elements (``config`` overrides the default tile); ``has_gate``
+    and ``has_modulation`` switch on AdaLN's gate and shift/scale."""
     acc = acc_dtype(x_dtype)
     facts = kconfig.device_facts(device)
     if config is None:
@@ -104,7 +111,8 @@ def forward_plan(
     switches = dict(
         IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
         HAS_RESIDUAL=residual_dtype is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h_dtype is not None,
-        STORE_STATS=store_stats, BLOCK_N=config.block_n, **config.launch_options,
+        STORE_STATS=store_stats, HAS_GATE=has_gate, HAS_MOD=has_modulation, BLOCK_N=config.block_n,
+        **config.launch_options,
     )
     if config.mode == kconfig.ROWS:
         switches.update(BLOCK_M=config.block_m, NUM_STAGES=config.num_stages)
@@ -113,26 +121,33 @@ def forward_plan(
     elif config.mode != kconfig.CHUNKED:
         raise ValueError(f"no forward kernel for mode {config.mode!r}")
     return ForwardPlan(config, facts, is_rms, eps, float32_remainder(eps), dropout_p, h_dtype, store_stats, acc,
-                       switches)
+                       switches, has_gate, has_modulation)
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def backward_plan(
     n: int, h_dtype: torch.dtype, x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], has_weight: bool,
     has_dh_in: bool, dropout_p: float, weight_offset: float, is_rms: bool, compute_dweight: bool,
-    compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None,
+    compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None, has_bias: bool = False,
+    has_gate: bool = False, has_modulation: bool = False, per_sample: bool = False,
 ) -> BackwardPlan:
-    """The plan for a backward over rows of ``n`` elements; ``h_dtype`` is the normalized tensor's dtype."""
+    """The plan for a backward over rows of ``n`` elements; ``h_dtype`` is the normalized tensor's dtype.
+
+    AdaLN: ``has_gate``, ``has_modulation`` as the forward's; ``has_bias``: β is read (dscale = Σ dy · n needs
+    n = x̂ · w + b); ``per_sample``: the modulations are [B, N], their gradients sums over each sample's tokens
+    — as per-program partials in the rows kernel, as per-token outputs summed afterwards in the others."""
     acc = acc_dtype(h_dtype)
     facts = kconfig.device_facts(device)
     config = config or kconfig.backward_config(n, acc.itemsize, facts)
     switches = dict(
         IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, COMPUTE_DW=compute_dweight,
         COMPUTE_DB=compute_dbias, HAS_DH_IN=has_dh_in, HAS_DROPOUT=dropout_p > 0.0,
-        STORE_DRES=residual_dtype is not None, BLOCK_N=config.block_n, **config.launch_options,
+        STORE_DRES=residual_dtype is not None, HAS_BIAS=has_bias, HAS_MOD=has_modulation, HAS_GATE=has_gate,
+        BLOCK_N=config.block_n, **config.launch_options,
     )
+    modulation_sums = per_sample and (has_gate or has_modulation) and config.mode == kconfig.ROWS
     if config.mode == kconfig.ROWS:
-        switches.update(BLOCK_M=config.block_m, NUM_STAGES=config.num_stages)
+        switches.update(BLOCK_M=config.block_m, NUM_STAGES=config.num_stages, MOD_SUMS=modulation_sums)
     elif config.mode == kconfig.LONG_ROWS:
         switches.update(S_BLOCK=kconfig.pow2(kconfig.long_rows_segments(n, config)))
     elif config.mode == kconfig.SEGMENT:
@@ -140,4 +155,4 @@ def backward_plan(
     else:
         raise ValueError(f"no backward kernel for mode {config.mode!r}")
     return BackwardPlan(config, facts, is_rms, dropout_p, x_dtype, residual_dtype, compute_dweight, compute_dbias,
-                        acc, switches)
+                        acc, switches, has_gate, has_modulation, modulation_sums)

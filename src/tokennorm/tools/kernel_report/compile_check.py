@@ -91,9 +91,13 @@ def compile_kernel(kernel: Any, dtype: str, constexprs: dict, num_warps: int, ma
 
 
 _FWD_SWITCHES = dict(IS_RMS=False, WEIGHT_OFFSET=1.0, HAS_WEIGHT=True, HAS_BIAS=True, HAS_RESIDUAL=True,
-                     HAS_DROPOUT=True, STORE_H=True, STORE_STATS=True)
+                     HAS_DROPOUT=True, STORE_H=True, STORE_STATS=True, HAS_GATE=False, HAS_MOD=False)
 _BWD_SWITCHES = dict(IS_RMS=False, WEIGHT_OFFSET=1.0, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True,
-                     HAS_DH_IN=True, HAS_DROPOUT=True, STORE_DRES=True)
+                     HAS_DH_IN=True, HAS_DROPOUT=True, STORE_DRES=True, HAS_BIAS=False, HAS_MOD=False,
+                     HAS_GATE=False)
+# AdaLN's inputs and outputs, left out (None) where its switches are off
+_NO_FWD_MODULATION = dict(GATE=None, SHIFT=None, SCALE=None)
+_NO_BWD_MODULATION = dict(X=None, B=None, SCALE=None, GATE=None, DSCALE=None, DGATE=None)
 
 
 def variants() -> list[Variant]:
@@ -112,7 +116,7 @@ def variants() -> list[Variant]:
                                    dict(fwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=stages), 4,
                                    (("v4 loads", "v4 stores") if main else ()) + pipelined))
                 out.append(Variant(f"rows bwd {dtype} {norm} stages={stages}", rows_backward_kernel, dtype,
-                                   dict(bwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=stages), 4,
+                                   dict(bwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=stages, MOD_SUMS=False), 4,
                                    (("v4 loads",) if main else ()) + pipelined))
             out.append(Variant(f"chunked fwd {dtype} {norm}", chunked_forward_kernel, dtype,
                                dict(fwd, BLOCK_N=1024), 4))
@@ -201,9 +205,9 @@ def default_launches(n: int, facts: kconfig.DeviceFacts = H100) -> list[tuple[st
     fwd_cfg = kconfig.forward_config(n, 2, 4, facts)
     bwd_cfg = kconfig.backward_config(n, 4, facts)
     fwd = dict(_FWD_SWITCHES, WEIGHT_OFFSET=0.0, HAS_RESIDUAL=False, HAS_DROPOUT=False, STORE_H=False,
-               BLOCK_N=fwd_cfg.block_n, RES=None, SEED=None, H=None)
+               BLOCK_N=fwd_cfg.block_n, RES=None, SEED=None, H=None, tokens=1, **_NO_FWD_MODULATION)
     bwd = dict(_BWD_SWITCHES, WEIGHT_OFFSET=0.0, HAS_DH_IN=False, HAS_DROPOUT=False, STORE_DRES=False,
-               BLOCK_N=bwd_cfg.block_n, DH_IN=None, SEED=None, DRES=None)
+               BLOCK_N=bwd_cfg.block_n, DH_IN=None, SEED=None, DRES=None, tokens=1, **_NO_BWD_MODULATION)
     out = []
     if fwd_cfg.mode == kconfig.ROWS:
         out.append(("fwd rows", rows_forward_kernel, fwd_cfg,
@@ -216,7 +220,7 @@ def default_launches(n: int, facts: kconfig.DeviceFacts = H100) -> list[tuple[st
                     dict(fwd, EXCHANGE="cooperative", S_BLOCK=s_block)))
     if bwd_cfg.mode == kconfig.ROWS:
         out.append(("bwd rows", rows_backward_kernel, bwd_cfg,
-                    dict(bwd, BLOCK_M=bwd_cfg.block_m, NUM_STAGES=bwd_cfg.num_stages)))
+                    dict(bwd, BLOCK_M=bwd_cfg.block_m, NUM_STAGES=bwd_cfg.num_stages, MOD_SUMS=False, DSHIFT=None)))
     elif bwd_cfg.mode == kconfig.LONG_ROWS:
         s_block = kconfig.pow2(kconfig.long_rows_segments(n, bwd_cfg))
         out.append(("bwd long_rows", long_rows_backward_kernel, bwd_cfg,
