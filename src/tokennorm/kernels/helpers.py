@@ -16,6 +16,7 @@ import os
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 # Triton's interpreter (TRITON_INTERPRET=1, read once like triton.jit itself reads it) runs the kernels on the
 # CPU. Two of its behaviours differ from GPU code generation, and the kernels route around both:
@@ -25,6 +26,9 @@ EXPLICIT_RTNE: tl.constexpr = tl.constexpr(INTERPRETING)
 # * it runs a custom tl.reduce combine element by element in Python (minutes on a long row): pair_sums() runs
 #   two tl.sum there instead of one two-operand reduction (same sums; a test runs both forms).
 FUSED_SUMS: tl.constexpr = tl.constexpr(not INTERPRETING)
+# * it cannot call libdevice (no extern functions in Triton 3.9's interpreter): tanh() computes it there from exp
+#   (float64, then rounded), the GPU build calls libdevice's tanh.
+LIBDEVICE_TANH: tl.constexpr = tl.constexpr(not INTERPRETING)
 
 
 @triton.jit
@@ -45,6 +49,35 @@ def cast(x, DTYPE: tl.constexpr):
             return x32.to(tl.bfloat16)
     else:
         return x.to(DTYPE)
+
+
+@triton.jit
+def tanh(x):
+    """tanh(x) in x's dtype (float32 or float64).
+
+    GPU builds call libdevice's ``__nv_tanhf`` / ``__nv_tanh`` — the functions torch's own CUDA ``tanh`` runs
+    (≤ 2 ulp in float32 by CUDA's documentation). Triton's interpreter cannot call libdevice; there it is Cephes'
+    ``tanh`` in float64 (a rational function below |x| = 0.625, 1 − 2/(e^{2|x|} + 1) above: ~1e-16 relative),
+    rounded to x's dtype: within ½ ulp + 1e-16 relative of tanh in float32 (benchmarks/RESULTS.md, "DyT's tanh").
+    NaN stays NaN; ±inf gives ±1.
+    """
+    if LIBDEVICE_TANH:
+        return libdevice.tanh(x)
+    else:
+        return cephes_tanh(x.to(tl.float64)).to(x.dtype)
+
+
+@triton.jit
+def cephes_tanh(x):
+    """tanh of a float64 tensor: Cephes' ``tanh`` (S. L. Moshier), the interpreter's stand-in for libdevice's."""
+    ax = tl.abs(x)
+    s = tl.minimum(x * x, 1.0)  # (the rational branch serves |x| ≤ 0.625: no inf / inf beyond)
+    p = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3
+    q = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3
+    small = x * (1.0 + s * (p / q))  # (x + x·s·p/q in Cephes: that turns tanh(−0) into +0)
+    e = tl.exp(2.0 * tl.minimum(ax, 20.0))  # tanh(20) is 1 in float64: no overflow
+    large = 1.0 - 2.0 / (e + 1.0)
+    return tl.where(ax > 0.625, tl.where(x < 0, -large, large), small)
 
 
 @triton.jit
@@ -325,6 +358,16 @@ def grad_sums(xhat, g, IS_RMS: tl.constexpr):
 
 
 @triton.jit
+def norm_input_grad(xhat, g, rstd, mean_gx, mean_g, IS_RMS: tl.constexpr):
+    """The norm's input gradient per [rows, cols] tile: rstd · (g − mean(g) − x̂ · mean(g·x̂)) (RMSNorm: no
+    mean(g)), with g = dy · w and the row means given per row."""
+    if IS_RMS:
+        return rstd[:, None] * (g - xhat * mean_gx[:, None])
+    else:
+        return rstd[:, None] * (g - mean_g[:, None] - xhat * mean_gx[:, None])
+
+
+@triton.jit
 def store_dx(
     dy, xhat, g, rstd, mean_gx, mean_g, gate, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx,
     stride_dres, N, dropout_p, ACC: tl.constexpr, IS_RMS: tl.constexpr, HAS_DH_IN: tl.constexpr,
@@ -333,10 +376,7 @@ def store_dx(
     """dh = rstd · (g − mean(g) − x̂ · mean(g·x̂)) (RMSNorm: no mean(g)), plus the h output's gradient (pre-LN);
     d(residual) = dh is stored when asked; dx = gate ⊙ dh (AdaLN-Zero's ``gate`` tile, with HAS_GATE) through the
     regenerated dropout mask. Returns dh (AdaLN's dgate is Σ dh ⊙ x)."""
-    if IS_RMS:
-        dh = rstd[:, None] * (g - xhat * mean_gx[:, None])
-    else:
-        dh = rstd[:, None] * (g - mean_g[:, None] - xhat * mean_gx[:, None])
+    dh = norm_input_grad(xhat, g, rstd, mean_gx, mean_g, IS_RMS)
     if HAS_DH_IN:
         dh += tl.load(DH_IN + rows64[:, None] * stride_dh_in + cols[None, :], mask=mask, other=0.0).to(ACC)
     if STORE_DRES:

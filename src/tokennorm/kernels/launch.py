@@ -17,8 +17,11 @@ from tokennorm.kernels.chunked import chunked_forward_kernel
 from tokennorm.kernels.config import KernelConfig, cdiv, row_groups
 from tokennorm.kernels.launcher import CachedLauncher
 from tokennorm.kernels.long_rows import long_rows_backward_kernel, long_rows_forward_kernel
+from tokennorm.kernels.channels_first import channels_first_backward_kernel, channels_first_forward_kernel
+from tokennorm.kernels.elementwise import dyt_backward_kernel, dyt_forward_kernel
 from tokennorm.kernels.plan import (
-    LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, forward_plan, launch_kwargs,
+    LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, channels_first_plan, dyt_backward_plan,
+    dyt_plan, float32_remainder, forward_plan, launch_kwargs,
 )
 from tokennorm.kernels.rows import rows_backward_kernel, rows_forward_kernel
 from tokennorm.kernels.segment import segment_backward_kernel, segment_forward_kernel
@@ -31,10 +34,15 @@ _segment_forward = CachedLauncher(segment_forward_kernel)
 _rows_backward = CachedLauncher(rows_backward_kernel)
 _long_rows_backward = CachedLauncher(long_rows_backward_kernel)
 _segment_backward = CachedLauncher(segment_backward_kernel)
+_dyt_forward = CachedLauncher(dyt_forward_kernel)
+_dyt_backward = CachedLauncher(dyt_backward_kernel)
+_channels_first_forward = CachedLauncher(channels_first_forward_kernel)
+_channels_first_backward = CachedLauncher(channels_first_backward_kernel)
 
 __all__ = ["ForwardOut", "BackwardOut", "Modulation", "ModulationGrads", "acc_dtype", "norm_forward", "run_forward",
            "norm_backward", "run_backward", "ada_norm_backward", "segment_moments", "segment_apply", "segment_sums",
-           "segment_dx"]
+           "segment_dx", "DyTGradsOut", "dyt_forward", "dyt_backward", "ChannelsFirstOut", "channels_first_fits",
+           "channels_first_forward", "channels_first_backward"]
 
 
 class ForwardOut(NamedTuple):
@@ -372,3 +380,130 @@ def segment_dx(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rs
         HAS_DROPOUT=False, STORE_DRES=False, **_NO_MODULATION_SWITCHES, **_segment_switches(cfg, is_rms, weight_offset))
     return BackwardOut(dx, _empty(dev, x_dtype), dw.sum(dim=0) if compute_dweight else _empty(dev, acc),
                        db.sum(dim=0) if compute_dbias else _empty(dev, acc))
+
+
+# DyT: y = γ · tanh(α · h) + β over [M, N] rows (N = γ/β's width), h = residual + x or x.
+
+
+class DyTGradsOut(NamedTuple):
+    dx: Tensor  # [M, N], x's dtype
+    dresidual: Optional[Tensor]  # [M, N] in residual_dtype when asked for a separate one, else None
+    dalpha: Optional[Tensor]  # [] in the accumulation dtype, when asked for
+    dweight: Optional[Tensor]  # [N] in the accumulation dtype, when asked for
+    dbias: Optional[Tensor]
+
+
+def _alpha_args(alpha: Optional[Tensor], alpha_value: float) -> tuple:
+    """(ALPHA, alpha, alpha_lo): a one-element tensor, or a Python float and its float32 remainder."""
+    if alpha is not None:
+        return alpha, 0.0, 0.0
+    return None, alpha_value, float32_remainder(alpha_value)
+
+
+def dyt_forward(
+    x: Tensor, residual: Optional[Tensor], alpha: Optional[Tensor], alpha_value: float, weight: Optional[Tensor],
+    bias: Optional[Tensor], h_dtype: Optional[torch.dtype], config: Optional[KernelConfig] = None,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """(y, h): ``y = weight · tanh(α · h) + bias`` with h = residual + x (stored in ``h_dtype`` when given) or x.
+
+    α is the one-element tensor ``alpha`` or, when it is None, the float ``alpha_value``. y has x's dtype.
+    """
+    m, n = x.shape
+    plan = dyt_plan(n, x.dtype, None if residual is None else residual.dtype, h_dtype, weight is not None,
+                    bias is not None, alpha is not None, x.device, config)
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    h = torch.empty((m, n), device=x.device, dtype=h_dtype) if h_dtype is not None else None
+    if m and n:
+        alpha_ptr, alpha_hi, alpha_lo = _alpha_args(alpha, alpha_value)
+        _dyt_forward[kconfig.elementwise_grid(m, n, plan.config, plan.facts)](
+            x, residual, weight, bias, alpha_ptr, y, h, x.stride(0), 0 if residual is None else residual.stride(0),
+            y.stride(0), 0 if h is None else h.stride(0), m, n, alpha_hi, alpha_lo, **plan.launch_kwargs)
+    return y, h
+
+
+def dyt_backward(
+    dy: Tensor, h: Tensor, alpha: Optional[Tensor], alpha_value: float, weight: Optional[Tensor],
+    dh_in: Optional[Tensor], x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], compute_dalpha: bool,
+    compute_dweight: bool, compute_dbias: bool, config: Optional[KernelConfig] = None,
+) -> DyTGradsOut:
+    """DyT's gradients given dy (and ``dh_in``, the gradient of the h output): dx in ``x_dtype``, a separate
+    d(residual) in ``residual_dtype`` when given, and dα, dγ, dβ summed from per-program partials."""
+    m, n = h.shape
+    dev = h.device
+    plan = dyt_backward_plan(n, h.dtype, dy.dtype, weight is not None, alpha is not None, dh_in is not None,
+                             residual_dtype is not None, compute_dalpha, compute_dweight, compute_dbias, dev, config)
+    acc = plan.acc_dtype
+    dx = torch.empty((m, n), device=dev, dtype=x_dtype)
+    dres = torch.empty((m, n), device=dev, dtype=residual_dtype) if residual_dtype is not None else None
+    row_programs, col_blocks = kconfig.elementwise_grid(m, n, plan.config, plan.facts) if m and n else (0, 0)
+    dw = torch.zeros((row_programs, n), device=dev, dtype=acc) if compute_dweight else None
+    db = torch.zeros((row_programs, n), device=dev, dtype=acc) if compute_dbias else None
+    dalpha = torch.zeros(row_programs * col_blocks, device=dev, dtype=acc) if compute_dalpha else None
+    if m and n:
+        alpha_ptr, alpha_hi, alpha_lo = _alpha_args(alpha, alpha_value)
+        _dyt_backward[(row_programs, col_blocks)](
+            dy, h, weight, alpha_ptr, dh_in, dx, dres, dw, db, dalpha, dy.stride(0), h.stride(0),
+            0 if dh_in is None else dh_in.stride(0), dx.stride(0), 0 if dres is None else dres.stride(0), m, n,
+            alpha_hi, alpha_lo, **plan.launch_kwargs)
+    return DyTGradsOut(dx, dres, None if dalpha is None else dalpha.sum(),
+                       None if dw is None else dw.sum(dim=0), None if db is None else db.sum(dim=0))
+
+
+# Channels-first LayerNorm over dim 1 of a contiguous [B, C, S].
+
+
+class ChannelsFirstOut(NamedTuple):
+    y: Tensor  # [B, C, S], x's dtype
+    mean: Optional[Tensor]  # [B, S] in the accumulation dtype; None without store_stats
+    rstd: Optional[Tensor]
+
+
+def channels_first_fits(c: int, dtype: torch.dtype) -> bool:
+    """Whether the channels-first kernels (forward and backward) hold C channels of this dtype in registers."""
+    acc = acc_dtype(dtype).itemsize
+    return kconfig.channels_first_config(c, acc, False) is not None and \
+        kconfig.channels_first_config(c, acc, True) is not None
+
+
+def channels_first_forward(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, store_stats: bool = True,
+    config: Optional[KernelConfig] = None,
+) -> ChannelsFirstOut:
+    """LayerNorm over dim 1 of ``x`` [B, C, S] (contiguous; C within :func:`channels_first_fits`)."""
+    b, c, s = x.shape
+    plan = channels_first_plan(c, x.dtype, weight is not None, bias is not None, store_stats, False, False, False,
+                               x.device, config)
+    y = torch.empty((b, c, s), device=x.device, dtype=x.dtype)
+    mean = torch.empty((b, s), device=x.device, dtype=plan.acc_dtype) if store_stats else None
+    rstd = torch.empty((b, s), device=x.device, dtype=plan.acc_dtype) if store_stats else None
+    if x.numel():
+        cfg = plan.config
+        tiles_per_item = cdiv(s, cfg.block_m)
+        tiles = b * tiles_per_item
+        grid = (min(tiles, cfg.programs_per_sm * plan.facts.sms),)
+        _channels_first_forward[grid](x, weight, bias, y, mean, rstd, c, s, c * s, tiles_per_item, tiles, eps,
+                                      float32_remainder(eps), **plan.launch_kwargs)
+    return ChannelsFirstOut(y, mean, rstd)
+
+
+def channels_first_backward(
+    dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, compute_dweight: bool,
+    compute_dbias: bool, config: Optional[KernelConfig] = None,
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(dx, dγ, dβ) of channels-first LayerNorm given dy (contiguous [B, C, S], as x); dγ/dβ in the accumulation
+    dtype, summed from per-program partial rows."""
+    b, c, s = x.shape
+    plan = channels_first_plan(c, x.dtype, weight is not None, False, False, True, compute_dweight, compute_dbias,
+                               x.device, config)
+    acc = plan.acc_dtype
+    dx = torch.empty((b, c, s), device=x.device, dtype=x.dtype)
+    cfg = plan.config
+    tiles_per_item = cdiv(s, cfg.block_m) if s else 0
+    tiles = b * tiles_per_item
+    programs, tiles_per_program = row_groups(tiles, cfg.programs_per_sm * plan.facts.sms) if tiles else (0, 0)
+    dw = torch.zeros((programs, c), device=x.device, dtype=acc) if compute_dweight else None
+    db = torch.zeros((programs, c), device=x.device, dtype=acc) if compute_dbias else None
+    if tiles and c:
+        _channels_first_backward[(programs,)](dy, x, weight, mean, rstd, dx, dw, db, c, s, c * s, tiles_per_item,
+                                              tiles, tiles_per_program, **plan.launch_kwargs)
+    return dx, None if dw is None else dw.sum(dim=0), None if db is None else db.sum(dim=0)

@@ -107,7 +107,8 @@ def forward_plan(
         # bytes per element a chunked forward's second pass reads again
         stream = h_dtype.itemsize if h_dtype is not None else x_dtype.itemsize + (
             residual_dtype.itemsize if residual_dtype is not None else 0)
-        config = kconfig.forward_config(n, stream, acc.itemsize, facts)
+        choose = kconfig.ada_forward_config if has_gate or has_modulation else kconfig.forward_config
+        config = choose(n, stream, acc.itemsize, facts)
     switches = dict(
         IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
         HAS_RESIDUAL=residual_dtype is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h_dtype is not None,
@@ -138,7 +139,9 @@ def backward_plan(
     — as per-program partials in the rows kernel, as per-token outputs summed afterwards in the others."""
     acc = acc_dtype(h_dtype)
     facts = kconfig.device_facts(device)
-    config = config or kconfig.backward_config(n, acc.itemsize, facts)
+    if config is None:
+        choose = kconfig.ada_backward_config if has_gate or has_modulation else kconfig.backward_config
+        config = choose(n, acc.itemsize, facts)
     switches = dict(
         IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, COMPUTE_DW=compute_dweight,
         COMPUTE_DB=compute_dbias, HAS_DH_IN=has_dh_in, HAS_DROPOUT=dropout_p > 0.0,
@@ -156,3 +159,69 @@ def backward_plan(
         raise ValueError(f"no backward kernel for mode {config.mode!r}")
     return BackwardPlan(config, facts, is_rms, dropout_p, x_dtype, residual_dtype, compute_dweight, compute_dbias,
                         acc, switches, has_gate, has_modulation, modulation_sums)
+
+
+@dataclass(frozen=True, eq=False)
+class KernelPlan:
+    """A call's decisions for the kernels without statistics to merge (DyT, channels-first LayerNorm): the tile,
+    the device facts, the accumulation dtype and the kernel's switches."""
+
+    config: KernelConfig
+    facts: DeviceFacts
+    acc_dtype: torch.dtype
+    constexprs: dict = field(repr=False)
+
+    @property
+    def launch_kwargs(self) -> dict:
+        return launch_kwargs(self.constexprs)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def dyt_plan(
+    n: int, dtype: torch.dtype, residual_dtype: Optional[torch.dtype], h_dtype: Optional[torch.dtype],
+    has_weight: bool, has_bias: bool, alpha_tensor: bool, device: torch.device,
+    config: Optional[KernelConfig] = None,
+) -> KernelPlan:
+    """DyT's forward over rows of ``n`` elements (γ/β's width): h = residual + x stored in ``h_dtype`` when given."""
+    acc = acc_dtype(torch.promote_types(dtype, residual_dtype or dtype))
+    config = config or kconfig.elementwise_config(n, dtype.itemsize, backward=False)
+    switches = dict(HAS_RESIDUAL=residual_dtype is not None, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+                    ALPHA_TENSOR=alpha_tensor, STORE_H=h_dtype is not None, BLOCK_M=config.block_m,
+                    BLOCK_N=config.block_n, NUM_STAGES=config.num_stages, **config.launch_options)
+    return KernelPlan(config, kconfig.device_facts(device), acc, switches)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def dyt_backward_plan(
+    n: int, h_dtype: torch.dtype, dy_dtype: torch.dtype, has_weight: bool, alpha_tensor: bool, has_dh_in: bool,
+    store_dres: bool, compute_dalpha: bool, compute_dweight: bool, compute_dbias: bool, device: torch.device,
+    config: Optional[KernelConfig] = None,
+) -> KernelPlan:
+    """DyT's backward over rows of ``n`` elements; ``h_dtype`` is the dtype of what DyT saw."""
+    acc = acc_dtype(torch.promote_types(h_dtype, dy_dtype))
+    config = config or kconfig.elementwise_config(n, max(h_dtype.itemsize, dy_dtype.itemsize), backward=True)
+    switches = dict(HAS_WEIGHT=has_weight, ALPHA_TENSOR=alpha_tensor, HAS_DH_IN=has_dh_in, STORE_DRES=store_dres,
+                    COMPUTE_DALPHA=compute_dalpha, COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias,
+                    BLOCK_M=config.block_m, BLOCK_N=config.block_n, NUM_STAGES=config.num_stages,
+                    **config.launch_options)
+    return KernelPlan(config, kconfig.device_facts(device), acc, switches)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def channels_first_plan(
+    c: int, dtype: torch.dtype, has_weight: bool, has_bias: bool, store_stats: bool, backward: bool,
+    compute_dweight: bool, compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None,
+) -> Optional[KernelPlan]:
+    """Channels-first LayerNorm over C channels, forward or backward; None when the channels are too many for the
+    kernel's registers (``config.channels_first_config``)."""
+    acc = acc_dtype(dtype)
+    config = config or kconfig.channels_first_config(c, acc.itemsize, backward)
+    if config is None:
+        return None
+    switches = dict(HAS_WEIGHT=has_weight, BLOCK_T=config.block_m, BLOCK_C=config.block_n,
+                    NUM_STAGES=config.num_stages, **config.launch_options)
+    if backward:
+        switches.update(COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias)
+    else:
+        switches.update(HAS_BIAS=has_bias, STORE_STATS=store_stats)
+    return KernelPlan(config, kconfig.device_facts(device), acc, switches)
