@@ -315,3 +315,9 @@ def channels_first_config(c: int, acc_bytes: int = 4, backward: bool = False) ->
         return None
     tokens, warps, per_sm = table[key]
     return KernelConfig(CHANNELS_FIRST, block_c, warps, max(1, tokens * key // (block_c * acc_bytes // 4)), per_sm)
+
+
+def channels_first_max_channels(acc_bytes: int = 4) -> int:
+    """The most channels both channels-first kernels hold in registers (a plain function: torch.compile traces
+    it without a cache in the way)."""
+    return min(max(table) for table in _CHANNELS_FIRST.values()) * 4 // acc_bytes

@@ -71,7 +71,7 @@ class Modulation(NamedTuple):
 
 class ModulationGrads(NamedTuple):
     """AdaLN's gradients, each None unless asked for: for per-sample modulations [samples, N] in the accumulation
-    dtype; for per-token ones [M, N] in the modulation's dtype (dshift is dy itself then, when the dtypes agree)."""
+    dtype; for per-token ones [M, N] in the modulation's dtype, and no dshift (it is dy itself)."""
 
     dshift: Optional[Tensor]
     dscale: Optional[Tensor]
@@ -278,8 +278,8 @@ def _backward(
     elif per_sample:  # per-token gradients, summed over each sample's tokens
         grads = [dy.view(samples, mod.tokens, n).sum(dim=1, dtype=acc) if need_shift else None,
                  *(t.view(samples, mod.tokens, n).sum(dim=1) if t is not None else None for t in (dscale, dgate))]
-    else:
-        grads = [dy if dy.dtype == mod.shift.dtype else dy.to(mod.shift.dtype), dscale, dgate]
+    else:  # per token: dshift is dy itself (the caller's)
+        grads = [None, dscale, dgate]
     return out, ModulationGrads(*(g if wanted else None for g, wanted in zip(grads, need)))
 
 
@@ -460,9 +460,7 @@ class ChannelsFirstOut(NamedTuple):
 
 def channels_first_fits(c: int, dtype: torch.dtype) -> bool:
     """Whether the channels-first kernels (forward and backward) hold C channels of this dtype in registers."""
-    acc = acc_dtype(dtype).itemsize
-    return kconfig.channels_first_config(c, acc, False) is not None and \
-        kconfig.channels_first_config(c, acc, True) is not None
+    return c <= kconfig.channels_first_max_channels(8 if dtype == torch.float64 else 4)
 
 
 def channels_first_forward(
