@@ -87,7 +87,7 @@ def dyt(input: Tensor, alpha: _Alpha, weight: Optional[Tensor] = None, bias: Opt
     """
     _check("dyt", input, alpha, weight, bias)
     # The one dispatch point of this op: the Triton kernel, or the torch composition.
-    if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel():
+    if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel() and input.dim():
         return _dyt_triton(input, None, alpha, weight, bias, False)[0]
     return _dyt_torch(input, alpha, weight, bias)
 
@@ -126,7 +126,7 @@ def add_dyt(
     if residual is not None:
         _checks.check_residual(x, residual)
     # The one dispatch point of this op: the fused Triton kernel, or the torch composition.
-    if use_triton(x) and x.dtype in _checks.KERNEL_DTYPES and x.numel():
+    if use_triton(x) and x.dtype in _checks.KERNEL_DTYPES and x.numel() and x.dim():
         y, h = _dyt_triton(x, residual, alpha, weight, bias, prenorm)
         return (y, h) if prenorm else y
     if residual is None:

@@ -67,8 +67,9 @@ def _run(t, norm, configs=(None, None), eps=1e-5):
         rows(t["dy"]), fwd.h if store_h else rows(x), rows(x), dev(t["weight"]), dev(t["bias"]), fwd.mean, fwd.rstd,
         rows(t["dh"]) if store_h else None, mod, is_rms, t["weight"] is not None, t["bias"] is not None, x.dtype,
         residual.dtype if separate_dres else None, (True, True, t["gate"] is not None), config=configs[1])
-    out = {"y": fwd.y, "h": fwd.h, "dx": bwd.dx, "dshift": mod_grads.dshift, "dscale": mod_grads.dscale,
-           "dgate": mod_grads.dgate}
+    assert (mod_grads.dshift is None) == (not per_sample)  # per token, dshift is dy itself: the caller's
+    out = {"y": fwd.y, "h": fwd.h, "dx": bwd.dx, "dshift": mod_grads.dshift if per_sample else rows(t["dy"]),
+           "dscale": mod_grads.dscale, "dgate": mod_grads.dgate}
     if residual is not None:
         out["dresidual"] = bwd.dresidual if separate_dres else bwd.dx
     if t["weight"] is not None:

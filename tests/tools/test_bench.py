@@ -28,6 +28,10 @@ EXPECTED_MULTIPLE = {
     ("ln", "fwd"): 2, ("ln", "fwdbwd"): 5, ("rms", "fwd"): 2, ("rms", "fwdbwd"): 5,
     ("addnorm", "fwd"): 4, ("addnorm", "fwdbwd"): 8, ("addnorm-drop", "fwd"): 4, ("addnorm-drop", "fwdbwd"): 8,
     ("addrms", "fwd"): 4, ("addrms", "fwdbwd"): 8, ("addrms-drop", "fwd"): 4, ("addrms-drop", "fwdbwd"): 8,
+    # issue 18: AdaLN-Zero as Add & Norm, its backward also reading x and writing d(residual) apart from dx;
+    # DyT and Add & DyT as the norm and Add & Norm; channels-first LayerNorm as LayerNorm
+    ("adaln", "fwd"): 4, ("adaln", "fwdbwd"): 10, ("dyt", "fwd"): 2, ("dyt", "fwdbwd"): 5,
+    ("adddyt", "fwd"): 4, ("adddyt", "fwdbwd"): 8, ("cfln", "fwd"): 2, ("cfln", "fwdbwd"): 5,
 }
 ELEMENT_SIZE = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 

@@ -195,7 +195,7 @@ def backward_config(n: int, acc_bytes: int = 4, facts: DeviceFacts = INTERPRETER
     return segment_config(n, acc_bytes)
 
 
-# AdaLN (gate, residual, per-sample shift/scale, statistics stored; bf16 compiled for sm_90, 2026-12-01): the
+# AdaLN (gate, residual, per-sample shift/scale, statistics stored; bf16 compiled for sm_90, 2026-11-30): the
 # forward holds three more streams, so the register caps of the plain tiles would spill — uncapped, these many
 # programs fit per SM (the others' counts fit as they are).
 _ADA_FWD_PROGRAMS = {1024: 10, 2048: 5}
@@ -267,7 +267,7 @@ def sample_groups(samples: int, tokens: int, programs: int) -> tuple[int, int, i
     return samples * splits, 1, splits, per_split
 
 
-# DyT (elementwise), bf16 compiled for sm_90 (2026-12-01; benchmarks/RESULTS.md, "Issue 18 kernels: static
+# DyT (elementwise), bf16 compiled for sm_90 (2026-11-30; benchmarks/RESULTS.md, "Issue 18 kernels: static
 # report"): forward 4096-element tiles at 4 warps (32 per thread: four 16-byte vectors in flight per stream, 56
 # registers, no shared memory or barriers), 8 programs per SM; backward 2048 at 8 warps (dy, h and three float32
 # accumulators: 80 registers), 3 per SM. Neither gains from a pipeline stage (more registers, fewer programs).
@@ -293,7 +293,7 @@ def elementwise_grid(m: int, n: int, cfg: KernelConfig, facts: DeviceFacts) -> t
 
 
 # Channels-first LayerNorm: tiles of BLOCK_T tokens × all channels (BLOCK_C = C rounded up to a power of two),
-# the channels in registers: by BLOCK_C, (tokens, warps, programs per SM), bf16 compiled for sm_90 (2026-12-01).
+# the channels in registers: by BLOCK_C, (tokens, warps, programs per SM), bf16 compiled for sm_90 (2026-11-30).
 # At least 8 tokens (one 16-byte bf16 vector per channel); ~4096 elements forward, ~2048 backward where C allows,
 # at most 16K / 8K — the rows kernels' register limits. One pipeline stage: a second costs more registers than
 # it hides, the programs of an SM overlap instead. Beyond (C > 2048 forward, > 1024 backward) the channels go last

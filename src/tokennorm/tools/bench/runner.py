@@ -87,7 +87,7 @@ def make_inputs(case: Case, device: str, seed: int) -> Inputs:
         x=randn(m, n),
         residual=randn(m, n) if op.add else None,
         weight=1.0 + 0.1 * randn(n),
-        bias=0.1 * randn(n) if op.norm == "layernorm" else None,
+        bias=0.1 * randn(n) if op.norm != "rmsnorm" else None,  # LayerNorm's β, DyT's β
         dy=randn(m, n) if backward else None,
         dh=randn(m, n) if backward and op.add else None,
     )
