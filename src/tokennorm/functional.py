@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokennorm import _checks
+from tokennorm import _checks, dispatch
 from tokennorm import ops as _ops  # noqa: F401  (registers torch.ops.tokennorm.*, which the Triton path calls)
 from tokennorm.backend import use_triton
 from tokennorm.kernels import launch
@@ -82,9 +82,10 @@ def layer_norm(
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     shape = _checks.as_shape(normalized_shape)
     _checks.check_norm_inputs("LayerNormKernelImpl", input, shape, weight, bias)
-    if input.numel() == 0:
+    n = math.prod(shape)
+    if input.numel() == 0 or not dispatch.use_kernels("layer_norm", input, n, weight, bias):
         return F.layer_norm(input, shape, weight, bias, eps)
-    return _norm_triton(input, math.prod(shape), weight, bias, eps, is_rms=False)
+    return _norm_triton(input, n, weight, bias, eps, is_rms=False)
 
 
 def rms_norm(
@@ -104,10 +105,11 @@ def rms_norm(
         return F.rms_norm(input, normalized_shape, weight, eps)
     shape = _checks.as_shape(normalized_shape)
     _checks.check_norm_inputs("rms_norm", input, shape, weight, None)
-    if input.numel() == 0:
+    n = math.prod(shape)
+    if input.numel() == 0 or not dispatch.use_kernels("rms_norm", input, n, weight):
         return F.rms_norm(input, shape, weight, eps)
     eps = default_rms_eps(input.dtype) if eps is None else eps
-    return _norm_triton(input, math.prod(shape), weight, None, eps, is_rms=True)
+    return _norm_triton(input, n, weight, None, eps, is_rms=True)
 
 
 def add_norm(
@@ -163,7 +165,11 @@ def add_norm(
     p = dropout_p if training else 0.0
     h_dtype = residual_dtype or (residual.dtype if residual is not None else x.dtype)
 
-    if not use_triton(x) or x.numel() == 0:
+    # torch's composition Norm(r + x) computes the same only without dropout, with h in x's dtype and no offset:
+    # only then may the measured dispatch table send the call to it.
+    measured = residual is not None and p == 0.0 and h_dtype == x.dtype and not weight_offset
+    if not use_triton(x) or x.numel() == 0 or (measured and not dispatch.use_kernels(
+            "add_rms_norm" if is_rms else "add_layer_norm", x, math.prod(shape), residual, weight, bias)):
         h = _add_dropout_torch(x, residual, p, h_dtype)
         y = _norm_torch(h, shape, weight, bias, eps, is_rms, weight_offset).to(x.dtype)
         return (y, h) if prenorm else y
