@@ -357,12 +357,19 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
+def _capability(device: str) -> Optional[list[int]]:
+    if not device.startswith("cuda"):
+        return None
+    return list(torch.cuda.get_device_capability())
+
+
 def environment(device: str, backend: str) -> dict:
     """Where and with what the numbers were taken; ``backend`` is the one tokennorm's rows ran on."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "device_name": _device_name(device),
+        "capability": _capability(device),
         "tokennorm": _version("tokennorm"),
         "tokennorm_backend": backend,
         "torch": torch.__version__,
