@@ -1,8 +1,8 @@
 """Launch-configuration sweep for the forward and backward kernels on a GPU (the input to kernels/config.py).
 
 For each row length N (M = 2^27 / N rows, bf16 by default) and each candidate TileConfig, checks the result
-against torch (a config that computes a wrong answer is reported, never ranked) and times it with
-``triton.testing.do_bench`` (median, L2 flushed); then re-times the fastest few and tokennorm's defaults in
+against torch (a config that computes a wrong answer is reported, never ranked) and times its device time with
+``tokennorm bench``'s harness (CUDA-graph replay, L2 flushed, median); then re-times the fastest few and tokennorm's defaults in
 interleaved rounds with the device copy (one run measured the same launch 1.8× apart: single samples are
 not enough). Prints the best configs per N as a fraction of a device-to-device copy of the same bytes,
 measured in the same run, with the bandwidth on the bytes each plan really moves (kernels/traffic.py).
@@ -69,9 +69,9 @@ def _with_default(candidates: list[TileConfig], default: TileConfig, pipelined: 
 
 
 def _time(fn) -> float:
-    import triton.testing
+    from tokennorm.tools.bench.timing import gpu_ms
 
-    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")  # milliseconds
+    return gpu_ms(fn)  # median milliseconds of device time: CUDA-graph replay, L2 flushed (tokennorm bench's harness)
 
 
 def _bwd_trials(first: list, done: list):
