@@ -215,3 +215,137 @@ def test_a_stopped_run_keeps_the_cases_it_finished(fake_timer, monkeypatch, tmp_
                           "--json", str(path)])
     doc = json.loads(path.read_text())
     assert [(r["n"], r["impl"]) for r in doc["results"]] == [(64, "torch")]
+
+
+# ------------------------------------------------------------------------ the CUDA timer, on a stand-in device
+
+
+class StandInCuda:
+    """torch.cuda as GraphTimer uses it, over a virtual device clock that the timed calls advance: capture runs
+    the calls without device time, a replay adds what they took, events read the clock."""
+
+    def __init__(self, capture_fails: bool = False) -> None:
+        self.now, self.capture_fails, self.replays = 0.0, capture_fails, 0
+
+    def current_device(self):
+        return 0
+
+    def get_device_properties(self, device):
+        return SimpleNamespace(L2_cache_size=2**20)
+
+    def synchronize(self, device=None):
+        pass
+
+    def Stream(self, device=None):  # noqa: N802 - torch's name
+        return SimpleNamespace(wait_stream=lambda other: None)
+
+    current_stream = Stream
+
+    def stream(self, s):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def Event(self, enable_timing):  # noqa: N802
+        clock = self
+
+        class Event:
+            def record(self):
+                self.t = clock.now
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, end):
+                return (end.t - self.t) * 1e3
+
+        return Event()
+
+    def CUDAGraph(self):  # noqa: N802
+        clock = self
+
+        class Graph:
+            def replay(self):
+                clock.now += self.duration
+                clock.replays += 1
+
+        return Graph()
+
+    def graph(self, graph):
+        import contextlib
+
+        @contextlib.contextmanager
+        def capture():
+            start = self.now
+            yield
+            if self.capture_fails:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            graph.duration, self.now = self.now - start, start
+
+        return capture()
+
+    def profile(self):
+        from torch.autograd import DeviceType
+
+        clock = self
+
+        class Session:
+            def __enter__(self):
+                self.start = clock.now
+                return self
+
+            def __exit__(self, *exc):
+                self.us = (clock.now - self.start) * 1e6
+
+            def events(self):
+                return [SimpleNamespace(device_type=DeviceType.CUDA, time_range=SimpleNamespace(
+                    elapsed_us=lambda: self.us)), SimpleNamespace(device_type=DeviceType.CPU, time_range=None)]
+
+        return Session()
+
+
+def _graph_timer(cuda, **kw):
+    from tokennorm.tools.bench.timing import GraphTimer
+
+    return GraphTimer("cpu", cuda=cuda, profile=cuda.profile, **kw)  # the flush buffer lives on the CPU here
+
+
+@pytest.mark.parametrize(("capture_fails", "force_profiler", "method"), [
+    (False, False, "graph"), (True, False, "profiler"), (False, True, "profiler")])
+def test_the_cuda_timer_divides_a_sample_by_its_calls(capture_fails, force_profiler, method):
+    cuda = StandInCuda(capture_fails)
+    calls = []
+
+    def call():
+        calls.append(1)
+        cuda.now += 25e-6  # each call: 25 µs of device time
+
+    timer = _graph_timer(cuda, force_profiler=force_profiler)
+    assert timer.l2_bytes == 2**20 and timer._flush_buffer.numel() * 4 == 2 * 2**20
+    budget = Budget(rounds=4, warmup_calls=3, sample_seconds=1e-3, max_calls=200)
+    out = measure_interleaved({"op": Workload([call, call], "op")}, timer, budget)["op"]
+    assert out.method == method and out.calls_per_sample == 40  # 1 ms of 25 µs calls
+    assert out.device.median == pytest.approx(25e-6) and out.device.samples == 4
+    if method == "graph":
+        assert cuda.replays == 1 + 4  # the upload, then one replay per sample: the calls ran only when captured
+        assert len(calls) == 3 + 1 + 40 + 4 * budget.host_burst_calls
+    assert out.host.median > 0  # the wall clock of eager bursts
+
+
+def test_gpu_ms_is_the_harness_median_in_milliseconds(monkeypatch):
+    from tokennorm.tools.bench import timing
+
+    cuda = StandInCuda()
+    monkeypatch.setattr(timing, "default_timer", lambda device: _graph_timer(cuda))
+
+    def call():
+        cuda.now += 0.5e-3
+
+    assert timing.gpu_ms(call) == pytest.approx(0.5)
+
+
+def test_a_clock_that_saw_nothing_gives_a_note_not_a_division_by_zero(fake_timer):
+    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=fake_timer(
+        lambda name, case, i: 0.0 if name == "torch" else 1e-4))
+    assert [r.impl for r in result.results] == ["tokennorm"]
+    assert "torch: failed: RuntimeError: no device time measured (fake) (1 case)" in result.notes

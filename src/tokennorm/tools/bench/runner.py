@@ -284,6 +284,9 @@ def run_case(case: Case, impls: Sequence[Impl], device: str, budget: Budget, tim
     works.clear()
     del inputs, calls
 
+    for name, m in measured.items():  # a clock that saw nothing is no measurement
+        if isinstance(m, Measurement) and not m.device.median > 0:
+            measured[name] = RuntimeError(f"no device time measured ({m.method})")
     copy = measured.pop(COPY)
     baseline: Optional[CopyBaseline] = None
     usable_copy: Optional[float] = None

@@ -122,7 +122,7 @@ class Timer(Protocol):
 
 def _calls_for(per_call: float, budget: Budget) -> int:
     """Calls per device sample: about ``budget.sample_seconds`` of work, within [min_calls, max_calls]."""
-    wanted = math.ceil(budget.sample_seconds / max(per_call, 1e-9))
+    wanted = math.ceil(budget.sample_seconds / max(per_call, 1e-9) * (1 - 1e-9))  # 1e-3 / 25e-6 is 40, not 41
     return max(budget.min_calls, min(budget.max_calls, wanted))
 
 
@@ -178,28 +178,44 @@ def kernel_seconds(events: Sequence[Any]) -> float:
     return sum(e.time_range.elapsed_us() for e in events if e.device_type != DeviceType.CPU) * 1e-6
 
 
-class GraphTimer(_HostBursts):
-    """A CUDA device: CUDA-graph replay (profiler kernel durations where a call cannot be captured)."""
+def _cuda_profile() -> Any:
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self, device: Union[str, torch.device] = "cuda", force_profiler: bool = False) -> None:
-        self.torch_device = torch.device(device)
-        if self.torch_device.index is None:
-            self.torch_device = torch.device("cuda", torch.cuda.current_device())
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+
+class GraphTimer(_HostBursts):
+    """A CUDA device: CUDA-graph replay (profiler kernel durations where a call cannot be captured).
+
+    ``cuda`` (default ``torch.cuda``) and ``profile`` (default: a torch.profiler session recording CUDA
+    activity) are parameters so that tests can drive every path of this class with stand-ins on a machine
+    without a GPU."""
+
+    def __init__(self, device: Union[str, int, torch.device] = "cuda", force_profiler: bool = False,
+                 cuda: Any = None, profile: Optional[Callable[[], Any]] = None) -> None:
+        self.cuda = cuda or torch.cuda
+        self.profile = profile or _cuda_profile
+        self.torch_device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if self.torch_device.type == "cuda" and self.torch_device.index is None:
+            self.torch_device = torch.device("cuda", self.cuda.current_device())
         self.device = "cuda"
         self.force_profiler = force_profiler
-        l2 = getattr(torch.cuda.get_device_properties(self.torch_device), "L2_cache_size", 0) or 64 * 2**20
+        l2 = getattr(self.cuda.get_device_properties(self.torch_device), "L2_cache_size", 0) or 64 * 2**20
         self.l2_bytes = int(l2)
         # Written before every sample: evicts what the previous sample left in the L2.
         self._flush_buffer = torch.empty(2 * self.l2_bytes // 4, dtype=torch.int32, device=self.torch_device)
 
     def synchronize(self) -> None:
-        torch.cuda.synchronize(self.torch_device)
+        self.cuda.synchronize(self.torch_device)
 
     def flush(self) -> None:
         self._flush_buffer.fill_(0)
 
+    def _events(self) -> tuple[Any, Any]:
+        return self.cuda.Event(enable_timing=True), self.cuda.Event(enable_timing=True)
+
     def _event_seconds(self, work: Workload, calls: int) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = self._events()
         start.record()
         for k in range(calls):
             work.call(k)
@@ -209,12 +225,13 @@ class GraphTimer(_HostBursts):
 
     def prepare(self, work: Workload, budget: Budget) -> Sampler:
         # Warm-up on a side stream, as CUDA-graph capture requires (autograd, cuBLAS workspaces, allocator).
-        side = torch.cuda.Stream(self.torch_device)
-        side.wait_stream(torch.cuda.current_stream(self.torch_device))
-        with torch.cuda.stream(side):
+        cuda = self.cuda
+        side = cuda.Stream(self.torch_device)
+        side.wait_stream(cuda.current_stream(self.torch_device))
+        with cuda.stream(side):
             for k in range(max(budget.warmup_calls, len(work.calls))):
                 work.call(k)
-        torch.cuda.current_stream(self.torch_device).wait_stream(side)
+        cuda.current_stream(self.torch_device).wait_stream(side)
         self.synchronize()
         calls = max(_calls_for(self._event_seconds(work, 1), budget), min(len(work.calls), budget.max_calls))
         if not self.force_profiler:
@@ -225,13 +242,13 @@ class GraphTimer(_HostBursts):
         return self._profiler_sampler(work, calls)
 
     def _graph_sampler(self, work: Workload, calls: int) -> Sampler:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        graph = self.cuda.CUDAGraph()
+        with self.cuda.graph(graph):
             for k in range(calls):
                 work.call(k)
         graph.replay()  # the first replay uploads the graph
         self.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start, end = self._events()
 
         def take() -> float:
             start.record()
@@ -243,10 +260,8 @@ class GraphTimer(_HostBursts):
         return Sampler(take, "graph", calls, keep=[graph])
 
     def _profiler_sampler(self, work: Workload, calls: int) -> Sampler:
-        from torch.profiler import ProfilerActivity, profile
-
         def take() -> float:
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            with self.profile() as prof:
                 for k in range(calls):
                     work.call(k)
                 self.synchronize()
