@@ -4,7 +4,9 @@
 #   tests-gpu      pytest -m gpu on CUDA (full log kept)
 #   tests-rest     the rest of the suite on CUDA (the interpret-marked tests run the real kernels)   [full only]
 #   verify         tokennorm verify
-#   racecheck      the long-row kernels under compute-sanitizer --tool racecheck (pytest -m gpu -k long_rows)
+#   racecheck      the long-row kernels under compute-sanitizer --tool racecheck (pytest -m gpu -k long_rows,
+#                  the kernel engineer's small launch: -k "long_rows and racecheck"; RACECHECK_K="long_rows" runs
+#                  every long-row GPU test, slower under the checker)
 #   warm           Triton and Inductor compile caches filled in parallel processes (the sweeps then time, not
 #                  compile)
 #   anchor-bf16    tokennorm bench: LN, RMS, Add & Norm; fwd and fwd+bwd; bf16; N = 1K … 1M; tokennorm, torch and
@@ -30,7 +32,7 @@
 # Only 8 files come back from $OUT, so OUTDIR receives three, rewritten after every stage: summary.txt,
 # summary.json and gpu_check.tar.gz (every log, JSON, CSV, Markdown table and plot).
 # Environment: GPU_CHECK_PYTHON (default python3), GPU_CHECK_TOTAL_S (the deadline, default 540 or 180),
-# RACECHECK_K (the pytest -k expression of the racecheck stage, default long_rows).
+# RACECHECK_K (the pytest -k expression of the racecheck stage, default "long_rows and racecheck").
 set -uo pipefail
 
 LIGER_VERSION=0.8.5
@@ -128,7 +130,7 @@ export py quick work sanitizer SIZES_BF16 SIZES_FP SIZES_COMPILE ANCHOR
 racecheck() {
   if [ -z "$sanitizer" ]; then echo "compute-sanitizer not found: racecheck not run"; return 3; fi
   "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 9 \
-    "$py" -m pytest -q -p no:cacheprovider -x -m gpu -k "${RACECHECK_K:-long_rows}" tests/kernels
+    "$py" -m pytest -q -p no:cacheprovider -x -m gpu -k "${RACECHECK_K:-long_rows and racecheck}" tests/kernels
 }
 
 bench() { "$py" -m tokennorm bench --device cuda "$@"; }

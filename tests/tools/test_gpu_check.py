@@ -65,7 +65,10 @@ def test_the_racecheck_stage_runs_the_long_row_gpu_tests_under_compute_sanitizer
     text = SCRIPT.read_text()
     body = text[text.index("racecheck() {"):]
     body = body[: body.index("\n}")]
-    assert "--tool racecheck" in body and '-m gpu -k "${RACECHECK_K:-long_rows}"' in body
+    assert "--tool racecheck" in body and '-m gpu -k "${RACECHECK_K:-long_rows and racecheck}"' in body
+    # the kernel engineer's test for it exists (a GPU test: it runs only there)
+    tests = (ROOT / "tests" / "kernels" / "test_long_rows_gpu.py").read_text()
+    assert "def test_racecheck_small_long_row_launch" in tests and "pytest.mark.gpu" in tests
 
 
 def test_the_script_documents_the_device_call_and_the_wheels():
@@ -172,7 +175,7 @@ def test_a_whole_run_through_a_stand_in_python(tmp_path):
     assert "stage          status" in tail and "dispatch table: 6 of 24 shapes go to torch" in tail
     assert "d_model 4096  rmsnorm   eager   torch 2.0  tokennorm 1.6  (1.25×)" in tail
     calls = (tmp_path / "calls.log").read_text()
-    assert "-m pytest -q -p no:cacheprovider -x -m gpu -k long_rows tests/kernels" in calls  # the racecheck
+    assert "-m pytest -q -p no:cacheprovider -x -m gpu -k long_rows and racecheck tests/kernels" in calls
 
 
 @pytest.mark.slow
