@@ -24,8 +24,9 @@ capability; else none, and every op runs tokennorm's kernels. A row length N cou
 power of two (N = 768 in 1024's); a bucket the table lacks takes the nearest measured bucket of the same op,
 direction and dtype; an op, direction or dtype it lacks runs tokennorm's kernels.
 
-Cost: decisions are cached per (device, op, dtype, bucket, direction): a call costs one dict lookup, and the
-cache holds at most devices × 4 ops × dtypes × ~40 buckets × 2 entries, whatever the number of calls.
+Cost: on a GPU without a table, one dict lookup; with one, decisions are cached per (device, op, dtype, bucket,
+direction): a key and a dict lookup per call. The cache holds at most devices × 4 ops × dtypes × ~40 buckets ×
+2 entries, whatever the number of calls.
 """
 
 from __future__ import annotations
@@ -216,12 +217,19 @@ def table_for(identity: DeviceIdentity) -> Optional[Table]:
 # Per device index: its table (None: no table). Per (device, op, dtype, bucket, training): the decision.
 _tables: dict[int, Optional[Table]] = {}
 _decisions: dict[tuple[int, str, torch.dtype, int, bool], bool] = {}
+_UNREAD = object()
 
 
 def reload() -> None:
     """Forget the tables and decisions read so far (after ``tokennorm tune`` wrote a new table)."""
     _tables.clear()
     _decisions.clear()
+
+
+def _table(index: int) -> Optional[Table]:
+    if index not in _tables:
+        _tables[index] = table_for(device_identity(index))
+    return _tables[index]
 
 
 def choice(index: int, op: str, dtype: torch.dtype, n: int, training: bool) -> str:
@@ -233,9 +241,7 @@ def _kernels(index: int, op: str, dtype: torch.dtype, b: int, training: bool) ->
     key = (index, op, dtype, b, training)
     decided = _decisions.get(key)
     if decided is None:
-        if index not in _tables:
-            _tables[index] = table_for(device_identity(index))
-        table = _tables[index]
+        table = _table(index)
         name = DTYPES.get(dtype)
         direction = "training" if training else "inference"
         use = table.choice(op, direction, name, 2**b) if table is not None and name else None
@@ -247,7 +253,10 @@ def use_kernels(op: str, x: torch.Tensor, n: int, *others: Optional[torch.Tensor
     """Whether an ``op`` over rows of ``n`` elements of ``x`` (with ``others``: the residual, weight and bias, None
     where absent) runs tokennorm's kernels, given that the backend picked the Triton path. False only under
     ``auto`` on a CUDA tensor whose measured table says torch is faster for this shape."""
-    if not x.is_cuda or torch.compiler.is_compiling() or backend_name() != "auto":
+    if not x.is_cuda or backend_name() != "auto" or torch.compiler.is_compiling():
+        return True
+    index = x.get_device()
+    if _tables.get(index, _UNREAD) is None:  # no table for this GPU (today's default): no key to build
         return True
     requires_grad = x.requires_grad
     for t in others:
@@ -256,6 +265,6 @@ def use_kernels(op: str, x: torch.Tensor, n: int, *others: Optional[torch.Tensor
                 return True
             requires_grad = requires_grad or t.requires_grad
     training = requires_grad and torch.is_grad_enabled()
-    key = (x.get_device(), op, x.dtype, (n - 1).bit_length(), training)
+    key = (index, op, x.dtype, (n - 1).bit_length(), training)
     decided = _decisions.get(key)
     return decided if decided is not None else _kernels(*key)
