@@ -349,3 +349,11 @@ def test_a_clock_that_saw_nothing_gives_a_note_not_a_division_by_zero(fake_timer
         lambda name, case, i: 0.0 if name == "torch" else 1e-4))
     assert [r.impl for r in result.results] == ["tokennorm"]
     assert "torch: failed: RuntimeError: no device time measured (fake) (1 case)" in result.notes
+
+
+def test_a_noisy_host_time_flags_the_row_too():
+    from tokennorm.tools.bench.timing import Stats
+
+    assert runner.plausibility(Stats(1.0, 1.0, 1.0), 0.5, Stats(1.0, 0.9, 1.1)) == ()
+    assert runner.plausibility(Stats(1.0, 1.0, 1.0), 0.5, Stats(1.0, 0.5, 2.0)) == (
+        "noisy host time: p20–p80 spans 150% of the median",)

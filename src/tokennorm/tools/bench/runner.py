@@ -212,11 +212,14 @@ def input_sets(case: Case, timer: Timer) -> int:
     return max(1, min(MAX_INPUT_SETS, math.ceil(ROTATE_L2_MULTIPLE * l2 / case.bytes)))
 
 
-def plausibility(stats: Stats, fraction: Optional[float]) -> tuple[str, ...]:
-    """Flags of one row: a spread too wide to rank by, or a fraction of copy no op can reach."""
+def plausibility(stats: Stats, fraction: Optional[float], host: Optional[Stats] = None) -> tuple[str, ...]:
+    """Flags of one row: a spread too wide to rank by (device or host time), or a fraction of copy no op can
+    reach."""
     flags = []
     if stats.spread > MAX_SPREAD:
         flags.append(f"noisy: p20–p80 spans {stats.spread:.0%} of the median")
+    if host is not None and host.spread > MAX_SPREAD:
+        flags.append(f"noisy host time: p20–p80 spans {host.spread:.0%} of the median")
     if fraction is not None and fraction > MAX_FRACTION:
         flags.append(f"implausible: {fraction:.2f}× a copy of the same bytes")
     return tuple(flags)
@@ -311,7 +314,7 @@ def run_case(case: Case, impls: Sequence[Impl], device: str, budget: Budget, tim
             name, case.op.key, case.direction, dtype_name(case.dtype), case.m, case.n, case.kind, case.bytes,
             m.device.median * 1e6, m.device.p20 * 1e6, m.device.p80 * 1e6, gbps,
             baseline.gbps if baseline else None, fraction, m.host.median * 1e6, m.host.p20 * 1e6,
-            m.host.p80 * 1e6, m.method, sets, plausibility(m.device, fraction),
+            m.host.p80 * 1e6, m.method, sets, plausibility(m.device, fraction, m.host),
         ))
     return results, baseline
 
@@ -327,7 +330,7 @@ def warnings_of(result: SweepResult) -> list[str]:
     noisy_copies = sum(1 for c in result.copies if any(f.startswith("noisy") for f in c.flags))
     if noisy_copies:
         lines.append(f"{noisy_copies} copy baselines are noisy (p20–p80 over {MAX_SPREAD:.0%} of the median).")
-    noisy = sum(1 for r in result.results if any(f.startswith("noisy") for f in r.flags))
+    noisy = sum(1 for r in result.results if any(f.startswith("noisy") for f in r.flags))  # device or host
     if noisy:
         lines.append(f"{noisy} of {len(result.results)} rows are noisy (p20–p80 over {MAX_SPREAD:.0%} of the "
                      "median): differences between them are not measurements. A quieter machine, --threads 1, "

@@ -143,7 +143,7 @@ def from_bench(docs: Sequence[dict[str, Any]], command: str) -> dict[str, Any]:
     (name, capability), = names
     if len(capability) != 2:
         raise ValueError("the results do not record the GPU's compute capability (a benchmark from before "
-                         "2026-12-01?)")
+                         "2026-11-30?)")
     fields_ = {f.name for f in dataclasses.fields(Result)}
     try:
         results = [Result(**{k: (tuple(v) if k == "flags" else v) for k, v in row.items() if k in fields_})
