@@ -56,8 +56,7 @@ def check_norm_inputs(
     bias: Optional[Tensor],
 ) -> None:
     """Raise as torch does for a bad input / normalized_shape / weight / bias combination."""
-    if input.dtype not in _KERNEL_DTYPES:
-        raise NotImplementedError(f'"{op}" not implemented for \'{_scalar_type_name(input.dtype)}\'')
+    check_dtype(op, input)
     k = len(normalized_shape)
     if k == 0:
         raise RuntimeError(
@@ -88,6 +87,12 @@ def check_norm_inputs(
                 f"mixed dtype: expected {name} to have the input's dtype ({input.dtype}), or torch.float32 for "
                 f"a bfloat16/float16 input, but got {name} of dtype {p.dtype}"
             )
+
+
+def check_dtype(op: str, input: Tensor) -> None:
+    """NotImplementedError as torch's for an input dtype no norm kernel takes (integers, bool, complex, float8)."""
+    if input.dtype not in _KERNEL_DTYPES:
+        raise NotImplementedError(f'"{op}" not implemented for \'{_scalar_type_name(input.dtype)}\'')
 
 
 def check_devices(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> None:

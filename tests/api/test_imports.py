@@ -23,7 +23,7 @@ LAYERS = [
     ("tokennorm.kernels",),
     ("tokennorm.ops",),
     ("tokennorm.functional",),
-    ("tokennorm.modules",),
+    ("tokennorm.modules", "tokennorm.adaptive", "tokennorm.dynamic_tanh", "tokennorm.channels_first"),
     ("tokennorm.transformer", "tokennorm.distributed"),
     ("tokennorm.patching", "tokennorm"),  # the package root's public names include tokennorm.patch
     ("tokennorm.tools",),

@@ -24,6 +24,11 @@ def _verify(tmp_path, *args):
 
 def _expected_tensors(op):
     forward = {"y", "h"} if op.prenorm else {"y"}
+    if op.family == "ada_norm":  # issue 18's ops: every input's gradient
+        return {"forward": forward, "backward": {"dx", "dresidual", "dshift", "dscale", "dgate"}}
+    if op.family == "dyt":
+        return {"forward": forward, "backward": {"dx", "dalpha", "dweight", "dbias"} | (
+            {"dresidual"} if op.add else set())}
     backward = {"dx", "dweight"} | ({"dbias"} if op.norm == "layernorm" else set()) | (
         {"dresidual"} if op.add else set()
     )
@@ -156,7 +161,8 @@ def test_triton_backend_is_the_one_checked(tmp_path, monkeypatch):
     rc = cli.main(["verify", "--device", device, "--backend", "triton", "--quick", "--json", str(path)])
     doc = json.loads(path.read_text())
     assert rc == 0 and doc["backend_used"] == "triton"
-    assert len(calls) == len(cases.OPS) * len(cases.QUICK_CASES) * len(checks.supported_dtypes(device))
+    kernel_ops = [op for op in cases.OPS if op.family == "norm"]  # issue 18's ops have no kernels yet
+    assert len(calls) == len(kernel_ops) * len(cases.QUICK_CASES) * len(checks.supported_dtypes(device))
 
 
 @pytest.mark.gpu
