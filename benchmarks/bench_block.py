@@ -292,10 +292,10 @@ def environment(args: argparse.Namespace) -> dict:
         env["triton"] = None
     try:
         from tokennorm import __version__
-        from tokennorm.backend import backend_name
+        from tokennorm.backend import get_backend
 
         env["tokennorm"] = __version__
-        env["tokennorm_backend"] = backend_name()
+        env["tokennorm_backend"] = get_backend()
     except Exception as exc:  # noqa: BLE001
         env["tokennorm"] = f"unavailable: {_reason(exc)}"
     return env

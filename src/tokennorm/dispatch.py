@@ -16,7 +16,8 @@ h in x's dtype: what torch's composition ``Norm(r + x)`` computes too). Directio
 requires grad) and ``training`` (forward and backward). Fused work torch has no op for — dropout in Add & Norm, a
 residual stream in another dtype, ``weight_offset``, parameters in another dtype than the input (torch's CUDA
 kernels refuse bf16 inputs with float32 weights) — always runs tokennorm's kernels, as does everything under
-``torch.compile`` and under ``TOKENNORM_BACKEND=triton`` (``torch`` forces torch's).
+``torch.compile`` and under the ``triton`` backend (``TOKENNORM_BACKEND=triton`` or
+:func:`tokennorm.set_backend`; ``torch`` forces torch's).
 
 Which table a GPU uses: the user's, written by ``tokennorm tune`` into the cache folder (:func:`cache_dir`) for
 this GPU's name; else one shipped in the package (``data/dispatch.json``) for its name, else for its compute
@@ -41,7 +42,7 @@ from typing import Any, Optional
 
 import torch
 
-from tokennorm.backend import backend_name
+from tokennorm.backend import get_backend
 
 __all__ = [
     "OPS", "DIRECTIONS", "DTYPES", "TOKENNORM", "TORCH", "DeviceIdentity", "Table", "bucket", "cache_dir",
@@ -253,7 +254,7 @@ def use_kernels(op: str, x: torch.Tensor, n: int, *others: Optional[torch.Tensor
     """Whether an ``op`` over rows of ``n`` elements of ``x`` (with ``others``: the residual, weight and bias, None
     where absent) runs tokennorm's kernels, given that the backend picked the Triton path. False only under
     ``auto`` on a CUDA tensor whose measured table says torch is faster for this shape."""
-    if not x.is_cuda or backend_name() != "auto" or torch.compiler.is_compiling():
+    if not x.is_cuda or get_backend() != "auto" or torch.compiler.is_compiling():
         return True
     index = x.get_device()
     if _tables.get(index, _UNREAD) is None:  # no table for this GPU (today's default): no key to build

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokennorm import dispatch, functional
+from tokennorm import backend, dispatch, functional
 
 H200 = dispatch.DeviceIdentity("NVIDIA H200", (9, 0))
 H100 = dispatch.DeviceIdentity("NVIDIA H100 80GB HBM3", (9, 0))
@@ -33,9 +33,9 @@ def isolated(tmp_path, monkeypatch):
     shipped.write_text(json.dumps({"format": 1, "provenance": {}, "tables": []}))
     monkeypatch.setattr(dispatch, "SHIPPED", shipped)
     monkeypatch.setattr(dispatch, "device_identity", lambda index: {0: H200, 1: A100}[index])
-    monkeypatch.delenv("TOKENNORM_BACKEND", raising=False)
     dispatch.reload()
-    yield shipped
+    with backend.using_backend("auto"):
+        yield shipped
     dispatch.reload()
 
 
@@ -148,7 +148,7 @@ def fake_cuda(dtype=torch.bfloat16, requires_grad=False, index=0):
     return SimpleNamespace(is_cuda=True, dtype=dtype, requires_grad=requires_grad, get_device=lambda: index)
 
 
-def test_use_kernels_asks_the_table_only_under_auto_on_cuda(isolated, monkeypatch):
+def test_use_kernels_asks_the_table_only_under_auto_on_cuda(isolated):
     write_user_table(document(H200, [entry(4096, "torch"), entry(4096, "tokennorm", direction="training")]))
     x = fake_cuda()
     assert dispatch.use_kernels("layer_norm", x, 4096, None, None) is False
@@ -159,8 +159,9 @@ def test_use_kernels_asks_the_table_only_under_auto_on_cuda(isolated, monkeypatc
     # a float32 weight with a bf16 input: torch's CUDA kernels may refuse it, so ours
     assert dispatch.use_kernels("layer_norm", x, 4096, fake_cuda(torch.float32)) is True
     assert dispatch.use_kernels("layer_norm", torch.randn(2, 4096, dtype=torch.bfloat16), 4096) is True  # CPU
-    monkeypatch.setenv("TOKENNORM_BACKEND", "triton")
-    assert dispatch.use_kernels("layer_norm", x, 4096) is True  # forced
+    with backend.using_backend("triton"):
+        assert dispatch.use_kernels("layer_norm", x, 4096) is True  # forced
+    assert dispatch.use_kernels("layer_norm", x, 4096) is False
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Launchers: allocate outputs, take the call's plan, launch. No autograd and no argument checking here.
 
-Kernels are launched through ``torch.library.wrap_triton`` so that ``torch.compile`` traces into them; in
-eager mode that wrapper is a plain launch. Every launch has the form ``KERNEL[grid](*tensors_and_scalars,
-**plan.launch_kwargs, ...)``. Inputs are [M, N] views whose last stride is 1.
+Kernels are launched through :class:`~tokennorm.kernels.launcher.CachedLauncher`: from a per-specialization
+cache in eager mode, through ``torch.library.wrap_triton`` while torch.compile traces. Every launch has the form
+``KERNEL[grid](*tensors_and_scalars, **plan.launch_kwargs, ...)``. Inputs are [M, N] views whose last stride is 1.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import Tensor
 from tokennorm.kernels import config as kconfig
 from tokennorm.kernels.chunked import chunked_forward_kernel
 from tokennorm.kernels.config import KernelConfig, cdiv, row_groups
+from tokennorm.kernels.launcher import CachedLauncher
 from tokennorm.kernels.long_rows import long_rows_backward_kernel, long_rows_forward_kernel
 from tokennorm.kernels.plan import (
     LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, forward_plan, launch_kwargs,
@@ -22,22 +23,14 @@ from tokennorm.kernels.plan import (
 from tokennorm.kernels.rows import rows_backward_kernel, rows_forward_kernel
 from tokennorm.kernels.segment import segment_backward_kernel, segment_forward_kernel
 
-try:  # torch >= 2.6: compile traces into the kernel launch
-    from torch.library import wrap_triton as _wrap
-except ImportError:  # pragma: no cover - older torch launches directly (the op stays opaque to compile)
-
-    def _wrap(kernel):
-        return kernel
-
-
-# Wrapped once: building the wrapper per call is measurable host overhead at decode sizes.
-_rows_forward = _wrap(rows_forward_kernel)
-_chunked_forward = _wrap(chunked_forward_kernel)
-_long_rows_forward = _wrap(long_rows_forward_kernel)
-_segment_forward = _wrap(segment_forward_kernel)
-_rows_backward = _wrap(rows_backward_kernel)
-_long_rows_backward = _wrap(long_rows_backward_kernel)
-_segment_backward = _wrap(segment_backward_kernel)
+# Wrapped once, launched as WRAPPED[grid](...): cached launches in eager mode, wrap_triton under torch.compile.
+_rows_forward = CachedLauncher(rows_forward_kernel)
+_chunked_forward = CachedLauncher(chunked_forward_kernel)
+_long_rows_forward = CachedLauncher(long_rows_forward_kernel)
+_segment_forward = CachedLauncher(segment_forward_kernel)
+_rows_backward = CachedLauncher(rows_backward_kernel)
+_long_rows_backward = CachedLauncher(long_rows_backward_kernel)
+_segment_backward = CachedLauncher(segment_backward_kernel)
 
 __all__ = ["ForwardOut", "BackwardOut", "acc_dtype", "norm_forward", "run_forward", "norm_backward", "run_backward",
            "segment_moments", "segment_apply", "segment_sums", "segment_dx"]

@@ -242,24 +242,16 @@ def kernels_forced(device: str) -> Iterator[str]:
     """tokennorm's rows time its kernels: on CUDA under the ``auto`` backend, the sweep runs with the ``triton``
     backend, so that the measured dispatch table (which may send a shape to torch) does not decide what is
     timed. Yields the backend tokennorm's rows use."""
-    from tokennorm.backend import ENV_VAR, backend_name
+    from tokennorm.backend import get_backend, using_backend
 
-    chosen = backend_name()
+    chosen = get_backend()
     if not device.startswith("cuda"):
         yield "triton" if chosen == "triton" else "torch"
-        return
-    if chosen != "auto":
+    elif chosen != "auto":
         yield chosen
-        return
-    saved = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = "triton"
-    try:
-        yield "triton"
-    finally:
-        if saved is None:
-            del os.environ[ENV_VAR]
-        else:
-            os.environ[ENV_VAR] = saved
+    else:
+        with using_backend("triton"):
+            yield "triton"
 
 
 def run_case(case: Case, impls: Sequence[Impl], device: str, budget: Budget, timer: Timer, seed: int,
