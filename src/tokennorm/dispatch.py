@@ -254,10 +254,12 @@ def use_kernels(op: str, x: torch.Tensor, n: int, *others: Optional[torch.Tensor
     """Whether an ``op`` over rows of ``n`` elements of ``x`` (with ``others``: the residual, weight and bias, None
     where absent) runs tokennorm's kernels, given that the backend picked the Triton path. False only under
     ``auto`` on a CUDA tensor whose measured table says torch is faster for this shape."""
-    if not x.is_cuda or get_backend() != "auto" or torch.compiler.is_compiling():
+    if not x.is_cuda or get_backend() != "auto":
         return True
     index = x.get_device()
     if _tables.get(index, _UNREAD) is None:  # no table for this GPU (today's default): no key to build
+        return True
+    if torch.compiler.is_compiling():  # a compiled graph keeps tokennorm's ops: Inductor fuses around them
         return True
     requires_grad = x.requires_grad
     for t in others:
