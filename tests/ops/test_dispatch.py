@@ -199,3 +199,18 @@ def test_fused_work_torch_has_no_op_for_is_never_sent_to_torch(decision):
     functional.add_norm(x, r, w, weight_offset=1.0)
     functional.add_norm(x, None, w)
     assert decision.asked == []  # the kernels ran, the table was not asked
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_auto_runs_torch_where_the_table_says_so(isolated):
+    write_user_table(document(H200, [entry(4096, "torch"), entry(1024, "tokennorm")]))  # device 0 "is" an H200
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x, w, b = (torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g) for shape in
+               ((64, 4096), (4096,), (4096,)))
+    torch.testing.assert_close(functional.layer_norm(x, (4096,), w, b), F.layer_norm(x, (4096,), w, b),
+                               rtol=0, atol=0)  # torch's kernel, bit for bit
+    assert dispatch.choice(0, "layer_norm", torch.bfloat16, 1024, training=False) == "tokennorm"
+    with backend.using_backend("triton"):  # forced: the table is not asked
+        y = functional.layer_norm(x, (4096,), w, b)
+    torch.testing.assert_close(y.float(), F.layer_norm(x.float(), (4096,), w.float(), b.float()), rtol=2e-2,
+                               atol=2e-2)
