@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import KERNEL_DEVICE
 from tokennorm import backend, dispatch, functional
 
 H200 = dispatch.DeviceIdentity("NVIDIA H200", (9, 0))
@@ -193,7 +194,7 @@ def test_the_functional_api_runs_torch_where_the_table_says_so(decision):
 
 @pytest.mark.interpret
 def test_fused_work_torch_has_no_op_for_is_never_sent_to_torch(decision):
-    x, w, r = torch.randn(4, 64), torch.randn(64), torch.randn(4, 64)
+    x, w, r = (t.to(KERNEL_DEVICE) for t in (torch.randn(4, 64), torch.randn(64), torch.randn(4, 64)))
     functional.add_norm(x, r, w, dropout_p=0.1, training=True)  # dropout
     functional.add_norm(x, r, w, residual_dtype=torch.float64, prenorm=True)  # a wider residual stream
     functional.add_norm(x, r, w, weight_offset=1.0)

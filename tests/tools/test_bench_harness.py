@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fake_timer import FakeTimer
 from tokennorm.cli import main
 from tokennorm.tools.bench import report, runner
 from tokennorm.tools.bench.cases import OPS, Case, Sweep
@@ -28,8 +29,8 @@ def _works(*names):
     return {name: Workload([lambda name=name: calls[name].append(1)], name) for name in names}, calls
 
 
-def test_rounds_interleave_every_workload_in_a_rotated_order(fake_timer):
-    timer = fake_timer(lambda name, case, i: 1.0)
+def test_rounds_interleave_every_workload_in_a_rotated_order():
+    timer = FakeTimer(lambda name, case, i: 1.0)
     works, calls = _works("a", "b", "c")
     measure_interleaved(works, timer, Budget(rounds=3, warmup_calls=0))
     assert timer.order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
@@ -37,9 +38,9 @@ def test_rounds_interleave_every_workload_in_a_rotated_order(fake_timer):
     assert all(calls[n] for n in "abc")  # each real call ran (host bursts, and the fake's one call)
 
 
-def test_each_number_is_the_median_and_percentiles_of_its_samples(fake_timer):
+def test_each_number_is_the_median_and_percentiles_of_its_samples():
     samples = {"a": [5.0, 1.0, 4.0, 2.0, 3.0], "b": [10.0] * 5}
-    timer = fake_timer(lambda name, case, i: samples[name][i], host=lambda name, case, i: 0.5)
+    timer = FakeTimer(lambda name, case, i: samples[name][i], host=lambda name, case, i: 0.5)
     works, _ = _works("a", "b")
     out = measure_interleaved(works, timer, BUDGET)
     assert isinstance(out["a"], Measurement) and out["a"].device == summarize(samples["a"])
@@ -47,13 +48,13 @@ def test_each_number_is_the_median_and_percentiles_of_its_samples(fake_timer):
     assert out["b"].device.spread == 0.0 and out["a"].host.median == 0.5 and out["a"].method == "fake"
 
 
-def test_a_failing_workload_gets_its_error_and_the_others_their_numbers(fake_timer):
+def test_a_failing_workload_gets_its_error_and_the_others_their_numbers():
     def seconds(name, case, i):
         if name == "late" and i == 2:
             raise RuntimeError("lost the device")
         return 1.0
 
-    timer = fake_timer(seconds)
+    timer = FakeTimer(seconds)
     works, _ = _works("ok", "late")
     works["early"] = Workload([lambda: 1 / 0], "early")
     out = measure_interleaved(works, timer, BUDGET)
@@ -73,13 +74,13 @@ def test_profiler_time_is_the_device_events_each_counted_once():
 
 
 @pytest.mark.parametrize(("m", "n", "sets"), [(2**16, 2**12, 1), (1, 4096, 16), (4096, 4096, 2)])
-def test_input_sets_exceed_the_l2_twice_at_most_sixteen(fake_timer, m, n, sets):
+def test_input_sets_exceed_the_l2_twice_at_most_sixteen(m, n, sets):
     case = Case(OPS["ln"], "fwd", torch.bfloat16, m, n)  # 2·M·N·2 bytes against 2 × 60 MB
-    assert runner.input_sets(case, fake_timer(lambda *a: 1.0, l2_bytes=60 * 2**20)) == sets
-    assert runner.input_sets(case, fake_timer(lambda *a: 1.0)) == 1  # the CPU: no L2 to defeat
+    assert runner.input_sets(case, FakeTimer(lambda *a: 1.0, l2_bytes=60 * 2**20)) == sets
+    assert runner.input_sets(case, FakeTimer(lambda *a: 1.0)) == 1  # the CPU: no L2 to defeat
 
 
-def test_rows_rotate_over_their_input_sets(fake_timer, monkeypatch):
+def test_rows_rotate_over_their_input_sets(monkeypatch):
     seen = []
     real = runner.checked_calls
 
@@ -88,7 +89,7 @@ def test_rows_rotate_over_their_input_sets(fake_timer, monkeypatch):
         return real(impl, case, inputs, reference, device)
 
     monkeypatch.setattr(runner, "checked_calls", spy)
-    timer = fake_timer(lambda *a: 1e-4, l2_bytes=2**20)  # 128 KB per case: 16 sets of distinct inputs
+    timer = FakeTimer(lambda *a: 1e-4, l2_bytes=2**20)  # 128 KB per case: 16 sets of distinct inputs
     result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=timer)
     assert {r.input_sets for r in result.results} == {16}
     assert len(seen[0]) == 16 and len({id(inp.x) for inp in seen[0]}) == 16
@@ -100,8 +101,8 @@ def _copy_slow(name, case, i):
     return 4e-3 if name == "copy" else 5e-5
 
 
-def test_an_implausible_copy_baseline_withholds_every_fraction_and_says_so(fake_timer):
-    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=fake_timer(_copy_slow))
+def test_an_implausible_copy_baseline_withholds_every_fraction_and_says_so():
+    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=FakeTimer(_copy_slow))
     assert [r.fraction_of_copy for r in result.results] == [None, None]
     assert all(r.copy_gbps == pytest.approx(0.032, rel=0.05) for r in result.results)
     assert any(f.startswith("implausible copy baseline") for f in result.copies[0].flags)
@@ -110,7 +111,7 @@ def test_an_implausible_copy_baseline_withholds_every_fraction_and_says_so(fake_
     assert "Warnings:" in md and "(–)" in md
 
 
-def test_noisy_rows_and_faster_than_copy_rows_are_flagged(fake_timer):
+def test_noisy_rows_and_faster_than_copy_rows_are_flagged():
     def seconds(name, case, i):
         if name == "copy":
             return 1e-4
@@ -118,15 +119,15 @@ def test_noisy_rows_and_faster_than_copy_rows_are_flagged(fake_timer):
             return 1e-5  # 10× faster than a copy of the same bytes: impossible
         return 1e-4 * (1 + 2 * (i % 2))  # tokennorm: samples 1×, 3×, 1×, 3×, 1× — p20–p80 spans 200 %
 
-    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=fake_timer(seconds))
+    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=FakeTimer(seconds))
     rows = {r.impl: r for r in result.results}
     assert any(f.startswith("noisy") for f in rows["tokennorm"].flags)
     assert any(f.startswith("implausible") for f in rows["torch"].flags) and rows["torch"].fraction_of_copy > 9
     assert any("noisy" in w for w in result.warnings) and any("more than 1.5× copy" in w for w in result.warnings)
 
 
-def test_the_command_prints_the_warnings_and_marks_the_rows(fake_timer, monkeypatch, capsys):
-    monkeypatch.setattr(runner, "default_timer", lambda device: fake_timer(_copy_slow))
+def test_the_command_prints_the_warnings_and_marks_the_rows(monkeypatch, capsys):
+    monkeypatch.setattr(runner, "default_timer", lambda device: FakeTimer(_copy_slow))
     code = main(["bench", "--device", "cpu", "--impls", "tokennorm,torch", "--ops", "ln", "--dirs", "fwd",
                  "--dtypes", "fp32", "--sizes", "256", "--mn", "16K", "--latency-rows", "none", "--rounds", "3"])
     out = capsys.readouterr().out
@@ -202,13 +203,13 @@ def test_sizes_beyond_memory_fail_before_anything_runs(monkeypatch, capsys):
     assert "free on cpu" in err and err.count("\n") == 1
 
 
-def test_a_stopped_run_keeps_the_cases_it_finished(fake_timer, monkeypatch, tmp_path):
+def test_a_stopped_run_keeps_the_cases_it_finished(monkeypatch, tmp_path):
     def seconds(name, case, i):
         if case.n == 128:  # the second case: the run is stopped (a timeout's SIGINT) while measuring it
             raise KeyboardInterrupt
         return 1e-4
 
-    monkeypatch.setattr(runner, "default_timer", lambda device: fake_timer(seconds))
+    monkeypatch.setattr(runner, "default_timer", lambda device: FakeTimer(seconds))
     path = tmp_path / "partial.json"
     with pytest.raises(KeyboardInterrupt):
         main(TINY[:-8] + ["--sizes", "64,128", "--mn", "256", "--latency-rows", "none", "--rounds", "2",
@@ -344,8 +345,8 @@ def test_gpu_ms_is_the_harness_median_in_milliseconds(monkeypatch):
     assert timing.gpu_ms(call) == pytest.approx(0.5)
 
 
-def test_a_clock_that_saw_nothing_gives_a_note_not_a_division_by_zero(fake_timer):
-    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=fake_timer(
+def test_a_clock_that_saw_nothing_gives_a_note_not_a_division_by_zero():
+    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=FakeTimer(
         lambda name, case, i: 0.0 if name == "torch" else 1e-4))
     assert [r.impl for r in result.results] == ["tokennorm"]
     assert "torch: failed: RuntimeError: no device time measured (fake) (1 case)" in result.notes

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tokennorm import dispatch
+from fake_timer import FakeTimer
 from tokennorm.cli import main
 from tokennorm.tools.bench import runner
 from tokennorm.tools.bench.timing import Budget
@@ -56,11 +57,11 @@ def _args(**kw):
     return argparse.Namespace(**base)
 
 
-def test_a_tuning_run_writes_the_table_that_auto_then_follows(fake_timer, monkeypatch, capsys):
+def test_a_tuning_run_writes_the_table_that_auto_then_follows(monkeypatch, capsys):
     from rich.console import Console
 
     monkeypatch.setattr(measure, "QUICK_GRID", GRID)
-    code = tune_cli.measure_and_write(_args(), "cpu", FAKE_GPU, fake_timer(made_up), Console(width=150), "test")
+    code = tune_cli.measure_and_write(_args(), "cpu", FAKE_GPU, FakeTimer(made_up), Console(width=150), "test")
     out = capsys.readouterr().out
     assert code == 0
     path = dispatch.cache_path(FAKE_GPU)
@@ -81,11 +82,11 @@ def test_a_tuning_run_writes_the_table_that_auto_then_follows(fake_timer, monkey
     assert f"wrote {path}" in out
 
 
-def test_show_prints_the_table_in_use_and_its_origin(fake_timer, monkeypatch, capsys):
+def test_show_prints_the_table_in_use_and_its_origin(monkeypatch, capsys):
     from rich.console import Console
 
     monkeypatch.setattr(measure, "QUICK_GRID", GRID)
-    tune_cli.measure_and_write(_args(), "cpu", FAKE_GPU, fake_timer(made_up), Console(width=150), "test")
+    tune_cli.measure_and_write(_args(), "cpu", FAKE_GPU, FakeTimer(made_up), Console(width=150), "test")
     capsys.readouterr()
     assert main(["tune", "--show"]) == 0  # no CUDA here: the tables found, and the shipped file's reason
     out = capsys.readouterr().out
@@ -114,9 +115,9 @@ def test_tune_needs_a_gpu_and_says_so_in_one_line(capsys):
     assert err.startswith("tokennorm tune: needs a CUDA device") and err.count("\n") == 1
 
 
-def _bench_json(fake_timer, monkeypatch, tmp_path, capsys):
+def _bench_json(monkeypatch, tmp_path, capsys):
     """A benchmark run on the CPU with made-up times, relabelled as a GPU's."""
-    monkeypatch.setattr(runner, "default_timer", lambda device: fake_timer(made_up))
+    monkeypatch.setattr(runner, "default_timer", lambda device: FakeTimer(made_up))
     path = tmp_path / "bench.json"
     assert main(["bench", "--device", "cpu", "--impls", "tokennorm,torch", "--ops", "ln,addnorm-drop",
                  "--dirs", "fwd,fwdbwd", "--dtypes", "fp32", "--sizes", "64,256", "--mn", "1K",
@@ -126,8 +127,8 @@ def _bench_json(fake_timer, monkeypatch, tmp_path, capsys):
     return path, doc
 
 
-def test_from_bench_builds_a_table_from_a_gpu_benchmark(fake_timer, monkeypatch, tmp_path, capsys):
-    path, doc = _bench_json(fake_timer, monkeypatch, tmp_path, capsys)
+def test_from_bench_builds_a_table_from_a_gpu_benchmark(monkeypatch, tmp_path, capsys):
+    path, doc = _bench_json(monkeypatch, tmp_path, capsys)
     doc["environment"].update(device="cuda", device_name="Fake GPU 9000", capability=[9, 0])
     doc["results"] += [dict(r, impl="liger", median_us=r["median_us"] / 10) for r in doc["results"]]  # not asked
     path.write_text(json.dumps(doc))
@@ -142,8 +143,8 @@ def test_from_bench_builds_a_table_from_a_gpu_benchmark(fake_timer, monkeypatch,
     assert "1 of 4 shapes go to torch" in capsys.readouterr().out
 
 
-def test_from_bench_refuses_cpu_results_and_needs_out(fake_timer, monkeypatch, tmp_path, capsys):
-    path, _ = _bench_json(fake_timer, monkeypatch, tmp_path, capsys)
+def test_from_bench_refuses_cpu_results_and_needs_out(monkeypatch, tmp_path, capsys):
+    path, _ = _bench_json(monkeypatch, tmp_path, capsys)
     assert main(["tune", "--from-bench", str(path), "--out", str(tmp_path / "t.json")]) == 2
     assert "must come from one CUDA GPU" in capsys.readouterr().err
     assert main(["tune", "--from-bench", str(path)]) == 2

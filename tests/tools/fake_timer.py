@@ -1,12 +1,11 @@
-"""Shared by the benchmark and tune tests: a timer with made-up times, so that everything but the clock is tested
-without a GPU."""
+"""Shared by the benchmark and tune tests (``from fake_timer import FakeTimer``): a timer with made-up times, so
+that everything but the clock is tested without a GPU. (Not a conftest.py: test modules import ``conftest`` by
+name, and a second one in this folder could shadow the root one.)"""
 
 from __future__ import annotations
 
 import itertools
 from typing import Callable, Optional
-
-import pytest
 
 from tokennorm.tools.bench.timing import Budget, Sampler, Workload
 
@@ -43,8 +42,3 @@ class FakeTimer:
 
     def host_sample(self, work: Workload, budget: Budget) -> float:
         return self.host(work.label, work.case, 0)
-
-
-@pytest.fixture
-def fake_timer():
-    return FakeTimer
