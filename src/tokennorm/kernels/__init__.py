@@ -45,7 +45,7 @@ Map of this package (the layers above: :mod:`tokennorm.ops` registers the launch
     ``run_backward`` taking a plan), ``ada_norm_backward``, ``dyt_forward`` / ``dyt_backward``,
     ``channels_first_forward`` / ``channels_first_backward``, and the tensor-parallel pieces (``segment_moments``,
     ``segment_apply``, ``segment_sums``, ``segment_dx``).
-``launcher.py`` (when present)
+``launcher.py``
     The cached launcher every kernel is called through: low host cost in eager mode, ``wrap_triton`` while
     ``torch.compile`` traces.
 
