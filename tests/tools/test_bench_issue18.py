@@ -12,8 +12,7 @@ from tokennorm.tools.bench.implementations import IMPLEMENTATIONS, Impl, _issue1
 from tokennorm.tools.bench.runner import run_sweep
 from tokennorm.tools.bench.timing import Budget
 
-TINY_BUDGET = Budget(cpu_warmup_calls=1, cpu_seconds=0.0, cpu_min_samples=3, latency_warmup_calls=1,
-                     latency_sample_seconds=1e-4, latency_samples=3)
+TINY_BUDGET = Budget(rounds=3, warmup_calls=1, sample_seconds=0.0, min_calls=1, max_calls=1, host_burst_calls=2)
 OPS = tuple(op.key for op in ISSUE18_OPS)
 
 
