@@ -4,6 +4,7 @@ answers bad command lines in one line (issue 14, item 10)."""
 from __future__ import annotations
 
 import builtins
+import doctest
 import sys
 
 import pytest
@@ -131,6 +132,14 @@ def test_heatmap_has_a_legend_and_names_the_module(stack_report):
     for words in ("exactly 0", "not measured", "tolerance", "future", "strongest future leaks"):
         assert words in labels
     assert "layers.1.norm (SequenceBatchNorm)" in fig._suptitle.get_text()
+
+
+@pytest.mark.slow  # audits the demo decoder twice (~3 s)
+def test_the_docstring_example_is_what_audit_returns():
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(A.audit, "audit", globs={}):
+        runner.run(test)
+    assert runner.tries >= 4 and runner.failures == 0
 
 
 # ---------------------------------------------------------------------------------------------- the command

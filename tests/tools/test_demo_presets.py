@@ -32,7 +32,11 @@ def test_preset_runs_at_a_tiny_size(name, tmp_path, capsys):
         if r["norm"] != "batchnorm":  # no dropout, no batch statistics: the two modes compute the same thing
             assert r["eval_val"] == pytest.approx(r["eval_val_train_mode"], rel=1e-5)
     assert (tmp_path / "loss_curves.png").stat().st_size > 20_000
-    assert preset.note[:40] in " ".join(capsys.readouterr().out.split())
+    assert results["changed"] == ["steps", "d_model", "layers", "heads", "seq_len", "batch_size", "eval_interval",
+                                  "eval_batches"]
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{name} preset with --steps, --d-model" in out  # its note assumes its own settings: not printed
+    assert preset.note[:40] not in out
 
 
 def test_settings_come_from_the_option_then_the_preset_then_the_base():
@@ -46,6 +50,16 @@ def test_settings_come_from_the_option_then_the_preset_then_the_base():
     assert default.preset == presets.DEFAULT_PRESET
     assert set(presets.BASE) <= set(vars(default)) and all(getattr(default, k) is not None or k == "warmup"
                                                            for k in presets.BASE)
+
+
+def test_the_note_is_printed_when_the_preset_runs_as_defined():
+    parser = argparse.ArgumentParser()
+    demo_cli.add_arguments(parser)
+    for name, preset in presets.PRESETS.items():
+        args = demo_cli.resolve_settings(parser.parse_args(["--preset", name, "--configs", ",".join(preset.configs)]))
+        assert args.changed == () and preset.note in demo_cli.closing_note(args)
+    args = demo_cli.resolve_settings(parser.parse_args(["--configs", "rmsnorm-pre"]))
+    assert args.changed == ("configs",) and "--configs changed" in demo_cli.closing_note(args)
 
 
 def test_every_preset_config_names_a_registered_norm():

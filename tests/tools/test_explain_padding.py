@@ -103,3 +103,9 @@ def test_explain_block_as_a_new_user_runs_it(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "block.png").stat().st_size > 50_000 and (tmp_path / "block.svg").exists()
+
+
+def test_block_with_an_unknown_norm_is_one_line_exit_2(tmp_path, capsys):
+    assert cli_main(["explain", "--block", "--norm", "weightnorm", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--norm" in err and "layernorm" in err

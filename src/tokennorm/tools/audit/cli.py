@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output positions given a Jacobian row (default: all if causal, else 16)")
     parser.add_argument("--max-columns", type=int, default=16, help="input positions perturbed one at a time")
     parser.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, cuda:N)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (1: an audit's many small passes gain nothing from more, and threads "
+                             "waiting for a busy core slow each pass down; raise it for wide models)")
     parser.add_argument("--png", metavar="PATH", help="write the token-to-token dependency heatmap here")
     parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
 
@@ -271,7 +274,11 @@ def run(args: argparse.Namespace) -> int:
     from tokennorm.tools.audit.measure import audit
 
     console, err = Console(), Console(stderr=True)
+    threads = torch.get_num_threads()
     try:
+        if args.threads < 1:
+            raise SpecError(f"--threads must be positive, but got --threads {args.threads}")
+        torch.set_num_threads(args.threads)
         if args.png and _matplotlib_missing():
             raise SpecError("--png needs matplotlib (pip install matplotlib)")
         device = resolve_device(args.device)
@@ -306,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[red]error:[/red] the model could not be audited on this input: {type(e).__name__}: "
                   f"{escape(first_line)}", soft_wrap=True, highlight=False)
         return 2
+    finally:
+        torch.set_num_threads(threads)  # run() may be called in-process (tests): leave the setting as found
     if args.demo:
         report.model_name = f"demo {args.demo} ({report.model_name})"
     elif args.model:

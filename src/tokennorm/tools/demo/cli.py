@@ -72,8 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # No parsed default: the check of config names imports the model code (and torch), which a mistyped
     # option elsewhere should not wait for.
     parser.add_argument("--configs", type=parse_configs, default=None,
-                        help="comma-separated NORM-PLACEMENT list instead of the preset's; NORM in layernorm, "
-                             "rmsnorm, batchnorm, none, layernorm-detached; PLACEMENT in post, pre")
+                        help="comma-separated NORM-PLACEMENT list instead of the preset's; NORM: layernorm, rmsnorm, "
+                             "batchnorm, none, layernorm-detached (tokennorm.tools.demo.models.DEMO_NORMS); "
+                             "PLACEMENT: post or pre")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (auto)")
     parser.add_argument("--out", default="tokennorm-demo", help="directory for loss_curves.png and results.json")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches (0)")
@@ -104,12 +105,25 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     :data:`~tokennorm.tools.demo.presets.BASE`'s; the configurations likewise."""
     preset = PRESETS[args.preset]
     resolved = argparse.Namespace(**vars(args))
+    resolved.changed = tuple(name for name in BASE if getattr(args, name, None) is not None) + (
+        ("configs",) if args.configs is not None and [c.name for c in args.configs] != list(preset.configs) else ())
     for name, default in BASE.items():
         if getattr(args, name, None) is None:
             setattr(resolved, name, preset.settings.get(name, default))
     if args.configs is None:
         resolved.configs = parse_configs(",".join(preset.configs))
     return resolved
+
+
+def closing_note(args: argparse.Namespace) -> str:
+    """What to read in the results: the preset's note when it ran as the preset defines it, else which of its
+    settings were changed (the note's expectations assume the preset's own)."""
+    preset = PRESETS[args.preset]
+    if not args.changed:
+        return f"[bold]{preset.name}:[/] {preset.note}"
+    changed = ", ".join("--" + name.replace("_", "-") for name in args.changed)
+    return (f"[dim]{preset.name} preset with {changed} changed: its note on what to expect (tokennorm demo --help, "
+            f"docs/demo.md) assumes its own settings[/dim]")
 
 
 def _matplotlib_missing() -> bool:
@@ -194,13 +208,13 @@ def _train_and_report(
             models[cfg.name] = model
 
     preset = PRESETS[args.preset]
-    custom = [c.name for c in configs] != list(preset.configs)
-    question = f"your configurations, with the {preset.name} preset's settings" if custom else preset.question
+    question = preset.question if not args.changed else f"{preset.name} preset, {', '.join(args.changed)} changed"
     plot_path, json_path = out / "loss_curves.png", out / "results.json"
     write_plot(plot_path, results, f"{question}\n(char-level causal LM on King Lear; {setup})",
                "leak" if any(r.norm == "batchnorm" for r in results) else "curves", vocab_size=len(data.vocab))
-    payload = {"preset": args.preset,
-               "setup": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "configs"},
+    payload = {"preset": args.preset, "changed": list(args.changed),
+               "setup": {k: v for k, v in vars(args).items()
+                         if not k.startswith("_") and k not in ("configs", "changed")},
                "configs": [c.name for c in configs], "device": str(device), "vocab_size": len(data.vocab),
                "results": [asdict(r) | {"final_train": r.final_train, "final_val": r.final_val} for r in results]}
     json_path.write_text(json.dumps(payload, indent=1, default=str))
@@ -208,9 +222,8 @@ def _train_and_report(
     chance = math.log(len(data.vocab))
     console.print(results_table(results, f"final loss (nats/char; ln {len(data.vocab)} = {chance:.2f} is chance)"))
     console.print(f"loss curves: {plot_path}\nresults: {json_path}")
-    if not custom and preset.note:
-        console.print(f"[bold]{preset.name}:[/] {preset.note}")
-    elif any(r.norm == "batchnorm" for r in results):
+    console.print(closing_note(args))
+    if args.changed and any(r.norm == "batchnorm" for r in results):
         console.print("[yellow]batchnorm: its training-mode statistics pool every position, the future included; "
                       "compare its eval-mode and training-mode validation losses.[/]")
     finite = [r for r in results if math.isfinite(r.final_val)]

@@ -1,5 +1,5 @@
 """The demo's presets: each a question the articles raise, with a model, data and schedule small enough to show
-the answer on two CPU cores in about three minutes or less (times in docs/demo.md).
+the answer on two CPU cores in three minutes or less (measured outcomes and times: docs/demo.md).
 
 Settings a preset does not give come from :data:`BASE`; options given on the command line override both.
 No torch here: ``tokennorm demo --help`` lists the presets without importing it.
@@ -61,10 +61,11 @@ PRESETS: dict[str, Preset] = {
             "Article 002: do LayerNorm's gradients through μ and σ matter more than the normalization itself?",
             ("layernorm-post", "layernorm-detached-post", "none-post"),
             {"layers": 4},
-            note="layernorm-detached computes the same forward as LayerNorm but passes no gradient through μ and σ "
-                 "(DetachNorm in Xu et al., 2019). If the forward normalization were what helps, it would train like "
-                 "LayerNorm; it trains worse than LayerNorm and worse than no norm at all, as the article says: the "
-                 "gradient through the statistics is what LayerNorm's benefit rests on.",
+            note="layernorm-detached has LayerNorm's forward but passes no gradient through μ and σ (DetachNorm "
+                 "in Xu et al., 2019). Same forward, different backward: it ends far above LayerNorm, and above no "
+                 "norm at all, so normalizing without the gradient through the statistics is worse than not "
+                 "normalizing, as article 002 claims. At this depth no norm trains well; the depth preset shows "
+                 "where it does not.",
         ),
     )
 }

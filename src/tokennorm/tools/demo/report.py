@@ -25,23 +25,26 @@ def _smoothed(values: Sequence[float]) -> list[float]:
 
 
 def loss_axis_top(results: Sequence[ConfigResult], vocab_size: int) -> float:
-    """The top of the loss axis: a little above chance (ln V), or above the highest finite loss of a run that
-    did not blow up, whichever is higher; a diverging run cannot stretch it."""
+    """The top of the loss axis: a little above chance (ln V), or above the highest validation loss a run that
+    did not blow up reached after it started training, whichever is higher. The untrained model's first loss
+    and a diverging run cannot stretch it (they are drawn along the top edge)."""
     chance = math.log(vocab_size)
-    highest = max((v for r in results if r.diverged_at is None for v in r.eval_val + r.eval_val_train_mode
-                   if math.isfinite(v) and v < 4 * chance), default=chance)
+    highest = max((v for r in results if r.diverged_at is None
+                   for step, *values in zip(r.eval_steps, r.eval_val, r.eval_val_train_mode) if step > 0
+                   for v in values if math.isfinite(v) and v < 4 * chance), default=chance)
     return max(chance, highest) * 1.08
 
 
 def _plot(ax: Any, steps: Sequence[int], values: Sequence[float], top: float, style: dict, marker: str = "") -> None:
-    """``values`` clipped at ``top``: the points above it drawn as ▲ on the edge."""
+    """``values`` clipped at ``top`` (the line runs along the edge there); for sparse series (evaluations) the
+    clipped points are also marked ▲."""
     finite = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
     if not finite:
         return
     xs, ys = zip(*finite)
-    ax.plot(xs, [min(v, top) for v in ys], marker=marker, markersize=3, **style)
+    ax.plot(xs, [min(v, top) for v in ys], marker=marker, markersize=3, clip_on=False, **style)
     over = [(s, top) for s, v in finite if v > top]
-    if over:
+    if over and len(finite) <= 50:
         ax.plot(*zip(*over), linestyle="none", marker="^", markersize=5, color=style["color"], clip_on=False)
 
 
@@ -102,9 +105,9 @@ def loss_figure(results: list[ConfigResult], title: str, kind: str = "curves", v
         ax_val.set_title("validation loss (eval mode)", fontsize=10)
     handles, labels = ax_val.get_legend_handles_labels()
     handles.append(Line2D([], [], linestyle="none", marker="^", color="black"))
-    labels.append("off the scale (clipped)")
-    ax_val.legend(handles, labels, fontsize=8)
-    ax_train.legend(fontsize=8)
+    labels.append("above the axis (drawn at its top)")
+    ax_val.legend(handles, labels, fontsize=8, loc="best")
+    ax_train.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -113,9 +116,9 @@ def results_table(results: list[ConfigResult], title: str):
     from rich.table import Table
 
     table = Table(title=title)
-    columns = ["config", "params", "train loss", "val loss", "val, training mode", "best val", "time (s)"]
+    columns = ["config", "params", "train loss", "val loss", "val (train mode)", "best val", "time (s)"]
     for col in columns:
-        table.add_column(col, justify="left" if col == "config" else "right")
+        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config")
     best = min((r.final_val for r in results if math.isfinite(r.final_val) and r.diverged_at is None),
                default=math.nan)
     for r in results:

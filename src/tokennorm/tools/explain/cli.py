@@ -33,7 +33,6 @@ DTYPES = ("float32", "float64")
 MAX_SHOWN = 8  # channels printed per vector before eliding
 
 
-NORM_NAMES = ("layernorm", "rmsnorm", "batchnorm", "instancenorm", "groupnorm")  # groups.NORMS, without torch
 DEFAULT_BLOCK_OUT = "tokennorm-explain"
 
 
@@ -44,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            f"and the axis it normalizes (figures into --out, default {DEFAULT_BLOCK_OUT}/)")
     view.add_argument("--padding", action="store_true",
                       help="article 003's padded batch through LayerNorm and BatchNorm, and its z-score example")
-    parser.add_argument("--norm", choices=NORM_NAMES, default="layernorm", help="the norm drawn by --block")
+    parser.add_argument("--norm", default="layernorm",
+                        help="the norm drawn by --block: layernorm (default), rmsnorm, batchnorm, instancenorm, "
+                             "groupnorm, or any other of tokennorm.tools.explain.groups.NORM_SPECS")
     parser.add_argument("--shape", metavar="B,N,C", help="shape of x (default: a random small shape from --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of x (and of the shape when --shape is not given)")
     parser.add_argument("--scale", type=float, default=1.0, help="x = scale · randn (try 0.001: ε starts to matter)")
@@ -205,7 +206,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.block:
         from tokennorm.tools.explain.block import draw_block
+        from tokennorm.tools.explain.groups import NORMS
 
+        if args.norm not in NORMS:
+            err.print(f"[red]error:[/red] --norm must be one of {', '.join(NORMS)}, but got --norm {args.norm}",
+                      soft_wrap=True)
+            return 2
         if args.groups < 1:
             err.print(f"[red]error:[/red] --groups must be positive, but got --groups {args.groups}", soft_wrap=True)
             return 2
