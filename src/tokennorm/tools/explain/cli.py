@@ -181,8 +181,15 @@ def print_padding(console: Any) -> None:
                   f"article's 2.16 does", soft_wrap=True)
 
 
-def _suffixes(fmt: str) -> tuple[str, ...]:
-    return ("png", "svg") if fmt == "both" else (fmt,)
+def _write(draw: Any, out: Path, name: str, fmt: str, console: Any) -> None:
+    """Draw once (``draw(path)`` returns the Figure), save in each format of ``--format``."""
+    suffixes = ("png", "svg") if fmt == "both" else (fmt,)
+    paths = [out / f"{name}.{suffix}" for suffix in suffixes]
+    fig = draw(paths[0])
+    for path in paths[1:]:
+        fig.savefig(path, dpi=100)
+    for path in paths:
+        console.print(f"figure: {path}", soft_wrap=True)
 
 
 def _matplotlib_missing() -> bool:
@@ -215,19 +222,14 @@ def run(args: argparse.Namespace) -> int:
         if args.groups < 1:
             err.print(f"[red]error:[/red] --groups must be positive, but got --groups {args.groups}", soft_wrap=True)
             return 2
-        for suffix in _suffixes(args.format):
-            path = out / f"block.{suffix}"
-            draw_block(args.norm, path, num_groups=args.groups)
-            console.print(f"figure: {path}", soft_wrap=True)
+        _write(lambda path: draw_block(args.norm, path, num_groups=args.groups), out, "block", args.format, console)
         return 0
     if args.padding:
         from tokennorm.tools.explain.padding import draw_padding
 
         print_padding(console)
-        for suffix in _suffixes(args.format) if out is not None else ():
-            path = out / f"padding.{suffix}"
-            draw_padding(path=path)
-            console.print(f"figure: {path}", soft_wrap=True)
+        if out is not None:
+            _write(lambda path: draw_padding(path=path), out, "padding", args.format, console)
         return 0
 
     from tokennorm.tools.explain.steps import walkthrough
@@ -254,9 +256,6 @@ def run(args: argparse.Namespace) -> int:
         from tokennorm.tools.explain.figures import draw_cube, draw_groups
         from tokennorm.tools.explain.groups import NORMS
 
-        for suffix in _suffixes(args.format):
-            for name, draw in (("norm_groups", draw_groups), ("norm_cubes", draw_cube)):
-                path = out / f"{name}.{suffix}"
-                draw(shape, NORMS, args.groups, path)
-                console.print(f"figure: {path}", soft_wrap=True)
+        for name, draw in (("norm_groups", draw_groups), ("norm_cubes", draw_cube)):
+            _write(lambda path: draw(shape, NORMS, args.groups, path), out, name, args.format, console)
     return 0 if w.max_abs_diff <= w.tolerance() else 1
