@@ -11,15 +11,26 @@ Pre-LN (GPT-2, ``norm_first=True``), each AddNorm fusing the residual add with t
     return h + dropout(last_sublayer(y))
 
 Both compute exactly what torch.nn.TransformerEncoderLayer / TransformerDecoderLayer compute.
+
+Conditioned (``cond_dim``: AdaLN-Zero, DiT-style, pre-LN only): a per-batch-item vector c gives each sublayer i a
+shift, scale and gate (:class:`tokennorm.AdaLNZero`, zero-initialised), and each gated residual add is fused with
+the next sublayer's modulated norm (:func:`tokennorm.ada_norm`)::
+
+    m_1, …, m_k = AdaLNZero(c)
+    y = Norm(x)·(1 + scale_1) + shift_1,  h = x
+    y, h = ada_norm(sublayer_i(y), m_{i+1}, gate=gate_i, residual=h)   # h = h + gate_i ⊙ sublayer_i(y)
+    return h + gate_k ⊙ dropout(last_sublayer(y))
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokennorm.adaptive import AdaLNZero
 from tokennorm.transformer import _convert
 from tokennorm.transformer.attention import MultiHeadAttention
 from tokennorm.transformer.feedforward import FeedForward
@@ -33,17 +44,26 @@ class _Block(nn.Module):
 
     def _setup(
         self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, activation: str, norm: str,
-        placement: str, eps: float, bias: bool, num_sublayers: int, factory: dict,
+        placement: str, eps: float, bias: bool, num_sublayers: int, factory: dict, cond_dim: Optional[int] = None,
     ) -> None:
         check_choices(norm, placement)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), but got dropout={dropout}")
+        if cond_dim is not None and (placement != "pre" or norm not in ("layernorm", "rmsnorm")):
+            raise ValueError(
+                "cond_dim (AdaLN-Zero conditioning) needs placement='pre' and norm 'layernorm' or 'rmsnorm', but got "
+                f"placement={placement!r} and norm={norm!r}"
+            )
         self.d_model, self.nhead, self.norm_type, self.placement = d_model, nhead, norm, placement
         self.eps, self.has_bias, self.dropout = eps, bias, dropout
         self.self_attn = MultiHeadAttention(d_model, nhead, dropout, bias, **factory)
         self.ff = FeedForward(d_model, dim_feedforward, dropout, activation, bias, **factory)
+        self.cond_dim = cond_dim
+        # conditioned: the norms have no parameters of their own (DiT); AdaLNZero's vectors modulate them
+        self.adaln = None if cond_dim is None else AdaLNZero(
+            d_model, cond_dim, num_sublayers, norm=norm, eps=eps, bias=bias, **factory)
         # norm{i} follows sublayer i (post) or precedes it (pre); in pre, norm1 has no add to fuse
-        for i in range(1, num_sublayers + 1):
+        for i in range(1, num_sublayers + 1 if cond_dim is None else 1):
             if placement == "pre" and i == 1:
                 module = make_norm(norm, d_model, eps, bias, **factory)
             else:
@@ -59,7 +79,29 @@ class _Block(nn.Module):
                 f"but got {name} of shape {list(t.shape)}"
             )
 
-    def _residual_chain(self, x: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]]) -> Tensor:
+    def _check_cond(self, x: Tensor, cond: Optional[Tensor]) -> None:
+        if (cond is None) != (self.adaln is None):
+            raise ValueError(f"cond is required: this {type(self).__name__} has cond_dim={self.cond_dim}"
+                             if cond is None else f"cond needs a {type(self).__name__} built with cond_dim")
+        if cond is not None and (cond.dim() != 2 or tuple(cond.shape) != (x.shape[0], self.cond_dim)):
+            raise ValueError(
+                f"{type(self).__name__} expects cond of shape [batch, cond_dim] = {[x.shape[0], self.cond_dim]}, but "
+                f"got cond of shape {list(cond.shape)}"
+            )
+
+    def _conditioned_chain(self, x: Tensor, cond: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]]) -> Tensor:
+        mods = self.adaln(cond)
+        y, h = self.adaln.normalize(x, mods[0]), x
+        for sublayer, prev, m in zip(sublayers[:-1], mods[:-1], mods[1:]):
+            out = F.dropout(sublayer(y), self.dropout, self.training)
+            y, h = self.adaln.normalize(out, m, gate=prev.gate, residual=h, prenorm=True)
+        return torch.addcmul(h, mods[-1].gate.unsqueeze(1), F.dropout(sublayers[-1](y), self.dropout, self.training))
+
+    def _residual_chain(
+        self, x: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]], cond: Optional[Tensor] = None
+    ) -> Tensor:
+        if cond is not None:
+            return self._conditioned_chain(x, cond, sublayers)
         norms = [getattr(self, f"norm{i}") for i in range(1, len(sublayers) + 1)]
         if self.placement == "post":
             for sublayer, add_norm in zip(sublayers, norms):
@@ -71,7 +113,8 @@ class _Block(nn.Module):
         return h + F.dropout(sublayers[-1](y), self.dropout, self.training)
 
     def extra_repr(self) -> str:
-        return f"norm={self.norm_type!r}, placement={self.placement!r}, eps={self.eps}"
+        cond = "" if self.cond_dim is None else f", cond_dim={self.cond_dim}"
+        return f"norm={self.norm_type!r}, placement={self.placement!r}, eps={self.eps}{cond}"
 
 
 class EncoderLayer(_Block):
@@ -81,32 +124,40 @@ class EncoderLayer(_Block):
     Args:
         d_model, nhead, dim_feedforward, dropout, activation, eps, bias: as
             :class:`torch.nn.TransformerEncoderLayer` (``bias`` covers the linear layers and LayerNorm).
-        norm: ``"layernorm"``, ``"rmsnorm"`` (tokennorm's fused AddNorm), ``"batchnorm"`` (statistics over
-            tokens and batch items: a demonstration of what not to do) or ``"none"``.
+        norm: ``"layernorm"``, ``"rmsnorm"`` (tokennorm's fused AddNorm), ``"dyt"`` (Dynamic Tanh, with the add
+            fused: :class:`tokennorm.AddDyT`), ``"batchnorm"`` (statistics over tokens and batch items: a
+            demonstration of what not to do) or ``"none"``.
         placement: ``"post"`` (torch's ``norm_first=False``) or ``"pre"`` (``norm_first=True``).
+        cond_dim: width of a conditioning vector ``cond`` [B, cond_dim] passed to ``forward``: an AdaLN-Zero
+            block (DiT), pre-LN with layernorm/rmsnorm only; the module docstring has the chain.
 
-    Submodules: ``self_attn``, ``ff``, ``norm1`` (attention), ``norm2`` (feed-forward).
+    Submodules: ``self_attn``, ``ff``, ``norm1`` (attention), ``norm2`` (feed-forward); with ``cond_dim``,
+    ``adaln`` (:class:`tokennorm.AdaLNZero`) instead of the norms.
     """
 
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
-        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True, device=None, dtype=None,
+        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True,
+        cond_dim: Optional[int] = None, device=None, dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self._setup(d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, 2, factory)
+        self._setup(d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, 2, factory,
+                    cond_dim)
 
     def forward(
         self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-        is_causal: bool = False,
+        is_causal: bool = False, cond: Optional[Tensor] = None,
     ) -> Tensor:
-        """``x`` [B, N, d_model]; masks as :class:`MultiHeadAttention` (True = blocked / padding)."""
+        """``x`` [B, N, d_model]; masks as :class:`MultiHeadAttention` (True = blocked / padding); ``cond``
+        [B, cond_dim] for a block built with ``cond_dim``."""
         self._check_input("x", x)
+        self._check_cond(x, cond)
 
         def self_attention(y: Tensor) -> Tensor:
             return self.self_attn(y, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
 
-        return self._residual_chain(x, [self_attention, self.ff])
+        return self._residual_chain(x, [self_attention, self.ff], cond)
 
     @classmethod
     def from_torch(cls, layer: nn.TransformerEncoderLayer) -> "EncoderLayer":
@@ -132,8 +183,9 @@ class DecoderLayer(_Block):
     r"""Transformer decoder layer: causal self-attention, optional cross-attention to ``memory``, and
     feed-forward, joined by Add & Norm (post or pre); batch-first.
 
-    Args: as :class:`EncoderLayer`, plus ``cross_attention``: include the attention over ``memory`` (an
-    encoder-decoder layer, like :class:`torch.nn.TransformerDecoderLayer`); False gives a GPT-style block.
+    Args: as :class:`EncoderLayer` (``cond_dim`` included), plus ``cross_attention``: include the attention over
+    ``memory`` (an encoder-decoder layer, like :class:`torch.nn.TransformerDecoderLayer`); False gives a GPT-style
+    block.
 
     Submodules: ``self_attn``, ``cross_attn`` (if any), ``ff``; ``norm1`` (self-attention), ``norm2``
     (cross-attention, or feed-forward without it), ``norm3`` (feed-forward, with cross-attention).
@@ -142,13 +194,14 @@ class DecoderLayer(_Block):
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
         norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True,
-        cross_attention: bool = True, device=None, dtype=None,
+        cross_attention: bool = True, cond_dim: Optional[int] = None, device=None, dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         num_sublayers = 3 if cross_attention else 2
         self._setup(
-            d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, num_sublayers, factory
+            d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, num_sublayers, factory,
+            cond_dim,
         )
         self.cross_attention = cross_attention
         self.cross_attn = MultiHeadAttention(d_model, nhead, dropout, bias, **factory) if cross_attention else None
@@ -156,16 +209,18 @@ class DecoderLayer(_Block):
     def forward(
         self, x: Tensor, memory: Optional[Tensor] = None, *, tgt_key_padding_mask: Optional[Tensor] = None,
         memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
-        memory_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None,
     ) -> Tensor:
         """``x`` [B, N, d_model], ``memory`` [B, S, d_model] (required iff ``cross_attention``). ``causal``
-        masks future positions of ``x``; other masks as :class:`MultiHeadAttention`."""
+        masks future positions of ``x``; other masks as :class:`MultiHeadAttention`; ``cond`` [B, cond_dim] for a
+        block built with ``cond_dim``."""
         if self.cross_attention and memory is None:
             raise ValueError("memory is required: this DecoderLayer has cross_attention=True")
         if not self.cross_attention and (memory is not None or memory_key_padding_mask is not None
                                          or memory_mask is not None):
             raise ValueError("memory, memory_key_padding_mask and memory_mask need cross_attention=True")
         self._check_input("x", x)
+        self._check_cond(x, cond)
         if memory is not None:
             self._check_input("memory", memory)
             if memory.shape[0] != x.shape[0]:
@@ -181,7 +236,7 @@ class DecoderLayer(_Block):
             return self.cross_attn(y, memory, key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask)
 
         sublayers = [self_attention, attend_memory, self.ff] if self.cross_attention else [self_attention, self.ff]
-        return self._residual_chain(x, sublayers)
+        return self._residual_chain(x, sublayers, cond)
 
     @classmethod
     def from_torch(cls, layer: nn.TransformerDecoderLayer) -> "DecoderLayer":

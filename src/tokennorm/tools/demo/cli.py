@@ -72,9 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # No parsed default: the check of config names imports the model code (and torch), which a mistyped
     # option elsewhere should not wait for.
     parser.add_argument("--configs", type=parse_configs, default=None,
-                        help="comma-separated NORM-PLACEMENT list instead of the preset's; NORM: layernorm, rmsnorm, "
-                             "batchnorm, none, layernorm-detached (tokennorm.tools.demo.models.DEMO_NORMS); "
-                             "PLACEMENT: post or pre")
+                        help="comma-separated NORM-PLACEMENT list instead of the preset's; NORM: a norm of "
+                             "tokennorm.transformer (layernorm, rmsnorm, dyt, batchnorm, none) or layernorm-detached "
+                             "(tokennorm.tools.demo.models.DEMO_NORMS); PLACEMENT: post or pre")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (auto)")
     parser.add_argument("--out", default="tokennorm-demo", help="directory for loss_curves.png and results.json")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches (0)")

@@ -1,9 +1,9 @@
 """The demo's models: ``tokennorm.transformer.CausalLM`` with one norm per run, from a registry of norms.
 
 :data:`DEMO_NORMS` maps each name a ``--configs`` entry may use to a :class:`DemoNorm`: its label and colour in
-the plots, and how the model is built. Every norm of ``tokennorm.transformer`` (``layernorm``, ``rmsnorm``,
-``batchnorm``, ``none``, and any added there later) is passed to ``CausalLM(norm=...)`` as it is; the demo adds
-its own variants on top, today one:
+the plots, and how the model is built. Every norm of ``tokennorm.transformer.norms.NORM_TYPES`` (``layernorm``,
+``rmsnorm``, ``dyt``, ``batchnorm``, ``none``, and any added there later) is passed to ``CausalLM(norm=...)`` as
+it is; the demo adds its own variants on top, today one:
 
 ``layernorm-detached``
     LayerNorm whose statistics are constants to autograd (:class:`DetachedStatsLayerNorm`): the same forward,
@@ -92,8 +92,9 @@ class DemoNorm:
     transform: Optional[Callable[[nn.Module], nn.Module]] = None
 
 
-_COLORS = {"layernorm": "tab:blue", "rmsnorm": "tab:orange", "batchnorm": "tab:red", "none": "tab:gray"}
-_LABELS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "batchnorm": "BatchNorm", "none": "no norm"}
+_COLORS = {"layernorm": "tab:blue", "rmsnorm": "tab:orange", "dyt": "tab:green", "batchnorm": "tab:red",
+           "none": "tab:gray"}
+_LABELS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "dyt": "DyT", "batchnorm": "BatchNorm", "none": "no norm"}
 
 DEMO_NORMS: dict[str, DemoNorm] = {
     **{name: DemoNorm(_LABELS.get(name, name), _COLORS.get(name, f"C{i + 4}"), name) for i, name in
