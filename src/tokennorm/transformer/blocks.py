@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokennorm.transformer import _convert
-from tokennorm.transformer.attention import MultiHeadAttention
+from tokennorm.transformer.attention import MultiHeadAttention, torch_takes_fast_path
 from tokennorm.transformer.feedforward import FeedForward
 from tokennorm.transformer.norms import check_choices, make_add_norm, make_norm
 
@@ -74,6 +74,11 @@ class _Block(nn.Module):
         return f"norm={self.norm_type!r}, placement={self.placement!r}, eps={self.eps}"
 
 
+def _norm_eps(module: nn.Module) -> Optional[float]:
+    """ε of a block's norm step (a norm, an Add & Norm, or a ResidualNorm around a norm); None without one."""
+    return getattr(module, "eps", getattr(getattr(module, "norm", None), "eps", None))
+
+
 class EncoderLayer(_Block):
     r"""Transformer encoder layer: self-attention and feed-forward, each followed (post) or preceded (pre)
     by Add & Norm; batch-first ``[B, N, d_model]``.
@@ -103,10 +108,28 @@ class EncoderLayer(_Block):
         """``x`` [B, N, d_model]; masks as :class:`MultiHeadAttention` (True = blocked / padding)."""
         self._check_input("x", x)
 
+        # a fully masked query gets what torch.nn.TransformerEncoderLayer gives it: NaN on its fast path
+        masked_rows_nan = self._torch_takes_fast_path(x)
+
         def self_attention(y: Tensor) -> Tensor:
-            return self.self_attn(y, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+            return self.self_attn._attend(
+                y, y, y, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
+                need_weights=False, masked_rows_nan=masked_rows_nan,
+            )
 
         return self._residual_chain(x, [self_attention, self.ff])
+
+    def _torch_takes_fast_path(self, x: Tensor) -> bool:
+        """Whether torch.nn.TransformerEncoderLayer takes its native fast path for this call: torch's shared
+        conditions (:func:`~tokennorm.transformer.attention.torch_takes_fast_path`) plus an even ``nhead``,
+        attention biases, equal ε in both norms and no hooks. Masks of either dtype qualify (the layer turns
+        them into float masks itself)."""
+        return (
+            self.nhead % 2 == 0 and self.self_attn.q_proj.bias is not None
+            and _norm_eps(self.norm1) == _norm_eps(self.norm2)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+            and torch_takes_fast_path(self, (x, *self.parameters()))
+        )
 
     @classmethod
     def from_torch(cls, layer: nn.TransformerEncoderLayer) -> "EncoderLayer":
@@ -123,8 +146,8 @@ class EncoderLayer(_Block):
         )
         _convert.copy_attention(new.self_attn, layer.self_attn)
         _convert.copy_feedforward(new.ff, layer)
-        _convert.copy_norm(new.norm1, layer.norm1)
-        _convert.copy_norm(new.norm2, layer.norm2)
+        for i in (1, 2):
+            _convert.copy_norm(getattr(new, f"norm{i}"), getattr(layer, f"norm{i}"))
         return new.train(layer.training)
 
 
