@@ -65,7 +65,7 @@ def patch(
         new.__dict__[_ORIGINAL] = module
         replacements[module_id] = new
         replaced.append(Replaced(path, cls, _class_name(new), norm.label, norm.eps, tuple(module_paths[1:]),
-                                 norm.dtype_rule))
+                                 norm.dtype_rule, norm.cast_parameters))
     model = _swap(model, replacements)
     model.__dict__[_REPORT] = PatchReport(tuple(replaced), tuple(left))
     return model
@@ -113,10 +113,10 @@ def _class_name(module: nn.Module) -> str:
     cls = type(module)
     if getattr(nn, cls.__name__, None) is cls:
         return f"torch.nn.{cls.__name__}"
-    if cls in TOKENNORM_CLASSES:
-        return f"tokennorm.{cls.__name__}"
     if cls.__module__.startswith("tokennorm.patching"):
         return f"tokennorm.patching.{cls.__name__}"
+    if cls in TOKENNORM_CLASSES:
+        return f"tokennorm.{cls.__name__}"
     return cls.__qualname__
 
 

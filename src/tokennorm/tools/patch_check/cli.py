@@ -149,12 +149,12 @@ def _tables(report):
     from rich.table import Table
 
     replaced = Table(title="replaced", title_justify="left")
-    for column in ("path", "from", "to", "computes", "eps", "output dtype"):
+    for column in ("path", "from", "to", "computes", "eps", "dtypes"):
         replaced.add_column(column, overflow="fold")
     for r in report.replaced:
         paths = "\n".join((r.path, *r.other_paths))  # a shared module: every path it is reachable under
         eps = f"{r.eps:g}" if r.eps is not None else "None"
-        replaced.add_row(paths, r.from_class, r.to_class, r.kind, eps, r.dtype_rule)
+        replaced.add_row(paths, r.from_class, r.to_class, r.kind, eps, r.dtypes)
     left = Table(title="left as it was", title_justify="left")
     for column in ("path", "class", "why"):
         left.add_column(column, overflow="fold")
