@@ -64,7 +64,9 @@ def main():
                 impls["tokennorm bwd"]()
             torch.cuda.synchronize()
             continue
-        print(f"N={n} M={m} fwd cfg {kconfig.forward_config(n)} bwd cfg {kconfig.backward_config(n)}")
+        facts = kconfig.device_facts(x.device)
+        print(f"N={n} M={m} fwd cfg {kconfig.forward_config(n, 2, 4, facts)} "
+              f"bwd cfg {kconfig.backward_config(n, 4, facts)}")
         base = None
         for name, fn in impls.items():
             t_flush = triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median") * 1e3

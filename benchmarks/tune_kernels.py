@@ -1,11 +1,13 @@
-"""Launch-configuration sweep for the forward and backward kernels on a GPU (the input to kernels/config.py).
+"""Launch-configuration sweep for the kernels on a GPU (the input to kernels/config.py).
 
-For each row length N (M = 2^27 / N rows, bf16 by default) and each candidate TileConfig, checks the result
-against torch (a config that computes a wrong answer is reported, never ranked) and times it with
-``triton.testing.do_bench`` (median, L2 flushed); then re-times the fastest few and tokennorm's defaults in
-interleaved rounds with the device copy (one run measured the same launch 1.8× apart: single samples are
-not enough). Prints the best configs per N as a fraction of a device-to-device copy of the same bytes,
-measured in the same run, with the bandwidth on the bytes each plan really moves (kernels/traffic.py).
+For each row length N (M = 2^27 / N rows, bf16 by default) and each candidate KernelConfig — rows tiles
+(warps, programs per SM, prefetch), chunked walks, long-row segments, segment kernels — checks the result
+against torch (a config that computes a wrong answer is reported, never ranked) and times it as GPU time only
+(a CUDA graph of back-to-back calls, replayed; host time excluded); then re-times the fastest few and
+tokennorm's defaults in interleaved rounds with the device copy (one run measured the same launch 1.8× apart:
+single samples are not enough). Prints the best configs per N as a fraction of a device-to-device copy of the
+same bytes, measured in the same run, with the bandwidth on the bytes each plan really moves
+(tools/kernel_report/traffic.py).
 
     PYTHONPATH=src python3 benchmarks/tune_kernels.py [--dtype bf16] [--ns 1K,4K,...] [--rounds 3] [--json PATH]
 """
@@ -13,8 +15,6 @@ measured in the same run, with the bandwidth on the bytes each plan really moves
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import itertools
 import json
 import statistics
 import sys
@@ -24,74 +24,75 @@ import torch.nn.functional as F
 
 from tokennorm.tools.bench.cli import parse_count
 from tokennorm.kernels import config as kconfig
-from tokennorm.kernels import traffic
-from tokennorm.kernels.config import TileConfig
+from tokennorm.tools.kernel_report import traffic
+from tokennorm.kernels.config import CHUNKED, LONG_ROWS, ROWS, SEGMENT, KernelConfig
 from tokennorm.kernels.launch import norm_backward, norm_forward
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _candidates(n: int, max_tile: int) -> list[TileConfig]:
-    """Single-chunk tiles (whole row in registers) while they fit, chunked walks for every N."""
+def _rows_candidates(n: int, max_n: int) -> list[KernelConfig]:
+    """Whole-row tiles: 4 to 32 elements per thread, 1 to 8 programs per SM, with and without prefetch."""
+    block_n = kconfig.pow2(n)
+    if block_n > max_n:
+        return []
     out = []
-    block_n = 1 << (n - 1).bit_length()
-    if block_n <= max_tile:
-        for block_m in (1, 2, 4, 8):
-            if block_m * block_n > max_tile or (block_m > 1 and block_m * block_n < 2048):
-                continue
-            for warps in (4, 8, 16, 32):
-                per_thread = block_m * block_n // (32 * warps)
-                if 8 <= per_thread <= 64:
-                    out.append(TileConfig(block_m, block_n, True, warps))
-    if max_tile > 32768 and block_n <= 32768:  # forward: the default tile on a persistent, pipelined grid
-        base = kconfig.forward_config(n)
-        for per_sm, stages in ((2, 3), (4, 2), (4, 3), (8, 2)):
-            out.append(dataclasses.replace(base, programs_per_sm=per_sm, num_stages=stages))
-    if n >= 65536:  # split rows: segment moments / sums, then normalize / dx
-        for segments in (2, 4, 8, 16, 32):
-            for chunk, warps in ((8192, 16), (16384, 32)):
-                if chunk * segments <= 2 * n and (max_tile > 32768 or warps == 16):
-                    out.append(TileConfig(1, chunk, False, warps, segments=segments))
-    if n > 4096:
-        for chunk in (4096, 8192, 16384):
-            if chunk < n:
-                for warps in (8, 16):
-                    if 8 <= chunk // (32 * warps) <= 32:
-                        out.append(TileConfig(1, chunk, False, warps))
+    for warps in (1, 2, 4, 8, 16, 32):
+        if 4 <= block_n // (32 * warps) <= 32:
+            for per_sm in (1, 2, 4, 8):
+                if per_sm * warps <= 64:
+                    for stages in (1, 2):
+                        out.append(KernelConfig(ROWS, block_n, warps, programs_per_sm=per_sm, num_stages=stages))
     return out
 
 
-def _with_default(candidates: list[TileConfig], default: TileConfig, pipelined: bool) -> list[TileConfig]:
-    """The candidates, tokennorm's default config (always measured), and with ``pipelined`` the default with
-    its loops software-pipelined 2 and 3 deep (num_stages)."""
-    extra = [default] + ([dataclasses.replace(default, num_stages=k) for k in (2, 3)] if pipelined else [])
-    return candidates + [c for c in extra if c not in candidates]
+def _long_candidates(n: int, sms: int, widths: tuple[int, ...]) -> list[KernelConfig]:
+    """Long-row segments, one program per SM (so that every row's programs are resident: no candidate may
+    break the kernel's deadlock argument)."""
+    out = []
+    for width in widths:
+        if width < n and kconfig.cdiv(n, width) <= sms:
+            for warps in (8, 16, 32):
+                if 8 <= width // (32 * warps) <= 64:
+                    out.append(KernelConfig(LONG_ROWS, width, warps, programs_per_sm=1))
+    return out
 
 
-def _time(fn) -> float:
+def forward_candidates(n: int, sms: int) -> list[KernelConfig]:
+    out = _rows_candidates(n, 32768)
+    if n > 8192:
+        for chunk in (4096, 8192, 16384):
+            if chunk < n:
+                for warps, per_sm in ((8, 1), (16, 1), (8, 2), (16, 2)):
+                    out.append(KernelConfig(CHUNKED, chunk, warps, programs_per_sm=per_sm))
+    return out + _long_candidates(n, sms, (8192, 16384, 32768))
+
+
+def backward_candidates(n: int, sms: int) -> list[KernelConfig]:
+    out = _rows_candidates(n, 16384) + _long_candidates(n, sms, (4096, 8192, 16384))
+    if n > 8192:
+        out.append(KernelConfig(SEGMENT, 8192, 16))
+    return out
+
+
+def graph_time(fn, calls: int = 10) -> float:
+    """Milliseconds per call of ``fn`` as GPU time: ``calls`` back-to-back calls captured in a CUDA graph,
+    the replay timed (median)."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")  # milliseconds
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return triton.testing.do_bench(graph.replay, warmup=5, rep=40, return_mode="median") / calls
 
 
-def _bwd_trials(first: list, done: list):
-    """Yield the first-stage trials, then per-SM variants of the fastest of them."""
-    yield from first
-    best = sorted(done, key=lambda e: e["ms_samples"][0])[:3]
-    for e, per_sm in itertools.product(best[:1], (1, 4)):
-        yield TileConfig(**e["cfg"]), per_sm
-
-
-def _at_per_sm(per_sm: int, fn):
-    """``fn`` run with the backward grid at ``per_sm`` programs per SM (a module setting, restored after)."""
-    def run():
-        saved = kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED
-        kconfig.BWD_PROGRAMS_PER_SM_SINGLE = kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = per_sm
-        try:
-            return fn()
-        finally:
-            kconfig.BWD_PROGRAMS_PER_SM_SINGLE, kconfig.BWD_PROGRAMS_PER_SM_CHUNKED = saved
-    return run
+_time = graph_time
 
 
 def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", rounds: int = 3,
@@ -100,6 +101,8 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", r
     in ``rounds`` interleaved rounds (each with the copy), so that a change of clocks or neighbours during the
     sweep hits them all alike. Each entry's ``ms`` is the median of its samples (all kept in ``ms_samples``)."""
     m = max(1, mn // n)
+    device = torch.device(dev)
+    facts = kconfig.device_facts(device)
     x = torch.randn(m, n, device=dev, dtype=dtype)
     w = torch.randn(n, device=dev, dtype=dtype) * 0.1 + 1
     b = None if is_rms else torch.randn(n, device=dev, dtype=dtype) * 0.1
@@ -111,61 +114,45 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", r
     copy_ms = [_time(copy)]
 
     xr = x.float()
-    if is_rms:
-        y_ref = F.rms_norm(xr, (n,), w.float(), 1e-5)
-    else:
-        y_ref = F.layer_norm(xr, (n,), w.float(), b.float(), 1e-5)
-    results = {"n": n, "m": m, "is_rms": is_rms, "itemsize": s, "fwd": [], "bwd": []}
+    y_ref = F.rms_norm(xr, (n,), w.float(), 1e-5) if is_rms else F.layer_norm(xr, (n,), w.float(), b.float(), 1e-5)
+    results = {"n": n, "m": m, "is_rms": is_rms, "itemsize": s, "sms": facts.sms, "l2_bytes": facts.l2_bytes,
+               "fwd": [], "bwd": []}
     runners: dict[int, object] = {}  # id(entry) -> the call it times
 
-    def record(direction: str, cfg: TileConfig, per_sm, fn, err: float) -> None:
-        entry = {"cfg": cfg.__dict__, "ms_samples": [_time(fn)], "max_err": err}
-        if per_sm is not None:
-            entry["per_sm"] = per_sm
+    def trial(direction: str, cfg: KernelConfig, run, check) -> None:
+        try:
+            err = check()
+        except Exception as exc:  # a config that does not compile (registers, shared memory) is skipped
+            print(f"  {direction} {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
+            return
+        if err >= 0.1:  # a wrong answer is reported in stderr, never ranked
+            print(f"  {direction} {cfg}: WRONG, max error {err}", file=sys.stderr)
+            return
+        entry = {"cfg": cfg.__dict__, "ms_samples": [_time(run)], "max_err": err}
         results[direction].append(entry)
-        runners[id(entry)] = fn
+        runners[id(entry)] = run
 
     fwd0 = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None)
-    default_f = kconfig.forward_config(n)  # a whole-row tile without a persistent grid has no loop to pipeline
-    for cfg in _with_default(_candidates(n, 65536), default_f, pipelined=not default_f.single_chunk):
-        run = lambda cfg=cfg: norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None,  # noqa: E731
-                                           config=cfg, store_stats=False)
-        try:
-            err = (norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg).y.float()
-                   - y_ref).abs().max().item()
-        except Exception as exc:  # a config that does not compile (registers, shared memory) is skipped
-            print(f"  fwd {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
-            continue
-        if err < 0.1:  # a wrong answer is reported in stderr, never ranked
-            record("fwd", cfg, None, run, err)
-        else:
-            print(f"  fwd {cfg}: WRONG, max error {err}", file=sys.stderr)
+    default_f = kconfig.forward_config(n, s, 4, facts)
+    for cfg in dict.fromkeys([default_f, *forward_candidates(n, facts.sms)]):
+        trial("fwd", cfg,
+              lambda cfg=cfg: norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg,
+                                           store_stats=False),
+              lambda cfg=cfg: (norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg).y.float()
+                               - y_ref).abs().max().item())
     dx_ref = norm_backward(dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
                            dtype, None).dx.float()
-    # Tiles at 2 programs per SM first, then the best tile at 1 and 4 programs per SM.
-    default_b = kconfig.backward_config(n)
-    default_per_sm = kconfig.backward_programs_per_sm(default_b)
-    tried = [(cfg, 2) for cfg in _candidates(n, 32768)]
-    tried += [(cfg, default_per_sm) for cfg in _with_default([], default_b, pipelined=True)]
-    for cfg, per_sm in _bwd_trials(tried, results["bwd"]):
-        run = _at_per_sm(per_sm, lambda cfg=cfg: norm_backward(
-            dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms, dtype, None, config=cfg))
-        try:
-            err = (run().dx.float() - dx_ref).abs().max().item()
-        except Exception as exc:
-            print(f"  bwd {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
-            continue
-        if err < 0.1:
-            record("bwd", cfg, per_sm, run, err)
-        else:
-            print(f"  bwd {cfg}: WRONG, max error {err}", file=sys.stderr)
+    default_b = kconfig.backward_config(n, 4, facts)
+    for cfg in dict.fromkeys([default_b, *backward_candidates(n, facts.sms)]):
+        run = lambda cfg=cfg: norm_backward(dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0,  # noqa: E731
+                                            is_rms, True, not is_rms, dtype, None, config=cfg)
+        trial("bwd", cfg, run, lambda run=run: (run().dx.float() - dx_ref).abs().max().item())
 
-    defaults = {("fwd", json.dumps(default_f.__dict__), None), ("bwd", json.dumps(default_b.__dict__), default_per_sm)}
+    defaults = {("fwd", json.dumps(default_f.__dict__)), ("bwd", json.dumps(default_b.__dict__))}
     picked = []
     for direction in ("fwd", "bwd"):
         ranked = sorted(results[direction], key=lambda e: e["ms_samples"][0])
-        picked += [e for i, e in enumerate(ranked) if i < confirm or (
-            direction, json.dumps(e["cfg"]), e.get("per_sm")) in defaults]
+        picked += [e for i, e in enumerate(ranked) if i < confirm or (direction, json.dumps(e["cfg"])) in defaults]
     for _ in range(rounds):
         copy_ms.append(_time(copy))
         for e in picked:
@@ -177,12 +164,11 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", r
     for direction, needed_per_element in (("fwd", 2), ("bwd", 3)):  # fwd: read x, write y; bwd: read x, dy; write dx
         for e in results[direction]:
             e["ms"] = ms = statistics.median(e["ms_samples"])
-            cfg = TileConfig(**e["cfg"])
+            cfg = KernelConfig(**e["cfg"])
             if direction == "fwd":
-                moved = traffic.forward_bytes(m, n, s, cfg, store_stats=False)
+                moved = traffic.forward_bytes(m, n, s, cfg, facts, store_stats=False)
             else:
-                groups = kconfig.row_groups(m, e["per_sm"] * kconfig.sm_count(x.device), traffic.row_segments(n, cfg))[0]
-                moved = traffic.backward_bytes(m, n, s, cfg, groups, not is_rms)
+                moved = traffic.backward_bytes(m, n, s, cfg, facts, not is_rms)
             e["frac"] = needed_per_element * m * n * s / (ms * 1e-3) / copy_bw
             e["moved_frac"] = moved / (ms * 1e-3) / copy_bw
     return results
@@ -204,20 +190,17 @@ def main() -> int:
     for n in [parse_count(t) for t in args.ns.split(",")]:
         r = tune(n, DTYPES[args.dtype], args.rms, args.mn, rounds=args.rounds)
         rows.append(r)
-        default_f, default_b = kconfig.forward_config(n), kconfig.backward_config(n)
-        best_f = sorted(r["fwd"], key=lambda e: e["ms"])[:3]
-        best_b = sorted(r["bwd"], key=lambda e: e["ms"])[:3]
-        dflt_f = next((e for e in r["fwd"] if e["cfg"] == default_f.__dict__), None)
-        dflt_b = next((e for e in r["bwd"] if e["cfg"] == default_b.__dict__ and e["per_sm"] == (
-            kconfig.backward_programs_per_sm(default_b))), None)
+        facts = kconfig.device_facts(torch.device("cuda"))
+        defaults = (kconfig.forward_config(n, DTYPES[args.dtype].itemsize, 4, facts).__dict__,
+                    kconfig.backward_config(n, 4, facts).__dict__)
+        dflt = [next((e for e in r[d] if e["cfg"] == cfg), None) for d, cfg in zip(("fwd", "bwd"), defaults)]
         print(f"N={n:>8} M={r['m']:>7} copy {r['copy_gbps']:.0f} GB/s | fwd default "
-              f"{dflt_f and round(dflt_f['frac'], 3)} bwd default {dflt_b and round(dflt_b['frac'], 3)}")
+              f"{dflt[0] and round(dflt[0]['frac'], 3)} bwd default {dflt[1] and round(dflt[1]['frac'], 3)}")
         spread = lambda e: max(e["ms_samples"]) / min(e["ms_samples"])  # noqa: E731
-        for e in best_f:
-            print(f"    fwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us (×{spread(e):.2f} spread) {e['cfg']}")
-        for e in best_b:
-            print(f"    bwd {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us (×{spread(e):.2f} spread) {e['cfg']} "
-                  f"per_sm={e['per_sm']}")
+        for direction in ("fwd", "bwd"):
+            for e in sorted(r[direction], key=lambda e: e["ms"])[:3]:
+                print(f"    {direction} {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us "
+                      f"(×{spread(e):.2f} spread) {traffic.describe(KernelConfig(**e['cfg']))}")
         sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as f:

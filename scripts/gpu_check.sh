@@ -33,7 +33,7 @@ for stage in $stages; do
     # TUNE_ARGS overrides (e.g. "--ns 1K,2K,4K --rms").
     # Then the traffic model on the result: bytes moved per byte needed, bandwidth on the bytes moved.
     tune) python3 benchmarks/tune_kernels.py --json "$out/tune.json" ${TUNE_ARGS:---ns 1K,4K,16K,64K,256K,1M} \
-            2>"$out/tune_err.log" && python3 -m tokennorm.kernels.traffic "$out/tune.json" > "$out/traffic.md" \
+            2>"$out/tune_err.log" && python3 -m tokennorm.tools.kernel_report.traffic "$out/tune.json" > "$out/traffic.md" \
             && tail -12 "$out/traffic.md" ;;
     bench) python3 -m tokennorm bench ${BENCH_ARGS:-} --json "$out/bench.json" --csv "$out/bench.csv" \
              --plot "$out/bench.png" --markdown "$out/bench.md" > "$out/bench.log" 2>&1; rc=$?

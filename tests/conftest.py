@@ -74,12 +74,61 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def triton_backend(monkeypatch):
+def triton_backend():
     """Force tokennorm's Triton kernels for the test (they run in the interpreter on a CPU-only machine)."""
-    monkeypatch.setenv("TOKENNORM_BACKEND", "triton")
-    return KERNEL_DEVICE
+    import tokennorm
+
+    with tokennorm.using_backend("triton"):
+        yield KERNEL_DEVICE
 
 
 @pytest.fixture
-def torch_backend(monkeypatch):
-    monkeypatch.setenv("TOKENNORM_BACKEND", "torch")
+def torch_backend():
+    import tokennorm
+
+    with tokennorm.using_backend("torch"):
+        yield
+
+
+@pytest.fixture
+def backend_from_environment(monkeypatch):
+    """``setting(value)`` makes ``value`` the TOKENNORM_BACKEND tokennorm read at start-up (None: unset); the
+    setting in force before the test comes back after it."""
+    from tokennorm import backend
+
+    saved = (backend._name, backend._error)
+
+    def setting(value):
+        if value is None:
+            monkeypatch.delenv(backend.ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(backend.ENV_VAR, value)
+        backend._from_environment()
+
+    yield setting
+    backend._apply(*saved)
+
+
+@pytest.fixture
+def fake_gpu():
+    """``fake_gpu(check)`` runs a check of tests/kernels/fake_gpu.py (real Triton launchers on CPU tensors under a
+    fake CUDA driver, tokennorm.tools.kernel_report.fakecuda) in a process without Triton's interpreter and
+    returns its JSON result."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tokennorm
+
+    def run(check: str, timeout: int = 600) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        package_root = str(Path(tokennorm.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
+        script = Path(__file__).parent / "kernels" / "fake_gpu.py"
+        proc = subprocess.run([sys.executable, str(script), check], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run

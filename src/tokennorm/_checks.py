@@ -1,11 +1,13 @@
 """Argument checks for the Triton path, with torch's exception types and messages.
 
-The torch path needs none of these: torch raises its own errors. The Triton path calls them before launching,
-so a user sees the same error whichever backend runs. Kept cheap: they run on every call.
+The torch path needs none of these: torch raises its own errors (tokennorm only adds the name of a parameter
+on the wrong device). The Triton path calls them before launching, so a user sees the same error whichever
+backend runs. Kept cheap: they run on every call.
 """
 
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import Optional
 
@@ -13,7 +15,8 @@ import torch
 from torch import Tensor
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # float8: not in torch's either
+# Input dtypes the kernels take; the others go to torch, which computes them (complex rms_norm) or raises.
+KERNEL_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 
 
 def as_shape(normalized_shape, name: str = "normalized_shape") -> tuple[int, ...]:
@@ -48,55 +51,113 @@ def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def check_norm_inputs(
+def check_tensor_argument(op: str, name: str, position: int, value) -> None:
+    """TypeError, with torch's message, unless ``value`` is a Tensor or None."""
+    if value is not None and not isinstance(value, Tensor):
+        raise TypeError(
+            f"{op}(): argument '{name}' (position {position}) must be Tensor, not {type(value).__name__}"
+        )
+
+
+def as_eps(op: str, position: int, eps) -> float:
+    """``eps`` as a Python float; TypeError with torch's message for what torch refuses (None, str, complex,
+    tensors that are not 0-dim real). Accepts what torch accepts: ints, bools, numpy scalars, 0-dim tensors."""
+    if eps.__class__ is float:
+        return eps
+    if isinstance(eps, numbers.Real):
+        return float(eps)
+    if isinstance(eps, Tensor) and eps.dim() == 0 and not eps.is_complex():
+        return float(eps)
+    raise TypeError(f"{op}(): argument 'eps' (position {position}) must be float, not {type(eps).__name__}")
+
+
+def norm_row_length(
     op: str,
     input: Tensor,
-    normalized_shape: tuple[int, ...],
+    normalized_shape,
     weight: Optional[Tensor],
     bias: Optional[Tensor],
-) -> None:
-    """Raise as torch does for a bad input / normalized_shape / weight / bias combination."""
-    if input.dtype not in _KERNEL_DTYPES:
-        raise NotImplementedError(f'"{op}" not implemented for \'{_scalar_type_name(input.dtype)}\'')
-    k = len(normalized_shape)
-    if k == 0:
-        raise RuntimeError(
-            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
-            f"but got normalized_shape = {_fmt(normalized_shape)}"
-        )
-    if input.dim() < k or tuple(input.shape[input.dim() - k :]) != normalized_shape:
-        raise RuntimeError(
-            f"Given normalized_shape={_fmt(normalized_shape)}, expected input with shape [*, "
-            f"{', '.join(str(d) for d in normalized_shape)}], but got input of size{_fmt(input.shape)}"
-        )
+) -> int:
+    """Raise as torch does for a bad normalized_shape / weight / bias for ``input``; else return the row length
+    (the product of ``normalized_shape``). ``op`` is ``"layer_norm"`` or ``"rms_norm"`` (their messages differ,
+    as torch's do). The input's dtype is not checked here: dtypes the kernels do not take go to torch."""
+    if weight is not None and not isinstance(weight, Tensor):
+        check_tensor_argument(op, "weight", 3, weight)
+    if bias is not None and not isinstance(bias, Tensor):
+        check_tensor_argument(op, "bias", 4, bias)
+    if (normalized_shape.__class__ is tuple and len(normalized_shape) == 1
+            and normalized_shape[0].__class__ is int):  # the common case, e.g. a module's (4096,): no copy
+        shape, n = normalized_shape, normalized_shape[0]
+        trailing_ok = input.dim() >= 1 and input.shape[-1] == n
+    else:
+        shape = as_shape(normalized_shape)
+        n = 1
+        for d in shape:
+            n *= d
+        trailing_ok = 0 < len(shape) <= input.dim() and input.shape[input.dim() - len(shape):] == shape
+    if not trailing_ok:
+        _raise_shape_mismatch(op, input, shape)
+    device, dtype = input.device, input.dtype
     for name, p in (("weight", weight), ("bias", bias)):
         if p is None:
             continue
-        if tuple(p.shape) != normalized_shape:
+        if p.shape != shape:
             raise RuntimeError(
                 f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
-                f"{_fmt(p.shape)} and normalized_shape = {_fmt(normalized_shape)}"
+                f"{_fmt(p.shape)} and normalized_shape = {_fmt(shape)}"
             )
-    check_devices(input, weight, bias)
-    if op == "rms_norm":
-        return  # torch's rms_norm takes a weight of any floating dtype; the kernels load it as such
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.dtype != input.dtype and not (
-            p.dtype == torch.float32 and input.dtype in _LOW_PRECISION
-        ):
+        if p.device != device:
+            check_devices(input, weight, bias)
+        # torch's rms_norm takes a weight of any floating dtype (the kernels load it as such); layer_norm
+        # the input's dtype, or float32 for a 16-bit input
+        if op == "layer_norm" and p.dtype != dtype and not (p.dtype == torch.float32 and dtype in _LOW_PRECISION):
             raise RuntimeError(
-                f"mixed dtype: expected {name} to have the input's dtype ({input.dtype}), or torch.float32 for "
-                f"a bfloat16/float16 input, but got {name} of dtype {p.dtype}"
+                f"mixed dtype: expected {name} to have the input's dtype ({dtype}), or torch.float32 for a "
+                f"bfloat16/float16 input, but got {name} of dtype {p.dtype}"
             )
+    return n
+
+
+def check_dtype(op: str, input: Tensor) -> None:
+    """NotImplementedError as torch's for an input dtype no norm kernel takes (integers, bool, complex, float8)."""
+    if input.dtype not in KERNEL_DTYPES:
+        raise NotImplementedError(f'"{op}" not implemented for \'{_scalar_type_name(input.dtype)}\'')
+
+
+def check_norm_inputs(
+    op: str, input: Tensor, normalized_shape, weight: Optional[Tensor], bias: Optional[Tensor]
+) -> None:
+    """For the ops built on a norm (ada_norm, DyT, channels-first LayerNorm): the input's dtype (``op`` names the
+    kernel in the message, as torch's do), then :func:`norm_row_length`'s checks, with RMSNorm's messages for
+    ``op == "rms_norm"`` and LayerNorm's (and its parameter dtype rule) otherwise."""
+    check_dtype(op, input)
+    norm_row_length("rms_norm" if op == "rms_norm" else "layer_norm", input, normalized_shape, weight, bias)
+
+
+def _raise_shape_mismatch(op: str, input: Tensor, shape: tuple) -> None:
+    k = len(shape)
+    if k == 0:
+        raise RuntimeError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
+            f"but got normalized_shape = {_fmt(shape)}"
+        )
+    if op == "rms_norm" and input.dim() < k:
+        raise ValueError(f"Input tensor must have at least {k} dimensions, but got {input.dim()}")
+    star = "*, " if op == "layer_norm" else "*"
+    raise RuntimeError(
+        f"Given normalized_shape={_fmt(shape)}, expected input with shape [{star}"
+        f"{', '.join(str(d) for d in shape)}], but got input of size{_fmt(input.shape)}"
+    )
 
 
 def check_devices(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> None:
     """RuntimeError naming the parameter that is not on the input's device (torch's own message names none)."""
+    device = input.device
     for name, p in (("weight", weight), ("bias", bias)):
-        if isinstance(p, Tensor) and p.device != input.device:
+        if isinstance(p, Tensor) and p.device != device:
             raise RuntimeError(
                 f"Expected all tensors to be on the same device, but got {name} on {p.device} "
-                f"and input on {input.device}"
+                f"and input on {device}"
             )
 
 

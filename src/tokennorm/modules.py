@@ -78,7 +78,8 @@ class AddNorm(nn.Module):
         norm: ``"layernorm"`` or ``"rmsnorm"``.
         placement: ``"post"`` or ``"pre"``.
         dropout: probability of zeroing an element of ``x`` (the sublayer output) in training.
-        eps: ε inside the square root; default 1e-5 for LayerNorm, torch's default for RMSNorm.
+        eps: ε inside the square root; None (default) for the norm's default (:func:`tokennorm.add_norm`):
+            1e-5 for LayerNorm, torch's RMSNorm default for RMSNorm (the machine epsilon of h's compute dtype).
         elementwise_affine: learn γ (ones). bias: learn β (zeros); default True for LayerNorm, False for RMSNorm.
         residual_dtype: dtype of the residual stream h (e.g. torch.float32 under bf16 activations).
         weight_offset: y uses ``weight + weight_offset`` (1.0: Gemma-style zero-centred weight, initialised
@@ -114,7 +115,8 @@ class AddNorm(nn.Module):
         self.norm = norm
         self.placement = placement
         self.dropout = dropout
-        self.eps = eps if eps is not None or norm == "rmsnorm" else 1e-5
+        # As nn.LayerNorm / nn.RMSNorm store it: 1e-5 for LayerNorm, None (dtype-dependent) for RMSNorm.
+        self.eps = eps if eps is not None or norm == "rmsnorm" else TF.LAYER_NORM_EPS
         self.elementwise_affine = elementwise_affine
         self.residual_dtype = residual_dtype
         self.weight_offset = weight_offset

@@ -1,8 +1,9 @@
 """Merging the moments of pieces of a row into the row's statistics (pure PyTorch, deterministic).
 
 A row of N elements is cut into pieces of n_i elements (the shards of a tensor-parallel hidden dim; n_i may be
-0). The split-row kernel path merges its segments with the same formula inside the kernel
-(``kernels.norm_fwd.merged_stats``). Each piece contributes its mean m_i and centred sum of squares
+0). The long-row kernels merge a row's segments with the same formula inside the kernel
+(``kernels.helpers.merge_moments``, each segment's mean passed as a hi + lo pair, which lifts the float32 limit
+described below). Each piece contributes its mean m_i and centred sum of squares
 M2_i = Σ(x − m_i)². The merge is Chan, Golub & LeVeque's parallel form, shifted by the mean of the largest
 piece s so that the deviations are small numbers::
 
@@ -18,7 +19,6 @@ any float32 LayerNorm, torch's included, applies to every element.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = ["merge_moments"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import tokennorm
 from conftest import BACKENDS, KERNEL_DEVICE
 from tokennorm import reference
-from tokennorm.kernels.config import TileConfig
+from tokennorm.kernels.config import KernelConfig
 from tokennorm.kernels.launch import norm_backward, norm_forward
 
 
@@ -125,7 +125,7 @@ def test_chunked_path_with_residual_dropout_and_stored_h():
     seed = torch.tensor([99], device=KERNEL_DEVICE)
     single = norm_forward(x, w, None, r, seed, 1e-5, 0.3, 0.0, False, torch.float32)
     chunked = norm_forward(x, w, None, r, seed, 1e-5, 0.3, 0.0, False, torch.float32,
-                           config=TileConfig(1, 16, False, 1))
+                           config=KernelConfig("chunked", 16, 1))
     assert torch.equal(single.h, chunked.h)  # same Philox offsets whatever the tiling
     torch.testing.assert_close(chunked.y, single.y, atol=2e-6, rtol=0)
     keep = (single.h - r) != 0
@@ -137,7 +137,7 @@ def test_chunked_path_with_residual_dropout_and_stored_h():
     ref = reference.add_norm_backward(dy.double().cpu(), dh.double().cpu(), h_ref, x.double().cpu(),
                                       r.double().cpu(), (40,), w.double().cpu(), None, 1e-5,
                                       keep_mask=keep.cpu(), dropout_p=0.3)
-    for config in (None, TileConfig(1, 16, False, 1)):
+    for config in (None, KernelConfig("long_rows", 16, 1)):  # whole rows; rows split over programs
         out = norm_backward(dy, single.h, w, single.mean, single.rstd, dh, seed, 0.3, 0.0, False, True, False,
                             torch.float32, torch.float32, config=config)
         torch.testing.assert_close(out.dx.double().cpu(), ref.dx, atol=1e-5, rtol=0)

@@ -77,22 +77,27 @@ def test_accepts_what_torch_accepts(backend, normalized_shape):
     torch.testing.assert_close(tokennorm.rms_norm(x, normalized_shape), F.rms_norm(x, normalized_shape))
 
 
-def test_unknown_backend_is_a_value_error(monkeypatch):
-    monkeypatch.setenv("TOKENNORM_BACKEND", "bogus")
-    for call in (lambda: tokennorm.layer_norm(X, (4,)), lambda: tokennorm.RMSNorm(4)(X)):
-        with pytest.raises(ValueError, match="bogus") as info:
+def test_unknown_backend_is_a_value_error(backend_from_environment):
+    backend_from_environment("bogus")
+    for call in (lambda: tokennorm.layer_norm(X, (4,)), lambda: tokennorm.RMSNorm(4)(X), tokennorm.get_backend):
+        with pytest.raises(ValueError, match="TOKENNORM_BACKEND='bogus'") as info:
             call()
         assert all(name in str(info.value) for name in ("auto", "torch", "triton"))
+    for switch in (tokennorm.set_backend, tokennorm.using_backend):
+        with pytest.raises(ValueError, match="'cuda' is not a tokennorm backend"):
+            switch("cuda")
+        with pytest.raises(TypeError, match="str"):
+            switch(None)
 
 
 def test_triton_on_cpu_without_interpreter_refuses(monkeypatch):
     """No silent fallback to torch: asking for Triton where it cannot run is an error."""
-    monkeypatch.setenv("TOKENNORM_BACKEND", "triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        tokennorm.layer_norm(X, (4,))
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        tokennorm.rms_norm(X, (4,))
+    monkeypatch.setattr(tokennorm.backend, "_kernels_run_on_cpu", False)  # as when imported without the interpreter
+    with tokennorm.using_backend("triton"):
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            tokennorm.layer_norm(X, (4,))
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            tokennorm.rms_norm(X, (4,))
 
 
 # --- inputs are never modified ------------------------------------------------------------------------------

@@ -143,8 +143,7 @@ def tp_layer_norm_fp32(ctx: Ctx) -> None:
 def tp_norms_triton_local_kernels(ctx: Ctx) -> None:
     """The Triton path for the local work (moments kernel → collective → normalize kernel; here under Triton's
     interpreter on the CPU): same results as the reference, fp32 and bf16, uneven and empty shards."""
-    os.environ["TOKENNORM_BACKEND"] = "triton"
-    try:
+    with tokennorm.using_backend("triton"):
         _check_norm(ctx, is_rms=False, dtype=torch.float32, tol=FP32, affine=True, eps=1e-5)
         _check_norm(ctx, is_rms=True, dtype=torch.float32, tol=FP32, affine=True, eps=None)
         _check_norm(ctx, is_rms=False, dtype=torch.bfloat16, tol=BF16, affine=True, eps=1e-5)
@@ -156,8 +155,6 @@ def tp_norms_triton_local_kernels(ctx: Ctx) -> None:
         exact = ref.layer_norm(x.double(), (n,))
         assert_close(td.sharded_layer_norm(_slice(x, sizes, ctx.rank), full_size=n).double(),
                      _slice(exact, sizes, ctx.rank), **FP32)
-    finally:
-        os.environ.pop("TOKENNORM_BACKEND", None)
 
 
 @check

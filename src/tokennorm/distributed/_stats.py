@@ -3,7 +3,7 @@
 Pure math, no communication, so it can be checked in one process. A row of N elements is split into shards of
 n_i elements (n_i may be 0). Each rank sends, per row, the mean m_i and the centred sum of squares
 M2_i = Σ(x − m_i)² of its shard, and once per call its count n_i; the merge is :mod:`tokennorm.moments`
-(Chan's parallel form, shifted by the mean of the largest shard), the same one the split-row kernel path uses.
+(Chan's parallel form, shifted by the mean of the largest shard), the same one the long-row kernels use.
 """
 
 from __future__ import annotations

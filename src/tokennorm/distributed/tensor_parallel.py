@@ -33,7 +33,6 @@ from tokennorm.distributed._dtensor import unwrap
 from tokennorm.distributed._stats import local_moments, merge_moments
 from tokennorm.distributed._validate import LocalProblem, all_gather_single, exchange_and_check
 from tokennorm.kernels import launch
-from tokennorm.kernels.config import backward_config, forward_config
 from tokennorm.reference import compute_dtype, default_rms_eps
 
 __all__ = ["default_shard_sizes", "sharded_layer_norm", "sharded_rms_norm", "sharded_add_norm"]
@@ -77,19 +76,15 @@ def _triton_forward(
     collective and merge as the torch path, one pass to normalize. Returns (y, mean, rstd, N) like it."""
     rows, width = math.prod(x.shape[:-1]), x.shape[-1]
     x2 = _row_major(x.reshape(rows, width))
-    cfg = forward_config(max(width, 1))
-    if width:
-        seg_mean, seg_m2, _ = launch.norm_moments(x2, None, None, 0.0, is_rms, None, width, cfg)
-    else:  # an empty shard contributes nothing
-        seg_mean = seg_m2 = x2.new_zeros((rows, 1), dtype=compute_dtype(x.dtype))
+    seg_mean, seg_m2 = launch.segment_moments(x2, is_rms)  # [rows] each; zeros for an empty shard
     acc = seg_m2.dtype
     if is_rms:
-        buf = torch.cat([seg_m2[:, 0], seg_m2.new_full((1,), float(width))])  # [rows + 1]: Σx², n_i
+        buf = torch.cat([seg_m2, seg_m2.new_full((1,), float(width))])  # [rows + 1]: Σx², n_i
         dist.all_reduce(buf, group=group)
         total = buf[rows:]
         mean, rstd = None, 1.0 / torch.sqrt(buf[:rows, None] / total + eps)
     else:
-        mine = torch.cat([seg_mean[:, 0], seg_m2[:, 0], seg_m2.new_full((1,), float(width))])  # [2·rows + 1]
+        mine = torch.cat([seg_mean, seg_m2, seg_m2.new_full((1,), float(width))])  # [2·rows + 1]
         world = dist.get_world_size(group)
         gathered = mine.new_empty(world * mine.numel())
         all_gather_single(gathered, mine, group=group)
@@ -97,8 +92,8 @@ def _triton_forward(
         rstd = 1.0 / torch.sqrt(var + eps)
     w = None if weight is None else weight.contiguous()
     b = None if bias is None else bias.contiguous()
-    y = launch.norm_apply(x2, w, b, None if mean is None else mean[:, 0].to(acc), rstd[:, 0].to(acc),
-                          weight_offset, is_rms, max(width, 1), cfg)
+    y = launch.segment_apply(x2, w, b, None if mean is None else mean[:, 0].to(acc), rstd[:, 0].to(acc),
+                             weight_offset, is_rms)
     return y.reshape(x.shape), mean, rstd, total
 
 
@@ -109,24 +104,19 @@ def _triton_backward(ctx, dy: Tensor, x: Tensor, weight: Optional[Tensor], mean:
     rows, width = math.prod(x.shape[:-1]), x.shape[-1]
     x2 = _row_major(x.reshape(rows, width))
     dy2 = _row_major(dy.reshape(rows, width))
-    cfg = backward_config(max(width, 1))
     acc = compute_dtype(x.dtype)
     mean_rows = x2.new_empty(0, dtype=acc) if mean is None else mean.reshape(rows).contiguous()
     rstd_rows = rstd.reshape(rows).contiguous()
     w = None if weight is None else weight.contiguous()
-    if width:
-        sums = launch.norm_backward_sums(dy2, x2, w, mean_rows, rstd_rows, ctx.weight_offset, mean is None,
-                                         width, cfg)[:, 0]  # [rows, 2]
-    else:
-        sums = x2.new_zeros((rows, 2), dtype=acc)
+    sums = launch.segment_sums(dy2, x2, w, mean_rows, rstd_rows, ctx.weight_offset, mean is None)  # [rows, 2]
     # The same collective as the torch path: Σg·x̂, and Σg for LayerNorm only.
     reduced = sums if mean is not None else sums[:, :1].contiguous()
     if rows:
         dist.all_reduce(reduced, group=ctx.group)
     row_means = (reduced if mean is not None else torch.cat([reduced, reduced.new_zeros(rows, 1)], 1)) / total
     needs_dw, needs_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    out = launch.norm_backward(dy2, x2, w, mean_rows, rstd_rows, None, None, 0.0, ctx.weight_offset, mean is None,
-                               needs_dw, needs_db, x.dtype, None, config=cfg, row_means=row_means)
+    out = launch.segment_dx(dy2, x2, w, mean_rows, rstd_rows, row_means, ctx.weight_offset, mean is None, needs_dw,
+                            needs_db, x.dtype)
     dx = out.dx.reshape(x.shape) if ctx.needs_input_grad[0] else None
     dweight = out.dweight.to(weight.dtype) if needs_dw else None
     dbias = out.dbias.to(ctx.bias_dtype) if needs_db else None

@@ -1,35 +1,48 @@
-"""tokennorm's Triton kernels: one forward and one backward kernel family, launched without torch autograd.
+"""tokennorm's Triton kernels: one kernel per algorithm, launched without torch autograd.
 
 Map of this package (the layers above: :mod:`tokennorm.ops` registers the launches as ``torch.library`` ops,
 :mod:`tokennorm.functional` checks arguments and picks the backend):
 
-``norm_fwd.py``
-    ``norm_fwd_kernel``: (residual +) (dropout) → LayerNorm | RMSNorm → (· (γ + offset)) (+ β), with the
-    row helpers the backward shares (``row_sums``, ``row_mean``, ``dropout_keep``). Compile-time switches:
-    ``IS_RMS``, ``HAS_WEIGHT``, ``HAS_BIAS``, ``HAS_RESIDUAL``, ``HAS_DROPOUT``, ``STORE_H``, ``STORE_STATS``,
-    ``PERSISTENT``, ``LOOP_STAGES``, ``SINGLE_CHUNK``, ``FUSED_SUMS`` and the ``STATS`` mode:
-    ``STATS_COMPUTE`` (the usual case), ``STATS_MOMENTS`` / ``STATS_MERGE`` (split rows: each segment's moments,
-    then every segment merges its row's moments and normalizes), ``STATS_GIVEN`` (statistics merged elsewhere,
-    e.g. across tensor-parallel ranks).
-``norm_bwd.py``
-    ``norm_bwd_kernel``: dx (and the residual's gradient) plus float32 dγ/dβ partial rows, one per program.
-    Switches: ``IS_RMS``, ``HAS_WEIGHT``, ``COMPUTE_DW``, ``COMPUTE_DB``, ``HAS_DH_IN``, ``HAS_DROPOUT``,
-    ``STORE_DRES``, ``LOOP_STAGES``, ``SINGLE_CHUNK``, ``FUSED_SUMS`` and the ``DOTS`` mode: ``DOTS_COMPUTE``,
-    ``DOTS_SUMS`` / ``DOTS_SEGMENTS`` (split rows), ``DOTS_GIVEN`` (row means reduced elsewhere).
+``helpers.py``
+    The @triton.jit pieces every kernel is written from, each piece of arithmetic once: loading h = residual +
+    dropout(x) (``load_h``), row statistics by the corrected two-pass (``row_stats``), segment moments and their
+    merge by Chan's formula (``segment_moments``, ``merge_moments``), y = x̂ · (γ + offset) + β
+    (``scale_shift``), the backward's tile, row sums and dx (``load_grad_tile``, ``grad_sums``, ``store_dx``),
+    correctly rounded 1/N and 1/sqrt, and the explicit round-to-nearest-even casts the interpreter needs.
+``rows.py``
+    ``rows_forward_kernel`` / ``rows_backward_kernel``: the whole row in registers on a persistent grid, the
+    next row tile prefetched, γ/β loaded once per program; the backward writes one float32 dγ/dβ partial row
+    per program (summed afterwards: deterministic, no atomics).
+``chunked.py``
+    ``chunked_forward_kernel``: rows too long for registers walked twice by one program, the second pass served
+    from L2 (``evict_last`` then ``evict_first``) while the rows in flight fit it.
+``long_rows.py``
+    ``long_rows_forward_kernel`` / ``long_rows_backward_kernel``: a row split over co-resident programs that
+    exchange partial statistics (forward) or row sums (backward) through global memory — work taken from an
+    atomic ticket counter, so no program waits on one that has not started; the deadlock argument is in the
+    module docstring. Under the interpreter the same kernel runs as two launches (``EXCHANGE``).
+``segment.py``
+    ``segment_forward_kernel`` / ``segment_backward_kernel``: one pass over a column segment with the row
+    statistics or sums reduced elsewhere — the local part of the tensor-parallel norms, and the backward of rows
+    beyond the long-row capacity.
 ``config.py``
-    Launch configurations as data: ``TileConfig`` (a frozen dataclass) chosen per row length by
-    ``forward_config`` / ``backward_config``; the thresholds (whole-row tile up to 32K elements forward and 8K
-    backward, chunk widths, programs per SM, ``row_groups``, ``segment_width``) and why, cached per row length.
+    Modes and tiles as data (``KernelConfig``), chosen per row length by ``forward_config`` /
+    ``backward_config`` from the device's SM count and L2 size (``device_facts``), each threshold with its
+    reason.
+``plan.py``
+    ``ForwardPlan`` / ``BackwardPlan``: every decision about a call that does not depend on its data (mode,
+    tile, ε and its float32 remainder, dtypes, which inputs and outputs exist, the compile-time switches),
+    built once per distinct call and cached.
 ``launch.py``
-    Allocate outputs, pick the config, launch: ``norm_forward``, ``norm_backward`` and the pieces of the
-    split-row and tensor-parallel paths (``norm_moments``, ``norm_apply``, ``norm_backward_sums``). Paired row
-    sums are one fused reduction on GPU builds and two ``tl.sum`` under the interpreter (``FUSED_SUMS``).
-``compile_check.py``
-    ``python -m tokennorm.kernels.compile_check``: build every kernel mode for sm_90 without a GPU (Triton's
-    compiler and ptxas); ``--configs`` reports registers, spills and programs per SM. A development tool.
-``traffic.py``
-    ``python -m tokennorm.kernels.traffic RUN.json``: the HBM bytes a launch plan moves, next to the fewest the
-    op needs, applied to a ``benchmarks/tune_kernels.py`` run. A development tool.
+    Allocate outputs and launch a plan: ``norm_forward`` / ``norm_backward`` (and ``run_forward`` /
+    ``run_backward`` taking a plan), and the tensor-parallel pieces (``segment_moments``, ``segment_apply``,
+    ``segment_sums``, ``segment_dx``).
+``launcher.py`` (when present)
+    The cached launcher every kernel is called through: low host cost in eager mode, ``wrap_triton`` while
+    ``torch.compile`` traces.
+
+Development tools about these kernels live in :mod:`tokennorm.tools.kernel_report` (what each launch compiles
+to, ``compile_check``: every mode built for sm_90 without a GPU, ``traffic``: the HBM bytes each plan moves).
 
 Under ``TRITON_INTERPRET=1`` (set before import) the kernels run on CPU tensors in Triton's interpreter; the
 tests use that on machines without a GPU.

@@ -1,66 +1,107 @@
-"""Launch configurations as data: one frozen dataclass per kernel, chosen by a named heuristic.
+"""Launch configurations as data: which kernel (mode) runs a row length, and how it is tiled.
 
-The thresholds started from register-budget arithmetic for Hopper (64K 32-bit registers per SM, 255 per
-thread) and were then adjusted from one run of benchmarks/tune_kernels.py on an H100 (2026-11-23);
-benchmarks/RESULTS.md records those numbers.
-Every value is cached per (row length, element size, device), so a call pays one dict lookup.
+Modes, one kernel each (forward / backward):
+
+* ``rows`` — the whole row in registers (``kernels/rows.py``), a persistent grid;
+* ``chunked`` — forward only: one program walks its row twice, the second pass from L2 (``kernels/chunked.py``),
+  chosen while the rows in flight fit the L2;
+* ``long_rows`` — the row split over co-resident programs that exchange partial statistics
+  (``kernels/long_rows.py``), chosen beyond that, while a row's programs fit half the resident capacity;
+* ``segment`` — one pass over a column segment with statistics reduced elsewhere (``kernels/segment.py``):
+  tensor parallelism, and the backward of rows beyond the long-row capacity.
+
+The tiles were chosen without a GPU, from the compiled kernels (registers, spills, programs per SM, SASS per
+element; ``python -m tokennorm.tools.kernel_report.compile_check --configs``, table in benchmarks/RESULTS.md)
+and from the one H100 tuning run of the previous kernels (same file). Every config a plan can pick is cached
+per (row length, element size, device), so a call pays one dict lookup.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
-import triton
 
-# Forward keeps one float32 copy of the row in registers: 32K elements over 32 warps is 32 per thread.
-FWD_MAX_SINGLE_CHUNK_N = 32768
-# Backward keeps h, dy, x̂ and g live. Measured on an H100: at N = 16K the chunked walk beat the whole-row tile
-# (0.52 vs 0.32–0.38 of copy), so whole rows stop at 8K.
-BWD_MAX_SINGLE_CHUNK_N = 8192
-# Longer rows are walked in chunks of this many elements.
-FWD_CHUNK_N = 8192
-BWD_CHUNK_N = 8192
-BWD_LONG_CHUNK_N = 16384  # backward chunk from 64K on (H100: 16K chunks led at 64K, 256K and 1M)
-BWD_LONG_N = 65536
-# A tile should hold at least this many elements so that small rows still keep enough loads in flight.
-MIN_TILE_ELEMENTS = 4096
-# Backward grid: this many programs per SM, each reducing its rows' dγ/dβ into one float32 partial row.
-# H100: 4 led for whole-row tiles at N ≤ 4K; 1 led (or tied) for chunked rows. Chunked rows are split into
-# one-chunk segments, and the row groups shrink by the number of segments (see backward_programs).
-BWD_PROGRAMS_PER_SM_SINGLE = 4
-BWD_PROGRAMS_PER_SM_CHUNKED = 1
-# The interpreter runs programs one after another: few programs, same total work.
-INTERPRETER_SM_COUNT = 4
+
+ROWS, CHUNKED, LONG_ROWS, SEGMENT = "rows", "chunked", "long_rows", "segment"
+MODES = (ROWS, CHUNKED, LONG_ROWS, SEGMENT)
 
 
 @dataclass(frozen=True)
-class TileConfig:
+class KernelConfig:
     """How one kernel launch tiles an [M, N] problem."""
 
-    block_m: int  # rows per tile
-    block_n: int  # columns per tile: the whole row (single_chunk) or one chunk of it
-    single_chunk: bool  # the whole row fits one tile
+    mode: str  # one of MODES
+    block_n: int  # columns per tile: ≥ N (rows), one chunk (chunked, segment), one segment (long_rows)
     num_warps: int
-    # > 1 splits each row over this many programs. Forward: segment moments, then merge and normalize, so
-    # that a few long rows still fill the GPU (opt-in until measured). Backward: segment sums, then dx and
-    # dγ/dβ, the default for chunked rows (see backward_config).
-    segments: int = 1
-    # Forward only, whole-row tiles: > 0 makes the grid persistent, this many programs per SM walking the row
-    # tiles (with num_stages > 1, the next tiles' loads overlap this tile's reductions).
-    programs_per_sm: int = 0
-    # Software-pipelining depth of the kernels' innermost loops over row tiles and chunks (the LOOP_STAGES
-    # switch, tl.range's num_stages): 1 means none. Off by default until measured on a GPU.
+    block_m: int = 1  # rows per tile (rows, segment)
+    # Persistent grids (rows, chunked, long_rows): programs per SM — what fits on an SM by the compiled
+    # kernel's registers (compile_check --configs checks it), so the whole grid is resident.
+    programs_per_sm: int = 1
+    # rows: depth of the row loop's software pipeline (tl.range num_stages; 2: the next tile's loads are in
+    # flight while this one reduces).
     num_stages: int = 1
+    # A register cap per thread (Triton's maxnreg) where the compiler's choice leaves an SM a program short and
+    # the cap costs no spills; None: the compiler's choice.
+    max_registers: Optional[int] = None
+
+    @property
+    def launch_options(self) -> dict:
+        """Compile/launch options beside the constexprs."""
+        options = {"num_warps": self.num_warps}
+        if self.max_registers:
+            options["maxnreg"] = self.max_registers
+        return options
 
 
-# Whole-row tiles measured fastest on an H100 (benchmarks/tune_kernels.py, bf16, M·N = 2^27, 2026-11-23),
-# keyed by the padded row length; other lengths use the rule in _tile. One noisy run: the same tile measured
-# for LayerNorm and for RMSNorm differed by up to 1.6×, so only choices that led in both are taken.
-MEASURED_FWD: dict[int, "TileConfig"] = {}
-MEASURED_BWD: dict[int, "TileConfig"] = {}
+class DeviceFacts(NamedTuple):
+    sms: int
+    l2_bytes: int
+
+
+# L2 sizes by device name, for when torch does not report one (bytes).
+L2_BYTES_BY_NAME = {"H100": 50 << 20, "H200": 60 << 20, "H800": 50 << 20, "GH200": 60 << 20, "A100": 40 << 20}
+DEFAULT_L2_BYTES = 40 << 20
+# The interpreter runs programs one after another: a few "SMs" keep grids small, same total work.
+INTERPRETER_FACTS = DeviceFacts(sms=4, l2_bytes=DEFAULT_L2_BYTES)
+
+# A chunked row's second pass hits L2 only while the rows in flight (programs × row bytes) stay well inside
+# it: H100's L2 is two partitions, and other data (γ, β, outputs on their way out) competes for it.
+L2_FRACTION = 0.5
+
+# Forward, whole rows: up to 16K elements (32 float32 values per thread at 16 warps: 125 registers; 32K spills).
+FWD_ROWS_MAX_N = 16384
+# Backward, whole rows: dy, x̂ and the dγ/dβ accumulators are live together; 8K at 16 warps is the last tile
+# that compiles without spills.
+BWD_ROWS_MAX_N = 8192
+
+# Rows tiles by padded row length (bf16 LayerNorm compiled for sm_90, 2026-11-30; benchmarks/RESULTS.md,
+# "Kernels v2: static report"): (rows per tile, warps, programs per SM, pipeline stages, register cap).
+# 8 elements per thread (one 16-byte bf16 vector) up to 2K, 16 at 4K–8K, 32 at 16K; a row per warp below 256.
+_FWD_ROWS = {
+    128: (2, 1, 32, 2, None), 256: (1, 1, 32, 2, None), 512: (1, 2, 20, 2, None),
+    1024: (1, 4, 12, 2, 40),  # 40 registers: 12 programs (48 warps) per SM instead of 10 at 47, no spills
+    2048: (1, 8, 6, 2, 40),
+    4096: (1, 8, 4, 2, None),
+    8192: (1, 16, 2, 2, 64),  # 64 registers: 2 programs per SM instead of 1 at 74, no spills
+    16384: (1, 16, 1, 1, None),  # 125 registers: no room for a second stage
+}
+_BWD_ROWS = {
+    128: (2, 1, 24, 2, None), 256: (1, 1, 32, 2, None), 512: (1, 2, 16, 2, None), 1024: (1, 4, 8, 2, None),
+    2048: (1, 8, 4, 2, None),
+    4096: (1, 8, 2, 2, None),  # 110 registers: 2 programs per SM, the next row prefetched (cp.async)
+    8192: (1, 16, 1, 2, None),
+}
+# Chunked forward: 8K-element chunks at 16 warps (40 registers), one program per SM so that the rows in
+# flight stay in L2 up to N = 64K (bf16) on an H100.
+FWD_CHUNK = KernelConfig(CHUNKED, 8192, 16, programs_per_sm=1)
+# Long rows: one 16K-element segment per program forward (≤ 128 registers, 1 per SM: 64 segments at N = 1M),
+# 8K backward (dy, x̂ and the dγ/dβ accumulators: 121 registers; 128 segments at N = 1M).
+FWD_LONG_ROWS = KernelConfig(LONG_ROWS, 16384, 16, programs_per_sm=1)
+BWD_LONG_ROWS = KernelConfig(LONG_ROWS, 8192, 16, programs_per_sm=1)
+SEGMENT_CHUNK = 8192
 
 
 def cdiv(a: int, b: int) -> int:
@@ -70,68 +111,94 @@ def cdiv(a: int, b: int) -> int:
 
 def pow2(k: int) -> int:
     """The smallest power of two ≥ k (a tl.arange length)."""
-    return 1 << (k - 1).bit_length()
-
-
-def segment_width(n: int, segments: int, block_n: int) -> int:
-    """Columns per segment when a row of ``n`` is split over ``segments`` programs: a multiple of the tile
-    width (aligned, vectorizable loads), so the real number of segments is ``cdiv(n, segment_width)``."""
-    return cdiv(cdiv(n, segments), block_n) * block_n
-
-
-def _warps_for(tile_elements: int) -> int:
-    # About 16 elements per thread, at least one warp, at most 16.
-    return max(1, min(16, triton.next_power_of_2(tile_elements) // 512))
-
-
-def _tile(n: int, max_single: int, chunk: int, measured: dict[int, TileConfig]) -> TileConfig:
-    if n <= max_single:
-        # At least 2 columns: a tile whose reduced axis has size 1 is a corner of Triton's code generation
-        # that only N = 1 reaches (suspected in the one GPU failure at M = 3, N = 1; the interpreter passes).
-        # One masked column costs nothing there.
-        block_n = triton.next_power_of_2(max(n, 2))
-        if block_n in measured:
-            return measured[block_n]
-        block_m = max(1, min(64, MIN_TILE_ELEMENTS // block_n))
-        return TileConfig(block_m, block_n, True, _warps_for(block_m * block_n))
-    return TileConfig(1, chunk, False, _warps_for(chunk))
+    return 1 << max(k - 1, 0).bit_length()
 
 
 @functools.lru_cache(maxsize=None)
-def forward_config(n: int) -> TileConfig:
-    """Tiling for the forward kernel on rows of ``n`` elements."""
-    return _tile(n, FWD_MAX_SINGLE_CHUNK_N, FWD_CHUNK_N, MEASURED_FWD)
+def device_facts(device: torch.device) -> DeviceFacts:
+    """SM count and L2 size of ``device``: from the device's properties, L2 from a table by name if torch does
+    not report it; the interpreter's small fixed machine for CPU tensors."""
+    if device.type != "cuda":
+        return INTERPRETER_FACTS
+    props = torch.cuda.get_device_properties(device)
+    l2 = getattr(props, "L2_cache_size", 0) or next(
+        (size for name, size in L2_BYTES_BY_NAME.items() if name in props.name), DEFAULT_L2_BYTES)
+    return DeviceFacts(props.multi_processor_count, l2)
 
 
-@functools.lru_cache(maxsize=None)
-def backward_config(n: int) -> TileConfig:
-    """Tiling for the backward kernel on rows of ``n`` elements.
+def _rows_tile(n: int, table: dict, max_n: int) -> Optional[KernelConfig]:
+    """The rows tile for n elements, or None when the row is longer than ``max_n`` (too long for registers)."""
+    block_n = pow2(max(n, 2))  # ≥ 2 columns: no size-1 reduction axis
+    if block_n > max_n:
+        return None
+    key = max(block_n, min(table))
+    block_m, warps, per_sm, stages, max_registers = table[key]
+    block_m = max(1, block_m * key // block_n)  # short rows: more of them per tile, same elements
+    return KernelConfig(ROWS, block_n, warps, block_m, per_sm, stages, max_registers)
 
-    Rows too long for one tile are split into one-chunk segments. The chunked walk reads h and dy twice
-    either way (row sums, then dx), but split rows let the grid be few row groups × many segments, and each
-    row group writes one float32 partial row of dγ (and dβ): with one group per SM, those partials cost 0.7×
-    the bytes the gradient needs at N = 256K and 2.7× at N = 1M (LayerNorm, bf16; H100, 2026-11-23;
-    benchmarks/RESULTS.md, "Where the backward's time goes").
+
+def _float64_tile(n: int, doubled: KernelConfig) -> KernelConfig:
+    """float64 rows take the warps of the float32 tile twice as long (two registers per value), uncapped."""
+    block_n = pow2(max(n, 2))
+    return KernelConfig(ROWS, block_n, doubled.num_warps, max(1, doubled.block_m * doubled.block_n // (2 * block_n)),
+                        doubled.programs_per_sm, doubled.num_stages)
+
+
+def long_rows_segments(n: int, cfg: KernelConfig) -> int:
+    return cdiv(n, cfg.block_n)
+
+
+def long_rows_fit(n: int, cfg: KernelConfig, facts: DeviceFacts) -> bool:
+    """A long row's programs (one per segment) must all be resident at once: see kernels/long_rows.py."""
+    return long_rows_segments(n, cfg) <= cfg.programs_per_sm * facts.sms
+
+
+def chunked_fits_l2(n: int, stream_bytes: int, cfg: KernelConfig, facts: DeviceFacts) -> bool:
+    """Whether the rows a chunked forward has in flight stay in L2 between its two passes.
+
+    ``stream_bytes``: bytes per element the second pass reads again (x's itemsize, plus the residual's, or h's
+    when h is stored).
     """
-    cfg = _tile(n, BWD_MAX_SINGLE_CHUNK_N, BWD_LONG_CHUNK_N if n >= BWD_LONG_N else BWD_CHUNK_N, MEASURED_BWD)
-    return cfg if cfg.single_chunk else dataclasses.replace(cfg, segments=cdiv(n, cfg.block_n))
+    return cfg.programs_per_sm * facts.sms * n * stream_bytes <= L2_FRACTION * facts.l2_bytes
 
 
-@functools.lru_cache(maxsize=None)
-def sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return INTERPRETER_SM_COUNT
+@functools.lru_cache(maxsize=1024)
+def forward_config(n: int, stream_bytes: int = 2, acc_bytes: int = 4,
+                   facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
+    """The forward kernel and tile for rows of ``n`` elements (``acc_bytes`` 8 for float64)."""
+    rows = _rows_tile(n * acc_bytes // 4, _FWD_ROWS, FWD_ROWS_MAX_N)
+    if rows is not None:
+        return rows if acc_bytes == 4 else _float64_tile(n, rows)
+    if chunked_fits_l2(n, stream_bytes, FWD_CHUNK, facts):
+        return FWD_CHUNK
+    long_rows = FWD_LONG_ROWS if acc_bytes == 4 else KernelConfig(LONG_ROWS, FWD_LONG_ROWS.block_n // 2, 16)
+    if long_rows_fit(n, long_rows, facts):
+        return long_rows
+    return FWD_CHUNK  # beyond the resident capacity: the second pass comes from HBM
 
 
-def backward_programs_per_sm(config: TileConfig) -> int:
-    """Programs per SM the backward grid aims for with this tiling."""
-    return BWD_PROGRAMS_PER_SM_SINGLE if config.single_chunk else BWD_PROGRAMS_PER_SM_CHUNKED
+@functools.lru_cache(maxsize=1024)
+def backward_config(n: int, acc_bytes: int = 4, facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
+    """The backward kernel and tile for rows of ``n`` elements."""
+    rows = _rows_tile(n * acc_bytes // 4, _BWD_ROWS, BWD_ROWS_MAX_N)
+    if rows is not None:
+        return rows if acc_bytes == 4 else _float64_tile(n, rows)
+    long_rows = BWD_LONG_ROWS if acc_bytes == 4 else KernelConfig(LONG_ROWS, BWD_LONG_ROWS.block_n // 2, 16)
+    if long_rows_fit(n, long_rows, facts):
+        return long_rows
+    return segment_config(n, acc_bytes)
 
 
-def backward_programs(m: int, device: torch.device, config: TileConfig, segments: int = 1) -> tuple[int, int]:
-    """(row groups, rows per group) for a backward grid of row groups × ``segments`` over ``m`` rows."""
-    return row_groups(m, backward_programs_per_sm(config) * sm_count(device), segments)
+def segment_config(seg_n: int, acc_bytes: int = 4) -> KernelConfig:
+    """Segment kernels over ``seg_n``-column segments: one chunk when it fits, several rows per tile for short
+    segments."""
+    block_n = min(pow2(max(seg_n, 2)), SEGMENT_CHUNK * 4 // acc_bytes)
+    block_m = max(1, min(16, 2048 // block_n))
+    return KernelConfig(SEGMENT, block_n, max(1, min(16, block_m * block_n // 256)), block_m)
+
+
+def backward_programs_per_sm(cfg: KernelConfig) -> int:
+    return cfg.programs_per_sm
 
 
 def row_groups(m: int, programs: int, segments: int = 1) -> tuple[int, int]:
@@ -143,14 +210,3 @@ def row_groups(m: int, programs: int, segments: int = 1) -> tuple[int, int]:
     groups = max(1, min(m, programs // segments))
     rows_per_group = cdiv(m, groups)
     return cdiv(m, rows_per_group), rows_per_group
-
-
-MEASURED_FWD.update({
-    4096: TileConfig(2, 4096, True, 4),  # 0.59 / 0.94 of copy (LN / RMS) vs 0.40 / 0.72 for (1, 8 warps)
-    16384: TileConfig(2, 16384, True, 32),
-    32768: TileConfig(1, 32768, True, 32),  # 0.84 / 0.52 vs 0.40 / 0.47 with 16 warps
-})
-MEASURED_BWD.update({
-    1024: TileConfig(4, 1024, True, 4),  # 0.54 / 0.79 vs 0.37 / 0.65 with 8 warps
-    4096: TileConfig(4, 4096, True, 8),  # 0.67 (4 per SM) vs 0.41 / 0.43 for (1, 8 warps)
-})

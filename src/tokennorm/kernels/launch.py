@@ -1,56 +1,39 @@
-"""Launchers: allocate outputs, pick a config, launch. No autograd and no argument checking here.
+"""Launchers: allocate outputs, take the call's plan, launch. No autograd and no argument checking here.
 
-Kernels are launched through ``torch.library.wrap_triton`` so that ``torch.compile`` traces into them; in
-eager mode that wrapper is a plain launch. Inputs are [M, N] views whose last stride is 1.
+Kernels are launched through :class:`~tokennorm.kernels.launcher.CachedLauncher`: from a per-specialization
+cache in eager mode, through ``torch.library.wrap_triton`` while torch.compile traces. Every launch has the form
+``KERNEL[grid](*tensors_and_scalars, **plan.launch_kwargs, ...)``. Inputs are [M, N] views whose last stride is 1.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import struct
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from tokennorm.kernels.config import (
-    TileConfig, backward_config, backward_programs, cdiv, forward_config, pow2, segment_width, sm_count,
+from tokennorm.kernels import config as kconfig
+from tokennorm.kernels.chunked import chunked_forward_kernel
+from tokennorm.kernels.config import KernelConfig, cdiv, row_groups
+from tokennorm.kernels.launcher import CachedLauncher
+from tokennorm.kernels.long_rows import long_rows_backward_kernel, long_rows_forward_kernel
+from tokennorm.kernels.plan import (
+    LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, forward_plan, launch_kwargs,
 )
-from tokennorm.kernels.norm_bwd import DOTS_COMPUTE, DOTS_GIVEN, DOTS_SEGMENTS, DOTS_SUMS, norm_bwd_kernel
-from tokennorm.kernels.norm_fwd import STATS_COMPUTE, STATS_GIVEN, STATS_MERGE, STATS_MOMENTS, norm_fwd_kernel
+from tokennorm.kernels.rows import rows_backward_kernel, rows_forward_kernel
+from tokennorm.kernels.segment import segment_backward_kernel, segment_forward_kernel
 
-try:  # torch >= 2.6: compile traces into the kernel launch
-    from torch.library import wrap_triton as _wrap
-except ImportError:  # pragma: no cover - older torch launches directly (the op stays opaque to compile)
+# Wrapped once, launched as WRAPPED[grid](...): cached launches in eager mode, wrap_triton under torch.compile.
+_rows_forward = CachedLauncher(rows_forward_kernel)
+_chunked_forward = CachedLauncher(chunked_forward_kernel)
+_long_rows_forward = CachedLauncher(long_rows_forward_kernel)
+_segment_forward = CachedLauncher(segment_forward_kernel)
+_rows_backward = CachedLauncher(rows_backward_kernel)
+_long_rows_backward = CachedLauncher(long_rows_backward_kernel)
+_segment_backward = CachedLauncher(segment_backward_kernel)
 
-    def _wrap(kernel):
-        return kernel
-
-
-# Paired row sums as one reduction on GPUs; two under Triton's interpreter (see norm_fwd.row_sums). Read once,
-# like triton.jit itself reads TRITON_INTERPRET when the kernels are defined.
-FUSED_SUMS = os.environ.get("TRITON_INTERPRET", "0") != "1"
-
-# Wrapped once: building the wrapper per call is measurable host overhead at decode sizes.
-_norm_fwd_kernel = _wrap(norm_fwd_kernel)
-_norm_bwd_kernel = _wrap(norm_bwd_kernel)
-
-
-
-@functools.lru_cache(maxsize=64)
-def _float32_remainder(value: float) -> float:
-    """value − float32(value): Triton passes float arguments as float32, so float64 kernels add this back."""
-    return value - struct.unpack("f", struct.pack("f", value))[0]
-
-
-def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A 0-element placeholder for outputs a variant does not produce."""
-    return torch.empty(0, device=device, dtype=dtype)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["ForwardOut", "BackwardOut", "acc_dtype", "norm_forward", "run_forward", "norm_backward", "run_backward",
+           "segment_moments", "segment_apply", "segment_sums", "segment_dx"]
 
 
 class ForwardOut(NamedTuple):
@@ -68,228 +51,213 @@ class BackwardOut(NamedTuple):
 
 
 def norm_forward(
-    x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    residual: Optional[Tensor],
-    seed: Optional[Tensor],
-    eps: float,
-    dropout_p: float,
-    weight_offset: float,
-    is_rms: bool,
-    h_dtype: Optional[torch.dtype],
-    config: Optional[TileConfig] = None,
-    store_stats: bool = True,
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], seed: Optional[Tensor],
+    eps: float, dropout_p: float, weight_offset: float, is_rms: bool, h_dtype: Optional[torch.dtype],
+    config: Optional[KernelConfig] = None, store_stats: bool = True,
 ) -> ForwardOut:
-    """Run the forward kernel. ``h_dtype`` not None means h = residual + dropout(x) is stored in that dtype.
+    """``y = Norm(residual + dropout(x)) · (weight + weight_offset) + bias`` with the cached plan for this call.
 
-    ``store_stats=False`` (inference: nothing will run backward) skips mean/rstd and returns them as None.
-    A config with ``segments > 1`` takes the split-row path (:func:`norm_moments`, then normalization merging
-    the segments' moments in the kernel).
+    ``h_dtype`` not None stores h = residual + dropout(x) in that dtype; ``store_stats=False`` (inference)
+    skips mean/rstd and returns them as None; ``config`` overrides the default kernel and tile.
     """
+    plan = forward_plan(x.shape[1], x.dtype, weight is not None, bias is not None,
+                        None if residual is None else residual.dtype, h_dtype, eps, dropout_p, weight_offset, is_rms,
+                        store_stats, x.device, config)
+    return run_forward(plan, x, weight, bias, residual, seed)
+
+
+def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                residual: Optional[Tensor], seed: Optional[Tensor]) -> ForwardOut:
     m, n = x.shape
-    cfg = config or forward_config(int(n))  # N is a model constant: specialize on it, M may stay symbolic
-    if cfg.segments > 1 and m > 0 and n > 0:
-        return _split_row_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype,
-                                  cfg, store_stats)
-    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    h = torch.empty((m, n), device=x.device, dtype=h_dtype) if h_dtype is not None else None
-    mean, rstd = _stats_outputs(x, is_rms, store_stats)
-    if m > 0 and n > 0:
-        _launch_forward(x, residual, weight, bias, seed, y, h, mean, rstd, eps, dropout_p, weight_offset, is_rms,
-                        store_stats, STATS_COMPUTE, n, cfg)
+    dev = x.device
+    y = torch.empty((m, n), device=dev, dtype=x.dtype)
+    h = torch.empty((m, n), device=dev, dtype=plan.h_dtype) if plan.h_dtype is not None else None
+    if plan.store_stats:
+        mean = torch.empty(0 if plan.is_rms else m, device=dev, dtype=plan.acc_dtype)
+        rstd = torch.empty(m, device=dev, dtype=plan.acc_dtype)
+    else:
+        mean = rstd = None
+    if m == 0 or n == 0:
+        return ForwardOut(y, h, mean, rstd)
+    cfg = plan.config
+    args = (x, residual, weight, bias, seed, y, h, mean, rstd, x.stride(0),
+            0 if residual is None else residual.stride(0), y.stride(0), 0 if h is None else h.stride(0), m, n)
+    scalars = (plan.eps, plan.eps_lo, plan.dropout_p)
+    if cfg.mode == kconfig.ROWS:
+        grid = (min(cdiv(m, cfg.block_m), cfg.programs_per_sm * plan.facts.sms),)
+        _rows_forward[grid](*args, *scalars, **plan.launch_kwargs)
+    elif cfg.mode == kconfig.CHUNKED:
+        _chunked_forward[(min(m, cfg.programs_per_sm * plan.facts.sms),)](*args, *scalars, **plan.launch_kwargs)
+    else:
+        segments = cdiv(n, cfg.block_n)
+        groups = _long_row_groups(m, segments, cfg, plan.facts)
+        partials = torch.empty((m, segments, 3), device=dev, dtype=plan.acc_dtype)  # mean hi, mean lo, M2
+        grid = (groups * segments,)
+        if LONG_ROWS_EXCHANGE == "cooperative":
+            sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
+            _long_rows_forward[grid](*args[:9], partials, sync, *args[9:], groups, *scalars,
+                                     EXCHANGE="cooperative", **plan.launch_kwargs)
+        else:
+            for exchange in ("publish", "finish"):
+                _long_rows_forward[grid](*args[:9], partials, None, *args[9:], groups, *scalars,
+                                         EXCHANGE=exchange, **plan.launch_kwargs)
     return ForwardOut(y, h, mean, rstd)
 
 
-def _stats_outputs(x: Tensor, is_rms: bool, store_stats: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """(mean, rstd) outputs per row of x in the accumulation dtype (RMSNorm: an empty mean); None without
-    ``store_stats``."""
-    if not store_stats:
-        return None, None
-    acc = acc_dtype(x.dtype)
-    m = x.shape[0]
-    return (_empty(x.device, acc) if is_rms else torch.empty(m, device=x.device, dtype=acc),
-            torch.empty(m, device=x.device, dtype=acc))
-
-
-def _launch_forward(
-    x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], seed: Optional[Tensor],
-    y: Optional[Tensor], h: Optional[Tensor], mean: Optional[Tensor], rstd: Optional[Tensor], eps: float,
-    dropout_p: float, weight_offset: float, is_rms: bool, store_stats: bool, stats: int, seg_n: int,
-    cfg: TileConfig, seg_moments: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
-) -> None:
-    m, n = x.shape
-    # Outputs a mode does not write (Y in the moments mode, H unless stored) get a placeholder pointer.
-    placeholder = y if y is not None else (h if h is not None else x)
-    single = cfg.single_chunk and seg_n <= cfg.block_n  # a segment wider than the tile is walked in chunks
-    tiles = cdiv(m, cfg.block_m)
-    persistent = cfg.programs_per_sm > 0 and single and stats == STATS_COMPUTE
-    if persistent:
-        tiles = min(tiles, cfg.programs_per_sm * sm_count(x.device))
-    segments = cdiv(n, seg_n)
-    _norm_fwd_kernel[(tiles, segments)](
-        x, residual, weight, bias, seed, placeholder, h if h is not None else placeholder, mean, rstd, *seg_moments,
-        x.stride(0), 0 if residual is None else residual.stride(0), 0 if y is None else y.stride(0),
-        0 if h is None else h.stride(0),
-        m, n, seg_n, eps, _float32_remainder(eps), dropout_p, weight_offset,
-        IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h is not None,
-        STORE_STATS=store_stats, STATS=stats, PERSISTENT=persistent, FUSED_SUMS=FUSED_SUMS,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=single, LOOP_STAGES=cfg.num_stages,
-        S_BLOCK=pow2(segments) if stats == STATS_MERGE else 1, num_warps=cfg.num_warps,
-    )
-
-
-def norm_moments(
-    x: Tensor, residual: Optional[Tensor], seed: Optional[Tensor], dropout_p: float, is_rms: bool,
-    h_dtype: Optional[torch.dtype], seg_n: int, config: TileConfig,
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Moments of each ``seg_n``-column segment of h = residual + dropout(x): (mean, M2, h).
-
-    mean and M2 = Σ(h − mean)² are [M, segments] in the accumulation dtype (RMSNorm: mean is empty and M2 is
-    Σh²); h is stored in ``h_dtype`` when given. Nothing is normalized: the caller merges the moments (across
-    segments, or across ranks) and calls :func:`norm_apply`.
-    """
-    m, n = x.shape
-    segments = cdiv(n, seg_n) if n else 1
-    acc = acc_dtype(x.dtype)
-    mean = _empty(x.device, acc) if is_rms else torch.empty((m, segments), device=x.device, dtype=acc)
-    m2 = torch.empty((m, segments), device=x.device, dtype=acc)
-    h = torch.empty((m, n), device=x.device, dtype=h_dtype) if h_dtype is not None else None
-    if m > 0 and n > 0:
-        _launch_forward(x, residual, None, None, seed, None, h, mean, m2, 0.0, dropout_p, 0.0, is_rms, False,
-                        STATS_MOMENTS, seg_n, config)
-    return mean, m2, h
-
-
-def norm_apply(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
-    weight_offset: float, is_rms: bool, seg_n: int, config: TileConfig, out_dtype: Optional[torch.dtype] = None,
-) -> Tensor:
-    """y = (x − mean) · rstd · (γ + offset) + β with the row statistics given ([M] each; RMSNorm: no mean),
-    in ``out_dtype`` (default: x's)."""
-    m, n = x.shape
-    y = torch.empty((m, n), device=x.device, dtype=out_dtype or x.dtype)
-    if m > 0 and n > 0:
-        _launch_forward(x, None, weight, bias, None, y, None, mean, rstd, 0.0, 0.0, weight_offset, is_rms, False,
-                        STATS_GIVEN, seg_n, config)
-    return y
-
-
-def _split_row_forward(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
-    seed: Optional[Tensor], eps: float, dropout_p: float, weight_offset: float, is_rms: bool,
-    h_dtype: Optional[torch.dtype], cfg: TileConfig, store_stats: bool,
-) -> ForwardOut:
-    """Rows split over ``cfg.segments`` programs each, in two launches: segment moments, then normalization of
-    h (stored, or recomputed when the caller does not want it) with the moments merged in the kernel."""
-    m, n = x.shape
-    seg_n = segment_width(n, cfg.segments, cfg.block_n)
-    # h is needed again by the normalize pass: stored in the caller's dtype (then both paths normalize h as
-    # rounded to it), else in the accumulation dtype (exactly what the unsplit kernel normalizes).
-    needs_h = residual is not None or dropout_p > 0.0
-    keep_h = h_dtype if h_dtype is not None else (acc_dtype(x.dtype) if needs_h else None)
-    seg_mean, seg_m2, h = norm_moments(x, residual, seed, dropout_p, is_rms, keep_h, seg_n, cfg)
-    mean, rstd = _stats_outputs(x, is_rms, store_stats)
-    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    _launch_forward(h if h is not None else x, None, weight, bias, None, y, None, mean, rstd, eps, 0.0,
-                    weight_offset, is_rms, store_stats, STATS_MERGE, seg_n, cfg, (seg_mean, seg_m2))
-    return ForwardOut(y, h if h_dtype is not None else None, mean, rstd)
+def _long_row_groups(m: int, segments: int, cfg: KernelConfig, facts: kconfig.DeviceFacts) -> int:
+    """Row groups of a long-row launch: as many as fill the resident capacity (each group is ``segments``
+    programs taking rows in lockstep), at most one per row."""
+    return max(1, min(m, cfg.programs_per_sm * facts.sms // segments))
 
 
 def norm_backward(
-    dy: Tensor,
-    h: Tensor,
-    weight: Optional[Tensor],
-    mean: Tensor,
-    rstd: Tensor,
-    dh_in: Optional[Tensor],
-    seed: Optional[Tensor],
-    dropout_p: float,
-    weight_offset: float,
-    is_rms: bool,
-    compute_dweight: bool,
-    compute_dbias: bool,
-    x_dtype: torch.dtype,
-    residual_dtype: Optional[torch.dtype],
-    config: Optional[TileConfig] = None,
-    row_means: Optional[Tensor] = None,
+    dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, dh_in: Optional[Tensor],
+    seed: Optional[Tensor], dropout_p: float, weight_offset: float, is_rms: bool, compute_dweight: bool,
+    compute_dbias: bool, x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype],
+    config: Optional[KernelConfig] = None,
 ) -> BackwardOut:
-    """Run the backward kernel and sum its per-program dγ/dβ partials (deterministically, in float32 or wider).
+    """dx (and d(residual), dγ, dβ) given dy, with the cached plan for this call.
 
-    ``h`` is what was normalized (x itself for a plain norm); ``residual_dtype`` not None asks for a separate
-    d(residual) output in that dtype. ``row_means`` [M, 2], when given, holds each row's mean(g·x̂) and
-    mean(g) (reduced elsewhere, e.g. across tensor-parallel ranks from :func:`norm_backward_sums`) instead
-    of computing them here. A config with ``segments > 1`` splits each row over that many programs (the
-    default for rows longer than one tile, see :func:`~tokennorm.kernels.config.backward_config`).
+    ``h`` is what was normalized (x itself for a plain norm), ``dh_in`` the gradient of the h output (pre-LN);
+    ``residual_dtype`` not None asks for a separate d(residual) output in that dtype. dγ/dβ are per-program
+    float32 partial rows summed here (deterministically, in float32 or wider).
     """
+    plan = backward_plan(h.shape[1], h.dtype, x_dtype, residual_dtype, weight is not None, dh_in is not None,
+                         dropout_p, weight_offset, is_rms, compute_dweight, compute_dbias, h.device, config)
+    return run_backward(plan, dy, h, weight, mean, rstd, dh_in, seed)
+
+
+def run_backward(plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                 dh_in: Optional[Tensor], seed: Optional[Tensor]) -> BackwardOut:
     m, n = h.shape
     dev = h.device
-    dx = torch.empty((m, n), device=dev, dtype=x_dtype)
-    dres = torch.empty((m, n), device=dev, dtype=residual_dtype) if residual_dtype is not None else None
-    acc = acc_dtype(h.dtype)
+    acc = plan.acc_dtype
+    dx = torch.empty((m, n), device=dev, dtype=plan.x_dtype)
+    dres = torch.empty((m, n), device=dev, dtype=plan.residual_dtype) if plan.residual_dtype is not None else None
     if m == 0 or n == 0:
-        return BackwardOut(dx, _empty(dev, x_dtype) if dres is None else dres,
-                           torch.zeros(n if compute_dweight else 0, device=dev, dtype=acc),
-                           torch.zeros(n if compute_dbias else 0, device=dev, dtype=acc))
-    cfg = config or backward_config(int(n))
-    seg_n = n if cfg.segments == 1 else segment_width(n, cfg.segments, cfg.block_n)
-    if row_means is not None:
-        dots, row_dots = DOTS_GIVEN, row_means.to(acc).contiguous()
-    elif cfg.segments > 1:  # split rows: segment sums, then dx summing them in the kernel
-        dots = DOTS_SEGMENTS
-        row_dots = norm_backward_sums(dy, h, weight, mean, rstd, weight_offset, is_rms, seg_n, cfg)
+        return BackwardOut(dx, _empty(dev, plan.x_dtype) if dres is None else dres,
+                           torch.zeros(n if plan.compute_dweight else 0, device=dev, dtype=acc),
+                           torch.zeros(n if plan.compute_dbias else 0, device=dev, dtype=acc))
+    cfg = plan.config
+    if cfg.mode == kconfig.ROWS:
+        programs, rows_per_program = row_groups(m, cfg.programs_per_sm * plan.facts.sms)
+    elif cfg.mode == kconfig.LONG_ROWS:
+        segments = cdiv(n, cfg.block_n)
+        programs = _long_row_groups(m, segments, cfg, plan.facts)
     else:
-        dots, row_dots = DOTS_COMPUTE, None if cfg.single_chunk else torch.empty((m, 2), device=dev, dtype=acc)
-    programs, rows_per_program = backward_programs(m, dev, cfg, cdiv(n, seg_n))
-    dw_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
-    db_partial = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
-    _launch_backward(dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw_partial, db_partial, row_dots,
-                     dropout_p, weight_offset, is_rms, dots, seg_n, programs, rows_per_program, cfg)
+        segments = cdiv(n, cfg.block_n)
+        programs, rows_per_program = row_groups(m, 2 * plan.facts.sms, segments)
+    dw = torch.empty((programs, n), device=dev, dtype=acc) if plan.compute_dweight else None
+    db = torch.empty((programs, n), device=dev, dtype=acc) if plan.compute_dbias else None
+    args = (dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw, db)
+    strides = (dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
+               0 if dres is None else dres.stride(0))
+    if cfg.mode == kconfig.ROWS:
+        _rows_backward[(programs,)](*args, *strides, m, n, rows_per_program, plan.dropout_p, **plan.launch_kwargs)
+    elif cfg.mode == kconfig.LONG_ROWS:
+        partials = torch.empty((m, segments, 2), device=dev, dtype=acc)
+        grid = (programs * segments,)
+        if LONG_ROWS_EXCHANGE == "cooperative":
+            sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
+            _long_rows_backward[grid](*args, partials, sync, *strides, m, n, programs, plan.dropout_p,
+                                      EXCHANGE="cooperative", **plan.launch_kwargs)
+        else:
+            for exchange in ("publish", "finish"):
+                _long_rows_backward[grid](*args, partials, None, *strides, m, n, programs, plan.dropout_p,
+                                          EXCHANGE=exchange, **plan.launch_kwargs)
+    else:  # rows beyond the long-row capacity: segment sums, their means, then dx
+        sums = torch.empty((m, segments, 2), device=dev, dtype=acc)
+        _segment_backward[(cdiv(m, cfg.block_m), segments)](*args, sums, None, *strides, m, n, cfg.block_n, 0,
+                                                             plan.dropout_p, PASS="sums", **plan.launch_kwargs)
+        row_means = sums.sum(dim=1) * (1.0 / n)
+        _segment_backward[(programs, segments)](*args, None, row_means, *strides, m, n, cfg.block_n,
+                                                rows_per_program, plan.dropout_p, PASS="dx", **plan.launch_kwargs)
     return BackwardOut(
-        dx,
-        _empty(dev, x_dtype) if dres is None else dres,
-        dw_partial.sum(dim=0) if compute_dweight else _empty(dev, acc),
-        db_partial.sum(dim=0) if compute_dbias else _empty(dev, acc),
+        dx, _empty(dev, plan.x_dtype) if dres is None else dres,
+        dw.sum(dim=0) if plan.compute_dweight else _empty(dev, acc),
+        db.sum(dim=0) if plan.compute_dbias else _empty(dev, acc),
     )
 
 
-def norm_backward_sums(
-    dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, weight_offset: float,
-    is_rms: bool, seg_n: int, config: TileConfig,
-) -> Tensor:
-    """Per row and ``seg_n``-column segment, Σ g·x̂ and Σ g (g = dy·(γ + offset)): [M, segments, 2].
+def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A 0-element placeholder for outputs a call does not produce."""
+    return torch.empty(0, device=device, dtype=dtype)
 
-    Summed over segments (or across ranks) and divided by the row length, they are the ``row_means`` that
-    :func:`norm_backward` takes.
-    """
+
+# Segment kernels for tensor parallelism: each rank's [M, n_i] slice is one segment of the full rows.
+
+
+def _segment_switches(cfg: KernelConfig, is_rms: bool, weight_offset: float = 0.0) -> dict:
+    return launch_kwargs(dict(IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m,
+                              BLOCK_N=cfg.block_n, **cfg.launch_options))
+
+
+def segment_moments(x: Tensor, is_rms: bool) -> tuple[Tensor, Tensor]:
+    """Per row of ``x`` [M, n]: (mean, M2 = Σ(x − mean)²) in the accumulation dtype (RMSNorm: (empty, Σx²)).
+
+    Rows of length 0 give zeros. The caller merges these across slices (``tokennorm.moments``)."""
+    m, n = x.shape
+    acc = acc_dtype(x.dtype)
+    mean = _empty(x.device, acc) if is_rms else torch.zeros(m, device=x.device, dtype=acc)
+    m2 = torch.zeros(m, device=x.device, dtype=acc)
+    if m and n:
+        cfg = kconfig.segment_config(n, acc.itemsize)
+        _segment_forward[(cdiv(m, cfg.block_m), 1)](
+            x, None, None, None, None, None, mean, m2, x.stride(0), 0, m, n, n, PASS="moments", HAS_WEIGHT=False,
+            HAS_BIAS=False, **_segment_switches(cfg, is_rms))
+    return mean, m2
+
+
+def segment_apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
+                  weight_offset: float, is_rms: bool) -> Tensor:
+    """y = (x − mean) · rstd · (γ + offset) + β with the rows' statistics given ([M] each; RMSNorm: no mean)."""
+    m, n = x.shape
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if m and n:
+        cfg = kconfig.segment_config(n, acc_dtype(x.dtype).itemsize)
+        _segment_forward[(cdiv(m, cfg.block_m), 1)](
+            x, weight, bias, y, mean, rstd, None, None, x.stride(0), y.stride(0), m, n, n, PASS="apply",
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **_segment_switches(cfg, is_rms, weight_offset))
+    return y
+
+
+def segment_sums(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, weight_offset: float,
+                 is_rms: bool) -> Tensor:
+    """Per row of the slice, (Σ g·x̂, Σ g) with g = dy·(γ + offset): [M, 2] (RMSNorm: Σ g is 0). Summed across
+    slices and divided by the full row length, they are the row means :func:`segment_dx` takes."""
     m, n = h.shape
-    segments = cdiv(n, seg_n) if n else 1
-    sums = torch.empty((m, segments, 2), device=h.device, dtype=acc_dtype(h.dtype))
-    if m > 0 and n > 0:
-        programs, rows_per_program = backward_programs(m, h.device, config, segments)
-        _launch_backward(dy, h, weight, mean, rstd, None, None, dy, None, None, None, sums, 0.0, weight_offset,
-                         is_rms, DOTS_SUMS, seg_n, programs, rows_per_program, config)
+    acc = acc_dtype(h.dtype)
+    sums = torch.zeros((m, 2), device=h.device, dtype=acc)
+    if m and n:
+        cfg = kconfig.segment_config(n, acc.itemsize)
+        _segment_backward[(cdiv(m, cfg.block_m), 1)](
+            dy, h, weight, mean, rstd, None, None, None, None, None, None, sums, None, dy.stride(0), h.stride(0),
+            0, 0, 0, m, n, n, 0, 0.0, PASS="sums", HAS_WEIGHT=weight is not None, COMPUTE_DW=False,
+            COMPUTE_DB=False, HAS_DH_IN=False, HAS_DROPOUT=False, STORE_DRES=False,
+            **_segment_switches(cfg, is_rms, weight_offset))
     return sums
 
 
-def _launch_backward(
-    dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, dh_in: Optional[Tensor],
-    seed: Optional[Tensor], dx: Tensor, dres: Optional[Tensor], dw_partial: Optional[Tensor],
-    db_partial: Optional[Tensor], row_dots: Optional[Tensor], dropout_p: float, weight_offset: float,
-    is_rms: bool, dots: int, seg_n: int, programs: int, rows_per_program: int, cfg: TileConfig,
-) -> None:
+def segment_dx(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, row_means: Tensor,
+               weight_offset: float, is_rms: bool, compute_dweight: bool, compute_dbias: bool,
+               x_dtype: torch.dtype) -> BackwardOut:
+    """dx of the slice and its dγ/dβ, with the rows' (mean(g·x̂), mean(g)) given ([M, 2], reduced across
+    slices)."""
     m, n = h.shape
-    _norm_bwd_kernel[(programs, cdiv(n, seg_n))](
-        dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw_partial, db_partial, row_dots,
-        dy.stride(0), h.stride(0), 0 if dh_in is None else dh_in.stride(0), dx.stride(0),
-        0 if dres is None else dres.stride(0),
-        m, n, seg_n, rows_per_program, dropout_p, weight_offset,
-        IS_RMS=is_rms, HAS_WEIGHT=weight is not None,
-        COMPUTE_DW=dw_partial is not None, COMPUTE_DB=db_partial is not None,
-        HAS_DH_IN=dh_in is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_DRES=dres is not None, DOTS=dots,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_CHUNK=cfg.single_chunk, FUSED_SUMS=FUSED_SUMS,
-        LOOP_STAGES=cfg.num_stages, S_BLOCK=pow2(cdiv(n, seg_n)) if dots == DOTS_SEGMENTS else 1,
-        num_warps=cfg.num_warps,
-    )
-
+    dev = h.device
+    acc = acc_dtype(h.dtype)
+    dx = torch.empty((m, n), device=dev, dtype=x_dtype)
+    if m == 0 or n == 0:
+        return BackwardOut(dx, _empty(dev, x_dtype), torch.zeros(n if compute_dweight else 0, device=dev, dtype=acc),
+                           torch.zeros(n if compute_dbias else 0, device=dev, dtype=acc))
+    cfg = kconfig.segment_config(n, acc.itemsize)
+    programs, rows_per_program = row_groups(m, 2 * kconfig.device_facts(dev).sms)
+    dw = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
+    db = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
+    _segment_backward[(programs, 1)](
+        dy, h, weight, mean, rstd, None, None, dx, None, dw, db, None, row_means.to(acc).contiguous(), dy.stride(0),
+        h.stride(0), 0, dx.stride(0), 0, m, n, n, rows_per_program, 0.0, PASS="dx", HAS_WEIGHT=weight is not None,
+        COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias, HAS_DH_IN=False, HAS_DROPOUT=False,
+        STORE_DRES=False, **_segment_switches(cfg, is_rms, weight_offset))
+    return BackwardOut(dx, _empty(dev, x_dtype), dw.sum(dim=0) if compute_dweight else _empty(dev, acc),
+                       db.sum(dim=0) if compute_dbias else _empty(dev, acc))

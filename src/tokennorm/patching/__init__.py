@@ -30,11 +30,17 @@ Replacements share the original ``Parameter`` objects (state_dict keys and optim
 over the train/eval mode; the patch installs no hooks. A module reachable under several paths is replaced
 once, so sharing is preserved. Each replacement remembers its original, so :func:`unpatch` restores it.
 
+Beyond these leaves, :mod:`~tokennorm.patching.extended` recognizes diffusers' ``AdaLayerNormZero`` /
+``AdaLayerNormContinuous`` (replaced by modules with the same submodules and outputs that fuse the norm and the
+modulation with :func:`tokennorm.ada_norm`) and channels-first LayerNorms over dim 1 of ``[B, C, *]`` (timm's
+``LayerNorm2d``, ConvNeXt's; replaced by :class:`tokennorm.ChannelsFirstLayerNorm`), proven the same way.
+
 Modules: :mod:`~tokennorm.patching.recognize` (which modules compute a norm tokennorm has),
 :mod:`~tokennorm.patching.replacements` (the tokennorm modules put in their place),
 :mod:`~tokennorm.patching.swap` (``patch``, ``unpatch``, ``patch_report``) and :mod:`~tokennorm.patching.report`.
 """
 
+from tokennorm.patching.extended import PatchedAdaLayerNormContinuous, PatchedAdaLayerNormZero
 from tokennorm.patching.replacements import (
     DTYPE_RULES, PatchedLastDimNorm, PatchedLayerNorm, PatchedOffsetNorm, PatchedRMSNorm,
 )
@@ -43,5 +49,6 @@ from tokennorm.patching.swap import NORMS, patch, patch_report, unpatch
 
 __all__ = [
     "NORMS", "DTYPE_RULES", "Replaced", "Left", "PatchReport", "PatchedLayerNorm", "PatchedRMSNorm",
-    "PatchedOffsetNorm", "PatchedLastDimNorm", "patch", "unpatch", "patch_report",
+    "PatchedOffsetNorm", "PatchedLastDimNorm", "PatchedAdaLayerNormZero", "PatchedAdaLayerNormContinuous", "patch",
+    "unpatch", "patch_report",
 ]

@@ -12,8 +12,9 @@ from typing import Iterable, Union
 
 from torch import nn
 
-from tokennorm.patching.recognize import identify, is_candidate
-from tokennorm.patching.replacements import TOKENNORM_CLASSES, build_replacement
+from tokennorm.patching.extended import PATCHED_CLASSES, build_any, identify_any
+from tokennorm.patching.recognize import is_candidate
+from tokennorm.patching.replacements import TOKENNORM_CLASSES
 from tokennorm.patching.report import Left, PatchReport, Replaced
 
 NORMS = ("layernorm", "rmsnorm")
@@ -72,17 +73,21 @@ def patch(
         model = copy.deepcopy(model)
     replacements: dict[int, nn.Module] = {}
     replaced, left = [], []
+    inside_replaced: set[int] = set()  # submodules of a replaced module (an adaptive norm's): the replacement owns them
     for module_id, (module, module_paths) in _paths_by_module(model).items():
-        if not is_candidate(module):
+        if isinstance(module, PATCHED_CLASSES):  # a replacement from an earlier patch owns its submodules too
+            inside_replaced.update(id(m) for m in module.modules() if m is not module)
+        if not is_candidate(module) or module_id in inside_replaced:
             continue
         path, cls = module_paths[0] or "<model>", _class_name(module)
-        norm, reason = identify(module)
+        norm, reason = identify_any(module)
         if norm is not None and norm.kind not in wanted:
             norm, reason = None, f"computes {norm.label}, which is not in norms={tuple(sorted(wanted))}"
         if norm is None:
             left.append(Left(path, cls, reason or "unknown"))
             continue
-        new = build_replacement(norm, module.training)
+        new = build_any(norm, module.training)
+        inside_replaced.update(id(m) for m in module.modules() if m is not module)
         new.__dict__[_ORIGINAL] = module
         replacements[module_id] = new
         replaced.append(Replaced(path, cls, _class_name(new), norm.label, norm.eps, tuple(module_paths[1:]),
@@ -175,7 +180,7 @@ def _class_name(module: nn.Module) -> str:
         return f"torch.nn.{cls.__name__}"
     if cls.__module__.startswith("tokennorm.patching"):
         return f"tokennorm.patching.{cls.__name__}"
-    if cls in TOKENNORM_CLASSES:
+    if cls in TOKENNORM_CLASSES or cls.__module__ == "tokennorm.channels_first":
         return f"tokennorm.{cls.__name__}"
     return cls.__qualname__
 

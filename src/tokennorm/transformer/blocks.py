@@ -11,15 +11,26 @@ Pre-LN (GPT-2, ``norm_first=True``), each AddNorm fusing the residual add with t
     return h + dropout(last_sublayer(y))
 
 Both compute exactly what torch.nn.TransformerEncoderLayer / TransformerDecoderLayer compute.
+
+Conditioned (``cond_dim``: AdaLN-Zero, DiT-style, pre-LN only): a per-batch-item vector c gives each sublayer i a
+shift, scale and gate (:class:`tokennorm.AdaLNZero`, zero-initialised), and each gated residual add is fused with
+the next sublayer's modulated norm (:func:`tokennorm.ada_norm`)::
+
+    m_1, …, m_k = AdaLNZero(c)
+    y = Norm(x)·(1 + scale_1) + shift_1,  h = x
+    y, h = ada_norm(sublayer_i(y), m_{i+1}, gate=gate_i, residual=h)   # h = h + gate_i ⊙ sublayer_i(y)
+    return h + gate_k ⊙ dropout(last_sublayer(y))
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokennorm.adaptive import AdaLNZero
 from tokennorm.transformer import _convert
 from tokennorm.transformer.attention import MultiHeadAttention, torch_takes_fast_path
 from tokennorm.transformer.feedforward import FeedForward
@@ -33,17 +44,26 @@ class _Block(nn.Module):
 
     def _setup(
         self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, activation: str, norm: str,
-        placement: str, eps: float, bias: bool, num_sublayers: int, factory: dict,
+        placement: str, eps: float, bias: bool, num_sublayers: int, factory: dict, cond_dim: Optional[int] = None,
     ) -> None:
         check_choices(norm, placement)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), but got dropout={dropout}")
+        if cond_dim is not None and (placement != "pre" or norm not in ("layernorm", "rmsnorm")):
+            raise ValueError(
+                "cond_dim (AdaLN-Zero conditioning) needs placement='pre' and norm 'layernorm' or 'rmsnorm', but got "
+                f"placement={placement!r} and norm={norm!r}"
+            )
         self.d_model, self.nhead, self.norm_type, self.placement = d_model, nhead, norm, placement
         self.eps, self.has_bias, self.dropout = eps, bias, dropout
         self.self_attn = MultiHeadAttention(d_model, nhead, dropout, bias, **factory)
         self.ff = FeedForward(d_model, dim_feedforward, dropout, activation, bias, **factory)
+        self.cond_dim = cond_dim
+        # conditioned: the norms have no parameters of their own (DiT); AdaLNZero's vectors modulate them
+        self.adaln = None if cond_dim is None else AdaLNZero(
+            d_model, cond_dim, num_sublayers, norm=norm, eps=eps, bias=bias, **factory)
         # norm{i} follows sublayer i (post) or precedes it (pre); in pre, norm1 has no add to fuse
-        for i in range(1, num_sublayers + 1):
+        for i in range(1, num_sublayers + 1 if cond_dim is None else 1):
             if placement == "pre" and i == 1:
                 module = make_norm(norm, d_model, eps, bias, **factory)
             else:
@@ -59,7 +79,29 @@ class _Block(nn.Module):
                 f"but got {name} of shape {list(t.shape)}"
             )
 
-    def _residual_chain(self, x: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]]) -> Tensor:
+    def _check_cond(self, x: Tensor, cond: Optional[Tensor]) -> None:
+        if (cond is None) != (self.adaln is None):
+            raise ValueError(f"cond is required: this {type(self).__name__} has cond_dim={self.cond_dim}"
+                             if cond is None else f"cond needs a {type(self).__name__} built with cond_dim")
+        if cond is not None and (cond.dim() != 2 or tuple(cond.shape) != (x.shape[0], self.cond_dim)):
+            raise ValueError(
+                f"{type(self).__name__} expects cond of shape [batch, cond_dim] = {[x.shape[0], self.cond_dim]}, but "
+                f"got cond of shape {list(cond.shape)}"
+            )
+
+    def _conditioned_chain(self, x: Tensor, cond: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]]) -> Tensor:
+        mods = self.adaln(cond)
+        y, h = self.adaln.normalize(x, mods[0]), x
+        for sublayer, prev, m in zip(sublayers[:-1], mods[:-1], mods[1:]):
+            out = F.dropout(sublayer(y), self.dropout, self.training)
+            y, h = self.adaln.normalize(out, m, gate=prev.gate, residual=h, prenorm=True)
+        return torch.addcmul(h, mods[-1].gate.unsqueeze(1), F.dropout(sublayers[-1](y), self.dropout, self.training))
+
+    def _residual_chain(
+        self, x: Tensor, sublayers: Sequence[Callable[[Tensor], Tensor]], cond: Optional[Tensor] = None
+    ) -> Tensor:
+        if cond is not None:
+            return self._conditioned_chain(x, cond, sublayers)
         norms = [getattr(self, f"norm{i}") for i in range(1, len(sublayers) + 1)]
         if self.placement == "post":
             for sublayer, add_norm in zip(sublayers, norms):
@@ -71,7 +113,8 @@ class _Block(nn.Module):
         return h + F.dropout(sublayers[-1](y), self.dropout, self.training)
 
     def extra_repr(self) -> str:
-        return f"norm={self.norm_type!r}, placement={self.placement!r}, eps={self.eps}"
+        cond = "" if self.cond_dim is None else f", cond_dim={self.cond_dim}"
+        return f"norm={self.norm_type!r}, placement={self.placement!r}, eps={self.eps}{cond}"
 
 
 def _norm_eps(module: nn.Module) -> Optional[float]:
@@ -103,18 +146,22 @@ class EncoderLayer(_Block):
         dropout: dropout on attention probabilities, after the FFN activation and on each sublayer's output,
             in training mode. Default: 0.1.
         activation: ``"relu"`` or ``"gelu"``. Default: ``"relu"``.
-        norm: ``"layernorm"``, ``"rmsnorm"`` (tokennorm's, per token), ``"batchnorm"`` (statistics over all
-            tokens and batch items: a demonstration of what not to do) or ``"none"``. Default: ``"layernorm"``.
+        norm: ``"layernorm"``, ``"rmsnorm"`` (tokennorm's, per token), ``"dyt"`` (Dynamic Tanh, with the add
+            fused: :class:`tokennorm.AddDyT`), ``"batchnorm"`` (statistics over all tokens and batch items: a
+            demonstration of what not to do) or ``"none"``. Default: ``"layernorm"``.
         placement: ``"post"`` (torch's ``norm_first=False``) or ``"pre"`` (``norm_first=True``). Default:
             ``"post"``.
         eps: ε of the norms. Default: 1e-5.
         bias: biases in the linear layers and the LayerNorms. Default: True.
+        cond_dim: width of a conditioning vector ``cond`` [B, cond_dim] passed to ``forward``: an AdaLN-Zero
+            block (DiT), pre-LN with layernorm/rmsnorm only; the module docstring has the chain. Default: None.
         device, dtype: of the parameters. Default: torch's defaults.
 
     Shape:
-        - x: ``[B, N, d_model]``; output: the same shape, in the parameters' dtype.
+        - x: ``[B, N, d_model]``; cond: ``[B, cond_dim]``; output: the shape of x, in the parameters' dtype.
 
-    Submodules: ``self_attn``, ``ff``, ``norm1`` (attention), ``norm2`` (feed-forward).
+    Submodules: ``self_attn``, ``ff``, ``norm1`` (attention), ``norm2`` (feed-forward); with ``cond_dim``,
+    ``adaln`` (:class:`tokennorm.AdaLNZero`) instead of the norms.
 
     Example::
 
@@ -127,15 +174,17 @@ class EncoderLayer(_Block):
 
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
-        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True, device=None, dtype=None,
+        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True,
+        cond_dim: Optional[int] = None, device=None, dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self._setup(d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, 2, factory)
+        self._setup(d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, 2, factory,
+                    cond_dim)
 
     def forward(
         self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-        is_causal: bool = False,
+        is_causal: bool = False, cond: Optional[Tensor] = None,
     ) -> Tensor:
         """The layer applied to ``x``.
 
@@ -144,11 +193,13 @@ class EncoderLayer(_Block):
             key_padding_mask: ``[B, N]``, bool (True = padding) or float (added to the scores). Default: None.
             attn_mask: ``[N, N]`` or ``[B·nhead, N, N]``, bool (True = blocked) or float. Default: None.
             is_causal: apply the causal mask (position i attends to j ≤ i). Default: False.
+            cond: ``[B, cond_dim]``, required by (and only by) a layer built with ``cond_dim``. Default: None.
 
         Returns:
             ``[B, N, d_model]``.
         """
         self._check_input("x", x)
+        self._check_cond(x, cond)
 
         # a fully masked query gets what torch.nn.TransformerEncoderLayer gives it: NaN on its fast path
         masked_rows_nan = self._torch_takes_fast_path(x)
@@ -159,15 +210,15 @@ class EncoderLayer(_Block):
                 need_weights=False, masked_rows_nan=masked_rows_nan,
             )
 
-        return self._residual_chain(x, [self_attention, self.ff])
+        return self._residual_chain(x, [self_attention, self.ff], cond)
 
     def _torch_takes_fast_path(self, x: Tensor) -> bool:
         """Whether torch.nn.TransformerEncoderLayer takes its native fast path for this call: torch's shared
         conditions (:func:`~tokennorm.transformer.attention.torch_takes_fast_path`) plus an even ``nhead``,
-        attention biases, equal ε in both norms and no hooks. Masks of either dtype qualify (the layer turns
-        them into float masks itself)."""
+        attention biases, equal ε in both norms and no hooks (a conditioned layer has no torch counterpart: no).
+        Masks of either dtype qualify (the layer turns them into float masks itself)."""
         return (
-            self.nhead % 2 == 0 and self.self_attn.q_proj.bias is not None
+            self.adaln is None and self.nhead % 2 == 0 and self.self_attn.q_proj.bias is not None
             and _norm_eps(self.norm1) == _norm_eps(self.norm2)
             and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
             and torch_takes_fast_path(self, (x, *self.parameters()))
@@ -224,8 +275,9 @@ class DecoderLayer(_Block):
     (:meth:`from_torch`), given torch a causal ``tgt_mask`` or calling this layer with ``causal=False``.
 
     Args:
-        d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, device, dtype: as
-            :class:`EncoderLayer` (defaults 2048, 0.1, ``"relu"``, ``"layernorm"``, ``"post"``, 1e-5, True).
+        d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, cond_dim, device, dtype:
+            as :class:`EncoderLayer` (defaults 2048, 0.1, ``"relu"``, ``"layernorm"``, ``"post"``, 1e-5, True,
+            None).
         cross_attention: include the attention over ``memory`` (an encoder-decoder layer); False gives a
             decoder-only block. Default: True.
 
@@ -247,13 +299,14 @@ class DecoderLayer(_Block):
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
         norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True,
-        cross_attention: bool = True, device=None, dtype=None,
+        cross_attention: bool = True, cond_dim: Optional[int] = None, device=None, dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         num_sublayers = 3 if cross_attention else 2
         self._setup(
-            d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, num_sublayers, factory
+            d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, num_sublayers, factory,
+            cond_dim,
         )
         self.cross_attention = cross_attention
         self.cross_attn = MultiHeadAttention(d_model, nhead, dropout, bias, **factory) if cross_attention else None
@@ -261,7 +314,7 @@ class DecoderLayer(_Block):
     def forward(
         self, x: Tensor, memory: Optional[Tensor] = None, *, tgt_key_padding_mask: Optional[Tensor] = None,
         memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
-        memory_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None,
     ) -> Tensor:
         """The layer applied to ``x`` (attending to ``memory``).
 
@@ -274,6 +327,7 @@ class DecoderLayer(_Block):
             tgt_mask: ``[N, N]`` or ``[B·nhead, N, N]`` self-attention mask, bool (True = blocked) or float.
                 Default: None.
             memory_mask: ``[N, S]`` or ``[B·nhead, N, S]`` cross-attention mask. Default: None.
+            cond: ``[B, cond_dim]``, required by (and only by) a layer built with ``cond_dim``. Default: None.
 
         Returns:
             ``[B, N, d_model]``.
@@ -284,6 +338,7 @@ class DecoderLayer(_Block):
                                          or memory_mask is not None):
             raise ValueError("memory, memory_key_padding_mask and memory_mask need cross_attention=True")
         self._check_input("x", x)
+        self._check_cond(x, cond)
         if memory is not None:
             self._check_input("memory", memory)
             if memory.shape[0] != x.shape[0]:
@@ -299,7 +354,7 @@ class DecoderLayer(_Block):
             return self.cross_attn(y, memory, key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask)
 
         sublayers = [self_attention, attend_memory, self.ff] if self.cross_attention else [self_attention, self.ff]
-        return self._residual_chain(x, sublayers)
+        return self._residual_chain(x, sublayers, cond)
 
     @classmethod
     def from_torch(cls, layer: nn.TransformerDecoderLayer) -> "DecoderLayer":

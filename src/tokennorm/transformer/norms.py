@@ -1,6 +1,7 @@
 """The norm choices of a block and its Add & Norm steps: tokennorm's fused AddNorm where it applies.
 
-``layernorm`` and ``rmsnorm`` normalize each token on its own (tokennorm's modules). ``batchnorm`` pools
+``layernorm`` and ``rmsnorm`` normalize each token on its own (tokennorm's modules); ``dyt`` replaces the norm by
+Dynamic Tanh, element-wise (:class:`tokennorm.DyT`, its add fused by :class:`tokennorm.AddDyT`). ``batchnorm`` pools
 statistics over every token of every sequence in the batch — across positions, padding included, and in
 training mode across the future of a causal model — and exists to show why that is wrong for sequences.
 ``none`` is a plain residual connection.
@@ -13,11 +14,12 @@ from typing import Optional, Union
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokennorm.dynamic_tanh import AddDyT, DyT
 from tokennorm.modules import AddNorm, LayerNorm, RMSNorm
 
 __all__ = ["NORM_TYPES", "PLACEMENTS", "SequenceBatchNorm", "ResidualNorm", "make_norm", "make_add_norm"]
 
-NORM_TYPES = ("layernorm", "rmsnorm", "batchnorm", "none")
+NORM_TYPES = ("layernorm", "rmsnorm", "dyt", "batchnorm", "none")
 PLACEMENTS = ("post", "pre")
 
 
@@ -79,6 +81,8 @@ def make_norm(norm: str, d_model: int, eps: float, bias: bool = True, device=Non
         return LayerNorm(d_model, eps=eps, bias=bias, **factory)
     if norm == "rmsnorm":
         return RMSNorm(d_model, eps=eps, **factory)
+    if norm == "dyt":
+        return DyT(d_model, bias=bias, **factory)  # no ε: DyT has no statistics
     if norm == "batchnorm":
         return SequenceBatchNorm(d_model, eps=eps, **factory)
     return nn.Identity()
@@ -87,10 +91,13 @@ def make_norm(norm: str, d_model: int, eps: float, bias: bool = True, device=Non
 def make_add_norm(
     norm: str, d_model: int, placement: str, dropout: float, eps: float, bias: bool = True, device=None, dtype=None
 ) -> nn.Module:
-    """Add & Norm after a sublayer: tokennorm's fused AddNorm for layernorm/rmsnorm, else ResidualNorm."""
+    """Add & Norm after a sublayer: tokennorm's fused AddNorm for layernorm/rmsnorm, AddDyT for dyt, else
+    ResidualNorm."""
     if norm in ("layernorm", "rmsnorm"):
         return AddNorm(
             d_model, norm=norm, placement=placement, dropout=dropout, eps=eps,
             bias=bias and norm == "layernorm", device=device, dtype=dtype,
         )
+    if norm == "dyt":
+        return AddDyT(d_model, placement, dropout, bias=bias, device=device, dtype=dtype)
     return ResidualNorm(make_norm(norm, d_model, eps, bias, device, dtype), placement, dropout)

@@ -55,11 +55,11 @@ class Encoder(nn.Module):
 
     def forward(
         self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-        is_causal: bool = False,
+        is_causal: bool = False, cond: Optional[Tensor] = None,
     ) -> Tensor:
         """Every layer, then the final norm; the arguments of :meth:`EncoderLayer.forward`."""
         for layer in self.layers:
-            x = layer(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+            x = layer(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal, cond=cond)
         return x if self.norm is None else self.norm(x)
 
 
@@ -90,12 +90,12 @@ class Decoder(nn.Module):
     def forward(
         self, x: Tensor, memory: Optional[Tensor] = None, *, tgt_key_padding_mask: Optional[Tensor] = None,
         memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
-        memory_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None,
     ) -> Tensor:
         """Every layer, then the final norm; the arguments of :meth:`DecoderLayer.forward`."""
         for layer in self.layers:
             x = layer(
                 x, memory, tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
-                causal=causal, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                causal=causal, tgt_mask=tgt_mask, memory_mask=memory_mask, cond=cond,
             )
         return x if self.norm is None else self.norm(x)

@@ -14,8 +14,6 @@ Nothing runs, so inputs are allocated and never written (the operating system ma
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -89,29 +87,28 @@ def _capture(launch: fakecuda.Launch, m: int, n: int) -> Captured:
 @contextlib.contextmanager
 def tokennorm_on_fake_gpu(device: hopper.Device) -> Iterator[None]:
     """Inside the block tokennorm's public API takes its Triton path on CPU tensors and sizes its grids for
-    ``device``'s SMs, as on that GPU. (It selects Triton for CPU tensors only under the interpreter; this says
-    it is, to the backend selection only: the kernels are compiled ones.)"""
+    ``device``'s SMs, as on that GPU. (The triton backend selects CPU tensors only when the kernels run there,
+    i.e. under the interpreter; this says they do, to the backend selection only: the kernels are compiled ones.)"""
     import tokennorm.backend as backend
-    from tokennorm.kernels import config
+    from tokennorm.kernels import config, plan
 
-    original_sm_count = config.sm_count
-    patched = [mod for name, mod in list(sys.modules.items())
-               if name.startswith("tokennorm.") and getattr(mod, "sm_count", None) is original_sm_count]
-    interpreting, env = backend._interpreting, os.environ.get(backend.ENV_VAR)
+    original_facts = config.device_facts
+    kernels_run_on_cpu = backend._kernels_run_on_cpu
+
+    def clear_caches() -> None:  # plans and configs cached for the CPU's (interpreter's) facts must not leak
+        for cached in (plan.forward_plan, plan.backward_plan, config.forward_config, config.backward_config):
+            cached.cache_clear()
+
     try:
-        backend._interpreting = lambda: True
-        os.environ[backend.ENV_VAR] = "triton"
-        for mod in patched:
-            mod.sm_count = lambda _device: device.sms
-        yield
+        backend._kernels_run_on_cpu = True
+        config.device_facts = lambda _device: config.DeviceFacts(sms=device.sms, l2_bytes=device.l2_bytes)
+        clear_caches()
+        with backend.using_backend("triton"):
+            yield
     finally:
-        backend._interpreting = interpreting
-        if env is None:
-            os.environ.pop(backend.ENV_VAR, None)
-        else:
-            os.environ[backend.ENV_VAR] = env
-        for mod in patched:
-            mod.sm_count = original_sm_count
+        backend._kernels_run_on_cpu = kernels_run_on_cpu
+        config.device_facts = original_facts
+        clear_caches()
 
 
 @dataclass

@@ -41,6 +41,7 @@ class Device:
     copy_source: str  # where copy_bytes_per_s comes from
     mem_clock_khz: int
     mem_bus_bits: int
+    l2_bytes: int
 
     def issue_budget(self, bytes_per_element: float) -> float:
         """Thread-instructions per element the SMs can issue while a copy moves ``bytes_per_element``."""
@@ -52,14 +53,13 @@ H100 = Device(
     name="H100 SXM5 80GB HBM3", sms=132, sm_clock_hz=1.98e9, hbm_bytes_per_s=3.35e12,
     copy_bytes_per_s=3.0e12, copy_measured=True,
     copy_source="docs/design.md: 3004 GB/s device copy, H100 80GB HBM3, torch 2.11, M·N = 2^27",
-    mem_clock_khz=2_619_000, mem_bus_bits=5120,
+    mem_clock_khz=2_619_000, mem_bus_bits=5120, l2_bytes=50 << 20,
 )
 H200 = Device(
     name="H200 SXM 141GB HBM3e", sms=132, sm_clock_hz=1.98e9, hbm_bytes_per_s=4.8e12,
-    # not measured yet: the H100's copy / theoretical ratio (3.0 / 3.35) applied to 4.8 TB/s
-    copy_bytes_per_s=4.8e12 * 3.0 / 3.35, copy_measured=False,
-    copy_source="the H100's copy/theoretical ratio (3.0/3.35) applied to 4.8 TB/s",
-    mem_clock_khz=3_201_000, mem_bus_bits=6144,
+    copy_bytes_per_s=4.3e12, copy_measured=True,
+    copy_source="device tool's KINDS.md: ~4.3 TB/s device-to-device copy through PyTorch on an H200, 2026-10-28",
+    mem_clock_khz=3_201_000, mem_bus_bits=6144, l2_bytes=60 << 20,
 )
 DEVICES = {"h100": H100, "h200": H200}
 

@@ -56,15 +56,15 @@ def _device_problem(name: str):
 
 def _kernels(device, runs_triton: bool) -> str:
     """Which kernels tokennorm's norms ran on, and what the difference therefore shows."""
-    from tokennorm.backend import backend_name
+    from tokennorm.backend import get_backend
 
     if not runs_triton:
         hint = ("; run them with --interpret (Triton's interpreter on the CPU)" if device.type == "cpu"
                 else "; TOKENNORM_BACKEND=triton runs them")
-        return (f"tokennorm's norms ran torch's own kernels (backend {backend_name()} on {device.type}): the "
+        return (f"tokennorm's norms ran torch's own kernels (backend {get_backend()} on {device.type}): the "
                 f"difference shows that the swap is exact, not how tokennorm's Triton kernels compute{hint}")
     where = "in Triton's interpreter on the CPU" if device.type == "cpu" else f"on {device.type}"
-    return f"tokennorm's norms ran its Triton kernels {where} (backend {backend_name()})"
+    return f"tokennorm's norms ran its Triton kernels {where} (backend {get_backend()})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,18 +84,11 @@ def run(args: argparse.Namespace) -> int:
             from tokennorm.tools import rerun_with_interpreted_kernels
 
             return rerun_with_interpreted_kernels(_interpreted_argv(args))
-    from tokennorm.backend import ENV_VAR
+        from tokennorm.backend import using_backend
 
-    saved = os.environ.get(ENV_VAR)
-    if args.interpret:  # the interpreter is on already: run the Triton kernels here
-        os.environ[ENV_VAR] = "triton"
-    try:
-        return _check(args, fail)
-    finally:
-        if saved is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = saved
+        with using_backend("triton"):  # the interpreter is on already: run the Triton kernels here
+            return _check(args, fail)
+    return _check(args, fail)
 
 
 def _check(args: argparse.Namespace, fail) -> int:

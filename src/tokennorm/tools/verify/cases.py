@@ -11,12 +11,14 @@ LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default; RMSNorm runs with eps=Non
 
 @dataclass(frozen=True)
 class Op:
-    """One public op configuration: a plain norm, or Add & Norm (with a residual) returning y, or (y, h) if pre."""
+    """One public op configuration: a plain norm, or Add & Norm (with a residual) returning y, or (y, h) if pre;
+    ``family`` "norm" for those, or one of issue 18's ops (checked by :mod:`~tokennorm.tools.verify.extended`)."""
 
     name: str
-    norm: str  # "layernorm" | "rmsnorm"
+    norm: str  # "layernorm" | "rmsnorm" | "dyt"
     add: bool = False
     prenorm: bool = False
+    family: str = "norm"  # "norm" | "ada_norm" | "dyt" | "channels_first"
 
 
 # add_norm(ln|rms, post|pre): norm="layernorm"|"rmsnorm", prenorm=False|True, always with a residual.
@@ -27,6 +29,12 @@ OPS: tuple[Op, ...] = (
     Op("add_norm(ln, pre)", "layernorm", add=True, prenorm=True),
     Op("add_norm(rms, post)", "rmsnorm", add=True),
     Op("add_norm(rms, pre)", "rmsnorm", add=True, prenorm=True),
+    # issue 18: the AdaLN-Zero step (gate, residual, [B, C] shift/scale, prenorm), DyT, Add & DyT, channels first
+    Op("ada_norm(ln, pre)", "layernorm", add=True, prenorm=True, family="ada_norm"),
+    Op("ada_norm(rms, pre)", "rmsnorm", add=True, prenorm=True, family="ada_norm"),
+    Op("dyt", "dyt", family="dyt"),
+    Op("add_dyt(pre)", "dyt", add=True, prenorm=True, family="dyt"),
+    Op("channels_first_layer_norm", "layernorm", family="channels_first"),
 )
 
 

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="where the ops run (default: cuda if available, else cpu)")
     parser.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
-                        help="TOKENNORM_BACKEND for this run (default: the environment's, else auto)")
+                        help="the backend for this run (default: the current one, TOKENNORM_BACKEND at start-up)")
     parser.add_argument("--interpret", action="store_true",
                         help="check tokennorm's Triton kernels on the CPU, in Triton's interpreter (a subprocess "
                              "with TRITON_INTERPRET=1; slow: add --quick)")
@@ -90,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from tokennorm.backend import ENV_VAR, backend_name
-
     to_stdout = args.json == "-"
     console, errors = Console(stderr=to_stdout), Console(stderr=True, soft_wrap=True)  # errors: one line
     if not console.is_terminal and "COLUMNS" not in os.environ:  # a file or pipe: no need to wrap at 80
@@ -116,38 +114,30 @@ def run(args: argparse.Namespace) -> int:
             return rerun_with_interpreted_kernels(_interpreted_argv(args))
         args.device, args.backend = "cpu", "triton"  # the interpreter is on already: run here
 
+    from tokennorm.backend import get_backend, using_backend
     from tokennorm.tools.verify.checks import run_checks, supported_dtypes
     from tokennorm.tools.verify.report import environment, table, worst_per_group, write_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    saved = os.environ.get(ENV_VAR)
-    if args.backend is not None:
-        os.environ[ENV_VAR] = args.backend
     try:
-        try:
-            backend = backend_name()
-        except ValueError as exc:  # a TOKENNORM_BACKEND in the environment that is not a backend
-            problem = str(exc)
-        else:
-            problem = _setup_error(device, backend)
-        if problem:
-            return fail(problem)
-        shapes = cases.QUICK_CASES if args.quick else cases.CASES
-        # The tensors are small: CPU thread-pool hand-offs cost more than they save, and on a busy machine
-        # spinning OpenMP workers slow the sweep many times over (benchmarks/RESULTS.md, "CPU: threads").
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        start = time.perf_counter()
-        try:
+        backend = args.backend or get_backend()
+    except ValueError as exc:  # TOKENNORM_BACKEND at start-up was not a backend
+        return fail(str(exc))
+    problem = _setup_error(device, backend)
+    if problem:
+        return fail(problem)
+    shapes = cases.QUICK_CASES if args.quick else cases.CASES
+    # The tensors are small: CPU thread-pool hand-offs cost more than they save, and on a busy machine
+    # spinning OpenMP workers slow the sweep many times over (benchmarks/RESULTS.md, "CPU: threads").
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        with using_backend(backend):  # this run only
             checks = run_checks(device, shapes, args.seed)
-        finally:
-            torch.set_num_threads(threads)
-        elapsed = time.perf_counter() - start
     finally:
-        if saved is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = saved
+        torch.set_num_threads(threads)
+    elapsed = time.perf_counter() - start
 
     env = environment(device, backend, args.quick, args.seed)
     failed = [c for c in checks if not c.passed]

@@ -1,0 +1,254 @@
+"""Cached kernel launches: ``KERNEL[grid](*args, **kwargs)`` as with a ``@triton.jit`` function, for less host time.
+
+Triton's own launch (``JITFunction.run``) binds and specializes every argument, builds a cache key from strings
+and reads its settings on every call: at decode sizes that costs more than the kernel runs (benchmarks/
+RESULTS.md, "Host time per call"). :class:`CachedLauncher` wraps a jit function and does that work once per
+specialization: the first call of each goes through ``JITFunction.run`` itself (which compiles, launches and
+returns the compiled kernel); later calls compute a cheap key and call the compiled kernel's launcher with the
+arguments ``JITFunction.run`` would have passed. ``CachedLauncher.bind(**kwargs)`` fixes the keyword arguments
+once, for callers that reuse them (a launch plan): ``bound[grid](*args)``.
+
+The key distinguishes everything Triton specializes on, or more (a finer key only adds cache entries): the
+pattern of positional argument types; for each positional argument, a tensor's dtype and whether its address is
+a multiple of 16, an int's Triton type (i32/i64/u64), whether it equals 1 and whether it is a multiple of 16, a
+constexpr's value (None, floats and bools: their type says all); every keyword argument (constexprs and options
+such as ``num_warps``) by name and value; the current device. Calls it cannot describe (an argument of another
+type, a runtime argument given by name, an unhashable keyword value) take ``JITFunction.run``.
+
+Three cases keep the plain call:
+
+* under ``torch.compile``/export tracing or a torch dispatch mode (make_fx, fake tensors): the launch goes
+  through ``torch.library.wrap_triton`` so the graph records it;
+* Triton's interpreter (``TRITON_INTERPRET=1``): the interpreted function is called as usual;
+* Triton internals other than the ones this module was tested against (Triton 3.6 and 3.9, with a fake CUDA
+  driver: tests/kernels/test_launcher.py): the plain JIT call, with one warning per process.
+
+While a launch hook (profilers), ``TRITON_DEBUG``, an instrumentation mode or a pre-run hook is active, calls
+take ``JITFunction.run`` too, so those tools see and get what they expect. The globals a kernel reads are
+checked by Triton when a specialization is first launched, not on every cached call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import warnings
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["CachedLauncher", "BoundLauncher", "cached_launch_available"]
+
+try:  # torch >= 2.6
+    from torch.library import wrap_triton as _wrap_triton
+except ImportError:  # pragma: no cover - older torch: no tracing into kernels, launch directly
+    def _wrap_triton(kernel):
+        return kernel
+
+
+def _find_internals() -> tuple[Any, str]:
+    """(the pieces of Triton the cached path uses, '') or (None, what is missing or different)."""
+    try:
+        from triton import knobs
+        from triton.runtime.driver import driver
+        from triton.runtime.jit import JITFunction
+    except ImportError as exc:
+        return None, f"cannot import {exc.name or exc}"
+    run_source = "".join(inspect.getsource(JITFunction.run).split())
+    # The launcher call the cached path reproduces, argument for argument. If Triton changes it, this no longer
+    # matches and calls take JITFunction.run.
+    expected = ("kernel.run(grid_0,grid_1,grid_2,stream,kernel.function,kernel.packed_metadata,launch_metadata,"
+                "knobs.runtime.launch_enter_hook,knobs.runtime.launch_exit_hook,*bound_args.values())")
+    if expected not in run_source:
+        return None, "JITFunction.run calls the compiled kernel's launcher differently"
+    runtime, compilation = knobs.runtime, knobs.compilation
+    for owner, name in ((runtime, "launch_enter_hook"), (runtime, "launch_exit_hook"), (runtime, "debug"),
+                        (compilation, "instrumentation_mode")):
+        if not hasattr(owner, name):
+            return None, f"triton.knobs has no {name}"
+    if not all(hasattr(getattr(runtime, h), "calls") for h in ("launch_enter_hook", "launch_exit_hook")):
+        return None, "Triton's launch hooks are not hook chains"
+    return (JITFunction, driver, runtime, compilation), ""
+
+
+_INTERNALS, _MISSING = _find_internals()
+_warned = False
+
+
+def cached_launch_available() -> bool:
+    """True when this Triton has the internals the cached launch path needs (else calls go through
+    ``JITFunction.run``)."""
+    return _INTERNALS is not None
+
+
+def _warn_fallback(reason: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        import triton
+
+        warnings.warn(
+            f"tokennorm: cached kernel launches are off with Triton {triton.__version__} ({reason}); kernels "
+            "launch through JITFunction.run, which costs more host time per call", RuntimeWarning, stacklevel=3,
+        )
+
+
+# A torch dispatch mode (make_fx, fake tensors, functionalization) is active: launches must be traced, not run.
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
+class CachedLauncher:
+    """A ``@triton.jit`` function launched as ``LAUNCHER[grid](*args, **kwargs)``, with cached launches.
+
+    See the module docstring for what is cached, what the key holds, and when calls take Triton's own path.
+    ``grid`` is a tuple of 1–3 ints or a callable of the bound arguments, as for the jit function.
+    :meth:`bind` fixes the keyword arguments once, for callers that reuse them (a launch plan).
+    """
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self._traceable = _wrap_triton(kernel)
+        self._cache: dict[tuple, tuple] = {}
+        # Bounded by the call patterns in use: positional argument types, and distinct keyword sets. Each gets a
+        # number that goes into the key; itertools.count hands them out atomically (threads cannot share one).
+        self._key_functions: dict[tuple[type, ...], Callable[..., tuple] | None] = {}
+        self._keyword_sets: dict[tuple, int] = {}
+        self._numbers = itertools.count()
+        self._cached = False
+        if _INTERNALS is None:
+            if type(kernel).__name__ == "JITFunction":
+                _warn_fallback(_MISSING)
+            return
+        if not isinstance(kernel, _INTERNALS[0]):
+            return  # Triton's interpreter: plain calls
+        try:
+            params = kernel.params
+            self._names = tuple(p.name for p in params)
+            self._constexpr = tuple(bool(p.is_constexpr) for p in params)
+            self._defaults = tuple(p.default for p in params)
+            self._flags = tuple((bool(p.do_not_specialize), bool(p.do_not_specialize_on_alignment)) for p in params)
+            kernel.pre_run_hooks  # noqa: B018  (read on every call)
+        except AttributeError as exc:
+            _warn_fallback(f"a jit function has no {exc.name}")
+            return
+        self._cached = True
+
+    def __getitem__(self, grid: Any) -> Callable[..., Any]:
+        if not self._cached:
+            return self.kernel[grid]
+        return lambda *args, **kwargs: self.run(grid, args, kwargs, self._keyword_set(kwargs))
+
+    def bind(self, **kwargs: Any) -> BoundLauncher:
+        """This kernel with the keyword arguments (constexprs and options) fixed: ``bound[grid](*args)`` launches
+        as ``self[grid](*args, **kwargs)`` would, without building and hashing the keywords on every call."""
+        return BoundLauncher(self, kwargs)
+
+    def cache_size(self) -> int:
+        """How many specializations have a cached launch (all devices)."""
+        return len(self._cache)
+
+    def _keyword_set(self, kwargs: dict) -> int | None:
+        """A small int standing for these keyword names and values (None: a value is unhashable)."""
+        try:
+            return self._keyword_sets[(*kwargs, *kwargs.values())]
+        except KeyError:
+            return self._keyword_sets.setdefault((*kwargs, *kwargs.values()), next(self._numbers))
+        except TypeError:
+            return None
+
+    def run(self, grid: Any, args: tuple, kwargs: dict, keyword_set: int | None) -> Any:
+        """Launch with ``grid``: the cached launch when possible, else ``JITFunction.run``."""
+        if torch.compiler.is_compiling() or _dispatch_modes():  # tracing: record the launch in the graph
+            return self._traceable[grid](*args, **kwargs)
+        _, driver, runtime, compilation = _INTERNALS
+        if (runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls or runtime.debug
+                or compilation.instrumentation_mode or self.kernel.pre_run_hooks or keyword_set is None):
+            return self.kernel.run(*args, grid=grid, warmup=False, **kwargs)
+        types = tuple(map(type, args))
+        try:
+            key_function = self._key_functions[types]
+        except KeyError:
+            key_function = self._key_functions[types] = self._make_key_function(types)
+        if key_function is None:
+            return self.kernel.run(*args, grid=grid, warmup=False, **kwargs)
+        active = driver.active
+        device = active.get_current_device()
+        key = key_function(device, keyword_set, *args)
+        entry = self._cache.get(key)
+        if entry is None:
+            return self._first_launch(key, grid, args, kwargs)
+        launch, function, packed_metadata, tail, compiled = entry
+        if callable(grid):
+            grid = grid(dict(zip(self._names, (*args, *tail))))
+        grid_size = len(grid)
+        launch(grid[0], grid[1] if grid_size > 1 else 1, grid[2] if grid_size > 2 else 1,
+               active.get_current_stream(device), function, packed_metadata, None, None, None, *args, *tail)
+        return compiled
+
+    def _first_launch(self, key: tuple, grid: Any, args: tuple, kwargs: dict) -> Any:
+        """Triton's own launch; then cache what later calls with this key hand the launcher."""
+        compiled = self.kernel.run(*args, grid=grid, warmup=False, **kwargs)
+        if compiled is None:
+            return None
+        if hasattr(compiled, "result"):  # an asynchronous compile's future
+            compiled = compiled.result()
+        tail = self._tail(len(args), kwargs)
+        if tail is not None:
+            self._cache[key] = (compiled.run, compiled.function, compiled.packed_metadata, tail, compiled)
+        return compiled
+
+    def _tail(self, n_positional: int, kwargs: dict) -> tuple | None:
+        """The values JITFunction.run passes after the positional ones (constexprs given by name, or their
+        defaults), in signature order; None if one of them is a runtime argument (its value would change per
+        call)."""
+        tail = []
+        for i in range(n_positional, len(self._names)):
+            if not self._constexpr[i]:
+                return None
+            tail.append(kwargs.get(self._names[i], self._defaults[i]))
+        return tuple(tail)
+
+    def _make_key_function(self, types: tuple[type, ...]) -> Callable[..., tuple] | None:
+        """For positional arguments of these types, ``key(device, keyword_set, *args)``: the cache key, holding the
+        pattern's number, the device, the keyword set and what Triton specializes on in the arguments (see the
+        module docstring); None when an argument cannot be described (that call pattern takes
+        ``JITFunction.run``). Generated once per pattern as straight-line code, as Triton generates its binder."""
+        if len(types) > len(self._names):
+            return None
+        names = [f"a{i}" for i in range(len(types))]
+        parts = [str(next(self._numbers)), "device", "keyword_set"]
+        for i, (a, t) in enumerate(zip(names, types)):
+            no_value, no_alignment = self._flags[i]
+            if self._constexpr[i]:
+                parts.append(a)  # a constexpr given by position: its value
+            elif issubclass(t, torch.Tensor):
+                parts.append(f"{a}.dtype" if no_value or no_alignment else f"{a}.dtype, {a}.data_ptr() & 15 == 0")
+            elif t is int:
+                parts += [f"-2147483648 <= {a} <= 2147483647", f"{a} >= 9223372036854775808"]
+                if not no_value:
+                    parts.append(f"{a} == 1")
+                    if not no_alignment:
+                        parts.append(f"{a} & 15 == 0")
+            elif t not in (type(None), float, bool):  # those: the type (fixed by the pattern) says all
+                return None
+        source = f"def key(device, keyword_set, {', '.join(names)}):\n    return ({', '.join(parts)},)\n"
+        namespace: dict[str, Any] = {}
+        exec(source, namespace)  # noqa: S102 - generated from the kernel's signature and argument types only
+        return namespace["key"]
+
+
+class BoundLauncher:
+    """:meth:`CachedLauncher.bind`'s result: ``bound[grid](*args)``."""
+
+    __slots__ = ("launcher", "kwargs", "_keyword_set")
+
+    def __init__(self, launcher: CachedLauncher, kwargs: dict) -> None:
+        self.launcher, self.kwargs = launcher, kwargs
+        self._keyword_set = launcher._keyword_set(kwargs) if launcher._cached else None
+
+    def __getitem__(self, grid: Any) -> Callable[..., Any]:
+        launcher, kwargs = self.launcher, self.kwargs
+        if not launcher._cached:
+            kernel = launcher.kernel[grid]
+            return lambda *args: kernel(*args, **kwargs)
+        return lambda *args: launcher.run(grid, args, kwargs, self._keyword_set)

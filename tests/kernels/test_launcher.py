@@ -1,0 +1,92 @@
+"""CachedLauncher: the same launches as Triton's own JIT path, for less host time.
+
+The launches themselves need compiled kernels and a CUDA driver: those checks run in a subprocess without the
+interpreter, on a fake CUDA driver (tests/kernels/fake_gpu.py), on whatever Triton is installed (CI: 3.9; run
+this file with a Triton 3.6 environment for the GPU image's version). The key functions are checked here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from tokennorm.kernels import launch, launcher
+
+
+@pytest.mark.slow
+def test_cached_launches_hand_the_launcher_what_triton_does(fake_gpu):
+    """24 calls of a probe kernel (every kind of argument Triton specializes on, grids of 1–3 dims and from a
+    function, options), with and without do_not_specialize: same launcher arguments, same compiled kernel."""
+    result = fake_gpu("launcher-arguments")
+    for kernel, counts in result.items():
+        if isinstance(counts, dict):
+            assert counts["compiled_kernels"] <= counts["cached_specializations"] <= counts["cases"], kernel
+
+
+@pytest.mark.slow
+def test_every_public_op_launches_as_triton_does(fake_gpu):
+    result = fake_gpu("public-ops")
+    assert result["_rows_forward"]["from the cache"] > 0 and result["_rows_backward"]["from the cache"] > 0
+
+
+@pytest.mark.slow
+def test_other_triton_internals_fall_back_with_one_warning(fake_gpu):
+    assert len(fake_gpu("fallback")["warnings"]) == 1
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_the_launch_through_wrap_triton(fake_gpu):
+    """fullgraph=True: no graph break; the kernel launch is in the graph (wrap_triton), forward and backward."""
+    assert fake_gpu("compile")["kernels recorded by tracing"] > 0
+
+
+def test_interpreted_kernels_are_called_as_they_are():
+    if torch.cuda.is_available():
+        pytest.skip("the kernels are compiled on a GPU machine")
+    wrapped = [v for v in vars(launch).values() if isinstance(v, launcher.CachedLauncher)]
+    assert wrapped and all(not w._cached and w.cache_size() == 0 for w in wrapped)
+
+
+def _probe(X, Y, n, scale, BLOCK: tl.constexpr, MODE: tl.constexpr = 0):
+    pass
+
+
+def _probe_no_value(X, Y, n, scale, BLOCK: tl.constexpr):
+    pass
+
+
+@pytest.mark.skipif(not launcher.cached_launch_available(), reason="cached launches are off with this Triton")
+def test_key_separates_what_triton_specializes_on():
+    """Arguments Triton compiles differently for get different keys; the same specialization, the same key."""
+    cached = launcher.CachedLauncher(JITFunction(_probe))
+    x, y = torch.randn(64), torch.randn(64)
+
+    functions = {}  # one key function per pattern of argument types, as CachedLauncher keeps them
+
+    def key(*args):
+        types = tuple(map(type, args))
+        if types not in functions:
+            functions[types] = cached._make_key_function(types)
+        return functions[types](0, 0, *args)
+
+    same = [(x, y, 32, 0.5), (x[4:], y[8:], 48, 2.0), (x.clone(), y, -16, 1.0)]
+    assert len({key(*a) for a in same}) == 1
+    different = [
+        (x, y, 32, 0.5),
+        (x[1:], y, 32, 0.5),  # x not 16-byte aligned
+        (x.double(), y, 32, 0.5),  # dtype
+        (x, y, 33, 0.5),  # n not a multiple of 16
+        (x, y, 1, 0.5),  # n == 1
+        (x, y, 2**31, 0.5),  # i64
+        (x, y, 2**63, 0.5),  # u64
+    ]
+    assert len({key(*a) for a in different}) == len(different)
+    assert key(x, y, 32, 0.5, 64) != key(x, y, 32, 0.5, 128)  # a constexpr by position: its value
+    assert cached._make_key_function((torch.Tensor, torch.Tensor, int, str)) is None  # not describable
+    assert cached._make_key_function((type(None),)) is not None  # None: the type says all
+    no_value = launcher.CachedLauncher(JITFunction(_probe_no_value, do_not_specialize=["n"]))
+    key_nv = no_value._make_key_function((torch.Tensor, torch.Tensor, int, float))
+    assert key_nv(0, 0, x, y, 1, 0.5) == key_nv(0, 0, x, y, 32, 0.5) != key_nv(0, 0, x, y, 2**31, 0.5)
+    assert key_nv(0, 0, x, y, 1, 0.5) != key_nv(1, 0, x, y, 1, 0.5) != key_nv(0, 1, x, y, 1, 0.5)  # device, keywords
