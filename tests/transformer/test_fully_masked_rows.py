@@ -214,3 +214,22 @@ def test_encoder_stack_against_torch_nested_tensor_path():
     assert torch.all(t_nested[right_padding] == 0)  # torch's nested path: padding positions are 0
     _assert_same(out, t_padded)  # as torch without nested tensors: the all-padding sequence is NaN
     assert out[2].isnan().all() and out[0, 3:].isfinite().all()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_torch_on_every_path():
+    """The same comparisons on a GPU, where torch's fast path and SDPA run CUDA kernels (torch's masked softmax
+    gives NaN there too; SDPA's flash / memory-efficient kernels give zero weights)."""
+    x, kpm, am = torch.randn(2, 5, D, device="cuda"), PADDING.cuda(), CAUSAL.cuda()
+    for training, grad, need_weights in itertools.product([False, True], [False, True], [False, True]):
+        ours, theirs = (m.cuda().train(training) for m in _attention_pair())
+        with torch.set_grad_enabled(grad):
+            t_out = theirs(x, x, x, key_padding_mask=kpm, attn_mask=am, need_weights=need_weights)[0]
+            out = ours(x, key_padding_mask=kpm, attn_mask=am, need_weights=need_weights)
+        _assert_same(out[0] if need_weights else out, t_out)
+    for norm_first, training, grad in itertools.product([False, True], [False, True], [False, True]):
+        ours, theirs = (m.cuda().train(training) for m in _encoder_pair(norm_first))
+        with torch.set_grad_enabled(grad):
+            out = ours(x, key_padding_mask=kpm, attn_mask=am, is_causal=True)
+            t_out = theirs(x, src_key_padding_mask=kpm, src_mask=am, is_causal=True)
+        _assert_same(out, t_out)
