@@ -4,7 +4,7 @@ and S the largest term the tensor is computed from (:func:`term_magnitudes`)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -52,8 +52,11 @@ def tolerance(dtype: torch.dtype, direction: str, magnitude: float) -> float:
     return ROUNDOFFS[(dtype, direction)] * UNIT_ROUNDOFF[dtype] * magnitude
 
 
-def term_magnitudes(op: Op, inp: Inputs, ns: tuple[int, ...], dtype: torch.dtype) -> dict[str, float]:
-    """For each compared tensor, the largest magnitude among the terms it is computed from.
+def term_magnitudes(
+    op: Op, inp: Inputs, ns: tuple[int, ...], dtype: torch.dtype, eps: Optional[float] = None
+) -> dict[str, float]:
+    """For each compared tensor, the largest magnitude among the terms it is computed from; ``eps`` is the op's
+    ε (default: verify's, :data:`LAYER_NORM_EPS` or torch's RMSNorm default for ``dtype``).
 
     Rounding errors scale with these, not with the result: a row of equal values has x̂ = 0 exactly, yet
     computing it as x·rstd − μ·rstd (as fused kernels do) leaves an error of u·|x|·rstd, with rstd = 1/sqrt(ε).
@@ -62,7 +65,8 @@ def term_magnitudes(op: Op, inp: Inputs, ns: tuple[int, ...], dtype: torch.dtype
     n = math.prod(ns)
     x, w, dy = inp.x.double(), inp.weight.double().reshape(-1), inp.dy.double().reshape(-1, n).abs()
     h = (x if inp.residual is None else x + inp.residual.double()).reshape(-1, n)  # [rows, n]
-    eps = LAYER_NORM_EPS if op.norm == "layernorm" else reference.default_rms_eps(dtype)
+    if eps is None:
+        eps = LAYER_NORM_EPS if op.norm == "layernorm" else reference.default_rms_eps(dtype)
     if op.norm == "layernorm":
         rstd = torch.rsqrt(h.var(dim=1, correction=0, keepdim=True) + eps)  # [rows, 1]
     else:
