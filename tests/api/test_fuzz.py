@@ -404,6 +404,14 @@ KNOWN_DEFECTS: tuple[Defect, ...] = (
         lambda c: c.op == "add_norm" and c.dtype == F64 and c.h_dtype != F64 and c.residual_values is not None,
         _add_norm_example(F64, None, torch.float32, scale=100.0),
     ),
+    Defect(
+        "kernels (found by this fuzz): a float64 x with a narrower stream: the Triton backward computes in the "
+        "stream's compute dtype (float32), where add_norm's definition computes in float64 when x or h is "
+        "float64: dx of 1-element RMS rows (1 − x̂² cancels) off by 6e-8, torch's backend 5e-14",
+        ("triton",),
+        lambda c: c.op == "add_norm" and c.dtype == F64 and c.h_dtype != F64,
+        _add_norm_example(F64, torch.float32, shape=(8, 1), norm="rmsnorm", prenorm=False),
+    ),
 )
 
 
@@ -533,3 +541,22 @@ def test_the_rule_fails_a_wrong_result():
     nan[3] = float("nan")
     with pytest.raises(AssertionError, match="NaN"):
         _assert_close_to_reference("y", nan, theirs, ref, TOL[torch.bfloat16][0])
+
+
+@pytest.mark.parametrize("wrong", ["unbiased variance", "ε outside the square root", "64 ulps of float32 off"])
+def test_check_case_fails_a_wrong_layer_norm(monkeypatch, torch_backend, wrong):
+    """The whole comparison (the 2×-torch's-error rule and the rounding bound) catches classic mistakes and an
+    error of 64 ulps on an ordinary case (the rules accept up to ~16: the order of summation)."""
+    from tokennorm.tools.explain import pitfalls
+
+    functions = {
+        "unbiased variance": pitfalls.layer_norm_unbiased_std,
+        "ε outside the square root": pitfalls.layer_norm_eps_outside_sqrt,
+        "64 ulps of float32 off": lambda *a, **k: F.layer_norm(*a, **k) * (1 + 64 * torch.finfo(torch.float32).eps),
+    }
+    monkeypatch.setattr(tokennorm, "layer_norm", functions[wrong])
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(8, 64, generator=g, dtype=F64) * (0.01 if "ε" in wrong else 1.0)
+    case = Case("layer_norm", values, None, 1, torch.float32, "contiguous", None, None, 1e-5)
+    with pytest.raises(AssertionError, match="layer_norm"):
+        check_case(case, "cpu")
