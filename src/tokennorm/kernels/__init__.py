@@ -37,7 +37,7 @@ Map of this package (the layers above: :mod:`tokennorm.ops` registers the launch
     Allocate outputs and launch a plan: ``norm_forward`` / ``norm_backward`` (and ``run_forward`` /
     ``run_backward`` taking a plan), and the tensor-parallel pieces (``segment_moments``, ``segment_apply``,
     ``segment_sums``, ``segment_dx``).
-``launcher.py`` (when present)
+``launcher.py``
     The cached launcher every kernel is called through: low host cost in eager mode, ``wrap_triton`` while
     ``torch.compile`` traces.
 

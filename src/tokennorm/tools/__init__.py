@@ -1,7 +1,9 @@
-"""The tools behind the ``tokennorm`` command, one package each, none importing another:
+"""The tools behind the ``tokennorm`` command, one package each, none importing another (except where
+tests/api/test_imports.py declares it: the kernel report and tune use the benchmark's cases and harness):
 
 ``verify``       every op, forward and backward, in every dtype, against the float64 reference
 ``bench``        throughput and per-call latency against torch, torch.compile and installed peers
+``tune``         which of tokennorm's kernels and torch's the ``auto`` backend runs on this GPU, measured
 ``audit``        does an output token depend on future tokens, other batch items or padding? (any model)
 ``explain``      which elements share statistics under each norm; LayerNorm step by step; the classic mistakes
 ``demo``         a tiny causal LM trained with each norm and placement

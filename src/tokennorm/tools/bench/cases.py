@@ -56,14 +56,26 @@ BYTES_PER_ELEMENT = {
 # Short name -> torch's name of each benchmarked dtype.
 DTYPES: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
-# Throughput rows flush the cache between calls and time the device; latency rows time back-to-back calls
-# from Python, as a user makes them (host overhead included).
+# Throughput rows: many rows (M·N elements in all), the bandwidth an op reaches. Latency rows: a few rows (M = 1,
+# a decode step), where the fixed cost per call shows. Both are timed alike (device time and host time per call).
 KINDS = ("throughput", "latency")
 
 
 def bytes_moved(op: Op, direction: str, m: int, n: int, dtype: torch.dtype) -> int:
     """The fewest bytes ``op`` must move over an [m, n] input of ``dtype`` in ``direction``."""
     return BYTES_PER_ELEMENT[(op.add, direction)] * m * n * dtype.itemsize
+
+
+def footprint_bytes(case: "Case", implementations: int) -> int:
+    """A generous estimate of the memory one case takes on its device: its inputs (x, the residual, the upstream
+    gradients), the outputs of every implementation and of the copy (a captured graph keeps its outputs until
+    the case ends), and one float32 temporary of the input's size. Checked against the free memory before a
+    run, so that an impossible size is an error at once instead of an allocator failure later."""
+    add, backward = int(case.op.add), int(case.direction == "fwdbwd")
+    inputs = 1 + add + backward * (1 + add)
+    outputs = (1 + add) * (1 + backward)
+    elements = case.m * case.n
+    return (inputs + outputs * (implementations + 1)) * elements * case.dtype.itemsize + 4 * elements
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -111,7 +123,8 @@ class Sweep:
     latency_n: int = 4096
 
     def cases(self) -> list[Case]:
-        """Throughput cases (M = mn // N), then forward latency cases, in a stable order."""
+        """Throughput cases (M = mn // N; none when ``ns`` is empty), then forward latency cases, in a stable
+        order."""
         out = [
             Case(OPS[op], direction, dtype, max(1, self.mn // n), n)
             for op in self.ops for direction in self.directions for dtype in self.dtypes for n in self.ns

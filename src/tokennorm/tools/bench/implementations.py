@@ -1,4 +1,5 @@
-"""Who is compared: tokennorm, torch eager, torch.compile, and every installed peer.
+"""Who is compared: tokennorm, torch eager, torch.compile, and every installed peer (Liger, quack, apex,
+flash-attn's Triton norms, TransformerEngine).
 
 Each implementation turns a :class:`~tokennorm.tools.bench.cases.Case` into a function ``fn(x, residual, weight,
 bias)`` returning y (plain norms) or (y, h) (Add & Norm, h = residual + dropout(x)), or raises
@@ -136,6 +137,29 @@ def _flash_attn(case: Case) -> NormFn:
     )
 
 
+def _transformer_engine(case: Case) -> NormFn:
+    import torch
+    import transformer_engine.pytorch as te
+
+    op = case.op
+    if op.add:
+        raise Unsupported("no fused Add & Norm among its public modules")
+    module: dict[str, torch.nn.Module] = {}
+
+    def norm(x: Tensor, r: Optional[Tensor], w: Tensor, b: Optional[Tensor]) -> Tensor:
+        if not module:  # its norms are modules: built once, on the first call, with the case's parameters
+            cls = te.LayerNorm if op.norm == "layernorm" else te.RMSNorm
+            built = cls(case.n, eps=EPS, params_dtype=w.dtype, device=x.device)
+            with torch.no_grad():
+                built.weight.copy_(w)
+                if b is not None:
+                    built.bias.copy_(b)
+            module["norm"] = built
+        return module["norm"](x)
+
+    return norm
+
+
 @functools.lru_cache(maxsize=None)
 def import_problem(module: str, package: str) -> Optional[str]:
     """Why ``module`` cannot be imported (None when it can). Cached: a failed import is not retried."""
@@ -163,12 +187,12 @@ class Impl:
 
     def prepare(self, case: Case, device: str) -> NormFn:
         """The function for ``case`` on ``device``; Unsupported when this implementation cannot run it."""
+        if self.cuda_only and not device.startswith("cuda"):  # checked first: GPU packages are not imported
+            raise Unsupported("needs a CUDA device")
         for module in self.requires:
             problem = import_problem(module, self.package)
             if problem:
                 raise Unsupported(problem)
-        if self.cuda_only and device != "cuda":
-            raise Unsupported("needs a CUDA device")
         return self.build(case)
 
 
@@ -181,6 +205,7 @@ IMPLEMENTATIONS: dict[str, Impl] = {impl.name: impl for impl in (
     Impl("quack", _quack, ("quack.rmsnorm",), "quack-kernels", cuda_only=True),
     Impl("apex", _apex, ("apex.normalization.fused_layer_norm",), "apex (built from source)", cuda_only=True),
     Impl("flash-attn", _flash_attn, ("flash_attn.ops.triton.layer_norm",), "flash-attn", cuda_only=True),
+    Impl("te", _transformer_engine, ("transformer_engine.pytorch",), "transformer-engine[pytorch]", cuda_only=True),
 )}
 
 REFERENCE = _torch_eager  # what every implementation's forward output is checked against
