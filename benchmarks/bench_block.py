@@ -13,10 +13,11 @@ same attention and FFN weights and differ only in their norms:
 * ``torch``: the same block with ``torch.nn.LayerNorm`` / ``torch.nn.RMSNorm`` and a separate ``+``.
 
 Each is timed eagerly and under ``torch.compile`` (default mode). A step is ``out.backward(dy)`` on a fresh
-forward; gradients of the parameters and of ``x`` are reset outside the timed region. CUDA times come from
-``triton.testing.do_bench`` (CUDA events, L2 flushed before each call; median and 20th/80th percentiles); CPU
-times from ``time.perf_counter``. Each row also reports how far tokennorm's output and input gradient are from
-torch eager's (bf16 rounding is expected; a real bug shows as O(1)).
+forward, gradients of the parameters and of ``x`` set to None first. Times come from ``tokennorm bench``'s
+harness (tokennorm.tools.bench.timing): on CUDA, device time per step from CUDA-graph replay of back-to-back steps
+with the L2 flushed before each sample (median and 20th/80th percentiles), and host time per eager step as its
+own column; on the CPU, the wall clock. Each row also reports how far tokennorm's output and input gradient are
+from torch eager's (bf16 rounding is expected; a real bug shows as O(1)).
 
 Nothing here can stop the sweep: a configuration that fails (out of memory, a compile error) is reported as a
 failed row with its reason, and the script still prints the table, writes the JSON and exits 0. Without CUDA and
@@ -32,7 +33,6 @@ import gc
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -116,44 +116,26 @@ class Timing:
     median_ms: float
     p20_ms: float
     p80_ms: float
+    host_ms: float
+    method: str
 
 
-def time_step(step: Callable[[], object], leaves: list[Tensor], device: str, rep_ms: int, warmup_ms: int) -> Timing:
-    def reset() -> None:
-        for t in leaves:
+def time_step(step: Callable[[], object], leaves: list[Tensor], device: str, rounds: int, sample_ms: float) -> Timing:
+    """Device time per step as ``tokennorm bench`` measures it (tokennorm.tools.bench.timing: CUDA-graph replay,
+    L2 flushed, the median of ``rounds`` samples), and host time per eager step."""
+    from tokennorm.tools.bench.timing import Budget, Measurement, Workload, default_timer, measure_interleaved
+
+    def call() -> None:
+        for t in leaves:  # fresh gradients each step, as training writes them (no accumulation kernel)
             t.grad = None
+        step()
 
-    if device.startswith("cuda"):
-        try:
-            import triton.testing
-
-            q = triton.testing.do_bench(step, warmup=warmup_ms, rep=rep_ms, grad_to_none=leaves,
-                                        quantiles=[0.5, 0.2, 0.8])
-            return Timing(*q)
-        except ImportError:
-            pass  # CUDA events below
-        samples = []
-        for i in range(10 + 50):
-            reset()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            if i >= 10:
-                samples.append(start.elapsed_time(end))
-    else:
-        for _ in range(3):
-            reset()
-            step()
-        samples, deadline = [], time.perf_counter() + rep_ms / 1e3
-        while len(samples) < 5 or (len(samples) < 200 and time.perf_counter() < deadline):
-            reset()
-            t0 = time.perf_counter()
-            step()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    dec = statistics.quantiles(samples, n=10, method="inclusive")
-    return Timing(statistics.median(samples), dec[1], dec[7])
+    budget = Budget(rounds=rounds, warmup_calls=2, sample_seconds=sample_ms / 1e3, min_calls=1, max_calls=20,
+                    host_burst_calls=2)
+    m = measure_interleaved({"step": Workload([call], "step")}, default_timer(device), budget)["step"]
+    if not isinstance(m, Measurement):
+        raise m
+    return Timing(m.device.median * 1e3, m.device.p20 * 1e3, m.device.p80 * 1e3, m.host.median * 1e3, m.method)
 
 
 # -------------------------------------------------------------------------------------------------- sweep
@@ -166,9 +148,11 @@ class Row:
     mode: str
     impl: str
     tokens: int
-    median_ms: Optional[float] = None
+    median_ms: Optional[float] = None  # device time per step
     p20_ms: Optional[float] = None
     p80_ms: Optional[float] = None
+    host_ms: Optional[float] = None  # host time per eager step
+    method: Optional[str] = None  # graph | profiler | wall
     out_err: Optional[float] = None  # max|y - y_torch_eager| / max|y_torch_eager|
     dx_err: Optional[float] = None  # the same for the gradient of x
     error: Optional[str] = None
@@ -221,8 +205,9 @@ def run_case(d_model: int, norm: str, args: argparse.Namespace, dtype: torch.dty
                     row.out_err, row.dx_err = _rel_err(y, reference[0]), _rel_err(x.grad, reference[1])
                 del y
                 leaves = [x, *module.parameters()]
-                timing = time_step(lambda: fn(x).backward(dy), leaves, device, args.rep_ms, args.warmup_ms)
+                timing = time_step(lambda: fn(x).backward(dy), leaves, device, args.rounds, args.rep_ms)
                 row.median_ms, row.p20_ms, row.p80_ms = timing.median_ms, timing.p20_ms, timing.p80_ms
+                row.host_ms, row.method = timing.host_ms, timing.method
                 log(f"d_model={d_model:<5} {norm:<9} {mode:<7} {impl:<9} {timing.median_ms:9.3f} ms")
             except Exception as exc:  # noqa: BLE001 - a failed row must not end the sweep
                 row.error = _reason(exc)
@@ -245,13 +230,15 @@ def run_case(d_model: int, norm: str, args: argparse.Namespace, dtype: torch.dty
 
 
 def print_table(rows: list[Row], title: str) -> None:
-    """One line per (d_model, norm, mode): torch ms, tokennorm ms, speedup, tokennorm's deviation."""
+    """One line per (d_model, norm, mode): torch ms, tokennorm ms (device), speedup, host ms per eager step,
+    tokennorm's deviation."""
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:  # rich is a tokennorm dependency, but a plain table still beats a crash
         Console = Table = None
-    header = ["d_model", "norm", "mode", "torch ms", "tokennorm ms", "speedup", "Δout rel", "Δdx rel"]
+    header = ["d_model", "norm", "mode", "torch ms", "tokennorm ms", "speedup", "host ms torch / ours", "Δout rel",
+              "Δdx rel"]
     lines = []
     keys = sorted({(r.d_model, r.norm, r.mode) for r in rows}, key=lambda k: (k[0], NORMS.index(k[1]) if k[1] in
                                                                              NORMS else 9, MODES.index(k[2])))
@@ -270,7 +257,8 @@ def print_table(rows: list[Row], title: str) -> None:
         if t and o and t.median_ms and o.median_ms:
             speed = f"{t.median_ms / o.median_ms:.2f}x"
         errs = [f"{v:.1e}" if v is not None else "-" for v in ((o.out_err, o.dx_err) if o else (None, None))]
-        lines.append([str(key[0]), key[1], key[2], ms(t), ms(o), speed, *errs])
+        host = " / ".join(f"{r.host_ms:.3f}" if r and r.host_ms is not None else "-" for r in (t, o))
+        lines.append([str(key[0]), key[1], key[2], ms(t), ms(o), speed, host, *errs])
     if Table is None:
         print(title)
         print(" | ".join(header))
@@ -347,8 +335,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--modes", type=_choices(MODES), default=MODES, help="comma list of eager, compile")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                    help="parameter and activation dtype (default bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--rep-ms", type=int, default=None, help="timing budget per measurement, ms (default 200)")
-    p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warmup, ms (25)")
+    p.add_argument("--rep-ms", type=float, default=None,
+                   help="milliseconds of work per timing sample (default 5; steps are captured back to back)")
+    p.add_argument("--rounds", type=int, default=None, help="timing samples per row (default 10; 3 with --tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write environment, settings and every row to this file")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failed rows")
@@ -356,7 +345,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.d_models = args.d_models or ((64, 128) if args.tiny else (1024, 2048, 4096))
     args.batch = args.batch or (2 if args.tiny else 8)
     args.seq = args.seq or (64 if args.tiny else 1024)
-    args.rep_ms = args.rep_ms or (30 if args.tiny else 200)
+    args.rep_ms = args.rep_ms or (1 if args.tiny else 5)
+    args.rounds = args.rounds or (3 if args.tiny else 10)
     return args
 
 
@@ -387,26 +377,33 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     env = environment(args)
     title = (f"pre-LN block fwd+bwd, {args.batch}x{args.seq} tokens, {dtype_name}, head_dim 128, FFN 4x, "
-             f"{env['device_name']} (median ms, {'do_bench' if on_cuda else 'perf_counter'}; speedup = torch / tokennorm)")
+             f"{env['device_name']} (median device ms per step, {'CUDA-graph replay' if on_cuda else 'wall clock'}; "
+             "speedup = torch / tokennorm)")
     print(title, flush=True)
     rows: list[Row] = []
     started = time.perf_counter()
+
+    def save() -> None:  # after each case: a run stopped by a timeout keeps what it measured
+        if not args.json:
+            return
+        payload = {"environment": env,
+                   "settings": {"d_models": list(args.d_models), "batch": args.batch, "seq": args.seq,
+                                "norms": list(args.norms), "modes": list(args.modes), "dtype": dtype_name,
+                                "rep_ms": args.rep_ms, "rounds": args.rounds, "seed": args.seed},
+                   "seconds": round(time.perf_counter() - started, 1),
+                   "rows": [asdict(r) for r in rows]}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+
     for d_model in args.d_models:
         for norm in args.norms:
             rows += run_case(d_model, norm, args, dtype, lambda msg: print(msg, flush=True))
+            save()
     print_table(rows, title)
     failed = [r for r in rows if r.error]
     if failed:
         print(f"{len(failed)} of {len(rows)} measurements failed (see the table / JSON).")
     if args.json:
-        payload = {"environment": env,
-                   "settings": {"d_models": list(args.d_models), "batch": args.batch, "seq": args.seq,
-                                "norms": list(args.norms), "modes": list(args.modes), "dtype": dtype_name,
-                                "rep_ms": args.rep_ms, "seed": args.seed},
-                   "seconds": round(time.perf_counter() - started, 1),
-                   "rows": [asdict(r) for r in rows]}
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
         print(f"wrote {args.json}")
     return 0
 

@@ -75,24 +75,12 @@ def backward_candidates(n: int, sms: int) -> list[KernelConfig]:
     return out
 
 
-def graph_time(fn, calls: int = 10) -> float:
-    """Milliseconds per call of ``fn`` as GPU time: ``calls`` back-to-back calls captured in a CUDA graph,
-    the replay timed (median)."""
-    import triton.testing
+def _time(fn) -> float:
+    """Median milliseconds of GPU time per call of ``fn``: ``tokennorm bench``'s harness (back-to-back calls
+    captured in a CUDA graph and replayed, the L2 flushed before each sample)."""
+    from tokennorm.tools.bench.timing import gpu_ms
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return triton.testing.do_bench(graph.replay, warmup=5, rep=40, return_mode="median") / calls
-
-
-_time = graph_time
+    return gpu_ms(fn)
 
 
 def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", rounds: int = 3,

@@ -20,6 +20,14 @@ if not HAS_CUDA:
 torch.set_num_threads(1)
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# `--hypothesis-profile=fuzz`: the fuzz run of tests/api/test_fuzz.py (README, below the fast lane); registered
+# here so that the option can name it (profiles must exist before test modules are imported).
+settings.register_profile(
+    "fuzz", max_examples=10_000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # The device the Triton path runs on: the GPU when there is one, else the CPU under the interpreter.
 KERNEL_DEVICE = "cuda" if HAS_CUDA else "cpu"

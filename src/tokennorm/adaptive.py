@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokennorm import _checks
-from tokennorm.functional import NORMS
+from tokennorm import _checks, ops
+from tokennorm.backend import use_triton
+from tokennorm.functional import NORMS, _flat, _requires_grad, _rows
 from tokennorm.reference import compute_dtype, default_rms_eps
 
 __all__ = ["ada_norm", "AdaLNZero", "Modulation"]
@@ -117,10 +118,40 @@ def ada_norm(
     h_dtype = residual.dtype if residual is not None else x.dtype
     if eps is None:
         eps = default_rms_eps(h_dtype) if is_rms else LAYER_NORM_EPS
-    # The one dispatch point of this op: the fused Triton kernels (issue 18, phase 2) plug in here; until then
-    # every device runs the torch composition below.
-    y, h = _ada_norm_torch(x, shift, scale, gate, residual, is_rms, weight, bias, eps, h_dtype)
+    # The one dispatch point of this op: the fused Triton kernels, or the torch composition. (float64 x with a
+    # narrower residual stream, or the reverse, is computed in float64 as documented: the composition does that;
+    # the kernels take float64 from x forward and from h backward.)
+    if (use_triton(x) and x.dtype in _checks.KERNEL_DTYPES and x.numel()
+            and (x.dtype == torch.float64) == (h_dtype == torch.float64)):
+        y, h = _ada_norm_triton(x, shift, scale, gate, residual, is_rms, weight, bias, eps, h_dtype, prenorm)
+    else:
+        y, h = _ada_norm_torch(x, shift, scale, gate, residual, is_rms, weight, bias, eps, h_dtype)
     return (y, h) if prenorm else y
+
+
+def _ada_norm_triton(
+    x: Tensor, shift: Tensor, scale: Tensor, gate: Optional[Tensor], residual: Optional[Tensor], is_rms: bool,
+    weight: Optional[Tensor], bias: Optional[Tensor], eps: float, h_dtype: torch.dtype, prenorm: bool,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """The fused kernels on x as [M, C] rows. [B, C] modulations stay [B, C] (row r reads row r // tokens);
+    with any of them per token, the [B, C] ones are expanded to x's shape (a copy) and all are read per row."""
+    n = x.shape[-1]
+    mods = (shift, scale, gate)
+    tokens = x.numel() // (x.shape[0] * n)
+    if x.dim() > 2 and all(m is None or m.dim() == 2 for m in mods):
+        rows = [None if m is None else _rows(m, n) for m in mods]
+    else:
+        tokens = 1
+        rows = [None if m is None else _rows(_per_token(m, x, m.dtype).expand(x.shape), n) for m in mods]
+    stores_h = gate is not None or residual is not None  # else h is x
+    needs_grad = _requires_grad(x, shift, scale, gate, residual, weight, bias)
+    y, h = ops.ada_norm_forward(
+        _rows(x, n), _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), *rows, eps, is_rms,
+        tokens, h_dtype if stores_h else None, needs_grad,
+    )
+    if not prenorm:
+        return y.view(x.shape), None
+    return y.view(x.shape), h.view(x.shape) if stores_h else x.to(h_dtype, copy=True)
 
 
 def _ada_norm_torch(

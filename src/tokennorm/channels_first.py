@@ -16,7 +16,10 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokennorm import _checks
+from tokennorm import _checks, functional, ops
+from tokennorm.backend import use_triton
+from tokennorm.functional import _flat, _requires_grad
+from tokennorm.kernels.launch import channels_first_fits
 
 __all__ = ["channels_first_layer_norm", "ChannelsFirstLayerNorm"]
 
@@ -54,14 +57,33 @@ def channels_first_layer_norm(
         )
     channels_last = input.movedim(1, -1)  # a view: no copy
     _checks.check_norm_inputs("LayerNormKernelImpl", channels_last, tuple(input.shape[1:2]), weight, bias)
-    # The one dispatch point of this op: the Triton kernel that reduces over dim 1 in place (issue 18, phase 2)
-    # plugs in here; until then torch's LayerNorm runs on the channels-last view.
+    # The one dispatch point of this op: the Triton kernels, or torch's LayerNorm on the channels-last view.
+    if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel():
+        return _channels_first_triton(input, channels_last, weight, bias, eps)
     if any(p is not None and p.dtype != input.dtype for p in (weight, bias)):
         # float32 parameters with a bfloat16/float16 input: torch's CUDA LayerNorm refuses the mix (its CPU one
         # computes it in float32), so compute it in float32 here on every device
         y = F.layer_norm(channels_last.float(), input.shape[1:2], weight, bias, eps).to(input.dtype)
         return y.movedim(-1, 1)
     return F.layer_norm(channels_last, input.shape[1:2], weight, bias, eps).movedim(-1, 1)
+
+
+# The channels-first kernel addresses a batch item's C · S elements with 32-bit offsets.
+_MAX_ITEM_ELEMENTS = 2**31 - 1
+
+
+def _channels_first_triton(input: Tensor, channels_last: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                           eps: float) -> Tensor:
+    """Channels stored last (a channels_last image, a transposed sequence): the rows kernels on that view, no copy.
+    Else the channels-first kernel on [B, C, S] (a copy first when x is not contiguous); channels too many for its
+    registers (or an item beyond 2^31 elements): a channels-last copy and the rows kernels."""
+    c = input.shape[1]
+    item = input.numel() // input.shape[0]
+    if not channels_last.is_contiguous() and channels_first_fits(c, input.dtype) and item <= _MAX_ITEM_ELEMENTS:
+        x3 = input.contiguous().view(input.shape[0], c, -1)
+        y = ops.channels_first_forward(x3, _flat(weight), _flat(bias), eps, _requires_grad(input, weight, bias))
+        return y.view(input.shape)
+    return functional.layer_norm(channels_last, (c,), weight, bias, eps).movedim(-1, 1)
 
 
 class ChannelsFirstLayerNorm(nn.LayerNorm):

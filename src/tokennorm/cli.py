@@ -1,4 +1,4 @@
-"""``tokennorm`` command line: ``tokennorm verify | bench | demo | audit | explain | patch-check``.
+"""``tokennorm`` command line: ``tokennorm verify | bench | tune | demo | audit | explain | patch-check``.
 
 Each subcommand is ``tokennorm/tools/<tool>/cli.py``, exposing ``add_arguments(parser)`` and ``run(args) -> int``
 (the exit code). Only the module of the subcommand being run is imported, and it imports torch and its tool's
@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("tokennorm.tools.verify.cli", "check every op against the float64 reference on this machine"),
     "bench": ("tokennorm.tools.bench.cli", "benchmark tokennorm against torch and installed peers"),
+    "tune": ("tokennorm.tools.tune.cli", "measure which of tokennorm's and torch's kernels auto runs on this GPU"),
     "demo": ("tokennorm.tools.demo.cli", "train a tiny causal LM comparing norm choices and placements"),
     "audit": ("tokennorm.tools.audit.cli", "measure leakage across tokens, batch items and padding in a model"),
     "explain": ("tokennorm.tools.explain.cli", "draw which elements share statistics; numeric walkthrough"),

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokennorm import _checks
+from tokennorm import _checks, ops
+from tokennorm.backend import use_triton
+from tokennorm.functional import _flat, _requires_grad, _rows
 from tokennorm.reference import compute_dtype
 
 __all__ = ["dyt", "add_dyt", "DyT", "AddDyT"]
@@ -84,8 +86,28 @@ def dyt(input: Tensor, alpha: _Alpha, weight: Optional[Tensor] = None, bias: Opt
         >>> y = tokennorm.dyt(x, alpha, weight, bias)       # x [B, N, C], alpha [1], weight/bias [C]
     """
     _check("dyt", input, alpha, weight, bias)
-    # The one dispatch point of this op: the Triton kernels (issue 18, phase 2) plug in here.
+    # The one dispatch point of this op: the Triton kernel, or the torch composition.
+    if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel() and input.dim():
+        return _dyt_triton(input, None, alpha, weight, bias, False)[0]
     return _dyt_torch(input, alpha, weight, bias)
+
+
+def _dyt_triton(x: Tensor, residual: Optional[Tensor], alpha: _Alpha, weight: Optional[Tensor],
+                bias: Optional[Tensor], prenorm: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """(y, h) from the kernel on x as [M, N] rows, N the width of γ/β (x's last dim without them); with a
+    residual, h is stored in its dtype (DyT sees h as stored; backward reads it)."""
+    p = weight if weight is not None else bias
+    n = p.numel() if p is not None else x.shape[-1]
+    alpha_tensor = alpha if isinstance(alpha, Tensor) else None
+    alpha_value = 0.0 if alpha_tensor is not None else float(alpha)
+    needs_grad = _requires_grad(x, residual, alpha_tensor, weight, bias)
+    h_dtype = None if residual is None else residual.dtype
+    y, h = ops.dyt_forward(_rows(x, n), None if residual is None else _rows(residual, n), alpha_tensor, alpha_value,
+                           _flat(weight), _flat(bias), h_dtype, needs_grad)
+    y = y.view(x.shape)
+    if not prenorm:
+        return y, None
+    return y, h.view(x.shape) if h is not None else x.clone()
 
 
 def add_dyt(
@@ -103,7 +125,10 @@ def add_dyt(
     _check("dyt", x, alpha, weight, bias)
     if residual is not None:
         _checks.check_residual(x, residual)
-    # The one dispatch point of this op (Triton kernels: issue 18, phase 2).
+    # The one dispatch point of this op: the fused Triton kernel, or the torch composition.
+    if use_triton(x) and x.dtype in _checks.KERNEL_DTYPES and x.numel() and x.dim():
+        y, h = _dyt_triton(x, residual, alpha, weight, bias, prenorm)
+        return (y, h) if prenorm else y
     if residual is None:
         h = x.clone()  # h is returned: never x itself
     else:

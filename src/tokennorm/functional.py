@@ -1,6 +1,7 @@
 """Functional API: drop-ins for ``F.layer_norm`` / ``F.rms_norm`` and the fused ``add_norm``.
 
-Each function runs torch's own kernels or tokennorm's Triton kernels as :mod:`tokennorm.backend` decides. On
+Each function runs torch's own kernels or tokennorm's Triton kernels as :mod:`tokennorm.backend` decides (under
+``auto`` on a CUDA tensor, torch's where :mod:`tokennorm.dispatch`'s measured table says they are faster). On
 torch's path torch checks the arguments (tokennorm adds the name of a parameter on the wrong device); on the
 Triton path :mod:`tokennorm._checks` raises what torch would. Inputs are never modified.
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from tokennorm import _checks, ops  # ops also registers torch.ops.tokennorm.*
+from tokennorm import _checks, dispatch, ops  # ops also registers torch.ops.tokennorm.*
 from tokennorm.backend import use_triton
 from tokennorm.reference import LAYER_NORM_EPS, compute_dtype, default_rms_eps, norm_eps
 
@@ -108,7 +109,8 @@ def layer_norm(
     """
     if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel():
         n = _checks.norm_row_length("layer_norm", input, normalized_shape, weight, bias)
-        return _norm_triton(input, n, weight, bias, _checks.as_eps("layer_norm", 5, eps), is_rms=False)
+        if dispatch.use_kernels("layer_norm", input, n, weight, bias):  # else a measured table says torch
+            return _norm_triton(input, n, weight, bias, _checks.as_eps("layer_norm", 5, eps), is_rms=False)
     # torch's path: F.layer_norm's own body (calling it would add a Python frame: benchmarks/RESULTS.md)
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(F.layer_norm, (input, weight, bias), input, normalized_shape, weight=weight,
@@ -161,8 +163,9 @@ def rms_norm(
     """
     if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel():
         n = _checks.norm_row_length("rms_norm", input, normalized_shape, weight, None)
-        eps = default_rms_eps(input.dtype) if eps is None else _checks.as_eps("rms_norm", 4, eps)
-        return _norm_triton(input, n, weight, None, eps, is_rms=True)
+        if dispatch.use_kernels("rms_norm", input, n, weight):  # else a measured table says torch
+            eps = default_rms_eps(input.dtype) if eps is None else _checks.as_eps("rms_norm", 4, eps)
+            return _norm_triton(input, n, weight, None, eps, is_rms=True)
     # torch's path: F.rms_norm's own body (see layer_norm)
     if has_torch_function_variadic(input, weight):
         return handle_torch_function(F.rms_norm, (input, weight), input, normalized_shape, weight=weight, eps=eps)
@@ -275,7 +278,11 @@ def add_norm(
     # The compute dtype of both the add and the norm: float64 when any of x, residual, h is float64.
     acc = compute_dtype(x.dtype, h_dtype, h_dtype if residual is None else residual.dtype)
 
-    if not use_triton(x) or x.numel() == 0:
+    # torch's composition Norm(r + x) computes the same only without dropout, with h in x's dtype and no offset:
+    # only then may the measured dispatch table send the call to it.
+    measured = residual is not None and p == 0.0 and h_dtype == x.dtype and not weight_offset
+    if not use_triton(x) or x.numel() == 0 or (measured and not dispatch.use_kernels(
+            "add_rms_norm" if is_rms else "add_layer_norm", x, n, residual, weight, bias)):
         h = _add_dropout_torch(x, residual, p, h_dtype, acc)
         y = _norm_torch(h, _checks.as_shape(normalized_shape), weight, bias, eps, is_rms, weight_offset, x.dtype,
                         acc)

@@ -91,3 +91,17 @@ def test_rms_eps_defaults_to_torch_s_everywhere():
     assert R.norm_eps(None, True, torch.bfloat16) == torch.finfo(torch.float32).eps
     assert R.norm_eps(None, False, torch.float64) == R.LAYER_NORM_EPS == tokennorm.functional.LAYER_NORM_EPS
     assert R.norm_eps(0.25, True, torch.float64) == 0.25
+
+
+def test_float64_x_over_a_narrower_stream_has_a_float64_backward(backend):
+    """The backward computes in float64 as the forward did: 1-element RMS rows, where dx = rstd·(g − x̂·mean(g·x̂))
+    cancels to ~0 and a float32 backward is off by ~6e-8 (torch's backend ~5e-14)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 1, generator=g, dtype=torch.float64).to(backend).requires_grad_()
+    y = tokennorm.add_norm(x, None, norm="rmsnorm", residual_dtype=torch.float32)
+    dy = torch.randn(8, 1, generator=g, dtype=torch.float64).to(backend)
+    y.backward(dy)
+    x64 = x.detach().float().double().requires_grad_()  # the stream rounds x to float32; the norm sees that
+    F.rms_norm(x64, (1,), eps=R.default_rms_eps(torch.float32)).backward(dy)
+    assert x.grad.dtype == torch.float64
+    assert_close(x.grad, x64.grad, rtol=0, atol=1e-12)

@@ -1,6 +1,6 @@
 """The package's shape: ``import tokennorm`` is lazy, and each layer imports only the layers below it.
 
-Layers, bottom to top: the math and settings (reference, moments, _checks, backend) → kernels → ops →
+Layers, bottom to top: the math and settings (reference, moments, _checks, backend, dispatch) → kernels → ops →
 functional → modules → transformer / distributed → patching → tools (each tool on its own) → the command line.
 """
 
@@ -18,7 +18,8 @@ import tokennorm
 SRC = Path(tokennorm.__file__).resolve().parent  # src/tokennorm
 
 LAYERS = [
-    ("tokennorm._lazy", "tokennorm.reference", "tokennorm.moments", "tokennorm._checks", "tokennorm.backend"),
+    ("tokennorm._lazy", "tokennorm.reference", "tokennorm.moments", "tokennorm._checks", "tokennorm.backend",
+     "tokennorm.dispatch"),
     ("tokennorm.kernels",),
     ("tokennorm.ops",),
     ("tokennorm.functional",),
@@ -94,8 +95,9 @@ def test_no_module_imports_a_layer_above_it():
 
 
 # Declared dependencies between tools: the kernel report makes the same public calls as the benchmark, so it
-# takes the benchmark's cases and implementations rather than defining them twice.
-TOOL_DEPENDENCIES = {("kernel_report", "bench")}
+# takes the benchmark's cases and implementations rather than defining them twice; tune measures with the
+# benchmark's harness, so that its numbers and the benchmark's are taken the same way.
+TOOL_DEPENDENCIES = {("kernel_report", "bench"), ("tune", "bench")}
 
 
 def test_tools_do_not_import_each_other():

@@ -190,7 +190,17 @@ def _public_calls(n: int = 64):
     xb = leaf(2, 5, n, dtype=torch.bfloat16)
     modules = [tokennorm.LayerNorm(n), tokennorm.RMSNorm(n, eps=1e-6),
                tokennorm.AddNorm(n, norm="rmsnorm", placement="pre", residual_dtype=torch.float32)]
-    return [
+    # issue 18's ops: AdaLN-Zero with per-sample modulations, Add & DyT, channels-first LayerNorm
+    x3, shift, scale, gate, alpha = leaf(2, 3, n), leaf(2, n), leaf(2, n), leaf(2, n), leaf(1)
+    image = leaf(2, n, 4, 4)
+    issue18 = [
+        ("ada_norm pre", lambda: sum(t.sum() for t in tokennorm.ada_norm(x3, shift, scale, gate=gate, residual=x3,
+                                                                       prenorm=True))),
+        ("add_dyt pre", lambda: sum(t.sum() for t in tokennorm.add_dyt(x, r, alpha, w, b, prenorm=True))),
+        ("dyt, inference", lambda: tokennorm.dyt(x.detach(), 0.5, w.detach(), b.detach())),
+        ("channels_first_layer_norm", lambda: tokennorm.channels_first_layer_norm(image, w, b)),
+    ]
+    return issue18 + [
         ("layer_norm", lambda: tokennorm.layer_norm(x, (n,), w, b)),
         ("layer_norm, inference", lambda: tokennorm.layer_norm(x.detach(), (n,), w.detach(), b.detach())),
         ("layer_norm bf16", lambda: tokennorm.layer_norm(xb, (n,))),

@@ -185,8 +185,8 @@ def test_nan_output_counts_as_leak():
 def test_heatmap_png(tmp_path, batchnorm_report):
     path = A.plot_dependency(batchnorm_report, tmp_path / "deps.png")
     img = mpimg.imread(path)
-    # figure 10 × 4.4·(modes) inches at 110 dpi: 2 modes → 1100 × 968 pixels
-    assert img.shape[:2] == (968, 1100)
+    # figure 10 × (4.4·modes + 0.9 for the legend) inches at 110 dpi: 2 modes → 1100 × 1067 pixels
+    assert img.shape[:2] == (1067, 1100)
     rgb = img[..., :3].reshape(-1, 3)
     assert len({tuple(p) for p in (rgb * 255).round().astype(int)[::7].tolist()}) > 50  # a real heatmap
 
@@ -225,7 +225,7 @@ def test_cli_exit_codes_and_json(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert d["leaks"] and {f["mode"] for f in d["findings"]} == {"train"}
     assert all(f["leaks"] for f in d["findings"])
-    assert mpimg.imread(tmp_path / "bn.png").shape[:2] == (484, 1100)  # one mode: one row of panels
+    assert mpimg.imread(tmp_path / "bn.png").shape[:2] == (583, 1100)  # one mode: one row of panels
 
     assert cli_main(["audit", "--demo", "layernorm", "--json", str(tmp_path / "ln.json")]) == 0
     assert "no leakage found" in capsys.readouterr().out

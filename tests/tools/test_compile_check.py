@@ -31,20 +31,25 @@ def test_every_kernel_mode_compiles_for_sm90():
     proc = _run()
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("ok", "FAIL"))]
     assert proc.returncode == 0 and lines and all(line.startswith("ok") for line in lines), proc.stdout + proc.stderr
-    # bf16 rows forward and backward, LN and RMS, with and without prefetch: 16-byte loads (and stores, forward)
-    assert sum("16-byte loads" in line for line in lines) == 8
-    assert sum("16-byte stores" in line for line in lines) == 4
-    # every prefetching rows kernel really is pipelined (cp.async): fwd and bwd, LN and RMS
-    assert sum("cp.async" in line for line in lines) == 4
-    # the cooperative long-row kernels take tickets and wait with atomics: 4 dtypes × fwd/bwd × LN/RMS
-    assert sum("atomics" in line for line in lines) == 16
+    # bf16 rows forward and backward, LN and RMS, with and without prefetch: 16-byte loads (and stores, forward);
+    # issue 18's bf16 kernels: AdaLN rows forward and backward (per-sample and per-token) for LN and RMS, DyT and
+    # channels-first forward and backward
+    assert sum("16-byte loads" in line for line in lines) == 8 + 6 + 4
+    assert sum("16-byte stores" in line for line in lines) == 4 + 2 + 4
+    # every prefetching rows kernel really is pipelined (cp.async): fwd and bwd, LN and RMS; AdaLN's, DyT's and
+    # channels-first's with two stages too
+    assert sum("cp.async" in line for line in lines) == 4 + 6 + 4
+    # the cooperative long-row kernels take tickets and wait with atomics: 4 dtypes × fwd/bwd × LN/RMS, and AdaLN's
+    assert sum("atomics" in line for line in lines) == 16 + 4
 
 
 def test_default_configs_fit_their_persistent_grids():
     proc = _run("--configs")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines()[1:] if line.strip()]
-    assert len(rows) == 18  # 9 row lengths × forward, backward
+    # 9 row lengths × forward, backward; issue 18's: AdaLN and DyT at 2 widths × forward, backward, channels-first
+    # at 5 widths × forward, backward (but the last: forward only)
+    assert len(rows) == 18 + 4 + 4 + 9
     # regs, stack (no spills), fit/SM vs launched/SM
     for row in rows:
         assert int(row[6]) == 0, row

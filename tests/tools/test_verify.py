@@ -153,17 +153,28 @@ def test_triton_backend_is_the_one_checked(tmp_path, monkeypatch):
     """Under the interpreter (conftest) ``--backend triton`` must run the Triton kernels, not torch's."""
     from tokennorm.kernels import launch
 
-    calls = []
-    real = launch.norm_forward
-    monkeypatch.setattr(launch, "norm_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # each op family's forward launcher: the norms and AdaLN share the norm kernels
+    launchers = {"norm": "norm_forward", "ada_norm": "norm_forward", "dyt": "dyt_forward",
+                 "channels_first": "channels_first_forward"}
+    calls = {name: 0 for name in set(launchers.values())}
+    for name in calls:
+        real = getattr(launch, name)
+        monkeypatch.setattr(launch, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(
+            _name, calls[_name] + 1) or _real(*a, **k))
     monkeypatch.setattr(cases, "QUICK_CASES", (cases.Case((3, 7)), cases.Case((5, 4, 6), normalized_ndim=2)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = tmp_path / "triton.json"
     rc = cli.main(["verify", "--device", device, "--backend", "triton", "--quick", "--json", str(path)])
     doc = json.loads(path.read_text())
     assert rc == 0 and doc["backend_used"] == "triton"
-    kernel_ops = [op for op in cases.OPS if op.family == "norm"]  # issue 18's ops have no kernels yet
-    assert len(calls) == len(kernel_ops) * len(cases.QUICK_CASES) * len(checks.supported_dtypes(device))
+    dtypes = len(checks.supported_dtypes(device))
+    expected = {name: 0 for name in calls}
+    for op in cases.OPS:
+        for case in cases.QUICK_CASES:
+            # a 2-D [B, C] has no spatial dims: the channels-first op is the plain LayerNorm there
+            family = "norm" if op.family == "channels_first" and len(case.shape) == 2 else op.family
+            expected[launchers[family]] += dtypes
+    assert calls == expected
 
 
 @pytest.mark.gpu

@@ -2,8 +2,9 @@
 
 The statistics are per token, so the forward pass needs no communication: each rank normalizes its own tokens
 with the whole γ and β, using the ordinary modules. Only the parameter gradients span tokens
-(dγ = Σ_tokens dy·x̂, dβ = Σ_tokens dy): each rank holds the sum over its own tokens, and the sum over the
-group's ranks is the single-process gradient. :func:`allreduce_norm_grads` does that sum, in one all-reduce.
+(dγ = Σ_tokens dy·x̂, dβ = Σ_tokens dy; DyT's dα, dγ, dβ; AdaLN-Zero's projection, whose shift/scale/gate
+gradients sum each sample's tokens): each rank holds the sum over its own tokens, and the sum over the group's
+ranks is the single-process gradient. :func:`allreduce_norm_grads` does that sum, in one all-reduce.
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tokennorm.adaptive import AdaLNZero
 from tokennorm.distributed._dtensor import DTensor
+from tokennorm.dynamic_tanh import DyT
 from tokennorm.modules import AddNorm
 
 __all__ = ["NORM_TYPES", "norm_parameters", "allreduce_norm_grads"]
 
-# Replicated norms; tokennorm.LayerNorm / RMSNorm subclass torch's. The Sharded* modules are not included:
+# Replicated norms; tokennorm.LayerNorm / RMSNorm (and ChannelsFirstLayerNorm) subclass torch's LayerNorm / RMSNorm,
+# AddDyT subclasses DyT (α, γ, β: sums over tokens). AdaLNZero's projection is replicated too, and its gradient
+# is a sum over tokens (dshift, dscale, dgate sum each sample's tokens). The Sharded* modules are not included:
 # their parameters are slices of a hidden dim, not replicas.
-NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, AddNorm)
+NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, AddNorm, DyT, AdaLNZero)
 
 
 def norm_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(qualified name, parameter) of every norm module's parameters in ``module`` (itself included), in order."""
+    """(qualified name, parameter) of every norm module's parameters in ``module`` (itself included), in order;
+    a norm's submodules' too (AdaLNZero's ``linear``)."""
     found, seen = [], set()
     for prefix, m in module.named_modules():
         if isinstance(m, NORM_TYPES):
-            for name, p in m.named_parameters(recurse=False):
+            for name, p in m.named_parameters():
                 if id(p) not in seen:
                     seen.add(id(p))
                     found.append((f"{prefix}.{name}" if prefix else name, p))

@@ -12,7 +12,8 @@ Map of this package (the layers above: :mod:`tokennorm.ops` registers the launch
 ``rows.py``
     ``rows_forward_kernel`` / ``rows_backward_kernel``: the whole row in registers on a persistent grid, the
     next row tile prefetched, γ/β loaded once per program; the backward writes one float32 dγ/dβ partial row
-    per program (summed afterwards: deterministic, no atomics).
+    per program (summed afterwards: deterministic, no atomics). AdaLN's gate and modulation are switches of these
+    and of the chunked, long-row and segment kernels (per-sample gradients as partial rows here).
 ``chunked.py``
     ``chunked_forward_kernel``: rows too long for registers walked twice by one program, the second pass served
     from L2 (``evict_last`` then ``evict_first``) while the rows in flight fit it.
@@ -21,6 +22,12 @@ Map of this package (the layers above: :mod:`tokennorm.ops` registers the launch
     exchange partial statistics (forward) or row sums (backward) through global memory — work taken from an
     atomic ticket counter, so no program waits on one that has not started; the deadlock argument is in the
     module docstring. Under the interpreter the same kernel runs as two launches (``EXCHANGE``).
+``elementwise.py``
+    ``dyt_forward_kernel`` / ``dyt_backward_kernel``: Dynamic Tanh (and Add & DyT), no statistics — [rows, column
+    block] tiles on a grid-stride loop, γ/β loaded once per program, dα/dγ/dβ as per-program partials.
+``channels_first.py``
+    ``channels_first_forward_kernel`` / ``channels_first_backward_kernel``: LayerNorm over dim 1 of [B, C, S],
+    tiles of consecutive tokens × all channels (coalesced along the spatial dim), reduced over the channels.
 ``segment.py``
     ``segment_forward_kernel`` / ``segment_backward_kernel``: one pass over a column segment with the row
     statistics or sums reduced elsewhere — the local part of the tensor-parallel norms, and the backward of rows
@@ -35,8 +42,9 @@ Map of this package (the layers above: :mod:`tokennorm.ops` registers the launch
     the mode's kernel with those switches bound), built once per distinct call and cached.
 ``launch.py``
     Allocate outputs and launch a plan: ``norm_forward`` / ``norm_backward`` (and ``run_forward`` /
-    ``run_backward`` taking a plan), and the tensor-parallel pieces (``segment_moments``, ``segment_apply``,
-    ``segment_sums``, ``segment_dx``).
+    ``run_backward`` taking a plan), ``ada_norm_backward``, ``dyt_forward`` / ``dyt_backward``,
+    ``channels_first_forward`` / ``channels_first_backward``, and the tensor-parallel pieces (``segment_moments``,
+    ``segment_apply``, ``segment_sums``, ``segment_dx``).
 ``launcher.py``
     The cached launcher every kernel is called through: low host cost in eager mode, ``wrap_triton`` while
     ``torch.compile`` traces.

@@ -10,6 +10,9 @@ Modes, one kernel each (forward / backward):
 * ``segment`` — one pass over a column segment with statistics reduced elsewhere (``kernels/segment.py``):
   tensor parallelism, and the backward of rows beyond the long-row capacity.
 
+and two kernels of their own: ``elementwise`` (DyT, ``kernels/elementwise.py``) and ``channels_first``
+(LayerNorm over dim 1 of [B, C, S], ``kernels/channels_first.py``).
+
 The tiles were chosen without a GPU, from the compiled kernels (registers, spills, programs per SM, SASS per
 element; ``python -m tokennorm.tools.kernel_report.compile_check --configs``, table in benchmarks/RESULTS.md)
 and from the one H100 tuning run of the previous kernels (same file). Every config a plan can pick is cached
@@ -18,6 +21,7 @@ per (row length, element size, device), so a call pays one dict lookup.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -27,6 +31,8 @@ import torch
 
 ROWS, CHUNKED, LONG_ROWS, SEGMENT = "rows", "chunked", "long_rows", "segment"
 MODES = (ROWS, CHUNKED, LONG_ROWS, SEGMENT)
+# The kernels of issue 18's other algorithms: DyT (no statistics) and LayerNorm over a strided channel dim.
+ELEMENTWISE, CHANNELS_FIRST = "elementwise", "channels_first"
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,42 @@ def backward_config(n: int, acc_bytes: int = 4, facts: DeviceFacts = INTERPRETER
     return segment_config(n, acc_bytes)
 
 
+# AdaLN (gate, residual, per-sample shift/scale, statistics stored; bf16 compiled for sm_90, 2026-11-30): the
+# forward holds three more streams, so the register caps of the plain tiles would spill — uncapped, these many
+# programs fit per SM (the others' counts fit as they are).
+_ADA_FWD_PROGRAMS = {1024: 10, 2048: 5}
+# The backward adds x, scale, gate, the h gradient and three per-sample accumulators: one pipeline stage (a second
+# costs more registers than it hides), four warps up to 1K, sixteen beyond (fewer registers per thread); 8K
+# spills, so rows up to 4K: (warps, programs per SM).
+_ADA_BWD_ROWS = {128: (4, 6), 256: (4, 6), 512: (4, 5), 1024: (4, 4), 2048: (16, 1), 4096: (16, 1)}
+ADA_BWD_ROWS_MAX_N = 4096
+
+
+@functools.lru_cache(maxsize=1024)
+def ada_forward_config(n: int, stream_bytes: int = 2, acc_bytes: int = 4,
+                       facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
+    """AdaLN's forward tile for rows of ``n`` elements: the plain one (:func:`forward_config`), rows tiles without
+    the register cap and with the programs per SM that fit."""
+    cfg = forward_config(n, stream_bytes, acc_bytes, facts)
+    if cfg.mode != ROWS:
+        return cfg
+    per_sm = _ADA_FWD_PROGRAMS.get(max(cfg.block_n * acc_bytes // 4, min(_FWD_ROWS)), cfg.programs_per_sm)
+    return dataclasses.replace(cfg, max_registers=None, programs_per_sm=min(per_sm, cfg.programs_per_sm))
+
+
+@functools.lru_cache(maxsize=1024)
+def ada_backward_config(n: int, acc_bytes: int = 4, facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
+    """AdaLN's backward tile for rows of ``n`` elements: rows tiles up to 4K (``_ADA_BWD_ROWS``), else the plain
+    choice (long rows, segments)."""
+    key = max(pow2(max(n * acc_bytes // 4, 2)), min(_ADA_BWD_ROWS))
+    if key > ADA_BWD_ROWS_MAX_N:
+        return backward_config(n, acc_bytes, facts)
+    warps, per_sm = _ADA_BWD_ROWS[key]
+    block_n = pow2(max(n, 2))
+    block_m = max(1, 256 // (block_n * acc_bytes // 4))  # short rows: several per tile, as in the plain tiles
+    return KernelConfig(ROWS, block_n, warps, block_m, per_sm, 1)
+
+
 def segment_config(seg_n: int, acc_bytes: int = 4) -> KernelConfig:
     """Segment kernels over ``seg_n``-column segments: one chunk when it fits, several rows per tile for short
     segments."""
@@ -211,3 +253,72 @@ def row_groups(m: int, programs: int, segments: int = 1) -> tuple[int, int]:
     groups = max(1, min(m, programs // segments))
     rows_per_group = cdiv(m, groups)
     return cdiv(m, rows_per_group), rows_per_group
+
+
+def sample_groups(samples: int, tokens: int, programs: int) -> tuple[int, int, int, int]:
+    """(programs, samples per program, splits, tokens per split) of a rows backward summing per-sample AdaLN
+    gradients, for about ``programs`` programs: several whole samples per program when samples are at least as
+    many as programs, else each sample's tokens split into ``splits`` ranges. Each (sample, range) writes one
+    float32 partial row per modulation, as the row groups do for dγ/dβ."""
+    if samples >= programs:
+        per_program = cdiv(samples, programs)
+        return cdiv(samples, per_program), per_program, 1, tokens
+    per_split = cdiv(tokens, min(tokens, cdiv(programs, samples)))
+    splits = cdiv(tokens, per_split)
+    return samples * splits, 1, splits, per_split
+
+
+# DyT (elementwise), bf16 compiled for sm_90 (2026-11-30; benchmarks/RESULTS.md, "Issue 18 kernels: static
+# report"): forward 4096-element tiles at 4 warps (32 per thread: four 16-byte vectors in flight per stream, 56
+# registers, no shared memory or barriers), 8 programs per SM; backward 2048 at 8 warps (dy, h and three float32
+# accumulators: 80 registers), 3 per SM. Neither gains from a pipeline stage (more registers, fewer programs).
+# Elements per tile halve for 4-byte data, so registers per thread stay. Up to 1024 columns per block.
+ELEMENTWISE_MAX_BLOCK_N = 1024
+_ELEMENTWISE = {False: (4096, 4, 8), True: (2048, 8, 3)}  # by backward: (bf16 elements per tile, warps, per SM)
+
+
+@functools.lru_cache(maxsize=1024)
+def elementwise_config(n: int, item_bytes: int = 2, backward: bool = False) -> KernelConfig:
+    """The DyT kernel's tile for rows of ``n`` elements (γ/β's width) of ``item_bytes``-byte data."""
+    elements, warps, per_sm = _ELEMENTWISE[backward]
+    block_n = min(pow2(max(n, 2)), ELEMENTWISE_MAX_BLOCK_N)
+    block_m = max(1, elements * 2 // max(item_bytes, 2) // block_n)
+    return KernelConfig(ELEMENTWISE, block_n, warps, block_m, per_sm)
+
+
+def elementwise_grid(m: int, n: int, cfg: KernelConfig, facts: DeviceFacts) -> tuple[int, int]:
+    """(row programs, column blocks): about ``programs_per_sm`` × SMs programs in all, each walking row tiles."""
+    col_blocks = cdiv(n, cfg.block_n)
+    row_programs = max(1, min(cdiv(m, cfg.block_m), cdiv(cfg.programs_per_sm * facts.sms, col_blocks)))
+    return row_programs, col_blocks
+
+
+# Channels-first LayerNorm: tiles of BLOCK_T tokens × all channels (BLOCK_C = C rounded up to a power of two),
+# the channels in registers: by BLOCK_C, (tokens, warps, programs per SM), bf16 compiled for sm_90 (2026-11-30).
+# At least 8 tokens (one 16-byte bf16 vector per channel); ~4096 elements forward, ~2048 backward where C allows,
+# at most 16K / 8K — the rows kernels' register limits. One pipeline stage: a second costs more registers than
+# it hides, the programs of an SM overlap instead. Beyond (C > 2048 forward, > 1024 backward) the channels go last
+# in a copy and the rows kernels run (``channels_first_config`` is None).
+_CHANNELS_FIRST = {
+    False: {128: (32, 8, 3), 256: (16, 8, 3), 512: (8, 8, 4), 1024: (8, 8, 2), 2048: (8, 16, 1)},
+    True: {128: (16, 4, 4), 256: (8, 8, 3), 512: (8, 8, 2), 1024: (8, 16, 1)},
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def channels_first_config(c: int, acc_bytes: int = 4, backward: bool = False) -> Optional[KernelConfig]:
+    """The channels-first kernel's tile for C channels, or None when the channels do not fit registers (float64:
+    the entry of twice the channels, as two registers hold a value)."""
+    table = _CHANNELS_FIRST[backward]
+    block_c = pow2(max(c, 2))
+    key = max(block_c * acc_bytes // 4, min(table))
+    if key not in table:
+        return None
+    tokens, warps, per_sm = table[key]
+    return KernelConfig(CHANNELS_FIRST, block_c, warps, max(1, tokens * key // (block_c * acc_bytes // 4)), per_sm)
+
+
+def channels_first_max_channels(acc_bytes: int = 4) -> int:
+    """The most channels both channels-first kernels hold in registers (a plain function: torch.compile traces
+    it without a cache in the way)."""
+    return min(max(table) for table in _CHANNELS_FIRST.values()) * 4 // acc_bytes

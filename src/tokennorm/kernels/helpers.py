@@ -16,6 +16,7 @@ import os
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 # Triton's interpreter (TRITON_INTERPRET=1, read once like triton.jit itself reads it) runs the kernels on the
 # CPU. Two of its behaviours differ from GPU code generation, and the kernels route around both:
@@ -25,6 +26,9 @@ EXPLICIT_RTNE: tl.constexpr = tl.constexpr(INTERPRETING)
 # * it runs a custom tl.reduce combine element by element in Python (minutes on a long row): pair_sums() runs
 #   two tl.sum there instead of one two-operand reduction (same sums; a test runs both forms).
 FUSED_SUMS: tl.constexpr = tl.constexpr(not INTERPRETING)
+# * it cannot call libdevice (no extern functions in Triton 3.9's interpreter): tanh() computes it there from exp
+#   (float64, then rounded), the GPU build calls libdevice's tanh.
+LIBDEVICE_TANH: tl.constexpr = tl.constexpr(not INTERPRETING)
 
 
 @triton.jit
@@ -48,13 +52,49 @@ def cast(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def full_eps(eps, eps_lo, ACC: tl.constexpr):
-    """ε in ACC. Triton passes float arguments as float32: float64 kernels add back the float32 remainder
-    ``eps_lo`` (without it, 1e-5 is off by 2.5e-9 relative — measured as 4e-9 in float64 LayerNorm)."""
-    if ACC == tl.float64:
-        return tl.cast(eps, tl.float64) + tl.cast(eps_lo, tl.float64)
+def tanh(x):
+    """tanh(x) in x's dtype (float32 or float64).
+
+    GPU builds call libdevice's ``__nv_tanhf`` / ``__nv_tanh`` — the functions torch's own CUDA ``tanh`` runs
+    (≤ 2 ulp in float32 by CUDA's documentation). Triton's interpreter cannot call libdevice; there it is Cephes'
+    ``tanh`` in float64 (a rational function below |x| = 0.625, 1 − 2/(e^{2|x|} + 1) above: ~1e-16 relative),
+    rounded to x's dtype: within ½ ulp + 1e-16 relative of tanh in float32 (benchmarks/RESULTS.md, "DyT's tanh").
+    NaN stays NaN; ±inf gives ±1.
+    """
+    if LIBDEVICE_TANH:
+        return libdevice.tanh(x)
     else:
-        return tl.cast(eps, tl.float32)
+        return cephes_tanh(x.to(tl.float64)).to(x.dtype)
+
+
+@triton.jit
+def cephes_tanh(x):
+    """tanh of a float64 tensor: Cephes' ``tanh`` (S. L. Moshier), the interpreter's stand-in for libdevice's."""
+    ax = tl.abs(x)
+    s = tl.minimum(x * x, 1.0)  # (the rational branch serves |x| ≤ 0.625: no inf / inf beyond)
+    p = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3
+    q = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3
+    small = x * (1.0 + s * (p / q))  # (x + x·s·p/q in Cephes: that turns tanh(−0) into +0)
+    e = tl.exp(2.0 * tl.minimum(ax, 20.0))  # tanh(20) is 1 in float64: no overflow
+    large = 1.0 - 2.0 / (e + 1.0)
+    return tl.where(ax > 0.625, tl.where(x < 0, -large, large), small)
+
+
+@triton.jit
+def full_float(value, value_lo, ACC: tl.constexpr):
+    """A float argument in ACC. Triton passes float arguments as float32: float64 kernels add back the float32
+    remainder ``value_lo`` (``plan.float32_remainder``)."""
+    if ACC == tl.float64:
+        return tl.cast(value, tl.float64) + tl.cast(value_lo, tl.float64)
+    else:
+        return tl.cast(value, tl.float32)
+
+
+@triton.jit
+def full_eps(eps, eps_lo, ACC: tl.constexpr):
+    """ε in ACC (:func:`full_float`; without the remainder, 1e-5 is off by 2.5e-9 relative — measured as 4e-9 in
+    float64 LayerNorm)."""
+    return full_float(eps, eps_lo, ACC)
 
 
 @triton.jit
@@ -105,13 +145,22 @@ def dropout_keep(SEED, offsets, dropout_p):
 
 
 @triton.jit
-def load_h(
-    X, RES, SEED, rows64, cols, mask, stride_x, stride_res, N, dropout_p,
-    ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    ROUND_H: tl.constexpr, EVICT: tl.constexpr,
-):
-    """h = residual + dropout(x) for a [rows, cols] tile in ACC; 0 outside ``mask``.
+def load_modulation(PTR, mod_rows64, cols, mask, stride, ACC: tl.constexpr):
+    """A [rows, cols] tile of an AdaLN modulation (shift, scale or gate) in ACC: tile row i reads row
+    ``mod_rows64[i]`` of PTR — its sample (row // tokens) for a [B, C] modulation, the row itself for a
+    per-token one. A [B, C] vector is read by every token of its sample: from L2, not HBM."""
+    return tl.load(PTR + mod_rows64[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(ACC)
 
+
+@triton.jit
+def load_h(
+    X, RES, SEED, GATE, rows64, mod_rows64, cols, mask, stride_x, stride_res, stride_gate, N, dropout_p,
+    ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_GATE: tl.constexpr, ROUND_H: tl.constexpr, EVICT: tl.constexpr,
+):
+    """h = residual + gate ⊙ dropout(x) for a [rows, cols] tile in ACC; 0 outside ``mask``.
+
+    HAS_GATE: AdaLN-Zero's gate, a modulation read through ``mod_rows64`` (:func:`load_modulation`).
     ROUND_H: h is stored in a narrower dtype (e.g. bf16), and the norm sees h as stored, exactly as the unfused
     ``norm(residual + x)`` would. EVICT: the loads' L2 eviction policy ("" for the default).
     """
@@ -120,6 +169,8 @@ def load_h(
     if HAS_DROPOUT:
         keep = dropout_keep(SEED, rows64[:, None] * N + cols[None, :], dropout_p)
         x = tl.where(keep, x / (1.0 - dropout_p), 0.0)
+    if HAS_GATE:
+        x *= load_modulation(GATE, mod_rows64, cols, mask, stride_gate, ACC)
     if HAS_RESIDUAL:
         x += tl.load(RES + rows64[:, None] * stride_res + cols[None, :], mask=mask, other=0.0,
                      eviction_policy=EVICT).to(ACC)
@@ -254,6 +305,18 @@ def scale_shift(centred, rstd, w, b, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.cons
 
 
 @triton.jit
+def modulate(n, SHIFT, SCALE, mod_rows64, cols, mask, stride_shift, stride_scale, ACC: tl.constexpr,
+             HAS_MOD: tl.constexpr):
+    """AdaLN's y = n · (1 + scale) + shift for a [rows, cols] tile of n = Norm(h)·w + b (n itself without
+    HAS_MOD); the modulations are read through ``mod_rows64`` (:func:`load_modulation`)."""
+    if HAS_MOD:
+        scale = load_modulation(SCALE, mod_rows64, cols, mask, stride_scale, ACC)
+        shift = load_modulation(SHIFT, mod_rows64, cols, mask, stride_shift, ACC)
+        n = n * (1.0 + scale) + shift
+    return n
+
+
+@triton.jit
 def store_tile(PTR, rows64, stride, cols, mask, value):
     """Store a [rows, cols] tile in PTR's dtype, rounded to nearest even (see cast)."""
     tl.store(PTR + rows64[:, None] * stride + cols[None, :], cast(value, PTR.dtype.element_ty), mask=mask)
@@ -261,10 +324,11 @@ def store_tile(PTR, rows64, stride, cols, mask, value):
 
 @triton.jit
 def load_grad_tile(
-    DY, H, MEAN, RSTD, rows64, cols, mask, row_mask, stride_dy, stride_h, w, ACC: tl.constexpr,
-    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, EVICT: tl.constexpr,
+    DY, H, MEAN, RSTD, rows64, cols, mask, row_mask, stride_dy, stride_h, w, one_plus_scale, ACC: tl.constexpr,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_MOD: tl.constexpr, EVICT: tl.constexpr,
 ):
-    """Backward: dy, x̂ (recomputed from h and the saved statistics), g = dy · w and rstd for one tile, in ACC."""
+    """Backward: dy, x̂ (recomputed from h and the saved statistics), g = dy · (1 + scale) · w and rstd for one
+    tile, in ACC (``one_plus_scale``: AdaLN's [rows, cols] 1 + scale, used with HAS_MOD)."""
     dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0,
                  eviction_policy=EVICT).to(ACC)
     h = tl.load(H + rows64[:, None] * stride_h + cols[None, :], mask=mask, other=0.0,
@@ -276,8 +340,10 @@ def load_grad_tile(
         mean = tl.load(MEAN + rows64, mask=row_mask, other=0.0).to(ACC)
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
     g = dy
+    if HAS_MOD:
+        g = g * one_plus_scale
     if HAS_WEIGHT:
-        g = dy * w[None, :]
+        g = g * w[None, :]
     return dy, xhat, g, rstd
 
 
@@ -292,25 +358,62 @@ def grad_sums(xhat, g, IS_RMS: tl.constexpr):
 
 
 @triton.jit
+def norm_input_grad(xhat, g, rstd, mean_gx, mean_g, IS_RMS: tl.constexpr):
+    """The norm's input gradient per [rows, cols] tile: rstd · (g − mean(g) − x̂ · mean(g·x̂)) (RMSNorm: no
+    mean(g)), with g = dy · w and the row means given per row."""
+    if IS_RMS:
+        return rstd[:, None] * (g - xhat * mean_gx[:, None])
+    else:
+        return rstd[:, None] * (g - mean_g[:, None] - xhat * mean_gx[:, None])
+
+
+@triton.jit
 def store_dx(
-    dy, xhat, g, rstd, mean_gx, mean_g, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx,
+    dy, xhat, g, rstd, mean_gx, mean_g, gate, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx,
     stride_dres, N, dropout_p, ACC: tl.constexpr, IS_RMS: tl.constexpr, HAS_DH_IN: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr, HAS_GATE: tl.constexpr,
 ):
     """dh = rstd · (g − mean(g) − x̂ · mean(g·x̂)) (RMSNorm: no mean(g)), plus the h output's gradient (pre-LN);
-    d(residual) = dh is stored when asked; dx = dh through the regenerated dropout mask."""
-    if IS_RMS:
-        dh = rstd[:, None] * (g - xhat * mean_gx[:, None])
-    else:
-        dh = rstd[:, None] * (g - mean_g[:, None] - xhat * mean_gx[:, None])
+    d(residual) = dh is stored when asked; dx = gate ⊙ dh (AdaLN-Zero's ``gate`` tile, with HAS_GATE) through the
+    regenerated dropout mask. Returns dh (AdaLN's dgate is Σ dh ⊙ x)."""
+    dh = norm_input_grad(xhat, g, rstd, mean_gx, mean_g, IS_RMS)
     if HAS_DH_IN:
         dh += tl.load(DH_IN + rows64[:, None] * stride_dh_in + cols[None, :], mask=mask, other=0.0).to(ACC)
     if STORE_DRES:
         store_tile(DRES, rows64, stride_dres, cols, mask, dh)
+    dx = dh
+    if HAS_GATE:
+        dx = dx * gate
     if HAS_DROPOUT:
         keep = dropout_keep(SEED, rows64[:, None] * N + cols[None, :], dropout_p)
-        dh = tl.where(keep, dh / (1.0 - dropout_p), 0.0)
-    store_tile(DX, rows64, stride_dx, cols, mask, dh)
+        dx = tl.where(keep, dx / (1.0 - dropout_p), 0.0)
+    store_tile(DX, rows64, stride_dx, cols, mask, dx)
+    return dh
+
+
+@triton.jit
+def normalized_affine(xhat, w, b, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """n = x̂ · w + b for a [rows, cols] tile (AdaLN's dscale = Σ dy · n)."""
+    n = xhat
+    if HAS_WEIGHT:
+        n = n * w[None, :]
+    if HAS_BIAS:
+        n = n + b[None, :]
+    return n
+
+
+@triton.jit
+def store_modulation_grads(
+    dy, xhat, dh, w, b, X, DSCALE, DGATE, rows64, cols, mask, stride_x, N, ACC: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MOD: tl.constexpr, HAS_GATE: tl.constexpr,
+):
+    """AdaLN's per-token gradients of a tile: dscale = dy · n (n = x̂ · w + b) and dgate = dh ⊙ x, stored in
+    [M, N] DSCALE / DGATE (per-sample modulations sum them over each sample's tokens afterwards)."""
+    if HAS_MOD:
+        store_tile(DSCALE, rows64, N, cols, mask, dy * normalized_affine(xhat, w, b, HAS_WEIGHT, HAS_BIAS))
+    if HAS_GATE:
+        x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(ACC)
+        store_tile(DGATE, rows64, N, cols, mask, dh * x)
 
 
 @triton.jit
@@ -328,10 +431,10 @@ def column_sums(tile, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def walk_moments(
-    X, RES, SEED, H, rows64, row_mask, col0, col_end, stride_x, stride_res, stride_h, N, dropout_p,
-    ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    STORE_H: tl.constexpr, ROUND_H: tl.constexpr, IS_RMS: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVICT: tl.constexpr,
+    X, RES, SEED, GATE, H, rows64, mod_rows64, row_mask, col0, col_end, stride_x, stride_res, stride_gate, stride_h,
+    N, dropout_p, ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_GATE: tl.constexpr, STORE_H: tl.constexpr, ROUND_H: tl.constexpr, IS_RMS: tl.constexpr,
+    BLOCK_N: tl.constexpr, EVICT: tl.constexpr,
 ):
     """(mean, M2) per row of h over columns [col0, col_end), chunk by chunk — each chunk's corrected two-pass
     moments merged with Chan's formula (RMSNorm: (0, Σh²)). Stores h with STORE_H.
@@ -349,8 +452,8 @@ def walk_moments(
     for start in range(col0, col_end, BLOCK_N):
         c = start + cols
         mask = row_mask[:, None] & (c < col_end)[None, :]
-        h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
-                   ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H, EVICT)
+        h = load_h(X, RES, SEED, GATE, rows64, mod_rows64, c, mask, stride_x, stride_res, stride_gate, N, dropout_p,
+                   ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, HAS_GATE, ROUND_H, EVICT)
         if STORE_H:
             store_tile(H, rows64, stride_h, c, mask, h)
         if IS_RMS:
@@ -369,14 +472,15 @@ def walk_moments(
 
 @triton.jit
 def walk_normalize(
-    X, RES, SEED, H, W, B, Y, rows64, row_mask, col0, col_end, mean, rstd, stride_x, stride_res, stride_h,
-    stride_y, N, dropout_p, ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, FROM_H: tl.constexpr, STORE_H: tl.constexpr, ROUND_H: tl.constexpr,
+    X, RES, SEED, GATE, H, W, B, SHIFT, SCALE, Y, rows64, mod_rows64, row_mask, col0, col_end, mean, rstd,
+    stride_x, stride_res, stride_gate, stride_h, stride_shift, stride_scale, stride_y, N, dropout_p,
+    ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_GATE: tl.constexpr, FROM_H: tl.constexpr, STORE_H: tl.constexpr, ROUND_H: tl.constexpr,
     IS_RMS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, EVICT: tl.constexpr,
+    HAS_MOD: tl.constexpr, BLOCK_N: tl.constexpr, EVICT: tl.constexpr,
 ):
     """y over columns [col0, col_end) with the rows' statistics given: h read back from H (FROM_H) or
-    recomputed from x (and the residual), stored with STORE_H."""
+    recomputed from x (and the gated residual), stored with STORE_H; modulated with HAS_MOD."""
     cols = tl.arange(0, BLOCK_N)
     for start in range(col0, col_end, BLOCK_N):
         c = start + cols
@@ -386,11 +490,12 @@ def walk_normalize(
             h = tl.load(H + rows64[:, None] * stride_h + c[None, :], mask=mask, other=0.0,
                         eviction_policy=EVICT).to(ACC)
         else:
-            h = load_h(X, RES, SEED, rows64, c, mask, stride_x, stride_res, N, dropout_p,
-                       ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, ROUND_H, EVICT)
+            h = load_h(X, RES, SEED, GATE, rows64, mod_rows64, c, mask, stride_x, stride_res, stride_gate, N,
+                       dropout_p, ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, HAS_GATE, ROUND_H, EVICT)
             if STORE_H:
                 store_tile(H, rows64, stride_h, c, mask, h)
         w = load_vector(W, c, col_mask, ACC, WEIGHT_OFFSET) if HAS_WEIGHT else None
         b = load_vector(B, c, col_mask, ACC, 0.0) if HAS_BIAS else None
+        n = scale_shift(centre(h, mean, IS_RMS), rstd, w, b, HAS_WEIGHT, HAS_BIAS)
         store_tile(Y, rows64, stride_y, c, mask,
-                   scale_shift(centre(h, mean, IS_RMS), rstd, w, b, HAS_WEIGHT, HAS_BIAS))
+                   modulate(n, SHIFT, SCALE, mod_rows64, c, mask, stride_shift, stride_scale, ACC, HAS_MOD))

@@ -1,11 +1,11 @@
 """Launch plans: everything about a call that does not depend on its tensors' data, decided once.
 
 A plan holds the kernel mode and tile (``config``), the norm, ε (and its float32 remainder, for float64
-kernels), the dtypes, which of weight / bias / residual / dropout / stored h / statistics are present, the
-compile-time switches each kernel takes (``constexprs``, passed by name), and the mode's kernel with those
-switches bound (``kernel``, a :class:`~tokennorm.kernels.launcher.BoundLauncher`): a launch passes only its
-runtime arguments. Plans are cached by their key, so building or fetching one costs one dict lookup
-(``functools.lru_cache``, bounded).
+kernels), the dtypes, which of weight / bias / residual / dropout / stored h / statistics / AdaLN's gate and
+modulation are present, the compile-time switches each kernel takes (``constexprs``, passed by name), and the
+mode's kernel with those switches bound (``kernel``, a :class:`~tokennorm.kernels.launcher.BoundLauncher`): a
+launch passes only its runtime arguments. Plans are cached by their key, so building or fetching one costs one
+dict lookup (``functools.lru_cache``, bounded).
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ class ForwardPlan:
     programs: int  # a persistent grid's size: programs_per_sm · SMs
     constexprs: dict = field(repr=False)  # the kernel's compile-time switches and launch options, by name
     kernel: BoundLauncher = field(repr=False)  # FORWARD_KERNELS[config.mode] with the constexprs bound
+    has_gate: bool = False  # AdaLN-Zero: h = residual + gate ⊙ x
+    has_modulation: bool = False  # AdaLN: y = n · (1 + scale) + shift
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,26 +92,33 @@ class BackwardPlan:
     programs: int  # a persistent grid's size: programs_per_sm · SMs
     constexprs: dict = field(repr=False)
     kernel: BoundLauncher = field(repr=False)  # BACKWARD_KERNELS[config.mode] with the constexprs bound
+    has_gate: bool = False  # AdaLN-Zero's gate: dx = gate ⊙ dh, dgate = Σ dh ⊙ x
+    has_modulation: bool = False  # AdaLN's shift and scale: dshift = Σ dy, dscale = Σ dy · n
+    modulation_sums: bool = False  # per-sample sums as per-program partials (rows); else per-token outputs
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def forward_plan(
     n: int, x_dtype: torch.dtype, has_weight: bool, has_bias: bool, residual_dtype: Optional[torch.dtype],
     h_dtype: Optional[torch.dtype], eps: float, dropout_p: float, weight_offset: float, is_rms: bool,
-    store_stats: bool, device: torch.device, config: Optional[KernelConfig] = None,
+    store_stats: bool, device: torch.device, config: Optional[KernelConfig] = None, has_gate: bool = False,
+    has_modulation: bool = False,
 ) -> ForwardPlan:
-    """The plan for a forward over rows of ``n`` elements (``config`` overrides the default tile)."""
+    """The plan for a forward over rows of ``n`` elements (``config`` overrides the default tile); ``has_gate``
+    and ``has_modulation`` switch on AdaLN's gate and shift/scale."""
     acc = acc_dtype(x_dtype)
     facts = kconfig.device_facts(device)
     if config is None:
         # bytes per element a chunked forward's second pass reads again
         stream = h_dtype.itemsize if h_dtype is not None else x_dtype.itemsize + (
             residual_dtype.itemsize if residual_dtype is not None else 0)
-        config = kconfig.forward_config(n, stream, acc.itemsize, facts)
+        choose = kconfig.ada_forward_config if has_gate or has_modulation else kconfig.forward_config
+        config = choose(n, stream, acc.itemsize, facts)
     switches = dict(
         IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
         HAS_RESIDUAL=residual_dtype is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h_dtype is not None,
-        STORE_STATS=store_stats, BLOCK_N=config.block_n, **config.launch_options,
+        STORE_STATS=store_stats, HAS_GATE=has_gate, HAS_MOD=has_modulation, BLOCK_N=config.block_n,
+        **config.launch_options,
     )
     if config.mode == kconfig.ROWS:
         switches.update(BLOCK_M=config.block_m, NUM_STAGES=config.num_stages)
@@ -118,26 +127,36 @@ def forward_plan(
     elif config.mode != kconfig.CHUNKED:
         raise ValueError(f"no forward kernel for mode {config.mode!r}")
     return ForwardPlan(config, facts, is_rms, eps, float32_remainder(eps), dropout_p, h_dtype, store_stats, acc,
-                       config.programs_per_sm * facts.sms, switches, FORWARD_KERNELS[config.mode].bind(**switches))
+                       config.programs_per_sm * facts.sms, switches, FORWARD_KERNELS[config.mode].bind(**switches),
+                       has_gate, has_modulation)
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def backward_plan(
     n: int, h_dtype: torch.dtype, x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], has_weight: bool,
     has_dh_in: bool, dropout_p: float, weight_offset: float, is_rms: bool, compute_dweight: bool,
-    compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None,
+    compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None, has_bias: bool = False,
+    has_gate: bool = False, has_modulation: bool = False, per_sample: bool = False,
 ) -> BackwardPlan:
-    """The plan for a backward over rows of ``n`` elements; ``h_dtype`` is the normalized tensor's dtype."""
+    """The plan for a backward over rows of ``n`` elements; ``h_dtype`` is the normalized tensor's dtype.
+
+    AdaLN: ``has_gate``, ``has_modulation`` as the forward's; ``has_bias``: β is read (dscale = Σ dy · n needs
+    n = x̂ · w + b); ``per_sample``: the modulations are [B, N], their gradients sums over each sample's tokens
+    — as per-program partials in the rows kernel, as per-token outputs summed afterwards in the others."""
     acc = acc_dtype(h_dtype)
     facts = kconfig.device_facts(device)
-    config = config or kconfig.backward_config(n, acc.itemsize, facts)
+    if config is None:
+        choose = kconfig.ada_backward_config if has_gate or has_modulation else kconfig.backward_config
+        config = choose(n, acc.itemsize, facts)
     switches = dict(
         IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, COMPUTE_DW=compute_dweight,
         COMPUTE_DB=compute_dbias, HAS_DH_IN=has_dh_in, HAS_DROPOUT=dropout_p > 0.0,
-        STORE_DRES=residual_dtype is not None, BLOCK_N=config.block_n, **config.launch_options,
+        STORE_DRES=residual_dtype is not None, HAS_BIAS=has_bias, HAS_MOD=has_modulation, HAS_GATE=has_gate,
+        BLOCK_N=config.block_n, **config.launch_options,
     )
+    modulation_sums = per_sample and (has_gate or has_modulation) and config.mode == kconfig.ROWS
     if config.mode == kconfig.ROWS:
-        switches.update(BLOCK_M=config.block_m, NUM_STAGES=config.num_stages)
+        switches.update(BLOCK_M=config.block_m, NUM_STAGES=config.num_stages, MOD_SUMS=modulation_sums)
     elif config.mode == kconfig.LONG_ROWS:
         switches.update(S_BLOCK=kconfig.pow2(kconfig.long_rows_segments(n, config)))
     elif config.mode == kconfig.SEGMENT:
@@ -146,4 +165,66 @@ def backward_plan(
         raise ValueError(f"no backward kernel for mode {config.mode!r}")
     return BackwardPlan(config, facts, is_rms, dropout_p, x_dtype, residual_dtype, compute_dweight, compute_dbias,
                         acc, config.programs_per_sm * facts.sms, switches,
-                        BACKWARD_KERNELS[config.mode].bind(**switches))
+                        BACKWARD_KERNELS[config.mode].bind(**switches), has_gate, has_modulation, modulation_sums)
+
+
+@dataclass(frozen=True, eq=False)
+class KernelPlan:
+    """A call's decisions for the kernels without statistics to merge (DyT, channels-first LayerNorm): the tile,
+    the device facts, the accumulation dtype and the kernel's switches."""
+
+    config: KernelConfig
+    facts: DeviceFacts
+    acc_dtype: torch.dtype
+    constexprs: dict = field(repr=False)  # the kernel's compile-time switches and launch options, by name
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def dyt_plan(
+    n: int, dtype: torch.dtype, residual_dtype: Optional[torch.dtype], h_dtype: Optional[torch.dtype],
+    has_weight: bool, has_bias: bool, alpha_tensor: bool, device: torch.device,
+    config: Optional[KernelConfig] = None,
+) -> KernelPlan:
+    """DyT's forward over rows of ``n`` elements (γ/β's width): h = residual + x stored in ``h_dtype`` when given."""
+    acc = acc_dtype(torch.promote_types(dtype, residual_dtype or dtype))
+    config = config or kconfig.elementwise_config(n, dtype.itemsize, backward=False)
+    switches = dict(HAS_RESIDUAL=residual_dtype is not None, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+                    ALPHA_TENSOR=alpha_tensor, STORE_H=h_dtype is not None, BLOCK_M=config.block_m,
+                    BLOCK_N=config.block_n, NUM_STAGES=config.num_stages, **config.launch_options)
+    return KernelPlan(config, kconfig.device_facts(device), acc, switches)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def dyt_backward_plan(
+    n: int, h_dtype: torch.dtype, dy_dtype: torch.dtype, has_weight: bool, alpha_tensor: bool, has_dh_in: bool,
+    store_dres: bool, compute_dalpha: bool, compute_dweight: bool, compute_dbias: bool, device: torch.device,
+    config: Optional[KernelConfig] = None,
+) -> KernelPlan:
+    """DyT's backward over rows of ``n`` elements; ``h_dtype`` is the dtype of what DyT saw."""
+    acc = acc_dtype(torch.promote_types(h_dtype, dy_dtype))
+    config = config or kconfig.elementwise_config(n, max(h_dtype.itemsize, dy_dtype.itemsize), backward=True)
+    switches = dict(HAS_WEIGHT=has_weight, ALPHA_TENSOR=alpha_tensor, HAS_DH_IN=has_dh_in, STORE_DRES=store_dres,
+                    COMPUTE_DALPHA=compute_dalpha, COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias,
+                    BLOCK_M=config.block_m, BLOCK_N=config.block_n, NUM_STAGES=config.num_stages,
+                    **config.launch_options)
+    return KernelPlan(config, kconfig.device_facts(device), acc, switches)
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def channels_first_plan(
+    c: int, dtype: torch.dtype, has_weight: bool, has_bias: bool, store_stats: bool, backward: bool,
+    compute_dweight: bool, compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None,
+) -> Optional[KernelPlan]:
+    """Channels-first LayerNorm over C channels, forward or backward; None when the channels are too many for the
+    kernel's registers (``config.channels_first_config``)."""
+    acc = acc_dtype(dtype)
+    config = config or kconfig.channels_first_config(c, acc.itemsize, backward)
+    if config is None:
+        return None
+    switches = dict(HAS_WEIGHT=has_weight, BLOCK_T=config.block_m, BLOCK_C=config.block_n,
+                    NUM_STAGES=config.num_stages, **config.launch_options)
+    if backward:
+        switches.update(COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias)
+    else:
+        switches.update(HAS_BIAS=has_bias, STORE_STATS=store_stats)
+    return KernelPlan(config, kconfig.device_facts(device), acc, switches)

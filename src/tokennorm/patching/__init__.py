@@ -18,7 +18,11 @@ original and the tokennorm replacement with float32, bfloat16 and float16 parame
 dtype) on inputs of each of those dtypes, and requires the same output dtype and values within rounding.
 Norms differ in their output dtype when parameters and input differ: torch and Gemma return the input's
 dtype, Llama ``promote_types(weight, input)`` (it multiplies the float32 weight by the normalized input cast
-back), T5 the weight's; the replacement follows the same rule (``dtype_rule`` in the report). Anything else —
+back), T5 the weight's; the replacement follows the same rule (``dtype_rule`` in the report), and casts its
+parameters to float32 first where the original takes a mix torch's norms refuse (``cast_parameters``: Cohere's
+bfloat16 weight with a float32 input). A module without an ε attribute is probed with the usual values
+(``UNSTATED_EPS``; OLMo fixes 1e-5 in its code); one with neither parameters nor ``normalized_shape`` is probed at
+two widths and replaced by :class:`PatchedLastDimNorm`, which normalizes the last dim of any width. Anything else —
 a module with buffers, extra parameters, hooks, an instance-level ``forward``, a ``forward`` taking more than
 the input, or a computation that differs — is left alone and reported.
 
@@ -37,12 +41,14 @@ Modules: :mod:`~tokennorm.patching.recognize` (which modules compute a norm toke
 """
 
 from tokennorm.patching.extended import PatchedAdaLayerNormContinuous, PatchedAdaLayerNormZero
-from tokennorm.patching.replacements import DTYPE_RULES, PatchedLayerNorm, PatchedOffsetNorm, PatchedRMSNorm
+from tokennorm.patching.replacements import (
+    DTYPE_RULES, PatchedLastDimNorm, PatchedLayerNorm, PatchedOffsetNorm, PatchedRMSNorm,
+)
 from tokennorm.patching.report import Left, PatchReport, Replaced
 from tokennorm.patching.swap import NORMS, patch, patch_report, unpatch
 
 __all__ = [
     "NORMS", "DTYPE_RULES", "Replaced", "Left", "PatchReport", "PatchedLayerNorm", "PatchedRMSNorm",
-    "PatchedOffsetNorm", "PatchedAdaLayerNormZero", "PatchedAdaLayerNormContinuous", "patch", "unpatch",
-    "patch_report",
+    "PatchedOffsetNorm", "PatchedLastDimNorm", "PatchedAdaLayerNormZero", "PatchedAdaLayerNormContinuous", "patch",
+    "unpatch", "patch_report",
 ]

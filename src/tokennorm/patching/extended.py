@@ -42,6 +42,7 @@ class RecognizedModule:
     eps: Optional[float]
     build: Callable[[bool], nn.Module]  # training mode → the replacement
     dtype_rule: str = "input"
+    cast_parameters: bool = False  # as RecognizedNorm's; these replacements take the original's dtypes as they are
 
 
 def _output_dtype(*dtypes: torch.dtype) -> torch.dtype:

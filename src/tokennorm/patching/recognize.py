@@ -23,6 +23,12 @@ from tokennorm.patching.replacements import (
 )
 
 EPS_ATTRIBUTES = ("eps", "variance_epsilon", "epsilon", "layer_norm_eps", "norm_eps", "rms_norm_eps")
+# ε tried on a module that has no ε attribute but a constant in its forward (OlmoLayerNorm: 1e-5): torch's
+# LayerNorm default first, then the other usual values. The probe at sqrt(ε) scale tells them apart.
+UNSTATED_EPS = (1e-5, 1e-6, 1e-12)
+# A norm with neither parameters nor normalized_shape normalizes the last dim of whatever width: it is probed
+# at two widths, and its replacement must take any.
+ANY_WIDTH_PROBES = ((8,), (12,))
 _HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
     "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
@@ -87,20 +93,18 @@ def identify(module: nn.Module) -> tuple[Optional[RecognizedNorm], Optional[str]
         return None, "has a bias but no weight, which tokennorm's modules cannot express"
     if any(not p.is_floating_point() for p in (weight, bias) if p is not None):
         return None, "has non-floating-point parameters"
-    shape = _normalized_shape(module, weight, bias)
-    if shape is None:
-        return None, "cannot tell its normalized shape (no weight, bias or normalized_shape)"
-    if any(p is not None and tuple(p.shape) != shape for p in (weight, bias)):
+    shape = _normalized_shape(module, weight, bias)  # None: no parameters, no normalized_shape: any width
+    if shape is not None and any(p is not None and tuple(p.shape) != shape for p in (weight, bias)):
         return None, f"its parameters' shape differs from its normalized shape {shape}"
     eps_name = next((n for n in EPS_ATTRIBUTES if hasattr(module, n)), None)
     if eps_name is None:
-        return None, f"has no eps attribute ({', '.join(EPS_ATTRIBUTES)})"
+        return _probe(module, shape, UNSTATED_EPS, weight, bias)
     eps = getattr(module, eps_name)
     if not (isinstance(eps, (int, float)) and not isinstance(eps, bool)) and not (
         eps is None and isinstance(module, nn.RMSNorm)
     ):
         return None, f"its {eps_name} is {eps!r}, not a number"
-    return _probe(module, shape, None if eps is None else float(eps), weight, bias)
+    return _probe(module, shape, (None if eps is None else float(eps),), weight, bias)
 
 
 def _normalized_shape(module: nn.Module, weight: Optional[Tensor], bias: Optional[Tensor]) -> Optional[tuple]:
@@ -125,8 +129,10 @@ def _reference(kind: str, x: Tensor, shape: tuple, w: Optional[Tensor], b: Optio
 
 
 def _probe(
-    module: nn.Module, shape: tuple, eps: Optional[float], weight: Optional[Tensor], bias: Optional[Tensor]
+    module: nn.Module, shape: Optional[tuple], eps_values: tuple, weight: Optional[Tensor], bias: Optional[Tensor]
 ) -> tuple[Optional[RecognizedNorm], Optional[str]]:
+    """Recognize the norm ``module`` computes with one of ``eps_values`` (its ε attribute, or the usual values
+    when it has none), over ``shape`` (None: the last dim at the widths of ANY_WIDTH_PROBES)."""
     device = torch.device("cpu") if _device(module).type == "meta" else _device(module)
     gen = torch.Generator().manual_seed(0)  # a private generator: patching never moves torch's global RNG
 
@@ -136,33 +142,38 @@ def _probe(
     memo = {id(p): nn.Parameter(rand(*p.shape), p.requires_grad) for p in module.parameters(recurse=False)}
     probe = copy.deepcopy(module, memo)
     pw, pb = probe._parameters.get("weight"), probe._parameters.get("bias")
-    x = rand(*_PROBE_ROWS, *shape) + rand(*_PROBE_ROWS, *(1,) * len(shape))  # each token with its own mean
-    inputs = [x] + ([x * math.sqrt(eps)] if eps is not None and eps > 0 else [])
-    try:
-        outputs = [_forward(probe, xi, mode) for mode in (True, False) for xi in inputs]
-    except Exception as e:  # a module whose forward(x) fails is not a drop-in norm
-        return None, f"forward(x) failed on a probe input: {type(e).__name__}: {e}"
-    if any(not isinstance(y, Tensor) or y.shape != x.shape for y in outputs):
-        return None, "forward(x) does not return a tensor of the input's shape"
     worst = math.inf
-    for kind, offset in _hypotheses(weight, bias):
-        if eps is None and kind == "layernorm":  # eps=None is torch.nn.RMSNorm's default, meaningless here
-            continue
-        refs = [_reference(kind, xi, shape, pw, pb, eps, offset) for _ in (True, False) for xi in inputs]
-        worst = min(worst, max(_rel_diff(y, r) for y, r in zip(outputs, refs)))
-        if worst <= PROBE_RTOL:
-            norm = RecognizedNorm(kind, eps, offset, shape, weight, bias)
-            rule, reason = _probe_dtypes(probe, norm, x, _dtype(module), _device(module))
-            return (None, reason) if rule is None else (norm.with_params(weight, bias, rule), None)
-    return None, f"computes no norm tokennorm has (closest differs by {worst:.1e} of the output's scale)"
+    for eps in eps_values:
+        runs = []  # (normalized shape, input, output) in train and eval mode
+        for width in (shape,) if shape is not None else ANY_WIDTH_PROBES:
+            x = rand(*_PROBE_ROWS, *width) + rand(*_PROBE_ROWS, *(1,) * len(width))  # each token its own mean
+            inputs = [x] + ([x * math.sqrt(eps)] if eps is not None and eps > 0 else [])
+            try:
+                runs += [(width, xi, _forward(probe, xi, mode)) for mode in (True, False) for xi in inputs]
+            except Exception as e:  # a module whose forward(x) fails is not a drop-in norm
+                return None, f"forward(x) failed on a probe input: {type(e).__name__}: {e}"
+        if any(not isinstance(y, Tensor) or y.shape != xi.shape for _, xi, y in runs):
+            return None, "forward(x) does not return a tensor of the input's shape"
+        for kind, offset in _hypotheses(weight, bias):
+            if eps is None and kind == "layernorm":  # eps=None is torch.nn.RMSNorm's default, meaningless here
+                continue
+            diff = max(_rel_diff(y, _reference(kind, xi, w, pw, pb, eps, offset)) for w, xi, y in runs)
+            worst = min(worst, diff)
+            if diff <= PROBE_RTOL:
+                norm = RecognizedNorm(kind, eps, offset, shape, weight, bias)
+                dtypes, reason = _probe_dtypes(probe, norm, runs[0][1], _dtype(module), _device(module))
+                return (None, reason) if dtypes is None else (norm.with_params(weight, bias, *dtypes), None)
+    unstated = "" if len(eps_values) == 1 else f" with any usual ε {eps_values} (it has no eps attribute)"
+    return None, f"computes no norm tokennorm has{unstated} (closest differs by {worst:.1e} of the output's scale)"
 
 
 def _probe_dtypes(
     probe: nn.Module, norm: RecognizedNorm, x: Tensor, own_dtype: torch.dtype, own_device: torch.device
-) -> tuple[Optional[str], Optional[str]]:
-    """(the output dtype rule, None) if a tokennorm replacement following it gives the original's output dtype
-    and values for float32 / bfloat16 / float16 (and the module's own dtype) parameters and inputs, on the CPU
-    and in the module's own dtype on its own device; else (None, why not)."""
+) -> tuple[Optional[tuple[str, bool]], Optional[str]]:
+    """((output dtype rule, cast_parameters), None) if a tokennorm replacement following them gives the
+    original's output dtype and values for float32 / bfloat16 / float16 (and the module's own dtype) parameters
+    and inputs, on the CPU and in the module's own dtype on its own device; else (None, why not). Parameters
+    are cast to the compute dtype only where the plain replacement fails a mix the original takes."""
     with warnings.catch_warnings():  # torch warns about the mixed dtypes the probe tries on purpose
         warnings.simplefilter("ignore")
         return _probe_dtypes_quietly(probe, norm, x, own_dtype, own_device)
@@ -170,7 +181,7 @@ def _probe_dtypes(
 
 def _probe_dtypes_quietly(
     probe: nn.Module, norm: RecognizedNorm, x: Tensor, own_dtype: torch.dtype, own_device: torch.device
-) -> tuple[Optional[str], Optional[str]]:
+) -> tuple[Optional[tuple[str, bool]], Optional[str]]:
     base = copy.deepcopy(probe).cpu().eval()
     x = x.cpu()
     dtypes = tuple(dict.fromkeys((*_PROBE_DTYPES, own_dtype)))
@@ -195,20 +206,32 @@ def _probe_dtypes_quietly(
     if own_device.type not in ("cpu", "meta"):  # the module's own device may run another backend (Triton)
         original = copy.deepcopy(base).to(own_device, own_dtype)
         checks.append((own_dtype, own_dtype, original, x.to(own_device, own_dtype)))
+    first_problem = None
+    for cast in (False, True) if norm.weight is not None else (False,):
+        problem = _replacement_problem(norm, rule, cast, checks)
+        if problem is None:
+            return (rule, cast), None
+        first_problem = first_problem or problem
+    return None, first_problem
+
+
+def _replacement_problem(norm: RecognizedNorm, rule: str, cast: bool, checks: list) -> Optional[str]:
+    """Why the replacement with this output rule and parameter cast differs from the original on ``checks``
+    (parameter dtype, input dtype, original module, input), or None."""
     for p, d, original, xd in checks:
         params = original._parameters
-        candidate = build_replacement(norm.with_params(params.get("weight"), params.get("bias"), rule), False)
+        candidate = build_replacement(norm.with_params(params.get("weight"), params.get("bias"), rule, cast), False)
         try:
             expected, got = _forward(original, xd, False), _forward(candidate, xd, False)
         except Exception as e:
-            return None, f"computes {norm.label}, but tokennorm fails with {p} parameters on a {d} input: {e}"
+            return f"computes {norm.label}, but tokennorm fails with {p} parameters on a {d} input: {e}"
         where = f"with {p} parameters on a {d} input" + (f" on {xd.device}" if xd.device.type != "cpu" else "")
         if expected.dtype != got.dtype:
-            return None, f"computes {norm.label}, but {where} returns {expected.dtype}, tokennorm {got.dtype}"
+            return f"computes {norm.label}, but {where} returns {expected.dtype}, tokennorm {got.dtype}"
         diff, tol = _rel_diff(got, expected), max(_DTYPE_RTOL.get(t, PROBE_RTOL) for t in (p, d, got.dtype))
         if diff > tol:
-            return None, f"computes {norm.label}, but {where} tokennorm differs by {diff:.1e} of the output's scale"
-    return rule, None
+            return f"computes {norm.label}, but {where} tokennorm differs by {diff:.1e} of the output's scale"
+    return None
 
 
 def _forward(module: nn.Module, x: Tensor, training: bool) -> Tensor:

@@ -11,7 +11,8 @@ class Replaced:
     """A module that ``patch`` replaced: where, what it was, what it became, and the math it was proven to do.
 
     ``other_paths`` are further paths of the same (shared) module; ``dtype_rule`` is the output dtype rule
-    the probe found (see :data:`~tokennorm.patching.replacements.DTYPE_RULES`)."""
+    the probe found (see :data:`~tokennorm.patching.replacements.DTYPE_RULES`); ``cast_parameters``: the
+    replacement casts weight and bias to float32 (float64 for a float64 input) first, as the original did."""
 
     path: str
     from_class: str
@@ -20,6 +21,12 @@ class Replaced:
     eps: Optional[float]
     other_paths: tuple[str, ...] = ()
     dtype_rule: str = "input"
+    cast_parameters: bool = False
+
+    @property
+    def dtypes(self) -> str:
+        """The dtype behaviour kept from the original, in words: ``input``, ``promote; parameters → float32``."""
+        return self.dtype_rule + ("; parameters → float32" if self.cast_parameters else "")
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class PatchReport:
         lines = [f"replaced {len(self.replaced)}, left {len(self.left)}"]
         for r in self.replaced:
             also = f" (also {', '.join(r.other_paths)})" if r.other_paths else ""
-            rule = f", output dtype: {r.dtype_rule}" if r.dtype_rule != "input" else ""
+            rule = f", output dtype: {r.dtypes}" if r.dtypes != "input" else ""
             lines.append(f"  {r.path}{also}: {r.from_class} -> {r.to_class} ({r.kind}, eps={r.eps}{rule})")
         lines += [f"  left {x.path}: {x.cls}: {x.reason}" for x in self.left]
         return "\n".join(lines)

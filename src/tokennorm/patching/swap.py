@@ -27,23 +27,44 @@ def patch(
 ) -> nn.Module:
     """Replace the LayerNorm / RMSNorm modules of ``model`` with tokennorm's and return the model.
 
-    Every norm-like module is probed numerically (see the module docstring) and replaced only if it computes
-    exactly a norm tokennorm implements; :func:`patch_report` on the returned model says what was replaced and
-    what was left and why. Patching a patched model changes nothing. If ``model`` is itself a norm, the
-    replacement is returned: always use the return value.
+    Every norm-like module (a torch norm, a class named like a norm, or a leaf with an ε attribute) is probed
+    numerically and replaced only if it computes exactly one of, over its trailing ``normalized_shape``
+    (tokennorm.patching describes the probe)::
+
+        layernorm:  y = (x − mean(x)) / sqrt(var(x) + ε) · (w + offset) + b      (biased variance)
+        rmsnorm:    y = x / sqrt(mean(x²) + ε) · (w + offset)                     offset 0, or 1 (Gemma)
+
+    The replacement computes the same in the original's dtypes: its output dtype rule (input's, Llama's
+    ``promote_types(weight, input)``, T5's weight dtype) and, where the original casts its parameters to float32
+    (Cohere), that cast. It shares the original ``Parameter`` objects (state_dict keys, optimizers and tied
+    weights stay valid), ε and train/eval mode, and installs no hooks; a module reachable under several paths is
+    replaced once. What was replaced and what was left, and why, is in :func:`patch_report`. Patching a
+    patched model changes nothing.
 
     Args:
-        model: any ``nn.Module``, on any device (the meta device included) and dtype.
-        norms: which kinds to replace: ``"layernorm"``, ``"rmsnorm"`` (their ``1 + w`` forms included).
-        inplace: swap modules inside ``model`` (sharing its parameters); ``False`` patches a deep copy.
+        model: any ``nn.Module``, on any device (the meta device included) and dtype; a norm itself is
+            replaced and returned.
+        norms: which kinds to replace: ``"layernorm"``, ``"rmsnorm"`` or both (their ``1 + w`` forms
+            included). Default: ``("layernorm", "rmsnorm")``.
+        inplace: swap modules inside ``model``; ``False`` patches a deep copy and leaves ``model`` as it was.
+            Default: True.
 
     Returns:
-        ``model`` (or its copy) with the norms replaced; the root itself if it is not a norm.
+        ``model`` (or its copy) with the norms replaced, or the replacement when ``model`` is itself a norm:
+        always use the return value.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``. ValueError: ``norms`` names no known kind.
 
     Example::
 
-        >>> model = tokennorm.patch(AutoModel.from_pretrained(path))
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+        >>> model = tokennorm.patch(model)
+        >>> type(model[1]).__name__, isinstance(model[1], torch.nn.LayerNorm)
+        ('LayerNorm', True)
         >>> print(tokennorm.patch_report(model))
+        replaced 1, left 0
+          1: torch.nn.LayerNorm -> tokennorm.LayerNorm (layernorm, eps=1e-05)
     """
     wanted = _check_norms(norms)
     if not isinstance(model, nn.Module):
@@ -70,15 +91,35 @@ def patch(
         new.__dict__[_ORIGINAL] = module
         replacements[module_id] = new
         replaced.append(Replaced(path, cls, _class_name(new), norm.label, norm.eps, tuple(module_paths[1:]),
-                                 norm.dtype_rule))
+                                 norm.dtype_rule, norm.cast_parameters))
     model = _swap(model, replacements)
     model.__dict__[_REPORT] = PatchReport(tuple(replaced), tuple(left))
     return model
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Put back the modules :func:`patch` replaced in ``model`` and return it (the original root if the root was
-    replaced). The originals get the replacements' current parameters and train/eval mode."""
+    """Put back the modules :func:`patch` replaced in ``model`` and return it.
+
+    The originals get the replacements' current ``weight`` / ``bias`` Parameters (so training done on the
+    patched model is kept) and train/eval mode. Modules that were not replaced by :func:`patch` are left alone;
+    unpatching an unpatched model changes nothing.
+
+    Args:
+        model: a model returned by :func:`patch` (or any ``nn.Module``).
+
+    Returns:
+        ``model`` with the original modules back, or the original norm when ``model`` itself was a replacement.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Example::
+
+        >>> model = tokennorm.patch(torch.nn.Sequential(torch.nn.LayerNorm(8)))
+        >>> model = tokennorm.unpatch(model)
+        >>> type(model[0]) is torch.nn.LayerNorm
+        True
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"unpatch() expects an nn.Module as model, but got {type(model).__name__}")
     restored = {}
@@ -98,7 +139,26 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 
 def patch_report(model: nn.Module) -> PatchReport:
-    """The report of the last :func:`patch` call that returned ``model``."""
+    """The report of the last :func:`patch` call that returned ``model``.
+
+    Args:
+        model: a model returned by :func:`patch`.
+
+    Returns:
+        a :class:`~tokennorm.patching.PatchReport`: ``replaced`` (path, original class, replacement class, the
+        norm it computes, ε, other paths of a shared module, dtype behaviour kept) and ``left`` (path, class,
+        the reason it was left); ``str()`` of it is a readable summary.
+
+    Raises:
+        ValueError: ``model`` was not returned by :func:`patch` (or was unpatched since).
+
+    Example::
+
+        >>> model = tokennorm.patch(torch.nn.Sequential(torch.nn.BatchNorm1d(8)))
+        >>> print(tokennorm.patch_report(model))  # doctest: +ELLIPSIS
+        replaced 0, left 1
+          left 0: torch.nn.BatchNorm1d: has buffers (running_mean, running_var, num_batches_tracked): ...
+    """
     report = model.__dict__.get(_REPORT)
     if report is None:
         raise ValueError(f"patch_report: this {type(model).__name__} was not returned by tokennorm.patch()")
@@ -118,10 +178,10 @@ def _class_name(module: nn.Module) -> str:
     cls = type(module)
     if getattr(nn, cls.__name__, None) is cls:
         return f"torch.nn.{cls.__name__}"
-    if cls in TOKENNORM_CLASSES or cls.__module__ == "tokennorm.channels_first":
-        return f"tokennorm.{cls.__name__}"
     if cls.__module__.startswith("tokennorm.patching"):
         return f"tokennorm.patching.{cls.__name__}"
+    if cls in TOKENNORM_CLASSES or cls.__module__ == "tokennorm.channels_first":
+        return f"tokennorm.{cls.__name__}"
     return cls.__qualname__
 
 

@@ -65,6 +65,8 @@ def copy_feedforward(dst: FeedForward, layer: nn.Module) -> None:
 
 
 def copy_norm(dst: nn.Module, src: nn.Module) -> None:
-    """weight and bias (None where a norm has none, as torch.nn.RMSNorm) from a torch norm module."""
+    """weight, bias (None where a norm has none, as torch.nn.RMSNorm) and ε from a torch norm module: a
+    torch layer's norms may each have their own ε."""
     _copy(dst.weight, src.weight)
     _copy(getattr(dst, "bias", None), getattr(src, "bias", None))
+    dst.eps = src.eps

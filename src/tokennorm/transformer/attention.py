@@ -1,15 +1,26 @@
-"""Multi-head attention on ``F.scaled_dot_product_attention``, batch-first, with torch's mask conventions."""
+"""Multi-head attention on ``F.scaled_dot_product_attention``, batch-first, with torch's mask conventions.
+
+A query whose keys are all masked has nothing to attend to. torch answers in two ways, by code path: its
+inference fast path (``torch._native_multi_head_attention`` / ``_transformer_encoder_layer_fwd``, taken in
+eval mode when no gradient is needed) and ``need_weights=True`` take a softmax over no keys and give NaN;
+everywhere else it runs ``F.scaled_dot_product_attention``, which gives such a query zero attention weights, so
+the output row is ``out_proj``'s bias. tokennorm's attention gives what torch gives for the same call:
+:func:`torch_takes_fast_path` encodes torch's choice.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MultiHeadAttention", "merge_masks"]
+__all__ = ["MultiHeadAttention", "merge_masks", "torch_takes_fast_path"]
+
+# devices whose tensors torch's fast path accepts (besides a registered privateuse1 backend)
+_FAST_PATH_DEVICES = ("cpu", "cuda", "xpu")
 
 
 def _check_mask(mask: Tensor, name: str, shapes: list[tuple[int, ...]]) -> None:
@@ -50,28 +61,71 @@ def merge_masks(
     return merged
 
 
+def torch_takes_fast_path(module: nn.Module, tensors: Sequence[Optional[Tensor]]) -> bool:
+    """Whether torch's Transformer modules would run their native inference kernels for a call of ``module``
+    on ``tensors`` (its inputs and parameters): the conditions nn.MultiheadAttention and
+    nn.TransformerEncoderLayer share (torch 2.4 to 2.13). Each caller adds its module's own conditions.
+
+    Fast path enabled (``torch.backends.mha``), eval mode, no autocast, no ``__torch_function__`` tensor,
+    every tensor on a CPU, CUDA, XPU or privateuse1 device, and no gradient needed (grad mode off, or no
+    tensor requiring one).
+    """
+    present = tuple(t for t in tensors if t is not None)
+    if not torch.backends.mha.get_fastpath_enabled() or module.training or torch.is_autocast_enabled():
+        return False
+    if torch.overrides.has_torch_function(present):
+        return False
+    devices = (*_FAST_PATH_DEVICES, torch.utils.backend_registration._privateuse1_backend_name)
+    if any(t.device.type not in devices for t in present):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+
+
 class MultiHeadAttention(nn.Module):
     r"""Multi-head scaled dot-product attention, batch-first.
 
     .. math:: \mathrm{head}_h = \mathrm{softmax}\Big(\frac{Q_h K_h^\top}{\sqrt{d_k}} + M\Big) V_h,\quad
-              \mathrm{out} = [\mathrm{head}_1; \dots; \mathrm{head}_H] W_O
+              \mathrm{out} = [\mathrm{head}_1; \dots; \mathrm{head}_H]\, W_O + b_O
+
+    with :math:`Q_h, K_h, V_h` the ``h``-th ``head_dim``-wide slices of ``q_proj(query)``, ``k_proj(key)``,
+    ``v_proj(value)``, :math:`d_k` = ``head_dim`` = ``d_model / nhead``, and :math:`M` the merged additive
+    mask (0 = attend, −inf = blocked). Computed by :func:`torch.nn.functional.scaled_dot_product_attention`
+    (flash or memory-efficient kernels where torch has them), or explicitly when ``need_weights=True``.
 
     Masks follow :class:`torch.nn.MultiheadAttention`: ``key_padding_mask`` is ``[B, S]`` with True (or
-    -inf) at padding keys; ``attn_mask`` is ``[N, S]`` or ``[B·nhead, N, S]``, bool True = not allowed, or
+    −inf) at padding keys; ``attn_mask`` is ``[N, S]`` or ``[B·nhead, N, S]``, bool True = not allowed, or
     float added to the scores. Unlike torch, ``is_causal=True`` is not a hint: it applies the causal mask
-    itself (combined with any other mask), so no ``attn_mask`` is needed for it. A query whose keys are all
-    masked gets NaN, as in torch.
+    (query i sees keys j ≤ i) itself, combined with any other mask.
+
+    A query whose keys are all masked gets what torch gives it for the same call: NaN (a softmax over no
+    keys) with ``need_weights=True``, and on torch's inference fast path — eval mode, no gradient needed,
+    self-attention (``key`` and ``value`` omitted or the same tensor as ``query``), an even ``nhead``,
+    ``bias=True``, bool masks, no autocast; otherwise zero attention weights, i.e. an output row equal to
+    ``out_proj.bias`` (what ``scaled_dot_product_attention`` gives).
 
     Args:
-        d_model: model width; must be divisible by ``nhead``.
+        d_model: model width (the query's, key's and value's last dim); must be divisible by ``nhead``.
         nhead: number of heads.
-        dropout: dropout on the attention probabilities (training only).
-        bias: learn biases for the four projections.
+        dropout: dropout on the attention probabilities, in training mode only. Default: 0.0.
+        bias: learn biases for the four projections. Default: True.
+        device, dtype: of the parameters. Default: torch's defaults.
 
     Shape:
-        - query ``[B, N, d_model]``, key and value ``[B, S, d_model]`` (default: query: self-attention).
-        - Output ``[B, N, d_model]``; with ``need_weights=True``, ``(output, weights [B, nhead, N, S])``
-          (per-head probabilities, computed without SDPA).
+        - query ``[B, N, d_model]``; key and value ``[B, S, d_model]`` (default: ``query``, self-attention;
+          ``value`` defaults to ``key``).
+        - Output ``[B, N, d_model]`` in the parameters' dtype; with ``need_weights=True``, ``(output, weights)``
+          with ``weights`` ``[B, nhead, N, S]``, the per-head attention probabilities (before dropout).
+
+    Parameters: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (``nn.Linear(d_model, d_model)``),
+    Xavier-uniform weights and zero biases as torch's.
+
+    Example::
+
+        >>> attn = MultiHeadAttention(64, 4)
+        >>> x = torch.randn(2, 10, 64)
+        >>> padding = torch.zeros(2, 10, dtype=torch.bool); padding[1, 7:] = True
+        >>> attn(x, key_padding_mask=padding, is_causal=True).shape
+        torch.Size([2, 10, 64])
     """
 
     def __init__(
@@ -118,6 +172,10 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, t: Tensor) -> Tensor:
         return t.unflatten(-1, (self.nhead, self.head_dim)).transpose(1, 2)  # [B, L, C] -> [B, H, L, D]
 
+    def _parameters_of_fast_path(self) -> tuple[Optional[Tensor], ...]:
+        return tuple(p for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
+                     for p in (proj.weight, proj.bias))
+
     def forward(
         self,
         query: Tensor,
@@ -129,8 +187,42 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         need_weights: bool = False,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """Attention of ``query`` over ``key`` / ``value``.
+
+        Args:
+            query: ``[B, N, d_model]``.
+            key: ``[B, S, d_model]``. Default: ``query`` (self-attention).
+            value: ``[B, S, d_model]``. Default: ``key``.
+            key_padding_mask: ``[B, S]``, bool (True = padding) or float (added). Default: None.
+            attn_mask: ``[N, S]`` or ``[B·nhead, N, S]``, bool (True = blocked) or float (added). Default: None.
+            is_causal: apply the causal mask (query i sees keys j ≤ i). Default: False.
+            need_weights: also return the per-head attention probabilities ``[B, nhead, N, S]``. Default: False.
+
+        Returns:
+            the output ``[B, N, d_model]``, or ``(output, weights)`` with ``need_weights=True``.
+        """
+        self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key
         value = key if value is None else value
+        masks = (key_padding_mask, attn_mask)
+        fast_path = (
+            self_attention and self.nhead % 2 == 0 and self.q_proj.bias is not None
+            and query.dtype == self.q_proj.weight.dtype
+            and all(m is None or m.dtype == torch.bool for m in masks)  # torch: float masks take the slow path
+            and torch_takes_fast_path(self, (query, key, value, *self._parameters_of_fast_path()))
+        )
+        return self._attend(
+            query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
+            need_weights=need_weights, masked_rows_nan=fast_path,
+        )
+
+    def _attend(
+        self, query: Tensor, key: Tensor, value: Tensor, *, key_padding_mask: Optional[Tensor],
+        attn_mask: Optional[Tensor], is_causal: bool, need_weights: bool, masked_rows_nan: bool,
+    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """:meth:`forward` with the caller deciding what a fully masked query gets: NaN (``masked_rows_nan``,
+        or ``need_weights``) or zero attention weights. The Transformer layers call this with torch's
+        decision for their own fast path, which differs from the attention module's."""
         self._check(query, key, value, key_padding_mask, attn_mask)
         (batch, tgt_len), src_len = query.shape[:2], key.shape[1]
         q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
@@ -140,14 +232,16 @@ class MultiHeadAttention(nn.Module):
             batch, self.nhead, tgt_len, src_len, q.dtype, q.device,
             key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
         )
-        if need_weights:
+        if need_weights:  # a softmax over no keys: NaN, as torch's need_weights=True path
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
             weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
             out = F.dropout(weights, p, training=True) @ v if p > 0 else weights @ v
-        else:
+        else:  # a query with no key gets zero weights from SDPA
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal and mask is None
             )
+            if masked_rows_nan and mask is not None:
+                out = out.masked_fill(torch.isneginf(mask).all(dim=-1, keepdim=True), math.nan)
         out = self.out_proj(out.transpose(1, 2).flatten(-2))
         return (out, weights) if need_weights else out
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from tokennorm.adaptive import AdaLNZero
 from tokennorm.transformer import _convert
-from tokennorm.transformer.attention import MultiHeadAttention
+from tokennorm.transformer.attention import MultiHeadAttention, torch_takes_fast_path
 from tokennorm.transformer.feedforward import FeedForward
 from tokennorm.transformer.norms import check_choices, make_add_norm, make_norm
 
@@ -117,22 +117,59 @@ class _Block(nn.Module):
         return f"norm={self.norm_type!r}, placement={self.placement!r}, eps={self.eps}{cond}"
 
 
+def _norm_eps(module: nn.Module) -> Optional[float]:
+    """ε of a block's norm step (a norm, an Add & Norm, or a ResidualNorm around a norm); None without one."""
+    return getattr(module, "eps", getattr(getattr(module, "norm", None), "eps", None))
+
+
 class EncoderLayer(_Block):
-    r"""Transformer encoder layer: self-attention and feed-forward, each followed (post) or preceded (pre)
-    by Add & Norm; batch-first ``[B, N, d_model]``.
+    r"""Transformer encoder layer: self-attention and a feed-forward network, each joined to the residual
+    stream by Add & Norm; batch-first.
+
+    .. math::
+        \text{post:}\quad h = \mathrm{Norm}_1(x + \mathrm{Drop}(\mathrm{SA}(x))),\quad
+        y = \mathrm{Norm}_2(h + \mathrm{Drop}(\mathrm{FFN}(h)))
+
+        \text{pre:}\quad h = x + \mathrm{Drop}(\mathrm{SA}(\mathrm{Norm}_1(x))),\quad
+        y = h + \mathrm{Drop}(\mathrm{FFN}(\mathrm{Norm}_2(h)))
+
+    with SA = :class:`MultiHeadAttention`, FFN = :class:`FeedForward`; each Add & Norm runs as one fused
+    :class:`tokennorm.AddNorm` for ``"layernorm"`` / ``"rmsnorm"``. Equals
+    :class:`torch.nn.TransformerEncoderLayer` (``batch_first=True``, ``norm_first = placement == "pre"``)
+    with the same weights (:meth:`from_torch`), including what a query whose keys are all masked gets (see
+    :class:`MultiHeadAttention`).
 
     Args:
-        d_model, nhead, dim_feedforward, dropout, activation, eps, bias: as
-            :class:`torch.nn.TransformerEncoderLayer` (``bias`` covers the linear layers and LayerNorm).
-        norm: ``"layernorm"``, ``"rmsnorm"`` (tokennorm's fused AddNorm), ``"dyt"`` (Dynamic Tanh, with the add
-            fused: :class:`tokennorm.AddDyT`), ``"batchnorm"`` (statistics over tokens and batch items: a
-            demonstration of what not to do) or ``"none"``.
-        placement: ``"post"`` (torch's ``norm_first=False``) or ``"pre"`` (``norm_first=True``).
+        d_model: model width.
+        nhead: attention heads; must divide ``d_model``.
+        dim_feedforward: hidden width of the feed-forward network. Default: 2048.
+        dropout: dropout on attention probabilities, after the FFN activation and on each sublayer's output,
+            in training mode. Default: 0.1.
+        activation: ``"relu"`` or ``"gelu"``. Default: ``"relu"``.
+        norm: ``"layernorm"``, ``"rmsnorm"`` (tokennorm's, per token), ``"dyt"`` (Dynamic Tanh, with the add
+            fused: :class:`tokennorm.AddDyT`), ``"batchnorm"`` (statistics over all tokens and batch items: a
+            demonstration of what not to do) or ``"none"``. Default: ``"layernorm"``.
+        placement: ``"post"`` (torch's ``norm_first=False``) or ``"pre"`` (``norm_first=True``). Default:
+            ``"post"``.
+        eps: ε of the norms. Default: 1e-5.
+        bias: biases in the linear layers and the LayerNorms. Default: True.
         cond_dim: width of a conditioning vector ``cond`` [B, cond_dim] passed to ``forward``: an AdaLN-Zero
-            block (DiT), pre-LN with layernorm/rmsnorm only; the module docstring has the chain.
+            block (DiT), pre-LN with layernorm/rmsnorm only; the module docstring has the chain. Default: None.
+        device, dtype: of the parameters. Default: torch's defaults.
+
+    Shape:
+        - x: ``[B, N, d_model]``; cond: ``[B, cond_dim]``; output: the shape of x, in the parameters' dtype.
 
     Submodules: ``self_attn``, ``ff``, ``norm1`` (attention), ``norm2`` (feed-forward); with ``cond_dim``,
     ``adaln`` (:class:`tokennorm.AdaLNZero`) instead of the norms.
+
+    Example::
+
+        >>> layer = EncoderLayer(256, 8, 1024, norm="rmsnorm", placement="pre")
+        >>> x = torch.randn(4, 32, 256)
+        >>> padding = torch.zeros(4, 32, dtype=torch.bool); padding[0, 20:] = True
+        >>> layer(x, key_padding_mask=padding).shape
+        torch.Size([4, 32, 256])
     """
 
     def __init__(
@@ -149,21 +186,61 @@ class EncoderLayer(_Block):
         self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
         is_causal: bool = False, cond: Optional[Tensor] = None,
     ) -> Tensor:
-        """``x`` [B, N, d_model]; masks as :class:`MultiHeadAttention` (True = blocked / padding); ``cond``
-        [B, cond_dim] for a block built with ``cond_dim``."""
+        """The layer applied to ``x``.
+
+        Args:
+            x: ``[B, N, d_model]``.
+            key_padding_mask: ``[B, N]``, bool (True = padding) or float (added to the scores). Default: None.
+            attn_mask: ``[N, N]`` or ``[B·nhead, N, N]``, bool (True = blocked) or float. Default: None.
+            is_causal: apply the causal mask (position i attends to j ≤ i). Default: False.
+            cond: ``[B, cond_dim]``, required by (and only by) a layer built with ``cond_dim``. Default: None.
+
+        Returns:
+            ``[B, N, d_model]``.
+        """
         self._check_input("x", x)
         self._check_cond(x, cond)
 
+        # a fully masked query gets what torch.nn.TransformerEncoderLayer gives it: NaN on its fast path
+        masked_rows_nan = self._torch_takes_fast_path(x)
+
         def self_attention(y: Tensor) -> Tensor:
-            return self.self_attn(y, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+            return self.self_attn._attend(
+                y, y, y, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
+                need_weights=False, masked_rows_nan=masked_rows_nan,
+            )
 
         return self._residual_chain(x, [self_attention, self.ff], cond)
 
+    def _torch_takes_fast_path(self, x: Tensor) -> bool:
+        """Whether torch.nn.TransformerEncoderLayer takes its native fast path for this call: torch's shared
+        conditions (:func:`~tokennorm.transformer.attention.torch_takes_fast_path`) plus an even ``nhead``,
+        attention biases, equal ε in both norms and no hooks (a conditioned layer has no torch counterpart: no).
+        Masks of either dtype qualify (the layer turns them into float masks itself)."""
+        return (
+            self.adaln is None and self.nhead % 2 == 0 and self.self_attn.q_proj.bias is not None
+            and _norm_eps(self.norm1) == _norm_eps(self.norm2)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+            and torch_takes_fast_path(self, (x, *self.parameters()))
+        )
+
     @classmethod
     def from_torch(cls, layer: nn.TransformerEncoderLayer) -> "EncoderLayer":
-        """The same layer (weights, activation, eps, ``norm_first``, dropout, train/eval mode) on tokennorm.
+        """The same layer on tokennorm: weights (shared by copy, not by reference), activation, each norm's ε,
+        ``norm_first`` (as ``placement``), dropout and train/eval mode.
 
-        Needs ``batch_first=True``. In eval mode outputs and gradients equal torch's.
+        Args:
+            layer: a ``torch.nn.TransformerEncoderLayer`` built with ``batch_first=True``, relu or gelu, and
+                ``nn.LayerNorm`` norms.
+
+        Returns:
+            an :class:`EncoderLayer` on ``layer``'s device and dtype whose outputs and gradients equal
+            ``layer``'s (exactly in eval mode; in training mode, up to dropout's random masks).
+
+        Example::
+
+            >>> theirs = torch.nn.TransformerEncoderLayer(64, 4, 256, batch_first=True).eval()
+            >>> ours = EncoderLayer.from_torch(theirs)
         """
         _convert.check_layer(layer, nn.TransformerEncoderLayer, ("self_attn",), ("norm1", "norm2"))
         w = layer.linear1.weight
@@ -174,21 +251,49 @@ class EncoderLayer(_Block):
         )
         _convert.copy_attention(new.self_attn, layer.self_attn)
         _convert.copy_feedforward(new.ff, layer)
-        _convert.copy_norm(new.norm1, layer.norm1)
-        _convert.copy_norm(new.norm2, layer.norm2)
+        for i in (1, 2):
+            _convert.copy_norm(getattr(new, f"norm{i}"), getattr(layer, f"norm{i}"))
         return new.train(layer.training)
 
 
 class DecoderLayer(_Block):
-    r"""Transformer decoder layer: causal self-attention, optional cross-attention to ``memory``, and
-    feed-forward, joined by Add & Norm (post or pre); batch-first.
+    r"""Transformer decoder layer: causal self-attention, optional cross-attention to ``memory``, and a
+    feed-forward network, each joined to the residual stream by Add & Norm; batch-first.
 
-    Args: as :class:`EncoderLayer` (``cond_dim`` included), plus ``cross_attention``: include the attention over
-    ``memory`` (an encoder-decoder layer, like :class:`torch.nn.TransformerDecoderLayer`); False gives a GPT-style
-    block.
+    .. math::
+        \text{post:}\quad h_1 = \mathrm{Norm}_1(x + \mathrm{Drop}(\mathrm{SA}(x))),\quad
+        h_2 = \mathrm{Norm}_2(h_1 + \mathrm{Drop}(\mathrm{CA}(h_1, m))),\quad
+        y = \mathrm{Norm}_3(h_2 + \mathrm{Drop}(\mathrm{FFN}(h_2)))
 
-    Submodules: ``self_attn``, ``cross_attn`` (if any), ``ff``; ``norm1`` (self-attention), ``norm2``
-    (cross-attention, or feed-forward without it), ``norm3`` (feed-forward, with cross-attention).
+        \text{pre:}\quad h_1 = x + \mathrm{Drop}(\mathrm{SA}(\mathrm{Norm}_1(x))),\quad
+        h_2 = h_1 + \mathrm{Drop}(\mathrm{CA}(\mathrm{Norm}_2(h_1), m)),\quad
+        y = h_2 + \mathrm{Drop}(\mathrm{FFN}(\mathrm{Norm}_3(h_2)))
+
+    SA: self-attention (causal by default), CA: attention to ``memory`` m; without cross-attention the CA
+    step is absent and the feed-forward norm is ``norm2`` (a GPT-style block). Equals
+    :class:`torch.nn.TransformerDecoderLayer` (``batch_first=True``) with the same weights
+    (:meth:`from_torch`), given torch a causal ``tgt_mask`` or calling this layer with ``causal=False``.
+
+    Args:
+        d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, cond_dim, device, dtype:
+            as :class:`EncoderLayer` (defaults 2048, 0.1, ``"relu"``, ``"layernorm"``, ``"post"``, 1e-5, True,
+            None).
+        cross_attention: include the attention over ``memory`` (an encoder-decoder layer); False gives a
+            decoder-only block. Default: True.
+
+    Shape:
+        - x: ``[B, N, d_model]``; memory: ``[B, S, d_model]``; output: ``[B, N, d_model]`` in the parameters'
+          dtype.
+
+    Submodules: ``self_attn``, ``cross_attn`` (None without cross-attention), ``ff``; ``norm1``
+    (self-attention), ``norm2`` (cross-attention, or feed-forward without it), ``norm3`` (feed-forward, with
+    cross-attention).
+
+    Example::
+
+        >>> block = DecoderLayer(128, 4, 512, placement="pre", cross_attention=False)
+        >>> block(torch.randn(2, 16, 128)).shape  # causal self-attention
+        torch.Size([2, 16, 128])
     """
 
     def __init__(
@@ -211,9 +316,22 @@ class DecoderLayer(_Block):
         memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
         memory_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None,
     ) -> Tensor:
-        """``x`` [B, N, d_model], ``memory`` [B, S, d_model] (required iff ``cross_attention``). ``causal``
-        masks future positions of ``x``; other masks as :class:`MultiHeadAttention`; ``cond`` [B, cond_dim] for a
-        block built with ``cond_dim``."""
+        """The layer applied to ``x`` (attending to ``memory``).
+
+        Args:
+            x: ``[B, N, d_model]``.
+            memory: ``[B, S, d_model]``; required with ``cross_attention``, not allowed without. Default: None.
+            tgt_key_padding_mask: ``[B, N]``, bool (True = padding) or float. Default: None.
+            memory_key_padding_mask: ``[B, S]``, bool or float. Default: None.
+            causal: position i of ``x`` attends only to positions j ≤ i. Default: True.
+            tgt_mask: ``[N, N]`` or ``[B·nhead, N, N]`` self-attention mask, bool (True = blocked) or float.
+                Default: None.
+            memory_mask: ``[N, S]`` or ``[B·nhead, N, S]`` cross-attention mask. Default: None.
+            cond: ``[B, cond_dim]``, required by (and only by) a layer built with ``cond_dim``. Default: None.
+
+        Returns:
+            ``[B, N, d_model]``.
+        """
         if self.cross_attention and memory is None:
             raise ValueError("memory is required: this DecoderLayer has cross_attention=True")
         if not self.cross_attention and (memory is not None or memory_key_padding_mask is not None
@@ -240,9 +358,15 @@ class DecoderLayer(_Block):
 
     @classmethod
     def from_torch(cls, layer: nn.TransformerDecoderLayer) -> "DecoderLayer":
-        """The same layer on tokennorm (see :meth:`EncoderLayer.from_torch`). torch's decoder layer is not
-        causal by itself: call ours with ``causal=False`` to match it, or ``causal=True`` to match torch with
-        a causal ``tgt_mask``."""
+        """The same layer on tokennorm (see :meth:`EncoderLayer.from_torch`), with cross-attention.
+
+        Args:
+            layer: a ``torch.nn.TransformerDecoderLayer`` built with ``batch_first=True``.
+
+        Returns:
+            a :class:`DecoderLayer`. torch's decoder layer is not causal by itself: call ours with
+            ``causal=False`` to match it, or ``causal=True`` to match torch given a causal ``tgt_mask``.
+        """
         _convert.check_layer(
             layer, nn.TransformerDecoderLayer, ("self_attn", "multihead_attn"), ("norm1", "norm2", "norm3")
         )

@@ -18,13 +18,22 @@ class TokenEmbedding(nn.Embedding):
     scales. The weight is initialised from :math:`\mathcal{N}(0, 1/d_{model})` so the scaled embedding has
     unit variance, the same scale as the positional encoding added to it.
 
+    .. math:: y = E[\mathrm{token}] \cdot \sqrt{d_{model}}
+
     Args:
         vocab_size: number of tokens.
         d_model: embedding width.
-        padding_idx: index whose embedding is zero and gets no gradient.
+        padding_idx: index whose embedding is zero and gets no gradient. Default: None.
+        device, dtype: of the weight. Default: torch's defaults.
 
     Shape:
-        - Input: ``[*]`` integer token ids; Output: ``[*, d_model]``.
+        - Input: ``[*]`` integer token ids; Output: ``[*, d_model]`` in the weight's dtype.
+
+    Example::
+
+        >>> embed = TokenEmbedding(1000, 64, padding_idx=0)
+        >>> embed(torch.tensor([[5, 7, 0]])).shape
+        torch.Size([1, 3, 64])
     """
 
     def __init__(
@@ -63,15 +72,24 @@ def sinusoidal_table(max_len: int, d_model: int) -> Tensor:
 class SinusoidalPositionalEncoding(nn.Module):
     r"""Adds the fixed sinusoidal position table to a batch-first sequence: ``dropout(x + PE[:N])``.
 
+    .. math:: PE[p, 2i] = \sin(p / 10000^{2i/d}),\quad PE[p, 2i+1] = \cos(p / 10000^{2i/d})
+
     Args:
         d_model: embedding width (even).
-        max_len: longest sequence accepted; longer ones raise ValueError.
-        dropout: dropout probability applied to the sum (training only).
+        max_len: longest sequence accepted; longer ones raise ValueError. Default: 4096.
+        dropout: dropout probability applied to the sum (training only). Default: 0.0.
 
     Shape:
-        - Input: ``[B, N, d_model]`` with ``N <= max_len``; Output: the same shape and dtype.
+        - Input: ``[B, N, d_model]`` with ``N <= max_len``; Output: the same shape and dtype (the float32 table
+          is cast to the input's dtype).
 
     The table is a non-persistent buffer: it is rebuilt, not stored in state_dicts.
+
+    Example::
+
+        >>> pe = SinusoidalPositionalEncoding(64, max_len=512)
+        >>> pe(torch.zeros(2, 10, 64))[0, 1, :2]  # position 1: sin(1), cos(1)
+        tensor([0.8415, 0.5403])
     """
 
     def __init__(self, d_model: int, max_len: int = 4096, dropout: float = 0.0) -> None:

@@ -18,9 +18,19 @@ class FeedForward(nn.Module):
     Args:
         d_model: input and output width.
         dim_feedforward: hidden width.
-        dropout: dropout after the activation (training only), as in torch's Transformer layers.
-        activation: ``"relu"`` or ``"gelu"`` (exact erf form, torch's default).
-        bias: learn ``b_1`` and ``b_2``.
+        dropout: dropout after the activation (training only), as in torch's Transformer layers. Default: 0.0.
+        activation: ``"relu"`` or ``"gelu"`` (exact erf form, torch's default). Default: ``"relu"``.
+        bias: learn ``b_1`` and ``b_2``. Default: True.
+        device, dtype: of the parameters. Default: torch's defaults.
+
+    Shape:
+        - Input: ``[*, d_model]``; Output: ``[*, d_model]`` in the parameters' dtype.
+
+    Example::
+
+        >>> ff = FeedForward(64, 256, activation="gelu")
+        >>> ff(torch.randn(2, 10, 64)).shape
+        torch.Size([2, 10, 64])
     """
 
     def __init__(

@@ -17,24 +17,36 @@ __all__ = ["CausalLM"]
 class CausalLM(nn.Module):
     r"""Decoder-only language model: ``logits = head(Norm(Decoder(PE(Embed(tokens) · √d))))``.
 
-    Token embedding × √d_model, sinusoidal positions, ``num_layers`` causal :class:`DecoderLayer` blocks
-    without cross-attention, a final norm for pre-LN, and a linear head to ``vocab_size`` logits.
+    Token embedding × √d_model (:class:`TokenEmbedding`), sinusoidal positions
+    (:class:`SinusoidalPositionalEncoding`), ``num_layers`` causal :class:`DecoderLayer` blocks without
+    cross-attention, a final norm for pre-LN, and a linear head (no bias) to ``vocab_size`` logits.
 
     Args:
         vocab_size: number of tokens.
-        d_model, nhead, num_layers: model width, heads, depth.
-        dim_feedforward: feed-forward width (default ``4 · d_model``).
-        max_len: longest sequence (the positional table's size).
-        dropout: dropout everywhere (positions, attention, feed-forward, residual branches).
-        norm, placement: as :class:`DecoderLayer`. ``"batchnorm"`` breaks causality in training mode: its
-            statistics mix every position, the future included.
-        activation: ``"gelu"`` (GPT) or ``"relu"``.
+        d_model: model width. Default: 128.
+        nhead: attention heads; must divide ``d_model``. Default: 4.
+        num_layers: decoder blocks. Default: 2.
+        dim_feedforward: feed-forward width. Default (None): ``4 · d_model``.
+        max_len: longest sequence (the positional table's size). Default: 512.
+        dropout: dropout everywhere (positions, attention, feed-forward, residual branches). Default: 0.0.
+        norm: as :class:`DecoderLayer`; ``"batchnorm"`` breaks causality in training mode: its statistics mix
+            every position, the future included. Default: ``"layernorm"``.
+        placement: ``"post"`` or ``"pre"``. Default: ``"pre"`` (GPT-2).
+        activation: ``"gelu"`` (GPT) or ``"relu"``. Default: ``"gelu"``.
+        device, dtype: of the parameters. Default: torch's defaults.
 
     Shape:
-        - tokens ``[B, N]`` (long), ``key_padding_mask`` ``[B, N]`` (True = padding); logits ``[B, N, vocab_size]``.
+        - tokens ``[B, N]`` (int64, ``N ≤ max_len``), ``key_padding_mask`` ``[B, N]`` (True = padding);
+          logits ``[B, N, vocab_size]`` in the parameters' dtype.
 
     ``embed(tokens)`` and ``forward_embeddings(emb)`` split ``forward`` so tools can take gradients with
     respect to the (scaled) token embeddings: ``forward(t) == forward_embeddings(embed(t))``.
+
+    Example::
+
+        >>> lm = CausalLM(vocab_size=100, d_model=64, nhead=4, num_layers=2, max_len=128)
+        >>> lm(torch.randint(0, 100, (2, 16))).shape
+        torch.Size([2, 16, 100])
     """
 
     def __init__(
@@ -69,4 +81,6 @@ class CausalLM(nn.Module):
         return self.lm_head(h)
 
     def forward(self, tokens: Tensor, *, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Logits ``[B, N, vocab_size]`` for ``tokens`` ``[B, N]`` (int64); ``key_padding_mask`` ``[B, N]``,
+        True at padding (default: None)."""
         return self.forward_embeddings(self.embed(tokens), key_padding_mask)

@@ -31,8 +31,25 @@ def check_choices(norm: str, placement: str) -> None:
 
 
 class SequenceBatchNorm(nn.BatchNorm1d):
-    """``torch.nn.BatchNorm1d`` over the channel dim of ``[B, N, C]``: one mean and variance per channel,
-    pooled over all ``B·N`` tokens (running statistics in eval mode)."""
+    r"""``torch.nn.BatchNorm1d`` over the channel dim of ``[B, N, C]``: one mean and variance per channel,
+    pooled over all ``B·N`` tokens (running statistics in eval mode) — every token sees every other token's
+    values, which is why it is here: to show what per-token norms avoid.
+
+    .. math:: y_{b,n,c} = \frac{x_{b,n,c} - \mathrm{E}_{b,n}[x_{\cdot,\cdot,c}]}
+              {\sqrt{\mathrm{Var}_{b,n}[x_{\cdot,\cdot,c}] + \epsilon}} \cdot \gamma_c + \beta_c
+
+    Args: as :class:`torch.nn.BatchNorm1d` (``num_features`` = C; ``eps`` 1e-5, ``momentum`` 0.1, ``affine``
+    and ``track_running_stats`` True by default).
+
+    Shape:
+        - Input: ``[B, N, C]``; Output: the same.
+
+    Example::
+
+        >>> bn = SequenceBatchNorm(64)
+        >>> bn(torch.randn(2, 10, 64)).shape
+        torch.Size([2, 10, 64])
+    """
 
     def forward(self, input: Tensor) -> Tensor:
         return super().forward(input.transpose(1, 2)).transpose(1, 2)

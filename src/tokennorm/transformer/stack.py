@@ -28,9 +28,24 @@ def _final_norm(layer: _Block, final_norm: Optional[bool]) -> Optional[nn.Module
 
 
 class Encoder(nn.Module):
-    """``num_layers`` copies of ``layer``, then ``norm`` (default: present for pre-LN layers, absent for post-LN).
+    r"""``num_layers`` copies of an :class:`EncoderLayer`, then a final norm: :math:`y = \mathrm{Norm}(L_n(\dots
+    L_1(x)))`, as :class:`torch.nn.TransformerEncoder` (without its nested-tensor path, which returns 0 at
+    padding positions; docs/transformer.md).
 
-    ``forward`` takes the keyword arguments of :meth:`EncoderLayer.forward`.
+    Args:
+        layer: the layer to copy (deep copies: no parameter is shared, ``layer`` itself is not used).
+        num_layers: how many copies, at least 1.
+        final_norm: add a norm of ``layer``'s type after the last layer. Default (None): only for pre-LN
+            layers, whose last residual stream is never normalized inside them.
+
+    Shape:
+        - x: ``[B, N, d_model]``; output: the same.
+
+    Example::
+
+        >>> encoder = Encoder(EncoderLayer(64, 4, 256, placement="pre"), num_layers=6)
+        >>> encoder(torch.randn(2, 10, 64), is_causal=True).shape
+        torch.Size([2, 10, 64])
     """
 
     def __init__(self, layer: EncoderLayer, num_layers: int, final_norm: Optional[bool] = None) -> None:
@@ -42,15 +57,29 @@ class Encoder(nn.Module):
         self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
         is_causal: bool = False, cond: Optional[Tensor] = None,
     ) -> Tensor:
+        """Every layer, then the final norm; the arguments of :meth:`EncoderLayer.forward`."""
         for layer in self.layers:
             x = layer(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal, cond=cond)
         return x if self.norm is None else self.norm(x)
 
 
 class Decoder(nn.Module):
-    """``num_layers`` copies of ``layer``, then ``norm`` (default: present for pre-LN layers, absent for post-LN).
+    r"""``num_layers`` copies of a :class:`DecoderLayer`, then a final norm, as
+    :class:`torch.nn.TransformerDecoder`.
 
-    ``forward`` takes the arguments of :meth:`DecoderLayer.forward`.
+    Args:
+        layer: the layer to copy (deep copies).
+        num_layers: how many copies, at least 1.
+        final_norm: add a norm of ``layer``'s type after the last layer. Default (None): only for pre-LN.
+
+    Shape:
+        - x: ``[B, N, d_model]``, memory: ``[B, S, d_model]`` (with cross-attention); output: ``[B, N, d_model]``.
+
+    Example::
+
+        >>> decoder = Decoder(DecoderLayer(64, 4, 256, cross_attention=False), num_layers=2)
+        >>> decoder(torch.randn(2, 10, 64)).shape
+        torch.Size([2, 10, 64])
     """
 
     def __init__(self, layer: DecoderLayer, num_layers: int, final_norm: Optional[bool] = None) -> None:
@@ -63,6 +92,7 @@ class Decoder(nn.Module):
         memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
         memory_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None,
     ) -> Tensor:
+        """Every layer, then the final norm; the arguments of :meth:`DecoderLayer.forward`."""
         for layer in self.layers:
             x = layer(
                 x, memory, tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,

@@ -3,7 +3,7 @@
 Modules: :mod:`~tokennorm.tools.audit.measure` (:func:`audit`, the two methods and the threshold),
 :mod:`~tokennorm.tools.audit.subject` (any model seen as x [B, N, C] → y [B, N, F]),
 :mod:`~tokennorm.tools.audit.report` (what was found), :mod:`~tokennorm.tools.audit.demos` (the built-in causal
-decoder with three norms), :mod:`~tokennorm.tools.audit.heatmap` (the dependency matrices as a PNG) and
+decoder with three norms), :mod:`~tokennorm.tools.audit.heatmap` (the dependency matrices as a figure) and
 :mod:`~tokennorm.tools.audit.cli` (the command). The names below are imported on first use.
 """
 
@@ -13,16 +13,17 @@ from tokennorm._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tokennorm.tools.audit.demos import DEMOS, demo_inputs, demo_model
-    from tokennorm.tools.audit.heatmap import plot_dependency
+    from tokennorm.tools.audit.heatmap import dependency_figure, plot_dependency
     from tokennorm.tools.audit.measure import audit, default_tol
-    from tokennorm.tools.audit.report import CHECKS, MODES, AuditReport, Finding, Measurement
+    from tokennorm.tools.audit.report import CHECKS, MODES, AuditReport, Finding, Measurement, ModuleLeak
 
-__all__ = ["audit", "default_tol", "AuditReport", "Finding", "Measurement", "CHECKS", "MODES", "DEMOS",
-           "demo_model", "demo_inputs", "plot_dependency"]
+__all__ = ["audit", "default_tol", "AuditReport", "Finding", "Measurement", "ModuleLeak", "CHECKS", "MODES",
+           "DEMOS", "demo_model", "demo_inputs", "plot_dependency", "dependency_figure"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     **dict.fromkeys(("audit", "default_tol"), "tokennorm.tools.audit.measure"),
-    **dict.fromkeys(("AuditReport", "Finding", "Measurement", "CHECKS", "MODES"), "tokennorm.tools.audit.report"),
+    **dict.fromkeys(("AuditReport", "Finding", "Measurement", "ModuleLeak", "CHECKS", "MODES"),
+                    "tokennorm.tools.audit.report"),
     **dict.fromkeys(("DEMOS", "demo_model", "demo_inputs"), "tokennorm.tools.audit.demos"),
-    "plot_dependency": "tokennorm.tools.audit.heatmap",
+    **dict.fromkeys(("plot_dependency", "dependency_figure"), "tokennorm.tools.audit.heatmap"),
 })

@@ -1,13 +1,15 @@
 """``tokennorm audit``: measure future, cross-batch and padding leakage of a model (see :mod:`tokennorm.tools.audit`).
 
 The model is a built-in demo (``--demo layernorm | rmsnorm | batchnorm``: one causal decoder, three norms) or
-``--model module:factory``, an import path to an ``nn.Module`` or to a callable returning one (called with no
-arguments). Its input is token ids (``--tokens B,N``, ids below ``--vocab``) or a floating tensor
-(``--shape B,N,C``). ``--pad K`` marks K positions of the last batch item as PAD and passes the key-padding
-mask to the model as ``key_padding_mask=`` (``--mask-arg``).
+``--model module:factory``, an import path to an ``nn.Module`` or to a callable returning one, called with the
+keyword arguments of ``--model-args`` (none by default). Its input is token ids (``--tokens B,N``, ids below
+``--vocab``) or a floating tensor (``--shape B,N,C``). ``--pad K`` marks K positions of the last batch item as
+PAD and passes the key-padding mask to the model as ``key_padding_mask=`` (``--mask-arg``). The model is
+audited as a causal decoder unless ``--no-causal`` is given.
 
-Prints a table of findings (relative magnitude by autograd and by perturbation, and where), writes the
-token-to-token dependency heatmap with ``--png PATH`` and the full report with ``--json PATH``.
+Prints a table of findings (relative magnitude by autograd and by perturbation, forbidden pairs above the
+tolerance out of those measured, and where), the module where each leak first appears, progress on stderr,
+writes the token-to-token dependency heatmap with ``--png PATH`` and the full report with ``--json PATH``.
 
 Exit code: 0 when no leakage was found, 1 when some was, 2 when the model or the input spec is unusable.
 """
@@ -24,6 +26,7 @@ from tokennorm.tools.audit.demos import DEMOS
 from tokennorm.tools.audit.report import MODES, WHERE
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
 
     from tokennorm.tools.audit.report import AuditReport
@@ -43,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--demo", choices=DEMOS,
                      help="built-in causal decoder (tokennorm.transformer.CausalLM) with this norm")
     src.add_argument("--model", metavar="MODULE:FACTORY",
-                     help="import path of an nn.Module, or of a callable returning one (called without arguments)")
+                     help="import path of an nn.Module, or of a callable returning one (called with --model-args)")
+    parser.add_argument("--model-args", metavar="K=V,...", default="",
+                        help="keyword arguments for --model's callable, Python literals: "
+                             "d_model=32,nhead=4,batch_first=True")
     spec = parser.add_mutually_exclusive_group()
     spec.add_argument("--tokens", metavar="B,N", help="token-id input of B sequences of N tokens "
                       f"(default for demos: {DEMO_TOKENS[0]},{DEMO_TOKENS[1]})")
@@ -60,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyword the key-padding mask is passed as; 'none': not passed (the padding check "
                              "then tests a model that ignores padding)")
     parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
-                        help="check future leakage (output t depending on input s > t); --no-causal for encoders")
+                        help="the model is a causal decoder: check future leakage (output t depending on input "
+                             "s > t). On by default; --no-causal for encoders, which may look ahead")
     parser.add_argument("--mode", choices=MODE_CHOICES, default="both", help="train mode, eval mode, or both")
     parser.add_argument("--tol", type=float, default=None,
                         help="relative dependence counted as leakage (default: 128·eps of the dtype)")
@@ -68,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rows", type=int, default=None,
                         help="output positions given a Jacobian row (default: all if causal, else 16)")
     parser.add_argument("--max-columns", type=int, default=16, help="input positions perturbed one at a time")
-    parser.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, ...)")
+    parser.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, cuda:N)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (1: an audit's many small passes gain nothing from more, and threads "
+                             "waiting for a busy core slow each pass down; raise it for wide models)")
     parser.add_argument("--png", metavar="PATH", help="write the token-to-token dependency heatmap here")
     parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
 
@@ -83,10 +93,45 @@ def _ints(text: str, count: int, flag: str) -> tuple[int, ...]:
     return values
 
 
-def load_model(path: str) -> nn.Module:
-    """The nn.Module named by ``module:attr`` (``attr`` may be dotted; a callable is called without arguments)."""
+def parse_model_args(text: str) -> dict[str, Any]:
+    """``"d_model=32,nhead=4,batch_first=True"`` -> keyword arguments (values are Python literals, or strings)."""
+    import ast
+
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise SpecError(f"--model-args must be NAME=VALUE pairs separated by commas, but got {item!r}")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()  # a bare word: a string (e.g. activation=gelu)
+    return kwargs
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a device this machine has; SpecError naming --device otherwise."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise SpecError(f"--device {name!r} is not a device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                        "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SpecError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise SpecError(f"--device must be cpu or cuda, but got --device {name}")
+    return device
+
+
+def load_model(path: str, kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
+    """The nn.Module named by ``module:attr`` (``attr`` may be dotted; a callable is called with ``kwargs``)."""
     from torch import nn
 
+    kwargs = kwargs or {}
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise SpecError(f"--model must look like 'package.module:factory', but got {path!r}")
@@ -99,10 +144,20 @@ def load_model(path: str) -> nn.Module:
             raise SpecError(f"{module_name!r} has no attribute {attr!r} (from --model {path!r})")
         obj = getattr(obj, part)
     if callable(obj) and not isinstance(obj, nn.Module):
-        obj = obj()
+        try:
+            obj = obj(**kwargs)
+        except (TypeError, ValueError) as e:
+            hint = "" if kwargs else "; pass its arguments with --model-args NAME=VALUE,..."
+            raise SpecError(f"calling {attr}({_call_args(kwargs)}) from --model {path!r} failed: {e}{hint}") from e
+    elif kwargs:
+        raise SpecError(f"--model {path!r} is an nn.Module instance, not a callable: --model-args cannot apply")
     if not isinstance(obj, nn.Module):
         raise SpecError(f"--model {path!r} must give an nn.Module, but gave {type(obj).__name__}")
     return obj
+
+
+def _call_args(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
 def build_inputs(args: argparse.Namespace, model: nn.Module) -> tuple[Tensor, Optional[Tensor]]:
@@ -112,7 +167,7 @@ def build_inputs(args: argparse.Namespace, model: nn.Module) -> tuple[Tensor, Op
     from tokennorm.tools.audit.demos import demo_inputs
     from tokennorm.tools.audit.subject import vocab_size
 
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(args.seed)
     if args.shape:
         batch, length, channels = _ints(args.shape, 3, "--shape")
@@ -151,8 +206,13 @@ def _fmt(v: float) -> str:
     return "inf" if v == float("inf") else ("0" if v == 0 else f"{v:.3g}")
 
 
+def _count(m: Any) -> str:
+    return f"{m.count} of {m.checked}"
+
+
 def print_report(report: AuditReport, console: Any) -> None:
-    """The findings as a rich table, with what the input was and what each pinpoint means."""
+    """The findings as a rich table, with what the input was, what each column counts, what each pinpoint means
+    and the module where each leak first appears."""
     from rich.table import Table
 
     kind = "token ids" if report.token_ids else "floating input"
@@ -160,9 +220,9 @@ def print_report(report: AuditReport, console: Any) -> None:
                   f"({str(report.dtype).removeprefix('torch.')}), causal={report.causal}, "
                   f"tolerance {report.tol:.3g} (relative), {report.seconds:.2f} s")
     table = Table(title="leakage: dependence relative to the strongest measured (1 = as strong)")
-    for col in ("mode", "check", "verdict", "autograd", "perturb.", "count", "where (strongest first)"):
-        table.add_column(col, justify="right" if col in ("autograd", "perturb.", "count") else "left",
-                         no_wrap=col != "where (strongest first)")
+    columns = ("mode", "check", "verdict", "autograd", "pairs", "perturb.", "pairs", "where (strongest first)")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if 3 <= i <= 6 else "left", no_wrap=i < 7)
     legend: dict[str, str] = {}
     for f in report.findings:
         verdict = "[bold red]LEAKS[/bold red]" if f.leaks else "[green]clean[/green]"
@@ -172,14 +232,22 @@ def print_report(report: AuditReport, console: Any) -> None:
         where = " ".join(f"({a},{b})" for a, b in m.where[:3]) + (" …" if m.count > 3 else "")
         if m.where:
             legend[f"{f.check} ({m.method})"] = WHERE[(f.check, m.method)]
-        table.add_row(f.mode, f.check, verdict, _fmt(f.autograd.magnitude), _fmt(f.perturbation.magnitude),
-                      f"{f.autograd.count}/{f.perturbation.count}", where or "-")
+        table.add_row(f.mode, f.check, verdict, _fmt(f.autograd.magnitude), _count(f.autograd),
+                      _fmt(f.perturbation.magnitude), _count(f.perturbation), where or "-")
     console.print(table)
-    console.print("[dim]count: pairs above the tolerance, autograd/perturbation[/dim]")
+    console.print("[dim]autograd, perturb.: the strongest forbidden dependence each method measured; pairs: "
+                  "forbidden (output, input) pairs above the tolerance, of those the method measured[/dim]")
     for name, meaning in legend.items():
         console.print(f"[dim]where, {name}: {meaning}[/dim]")
     for check, why in report.skipped.items():
         console.print(f"[dim]{check}: not checked ({why})[/dim]")
+    for f in report.findings:
+        if f.leaks and f.first_module is not None:
+            first, rest = f.first_module, len(f.modules) - 1
+            console.print(f"{f.check} ({f.mode}): first appears in the output of [bold]{first.name}[/bold] "
+                          f"({first.type}, {_fmt(first.magnitude)}), then in {rest} later module output(s)")
+        elif f.leaks:
+            console.print(f"{f.check} ({f.mode}): no module output shows it by perturbation (autograd only)")
     if report.leaks:
         leaking = sorted({f"{f.check} ({f.mode})" for f in report.findings if f.leaks})
         console.print(f"[bold red]leakage found:[/bold red] {', '.join(leaking)}")
@@ -187,33 +255,74 @@ def print_report(report: AuditReport, console: Any) -> None:
         console.print("[bold green]no leakage found[/bold green] (every dependence that must be 0 is ≤ tolerance)")
 
 
+def _matplotlib_missing() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is None
+    except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tokennorm.tools.audit.demos import demo_model
-    from tokennorm.tools.audit.heatmap import plot_dependency
     from tokennorm.tools.audit.measure import audit
 
     console, err = Console(), Console(stderr=True)
+    threads = torch.get_num_threads()
     try:
-        model = demo_model(args.demo) if args.demo else load_model(args.model)
-        model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
+        if args.threads < 1:
+            raise SpecError(f"--threads must be positive, but got --threads {args.threads}")
+        torch.set_num_threads(args.threads)
+        if args.png and _matplotlib_missing():
+            raise SpecError("--png needs matplotlib (pip install matplotlib)")
+        device = resolve_device(args.device)
+        model_args = parse_model_args(args.model_args)
+        if model_args and not args.model:
+            raise SpecError("--model-args needs --model")
+        model = demo_model(args.demo) if args.demo else load_model(args.model, model_args)
+        model = model.to(device=device, dtype=getattr(torch, args.dtype))
         inputs, mask = build_inputs(args, model)
         mask_arg = None if args.mask_arg.lower() == "none" else args.mask_arg
-        report = audit(
-            model, inputs, causal=args.causal, modes=MODE_CHOICES[args.mode], key_padding_mask=mask,
-            mask_arg=mask_arg, tol=args.tol, seed=args.seed, max_rows=args.max_rows, max_columns=args.max_columns,
-        )
+        columns = (TextColumn("audit {task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("passes"), TimeElapsedColumn())
+        with Progress(*columns, console=err) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(done: int, total: int, stage: str) -> None:
+                mode = stage.split(":")[0]
+                if mode not in tasks:
+                    tasks[mode] = bar.add_task(stage, total=total)
+                bar.update(tasks[mode], completed=done, total=total, description=stage)
+
+            report = audit(
+                model, inputs, causal=args.causal, modes=MODE_CHOICES[args.mode], key_padding_mask=mask,
+                mask_arg=mask_arg, tol=args.tol, seed=args.seed, max_rows=args.max_rows,
+                max_columns=args.max_columns, progress=progress,
+            )
     except SpecError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 2
+    except (RuntimeError, ValueError, TypeError) as e:  # the model could not run on this input
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        err.print(f"[red]error:[/red] the model could not be audited on this input: {type(e).__name__}: "
+                  f"{escape(first_line)}", soft_wrap=True, highlight=False)
+        return 2
+    finally:
+        torch.set_num_threads(threads)  # run() may be called in-process (tests): leave the setting as found
     if args.demo:
         report.model_name = f"demo {args.demo} ({report.model_name})"
     elif args.model:
         report.model_name = f"{args.model} ({report.model_name})"
     print_report(report, console)
     if args.png:
+        from tokennorm.tools.audit.heatmap import plot_dependency
+
         path = plot_dependency(report, args.png)
         console.print(f"heatmap: {path}")
     if args.json:
@@ -222,4 +331,3 @@ def run(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
         console.print(f"report: {path}")
     return 1 if report.leaks else 0
-

@@ -24,6 +24,12 @@ the embeddings of other token ids) and measure how much each output moves, with 
 RNG is reseeded before every forward pass). It sees dependence autograd cannot: through ``.detach()``,
 integer ops or in-place tricks.
 
+**Which module.** Forward hooks on every module keep each output shaped [B, N, ...] during the perturbation
+passes, and the same measurement is made on each; the first module in execution order whose output shows the
+forbidden dependence is where the leak enters (its parents and everything downstream show it too). Perturbation,
+not autograd, because one forward pass measures every module at once, where autograd would need a backward pass
+per module and row.
+
 **Magnitudes** are relative: every entry of a measurement divided by its largest entry, legitimate dependence
 included; 1 means "as strong as the strongest dependence measured", 0 means none. Non-finite values count as
 infinite leakage.
@@ -41,16 +47,20 @@ dependence. bfloat16/float16 roundoff (eps 8e-3 / 1e-3) hides most real leaks: a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from tokennorm.tools.audit.report import MAX_WHERE, MODES, AuditReport, Finding, Measurement
+from tokennorm.tools.audit.report import MAX_WHERE, MODES, AuditReport, Finding, Measurement, ModuleLeak
 from tokennorm.tools.audit.subject import as_output, in_mode, make_subject, seeded
+
+# progress(done, total, stage): called after every forward or backward pass of an audit
+Progress = Callable[[int, int, str], None]
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -70,21 +80,85 @@ def _relative(values: Tensor) -> Tensor:
 
 
 def _measure(method: str, rel: Tensor, leak: Tensor, tol: float) -> Measurement:
-    """Largest ``rel`` where ``leak`` is True; pinpoints are the (dim 0, dim 1) indices of a 2-D ``rel``."""
-    vals = torch.where(leak & ~torch.isnan(rel), rel, torch.zeros_like(rel))
+    """Largest ``rel`` where ``leak`` is True; pinpoints are the (dim 0, dim 1) indices of a 2-D ``rel``;
+    ``checked`` counts the measured (non-NaN) entries where ``leak`` is True."""
+    measured = leak & ~torch.isnan(rel)
+    vals = torch.where(measured, rel, torch.zeros_like(rel))
     above = (vals > tol).nonzero().tolist()
     order = sorted(above, key=lambda ij: -vals[ij[0], ij[1]].item())
     return Measurement(method, vals.max().item() if vals.numel() else 0.0, len(above),
-                       [(int(i), int(j)) for i, j in order[:MAX_WHERE]])
+                       [(int(i), int(j)) for i, j in order[:MAX_WHERE]], int(measured.sum()))
 
 
-def _vjp_norms(out: Tensor, x: Tensor, u: Tensor, masks: Tensor, chunk_size: int) -> Tensor:
+def _moved(new: Tensor, base: Tensor) -> Tensor:
+    """[B, N]: how far each output token moved (norm over features); NaN before and after is no move, a NaN
+    that appeared or disappeared is infinite (see :func:`_vjp_norms`)."""
+    same = (new == base) | (new.isnan() & base.isnan())
+    delta = torch.where(same, 0.0, (new - base).double())
+    return torch.linalg.vector_norm(delta, dim=-1).nan_to_num(nan=math.inf)
+
+
+class _ModuleOutputs:
+    """Forward hooks on every module of a model (the model itself included) that keep, during
+    :meth:`recording`, each output shaped [B, N, ...] in the order the modules finish: the per-module view of
+    the perturbation passes. A tuple output counts element by element (``name[i]``); a module called twice
+    appears twice (``name (call 2)``)."""
+
+    def __init__(self, model: nn.Module, batch: int, length: int) -> None:
+        self.batch, self.length = batch, length
+        self.outputs: Optional[dict[str, Tensor]] = None
+        self.types: dict[str, str] = {}
+        self.handles = [module.register_forward_hook(self._hook(name or "<model>"))
+                        for name, module in model.named_modules()]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: Any, out: Any) -> None:
+            if self.outputs is None:
+                return
+            items = [out] if isinstance(out, Tensor) else list(out) if isinstance(out, (tuple, list)) else []
+            for i, t in enumerate(items):
+                if not (isinstance(t, Tensor) and t.is_floating_point() and t.dim() >= 2
+                        and tuple(t.shape[:2]) == (self.batch, self.length)):
+                    continue
+                key = name if len(items) == 1 else f"{name}[{i}]"
+                unique, call = key, 2
+                while unique in self.outputs:
+                    unique, call = f"{key} (call {call})", call + 1
+                self.outputs[unique] = t.detach().reshape(self.batch, self.length, -1).clone()
+                self.types[unique] = type(module).__name__
+
+        return record
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[dict[str, Tensor]]:
+        self.outputs = {}
+        try:
+            yield self.outputs
+        finally:
+            self.outputs = None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _first_leaking(measurements: dict[str, Measurement], types: dict[str, str], tol: float) -> list[ModuleLeak]:
+    """The modules (in execution order) whose output shows the forbidden dependence, strongest measurement
+    each; the first one is where the leak enters."""
+    return [ModuleLeak(name, types[name], m.magnitude, m.where[0] if m.where else None)
+            for name, m in measurements.items() if m.magnitude > tol]
+
+
+def _vjp_norms(
+    out: Tensor, x: Tensor, u: Tensor, masks: Tensor, chunk_size: int, on_chunk: Callable[[int], None]
+) -> Tensor:
     """‖(u·mask_k)ᵀ ∂out/∂x‖ over channels for every mask: [K, B, N] from masks [K, B, N]."""
     norms = []
     for start in range(0, masks.shape[0], chunk_size):
         cot = u * masks[start : start + chunk_size, :, :, None]  # [k, B, N, F]
         (g,) = torch.autograd.grad(out, x, cot, retain_graph=True, is_grads_batched=True)  # [k, B, N, C]
         norms.append(torch.linalg.vector_norm(g.double(), dim=-1))
+        on_chunk(1)
     # NaN marks "not measured" in the matrices, so a NaN gradient becomes +inf: infinite leakage, not silence
     return torch.cat(norms).nan_to_num(nan=math.inf)
 
@@ -107,82 +181,128 @@ class _Config:
     max_columns: int
     chunk_size: int
     output_fn: Optional[Callable[[Any], Tensor]]
+    progress: Optional[Progress]
+    modules: bool
 
 
 def _audit_mode(
     model: nn.Module, inputs: Tensor, mode: str, cfg: _Config
 ) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float]:
     batch, length = inputs.shape[:2]
-    device = inputs.device
     gen = torch.Generator().manual_seed(cfg.seed)
-    with in_mode(model, mode == "train"):
-        subject = make_subject(model, inputs, cfg.kwargs, cfg.seed, gen)
-        tol = default_tol(subject.x.dtype) if cfg.tol is None else cfg.tol
+    done, total = [0], [0]
 
-        def forward(z: Tensor) -> Tensor:
-            with seeded(cfg.seed, device):
-                return as_output(subject.run(z), batch, length, cfg.output_fn)
+    def step(stage: str, count: int = 1) -> None:
+        done[0] += count
+        if cfg.progress is not None:
+            cfg.progress(done[0], total[0], f"{mode}: {stage}")
 
-        x = subject.x.detach().requires_grad_(True)
-        out = forward(x)
-        with torch.no_grad():
-            base = forward(subject.x)
+    recorder = _ModuleOutputs(model, batch, length) if cfg.modules else None
+    try:
+        with in_mode(model, mode == "train"):
+            return _audit_mode_inner(model, inputs, mode, cfg, gen, recorder, step, total)
+    finally:
+        if recorder is not None:
+            recorder.remove()
 
-        def moved(where: Tensor) -> Tensor:  # [B, N]: how far each output moves when `where` gets new values
-            with torch.no_grad():
-                new = forward(subject.fresh(where))
-                # an output NaN before and after did not move; one that became (or stopped being) NaN did
-                same = (new == base) | (new.isnan() & base.isnan())
-                delta = torch.where(same, 0.0, (new - base).double())
-                return torch.linalg.vector_norm(delta, dim=-1).nan_to_num(nan=math.inf)  # NaN: see _vjp_norms
 
-        # Autograd: one cotangent mask per matrix row, per batch item, and for all non-PAD outputs.
-        n_rows = cfg.max_rows if cfg.max_rows is not None else (length if cfg.causal else 16)
-        rows = _spread(length, n_rows)
-        eye_n = torch.eye(length, dtype=torch.bool, device=device)
-        eye_b = torch.eye(batch, dtype=torch.bool, device=device)
-        masks = [eye_n[rows][:, None, :].expand(-1, batch, -1), eye_b[:, :, None].expand(-1, -1, length)]
-        has_pad = cfg.pad is not None and bool(cfg.pad.any()) and not bool(cfg.pad.all())
-        if has_pad:
-            masks.append((~cfg.pad)[None])
-        u = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
-        norms = _vjp_norms(out, x, u, torch.cat(masks).to(out.dtype), cfg.chunk_size)
-        row_norms, item_norms = norms[: len(rows)], norms[len(rows) : len(rows) + batch]  # [R,B,N], [B,B,N]
+def _audit_mode_inner(
+    model: nn.Module, inputs: Tensor, mode: str, cfg: _Config, gen: torch.Generator,
+    recorder: Optional[_ModuleOutputs], step: Callable[..., None], total: list[int],
+) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float]:
+    batch, length = inputs.shape[:2]
+    device = inputs.device
+    subject = make_subject(model, inputs, cfg.kwargs, cfg.seed, gen)
+    tol = default_tol(subject.x.dtype) if cfg.tol is None else cfg.tol
+    recording = recorder.recording if recorder is not None else contextlib.nullcontext
 
-        grad_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
-        grad_matrix[rows] = torch.linalg.vector_norm(row_norms, dim=1).cpu()  # over items j
-        grad_rel = _relative(grad_matrix)
-        future = torch.ones(length, length, dtype=torch.bool).triu(1)  # input s > output t
+    def forward(z: Tensor) -> Tensor:
+        with seeded(cfg.seed, device):
+            return as_output(subject.run(z), batch, length, cfg.output_fn)
 
-        # Perturbation: evenly spread columns plus every column autograd found leaking into the past.
-        columns = set(_spread(length, cfg.max_columns))
-        if cfg.causal:
-            suspects = sorted({s for s in (grad_rel.nan_to_num(0) * future > tol).nonzero()[:, 1].tolist()})
-            columns |= set(suspects[: cfg.max_columns])
-        pert_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
-        for s in sorted(columns):
-            pert_matrix[:, s] = torch.linalg.vector_norm(moved(eye_n[s][None].expand(batch, -1)), dim=0).cpu()
-        pert_rel = _relative(pert_matrix)
+    # Autograd: one cotangent mask per matrix row, per batch item, and for all non-PAD outputs.
+    n_rows = cfg.max_rows if cfg.max_rows is not None else (length if cfg.causal else 16)
+    rows = _spread(length, n_rows)
+    eye_n = torch.eye(length, dtype=torch.bool, device=device)
+    eye_b = torch.eye(batch, dtype=torch.bool, device=device)
+    masks = [eye_n[rows][:, None, :].expand(-1, batch, -1), eye_b[:, :, None].expand(-1, -1, length)]
+    has_pad = cfg.pad is not None and bool(cfg.pad.any()) and not bool(cfg.pad.all())
+    if has_pad:
+        masks.append((~cfg.pad)[None])
+    n_masks = sum(m.shape[0] for m in masks)
+    columns = set(_spread(length, cfg.max_columns))
+    # passes: forward with graph, one backward per chunk of masks, the base forward, one per perturbation
+    total[0] = 2 + -(-n_masks // cfg.chunk_size) + len(columns) + (batch if batch > 1 else 0) + int(has_pad)
 
-        findings = []
+    x = subject.x.detach().requires_grad_(True)
+    out = forward(x)
+    step("forward")
+    with torch.no_grad(), recording() as base_modules:
+        base = forward(subject.x)
+    base_modules = dict(base_modules or {})
+    step("forward")
 
-        def add(check: str, autograd: Measurement, perturbation: Measurement) -> None:
-            findings.append(Finding(mode, check, autograd, perturbation, tol))
+    def moved(where: Tensor, stage: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """How far each output token moves when ``where`` [B, N] gets new values: [B, N] for the model's
+        output, and the same for every recorded module output."""
+        with torch.no_grad(), recording() as outs:
+            new = forward(subject.fresh(where))
+        modules = {k: _moved(outs[k], v).cpu() for k, v in base_modules.items() if outs is not None and k in outs}
+        step(stage)
+        return _moved(new, base), modules
 
-        if cfg.causal:
-            add("future", _measure("autograd", grad_rel, future, tol),
-                _measure("perturbation", pert_rel, future, tol))
-        if batch > 1:
-            other = ~eye_b.cpu()
-            item_rel = _relative(item_norms.cpu())  # [i, j, s]
-            per_item = torch.stack([moved(eye_b[j][:, None].expand(-1, length)).cpu() for j in range(batch)])
-            pert_items = _relative(per_item).amax(dim=2).T  # [j, i, t] -> [i, j]
-            add("cross_batch", _measure("autograd", item_rel.amax(dim=2), other, tol),
-                _measure("perturbation", pert_items, other, tol))
-        if has_pad:
-            pad = cfg.pad.cpu()
-            add("padding", _measure("autograd", _relative(norms[-1].cpu()), pad, tol),
-                _measure("perturbation", _relative(moved(cfg.pad).cpu()), ~pad, tol))
+    u = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
+    norms = _vjp_norms(out, x, u, torch.cat(masks).to(out.dtype), cfg.chunk_size,
+                       lambda k: step("autograd", k))
+    row_norms, item_norms = norms[: len(rows)], norms[len(rows) : len(rows) + batch]  # [R,B,N], [B,B,N]
+
+    grad_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
+    grad_matrix[rows] = torch.linalg.vector_norm(row_norms, dim=1).cpu()  # over items j
+    grad_rel = _relative(grad_matrix)
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)  # input s > output t
+
+    # Perturbation: evenly spread columns plus every column autograd found leaking into the past.
+    if cfg.causal:
+        suspects = sorted({s for s in (grad_rel.nan_to_num(0) * future > tol).nonzero()[:, 1].tolist()})
+        extra = set(suspects[: cfg.max_columns]) - columns
+        columns |= extra
+        total[0] += len(extra)
+    pert_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
+    module_matrix = {k: torch.full((length, length), math.nan, dtype=torch.float64) for k in base_modules}
+    for s in sorted(columns):
+        moves, module_moves = moved(eye_n[s][None].expand(batch, -1), "perturbation")
+        pert_matrix[:, s] = torch.linalg.vector_norm(moves, dim=0).cpu()
+        for k, m in module_moves.items():
+            module_matrix[k][:, s] = torch.linalg.vector_norm(m, dim=0)
+    pert_rel = _relative(pert_matrix)
+
+    findings = []
+
+    def add(check: str, autograd: Measurement, perturbation: Measurement,
+            per_module: dict[str, Measurement]) -> None:
+        f = Finding(mode, check, autograd, perturbation, tol)
+        if f.leaks and recorder is not None:
+            f.modules = _first_leaking(per_module, recorder.types, tol)
+        findings.append(f)
+
+    if cfg.causal:
+        add("future", _measure("autograd", grad_rel, future, tol), _measure("perturbation", pert_rel, future, tol),
+            {k: _measure("perturbation", _relative(m), future, tol) for k, m in module_matrix.items()})
+    if batch > 1:
+        other = ~eye_b.cpu()
+        item_rel = _relative(item_norms.cpu())  # [i, j, s]
+        per_item = [moved(eye_b[j][:, None].expand(-1, length), "perturbation") for j in range(batch)]
+        pert_items = _relative(torch.stack([m.cpu() for m, _ in per_item])).amax(dim=2).T  # [j, i, t] -> [i, j]
+        add("cross_batch", _measure("autograd", item_rel.amax(dim=2), other, tol),
+            _measure("perturbation", pert_items, other, tol),
+            {k: _measure("perturbation", _relative(torch.stack([mods[k] for _, mods in per_item])).amax(dim=2).T,
+                         other, tol) for k in base_modules if all(k in mods for _, mods in per_item)})
+    if has_pad:
+        pad = cfg.pad.cpu()
+        moves, module_moves = moved(cfg.pad, "perturbation")
+        add("padding", _measure("autograd", _relative(norms[-1].cpu()), pad, tol),
+            _measure("perturbation", _relative(moves.cpu()), ~pad, tol),
+            {k: _measure("perturbation", _relative(m), ~pad, tol) for k, m in module_moves.items()})
     return findings, {"autograd": grad_rel, "perturbation": pert_rel}, subject.x.dtype, tol
 
 
@@ -200,28 +320,77 @@ def audit(
     max_columns: int = 16,
     chunk_size: int = 16,
     output_fn: Optional[Callable[[Any], Tensor]] = None,
+    modules: bool = True,
+    progress: Optional[Progress] = None,
 ) -> AuditReport:
-    """Measure future, cross-batch and padding leakage of ``model`` at ``inputs`` (see the module docstring).
+    r"""Measure whether ``model``'s outputs depend on inputs they must not see: future tokens, other batch
+    items, PAD tokens. Returns an :class:`AuditReport`; ``report.leaks`` is the verdict.
+
+    With x the input [B, N, C] (or the token embeddings, for token ids) and y = model(x) as [B, N, F], the
+    dependence of output (i, t) on input (j, s) is measured two ways, in each mode of ``modes``:
+
+    .. math::
+        D^{	ext{autograd}}_{t,s} = ig\lVert ig(u \odot M_tig)^	op 	frac{\partial y}{\partial x}
+        ig|_{s} ig
+Vert_2, \qquad
+        D^{	ext{perturb}}_{t,s} = ig\lVert y_t(x 	ext{ with } x_s 	ext{ replaced}) - y_t(x) ig
+Vert_2
+
+    (u a fixed random cotangent, M_t the mask of output row t; norms over channels and batch items), each
+    divided by its largest measured value, so 1 is the strongest dependence in the model, legitimate ones
+    included. A check leaks when a forbidden entry exceeds ``tol``: ``future`` (s > t, causal models),
+    ``cross_batch`` (item i on item j ≠ i, B ≥ 2), ``padding`` (a non-PAD output on a PAD input). Where the
+    graph has no path both measurements are exactly 0. With ``modules=True`` every module's output of shape
+    [B, N, ...] is measured the same way (by perturbation, in the same passes), and each leaking finding names
+    the modules whose output shows the leak, in execution order: ``finding.modules[0]`` is where it enters.
 
     Args:
-        model: any nn.Module mapping [B, N, C] (or token ids [B, N]) to [B, N, ...]; its parameters, buffers
-            and train/eval flags are left as they were.
-        inputs: a floating [B, N, C] tensor, or integer token ids [B, N] (then x is the token embedding).
-        causal: check future leakage (output t must not depend on input s > t).
-        modes: any of ``"train"``, ``"eval"``.
-        key_padding_mask: bool [B, N], True at PAD positions; passed to the model as ``mask_arg=...``
-            (``mask_arg=None``: not passed) and enables the padding check.
-        tol: relative dependence counted as leakage; default :func:`default_tol` of the input (embedding) dtype.
-        seed: seeds u, the fresh values and the RNG before every forward pass (dropout masks).
-        max_rows: how many output positions get a Jacobian row, spread evenly; default all of them when
-            ``causal`` (the future check needs every row to be exhaustive), else 16 (for the heatmap only).
-        max_columns: how many input positions are perturbed one at a time, spread evenly (plus, when causal,
-            every position autograd found leaking into the past).
-        chunk_size: cotangents per batched backward pass (memory ∝ chunk_size · B · N · C).
-        output_fn: picks the [B, N, ...] tensor out of the model's output (default: out, out[0] or out.logits).
+        model: any ``nn.Module`` mapping x [B, N, C] (floating) or token ids [B, N] (int64) to [B, N, ...]
+            (a tensor, a tuple whose first element is one, or an object with ``.logits``). Its parameters,
+            buffers (BatchNorm's running statistics), train/eval flags, ``requires_grad`` flags and the global
+            RNG are left as they were.
+        inputs: floating [B, N, C] (float32 or float64 advised: bf16/fp16 roundoff hides weak leaks), or
+            integer token ids [B, N]; then x is the token embedding (``model.embed`` when the model has
+            ``embed``/``forward_embeddings``, else the output of the ``nn.Embedding`` applied to the ids).
+        causal: check future leakage (default True: the model is taken to be a causal decoder). False for
+            encoders, which may look at every position.
+        modes: any non-empty subset of ``("train", "eval")`` (default both: BatchNorm and dropout differ).
+        key_padding_mask: bool [B, N], True at PAD positions (default None: no padding check). Passed to the
+            model as the keyword ``mask_arg``.
+        mask_arg: keyword the mask is passed as (default ``"key_padding_mask"``); None: not passed.
+        tol: relative dependence counted as leakage (default :func:`default_tol` of x's dtype, 128·eps).
+        seed: seeds u, the replacement values and the RNG before every forward pass (same dropout masks).
+        max_rows: output positions given a Jacobian row, spread evenly (default: all N when ``causal``, which
+            the future check needs to be exhaustive; else 16, for the heatmap only).
+        max_columns: input positions perturbed one at a time, spread evenly (default 16), plus, when causal,
+            every position autograd found leaking into the past.
+        chunk_size: cotangents per batched backward pass (default 16; memory ∝ chunk_size · B · N · C).
+        output_fn: picks the [B, N, ...] tensor out of the model's output (default: the output, its first
+            element, or ``.logits``).
+        modules: attribute leaks to modules with forward hooks on every submodule (default True).
+        progress: called as ``progress(done, total, stage)`` after every forward or backward pass, per mode
+            (``total`` may grow once autograd has chosen extra columns to perturb).
 
     Returns:
-        An :class:`AuditReport`; ``report.leaks`` is True when any check found leakage in any mode.
+        :class:`AuditReport`: ``findings`` (one :class:`Finding` per check and mode, each with an autograd and
+        a perturbation :class:`Measurement`: magnitude, count of forbidden pairs above ``tol`` out of
+        ``checked`` measured, pinpoints), ``matrices[mode][method]`` (the [N, N] token-to-token dependence,
+        NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``to_dict()``.
+
+    Raises:
+        ValueError: ``inputs`` not [B, N, C] / [B, N], ``modes`` empty or unknown, ``key_padding_mask`` not
+            bool [B, N], a limit below 1, or a model output that is not [B, N, ...].
+        TypeError: complex or bool ``inputs``; token ids for a model without an embedding.
+
+    Example::
+
+        >>> from tokennorm.tools.audit import audit, demo_inputs, demo_model
+        >>> tokens, pad = demo_inputs()                    # [2, 16] ids, 4 left PAD tokens in item 1
+        >>> report = audit(demo_model("batchnorm"), tokens, key_padding_mask=pad)
+        >>> report.leaks, report.finding("train", "future").modules[0].name
+        (True, 'decoder.layers.0.norm1')
+        >>> audit(demo_model("layernorm"), tokens, key_padding_mask=pad).leaks
+        False
     """
     if inputs.dim() != (2 if not inputs.is_floating_point() else 3):
         want = "[B, N, C] (floating)" if inputs.is_floating_point() else "[B, N] (token ids)"
@@ -242,7 +411,8 @@ def audit(
                          f"{chunk_size}")
     start = time.perf_counter()
     kwargs = {} if key_padding_mask is None or mask_arg is None else {mask_arg: key_padding_mask}
-    cfg = _Config(causal, key_padding_mask, kwargs, tol, seed, max_rows, max_columns, chunk_size, output_fn)
+    cfg = _Config(causal, key_padding_mask, kwargs, tol, seed, max_rows, max_columns, chunk_size, output_fn,
+                  progress, modules)
     findings: list[Finding] = []
     matrices: dict[str, dict[str, Tensor]] = {}
     for mode in modes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:  # the command line imports this module to list the checks, before torch is loaded
     import torch
@@ -31,24 +31,44 @@ class Measurement:
     """One method's result for one check: the largest relative leak and where it is.
 
     ``where`` holds up to ten pinpoints ``(a, b)``, strongest first (their meaning: :data:`WHERE`); ``count``
-    is how many pinpoints exceed the tolerance in all.
+    is how many of the ``checked`` forbidden pairs that this method measured exceed the tolerance.
     """
 
     method: str
     magnitude: float
     count: int
     where: list[tuple[int, int]]
+    checked: int = 0
+
+
+@dataclass
+class ModuleLeak:
+    """A module whose output shows a finding's forbidden dependence (measured by perturbation): its qualified
+    name in the model (``<model>`` for the model's own forward), class, relative magnitude and strongest
+    pinpoint."""
+
+    name: str
+    type: str
+    magnitude: float
+    where: Optional[tuple[int, int]]
 
 
 @dataclass
 class Finding:
-    """The result of one check in one mode, by autograd and by perturbation."""
+    """The result of one check in one mode, by autograd and by perturbation; for a leak, the modules whose
+    output shows it, in execution order (``modules[0]``: where it enters; empty when not attributed)."""
 
     mode: str
     check: str
     autograd: Measurement
     perturbation: Measurement
     tol: float
+    modules: list[ModuleLeak] = field(default_factory=list)
+
+    @property
+    def first_module(self) -> Optional[ModuleLeak]:
+        """The first module, in execution order, whose output shows the leak."""
+        return self.modules[0] if self.modules else None
 
     @property
     def leaks(self) -> bool:
@@ -112,10 +132,12 @@ class AuditReport:
                     "leaks": f.leaks,
                     "agree": f.agree,
                     **{
-                        m.method: {"magnitude": _json_float(m.magnitude), "count": m.count,
+                        m.method: {"magnitude": _json_float(m.magnitude), "count": m.count, "checked": m.checked,
                                    "where": [list(w) for w in m.where], "where_means": WHERE[(f.check, m.method)]}
                         for m in (f.autograd, f.perturbation)
                     },
+                    "modules": [{"name": m.name, "type": m.type, "magnitude": _json_float(m.magnitude),
+                                 "where": list(m.where) if m.where else None} for m in f.modules],
                 }
                 for f in self.findings
             ],

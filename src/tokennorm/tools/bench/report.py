@@ -5,18 +5,26 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import sys
 from dataclasses import asdict, fields
 from typing import Sequence
 
 from tokennorm.tools.bench.cases import DIRECTIONS, DTYPES, OPS
 from tokennorm.tools.bench.runner import Result, SweepResult
 
-TITLES = {
-    ("throughput", "cuda"): "throughput: device time per call (CUDA events), L2 flushed before each call",
-    ("throughput", "cpu"): "throughput: time per call (perf_counter); the data stays in the CPU's caches",
-    ("latency", "cuda"): "per-call latency: wall clock over back-to-back calls from Python, host overhead included",
-    ("latency", "cpu"): "per-call latency: wall clock over back-to-back calls from Python, host overhead included",
+_DEVICE_TIME = {
+    "cuda": "device µs per call: CUDA-graph replay of back-to-back calls, L2 flushed before each sample",
+    "cpu": "µs per call: wall clock of back-to-back calls (the data stays in the CPU's caches)",
 }
+TITLES = {
+    (kind, device): f"{kind}: {text}; host µs: wall clock per eager call"
+    for kind in ("throughput", "latency") for device, text in _DEVICE_TIME.items()
+}
+
+
+def _fraction(r: Result) -> str:
+    return "–" if r.fraction_of_copy is None else f"{r.fraction_of_copy:.2f}"
 
 
 def _group(r: Result) -> tuple:
@@ -42,42 +50,70 @@ def size_label(n: float, _pos: object = None) -> str:
 
 
 def table(results: Sequence[Result], kind: str, device: str):
-    """A rich Table of the rows of ``kind``; the best fraction of copy of each shape in bold."""
+    """A rich Table of the rows of ``kind``; the best fraction of copy of each shape in bold, rows whose numbers
+    are not to be trusted marked with "?" (the flags are in the JSON and the warnings)."""
     from rich.table import Table
 
     rows = sorted((r for r in results if r.kind == kind), key=_sort_key)
     best: dict[tuple, float] = {}
     for r in rows:
-        best[_group(r)] = max(best.get(_group(r), 0.0), r.fraction_of_copy)
+        if r.fraction_of_copy is not None and not r.flags:
+            best[_group(r)] = max(best.get(_group(r), 0.0), r.fraction_of_copy)
     t = Table(title=TITLES[(kind, device)], title_justify="left")
-    for name in ("impl", "op", "dir", "dtype", "M", "N", "median µs", "p20–p80 µs", "GB/s", "× copy"):
+    for name in ("impl", "op", "dir", "dtype", "M", "N", "median µs", "p20–p80 µs", "GB/s", "× copy", "host µs"):
         t.add_column(name, justify="left" if name in ("impl", "op", "dir", "dtype") else "right")
     for r in rows:
-        frac = f"{r.fraction_of_copy:.2f}"
-        if len(rows) > 1 and r.fraction_of_copy == best[_group(r)]:
+        frac = _fraction(r)
+        if len(rows) > 1 and r.fraction_of_copy is not None and r.fraction_of_copy == best.get(_group(r)):
             frac = f"[bold]{frac}[/]"
-        t.add_row(r.impl, r.op, r.direction, r.dtype, str(r.m), str(r.n), f"{r.median_us:.1f}",
-                  f"{r.p20_us:.1f}–{r.p80_us:.1f}", f"{r.gbps:.1f}", frac)
+        if r.flags:
+            frac += " ?"
+        t.add_row(r.impl, r.op, r.direction, r.dtype, str(r.m), size_label(r.n), f"{r.median_us:.1f}",
+                  f"{r.p20_us:.1f}–{r.p80_us:.1f}", f"{r.gbps:.1f}", frac, f"{r.host_us:.1f}")
     return t
 
 
-def write_json(path: str, sweep: SweepResult) -> None:
-    doc = {
+def methods(results: Sequence[Result]) -> dict[str, int]:
+    """How many rows had their device time taken by each method (graph, profiler, wall)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.method] = counts.get(r.method, 0) + 1
+    return counts
+
+
+def as_dict(sweep: SweepResult) -> dict:
+    """Everything a run produced, as JSON-ready data."""
+    return {
         "environment": sweep.environment,
         "notes": sweep.notes,
+        "warnings": sweep.warnings,
         "copies": [asdict(c) for c in sweep.copies],
         "results": [asdict(r) for r in sweep.results],
     }
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+
+
+def write_json(path: str, sweep: SweepResult) -> None:
+    """The run as JSON at ``path``; ``-`` is standard output."""
+    text = json.dumps(as_dict(sweep), indent=1) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as f:  # then renamed: a reader never sees half a file
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def write_csv(path: str, results: Sequence[Result]) -> None:
+    """Every row; flags joined by '; '."""
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Result)])
         writer.writeheader()
-        writer.writerows(asdict(r) for r in results)
+        for r in results:
+            row = asdict(r)
+            row["flags"] = "; ".join(r.flags)
+            writer.writerow(row)
 
 
 def write_plot(path: str, sweep: SweepResult) -> None:
@@ -86,7 +122,8 @@ def write_plot(path: str, sweep: SweepResult) -> None:
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's matplotlib state alone
     from matplotlib.ticker import FuncFormatter
 
-    rows = [r for r in sweep.results if r.kind == "throughput"]
+    # Rows without a trustworthy fraction (implausible baseline, implausible or noisy timing) are not drawn.
+    rows = [r for r in sweep.results if r.kind == "throughput" and r.fraction_of_copy is not None and not r.flags]
     panels = sorted({(r.op, r.direction) for r in rows}, key=_panel_key)
     ncols = min(2, max(1, len(panels)))
     nrows = max(1, math.ceil(len(panels) / ncols))
@@ -116,12 +153,13 @@ def write_plot(path: str, sweep: SweepResult) -> None:
     for ax in axes[len(panels):]:
         ax.axis("off")
     if not panels:
-        axes[0].text(0.5, 0.5, "no throughput rows in this run", ha="center", va="center")
+        axes[0].text(0.5, 0.5, "no trustworthy throughput rows in this run", ha="center", va="center")
     fig.savefig(path, dpi=110)
 
 
 def markdown(sweep: SweepResult) -> str:
-    """The environment and, per kind, one row per shape with 'median µs (fraction of copy)' per implementation."""
+    """The environment and, per kind, one row per shape: 'device µs (fraction of copy)' per implementation, then
+    the host µs per eager call of each."""
     env = sweep.environment
     lines = [
         f"Device: {env['device_name']} ({env['device']}); date {env['date'][:10]}; torch {env['torch']}, "
@@ -133,19 +171,21 @@ def markdown(sweep: SweepResult) -> str:
         if not rows:
             continue
         impls = sorted({r.impl for r in rows})
-        cells: dict[tuple, dict[str, str]] = {}
-        copy_gbps: dict[tuple, float] = {}
+        cells: dict[tuple, dict[str, Result]] = {}
         for r in rows:
-            key = (r.op, r.direction, r.dtype, r.m, r.n)
-            cells.setdefault(key, {})[r.impl] = f"{r.median_us:.1f} ({r.fraction_of_copy:.2f})"
-            copy_gbps[key] = r.copy_gbps
-        lines += ["", f"{TITLES[(kind, env['device'])]}; each cell: median µs (fraction of copy)", "",
+            cells.setdefault((r.op, r.direction, r.dtype, r.m, r.n), {})[r.impl] = r
+        lines += ["", f"{TITLES[(kind, env['device'])]}. Each cell: device µs (fraction of copy) · host µs; "
+                      "? = not to be trusted (see the warnings)", "",
                   "| op | dir | dtype | M | N | copy GB/s | " + " | ".join(impls) + " |",
                   "|---|---|---|---:|---:|---:|" + "---:|" * len(impls)]
-        for key, by_impl in cells.items():
-            op, direction, dtype, m, n = key
-            lines.append(f"| {op} | {direction} | {dtype} | {m} | {size_label(n)} | {copy_gbps[key]:.1f} | "
-                         + " | ".join(by_impl.get(i, "–") for i in impls) + " |")
+        for (op, direction, dtype, m, n), by_impl in cells.items():
+            copy = next((r.copy_gbps for r in by_impl.values() if r.copy_gbps is not None), None)
+            row = [f"{r.median_us:.1f} ({_fraction(r)}) · {r.host_us:.1f}{' ?' if r.flags else ''}"
+                   if (r := by_impl.get(i)) else "–" for i in impls]
+            lines.append(f"| {op} | {direction} | {dtype} | {m} | {size_label(n)} | "
+                         f"{'–' if copy is None else f'{copy:.1f}'} | " + " | ".join(row) + " |")
+    if sweep.warnings:
+        lines += ["", "Warnings:", ""] + [f"- {w}" for w in sweep.warnings]
     if sweep.notes:
         lines += ["", "Skipped:", ""] + [f"- {note}" for note in sweep.notes]
     return "\n".join(lines) + "\n"

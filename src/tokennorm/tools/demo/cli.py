@@ -1,15 +1,21 @@
-"""``tokennorm demo``: train a tiny character-level causal LM on *King Lear* once per norm choice and placement.
+"""``tokennorm demo``: train a tiny character-level causal LM on *King Lear* once per norm and placement.
+
+A preset (``--preset``, :mod:`~tokennorm.tools.demo.presets`) asks one question of the articles and picks the
+configurations, model and schedule that answer it on two CPU cores in about three minutes or less:
+
+* ``depth`` (the default): post-LN against pre-LN against no norm, 8 layers at a high learning rate;
+* ``batchnorm``: BatchNorm's training-mode loss against its eval-mode loss in a causal LM, beside LayerNorm;
+* ``detach``: LayerNorm with its statistics detached from the graph (article 002's claim), LayerNorm, no norm.
 
 Every configuration starts from the same seed and sees the same batches in the same order, so the curves differ
-only by the norm (``layernorm``, ``rmsnorm``, ``batchnorm``, ``none``) and its placement (``post``: the original
-Transformer, ``pre``: GPT-2). Writes ``loss_curves.png`` and ``results.json`` to ``--out`` and prints a table of
-the final losses. The default model (64 wide, 2 layers, 300 steps of 32×64 characters, four configurations)
-runs on two CPU cores in about two minutes; ``--device cuda`` trains under bf16 autocast.
+only by the norm (any of :data:`~tokennorm.tools.demo.models.DEMO_NORMS`) and its placement (``post``: the
+original Transformer, ``pre``: GPT-2). Options override the preset's settings. Writes ``loss_curves.png`` and
+``results.json`` to ``--out`` and prints a table of the final losses; ``--device cuda`` trains under bf16
+autocast.
 
-Train and validation losses in the table and the right-hand plot are measured in eval mode on fixed batches
-(the first 90% of the text trains, the last 10% validates). ``batchnorm`` therefore reports its loss with
-running statistics: in training mode its batch statistics mix every position, the future included, which makes
-its training-mode loss look better than any causal model can actually achieve.
+Losses in the table and the validation plot are measured on fixed batches (the first 90% of the text trains,
+the last 10% validates), in eval mode and in training mode: they differ for BatchNorm, whose training-mode
+statistics mix every position, the future included.
 """
 
 from __future__ import annotations
@@ -21,25 +27,26 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokennorm.tools.demo.presets import BASE, DEFAULT_PRESET, PRESETS
+
 if TYPE_CHECKING:
     import torch
 
     from tokennorm.tools.demo.train import RunConfig
 
-DEFAULT_CONFIGS = ("layernorm-post", "layernorm-pre", "rmsnorm-post", "rmsnorm-pre")
-
 
 def parse_configs(text: str) -> tuple[RunConfig, ...]:
     """``"layernorm-post,rmsnorm-pre"`` -> configs; argparse error naming the bad entry."""
+    from tokennorm.tools.demo.models import DEMO_NORMS
     from tokennorm.tools.demo.train import RunConfig
-    from tokennorm.transformer.norms import NORM_TYPES, PLACEMENTS
+    from tokennorm.transformer.norms import PLACEMENTS
 
     configs = []
     for item in (s.strip() for s in text.split(",")):
         norm, _, placement = item.rpartition("-")
-        if norm not in NORM_TYPES or placement not in PLACEMENTS:
+        if norm not in DEMO_NORMS or placement not in PLACEMENTS:
             raise argparse.ArgumentTypeError(
-                f"bad config {item!r}: expected NORM-PLACEMENT with NORM in {', '.join(NORM_TYPES)} and "
+                f"bad config {item!r}: expected NORM-PLACEMENT with NORM in {', '.join(DEMO_NORMS)} and "
                 f"PLACEMENT in {', '.join(PLACEMENTS)}, e.g. layernorm-pre"
             )
         configs.append(RunConfig(norm, placement))
@@ -59,32 +66,73 @@ def _positive(kind: type):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    presets = "; ".join(f"{p.name}: {p.question}" for p in PRESETS.values())
+    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
+                        help=f"the question to answer (default {DEFAULT_PRESET}). {presets}")
     # No parsed default: the check of config names imports the model code (and torch), which a mistyped
     # option elsewhere should not wait for.
     parser.add_argument("--configs", type=parse_configs, default=None,
-                        help="comma-separated NORM-PLACEMENT list; NORM in layernorm, rmsnorm, batchnorm, none; "
-                             f"PLACEMENT in post, pre (default: {','.join(DEFAULT_CONFIGS)})")
-    parser.add_argument("--steps", type=_positive(int), default=300, help="training steps per config (300)")
+                        help="comma-separated NORM-PLACEMENT list instead of the preset's; NORM: a norm of "
+                             "tokennorm.transformer (layernorm, rmsnorm, dyt, batchnorm, none) or layernorm-detached "
+                             "(tokennorm.tools.demo.models.DEMO_NORMS); PLACEMENT: post or pre")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (auto)")
     parser.add_argument("--out", default="tokennorm-demo", help="directory for loss_curves.png and results.json")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches (0)")
     parser.add_argument("--threads", type=_positive(int), default=1,
                         help="CPU threads (1: this model is too small to gain from more, and OpenMP threads "
                              "that wait for a busy core can make each step 10-30x slower)")
-    parser.add_argument("--d-model", type=_positive(int), default=64, help="model width (64)")
-    parser.add_argument("--layers", type=_positive(int), default=2, help="decoder layers (2)")
-    parser.add_argument("--heads", type=_positive(int), default=4, help="attention heads (4)")
-    parser.add_argument("--seq-len", type=_positive(int), default=64, help="characters per sequence (64)")
-    parser.add_argument("--batch-size", type=_positive(int), default=32, help="sequences per step (32)")
-    parser.add_argument("--lr", type=_positive(float), default=3e-3, help="peak AdamW learning rate (3e-3)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="linear warmup steps, then cosine decay to 10%% (default: 10%% of --steps)")
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout everywhere (0)")
-    parser.add_argument("--eval-interval", type=_positive(int), default=50, help="evaluate every N steps (50)")
-    parser.add_argument("--eval-batches", type=_positive(int), default=4,
-                        help="fixed batches per split in each evaluation (4)")
+    settings = parser.add_argument_group("training settings (default: the preset's, else the value shown)")
+    settings.add_argument("--steps", type=_positive(int), help=f"training steps per config ({BASE['steps']})")
+    settings.add_argument("--d-model", type=_positive(int), help=f"model width ({BASE['d_model']})")
+    settings.add_argument("--layers", type=_positive(int), help=f"decoder layers ({BASE['layers']})")
+    settings.add_argument("--heads", type=_positive(int), help=f"attention heads ({BASE['heads']})")
+    settings.add_argument("--seq-len", type=_positive(int), help=f"characters per sequence ({BASE['seq_len']})")
+    settings.add_argument("--batch-size", type=_positive(int), help=f"sequences per step ({BASE['batch_size']})")
+    settings.add_argument("--lr", type=_positive(float), help=f"peak AdamW learning rate ({BASE['lr']})")
+    settings.add_argument("--warmup", type=int,
+                          help="linear warmup steps, then cosine decay to 10%% (default: 10%% of --steps)")
+    settings.add_argument("--dropout", type=float, help="dropout everywhere (0)")
+    settings.add_argument("--eval-interval", type=_positive(int),
+                          help=f"evaluate every N steps ({BASE['eval_interval']})")
+    settings.add_argument("--eval-batches", type=_positive(int),
+                          help=f"fixed batches per split in each evaluation ({BASE['eval_batches']})")
     parser.add_argument("--sample", type=int, default=0, metavar="CHARS",
                         help="print this many characters generated by the best configuration (0: none)")
+
+
+def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with every training setting filled in: the option if given, else the preset's, else
+    :data:`~tokennorm.tools.demo.presets.BASE`'s; the configurations likewise."""
+    preset = PRESETS[args.preset]
+    resolved = argparse.Namespace(**vars(args))
+    resolved.changed = tuple(name for name in BASE if getattr(args, name, None) is not None) + (
+        ("configs",) if args.configs is not None and [c.name for c in args.configs] != list(preset.configs) else ())
+    for name, default in BASE.items():
+        if getattr(args, name, None) is None:
+            setattr(resolved, name, preset.settings.get(name, default))
+    if args.configs is None:
+        resolved.configs = parse_configs(",".join(preset.configs))
+    return resolved
+
+
+def closing_note(args: argparse.Namespace) -> str:
+    """What to read in the results: the preset's note when it ran as the preset defines it, else which of its
+    settings were changed (the note's expectations assume the preset's own)."""
+    preset = PRESETS[args.preset]
+    if not args.changed:
+        return f"[bold]{preset.name}:[/] {preset.note}"
+    changed = ", ".join("--" + name.replace("_", "-") for name in args.changed)
+    return (f"[dim]{preset.name} preset with {changed} changed: its note on what to expect (tokennorm demo --help, "
+            f"docs/demo.md) assumes its own settings[/dim]")
+
+
+def _matplotlib_missing() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is None
+    except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
+        return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from tokennorm.tools.demo.train import resolve_device
 
     console = Console()
+    args = resolve_settings(args)
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
@@ -106,11 +155,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.dropout < 1.0:
         console.print(f"[red]tokennorm demo: --dropout must be in [0, 1), but got --dropout {args.dropout}[/]")
         return 2
+    if _matplotlib_missing():
+        console.print("[red]tokennorm demo: the loss curves need matplotlib (pip install matplotlib)[/]",
+                      soft_wrap=True)
+        return 2
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     try:
-        return _train_and_report(args, args.configs or parse_configs(",".join(DEFAULT_CONFIGS)), device, console)
+        return _train_and_report(args, args.configs, device, console)
     finally:
         torch.set_num_threads(threads)  # run() may be called in-process (tests): leave the setting as found
 
@@ -154,19 +207,25 @@ def _train_and_report(
             results.append(result)
             models[cfg.name] = model
 
-    title = f"tokennorm demo: char-level causal LM on King Lear ({setup})"
+    preset = PRESETS[args.preset]
+    question = preset.question if not args.changed else f"{preset.name} preset, {', '.join(args.changed)} changed"
     plot_path, json_path = out / "loss_curves.png", out / "results.json"
-    write_plot(plot_path, results, title)
-    payload = {"setup": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "configs"},
+    write_plot(plot_path, results, f"{question}\n(char-level causal LM on King Lear; {setup})",
+               "leak" if any(r.norm == "batchnorm" for r in results) else "curves", vocab_size=len(data.vocab))
+    payload = {"preset": args.preset, "changed": list(args.changed),
+               "setup": {k: v for k, v in vars(args).items()
+                         if not k.startswith("_") and k not in ("configs", "changed")},
                "configs": [c.name for c in configs], "device": str(device), "vocab_size": len(data.vocab),
                "results": [asdict(r) | {"final_train": r.final_train, "final_val": r.final_val} for r in results]}
     json_path.write_text(json.dumps(payload, indent=1, default=str))
 
-    console.print(results_table(results, "final loss (eval mode, nats/char; ln 65 = 4.17 is chance)"))
+    chance = math.log(len(data.vocab))
+    console.print(results_table(results, f"final loss (nats/char; ln {len(data.vocab)} = {chance:.2f} is chance)"))
     console.print(f"loss curves: {plot_path}\nresults: {json_path}")
-    if any(r.norm == "batchnorm" for r in results):
+    console.print(closing_note(args))
+    if args.changed and any(r.norm == "batchnorm" for r in results):
         console.print("[yellow]batchnorm: its training-mode statistics pool every position, the future included; "
-                      "the eval-mode losses above use running statistics.[/]")
+                      "compare its eval-mode and training-mode validation losses.[/]")
     finite = [r for r in results if math.isfinite(r.final_val)]
     if args.sample > 0 and finite:
         best = min(finite, key=lambda r: r.final_val)

@@ -1,7 +1,8 @@
 """Training one demo configuration: a ``tokennorm.transformer.CausalLM`` with one norm and placement.
 
 Every configuration starts from the same seed and sees the same batches in the same order, so runs differ only by
-the norm and its placement. Losses for comparison are measured in eval mode on fixed batches.
+the norm and its placement. Losses for comparison are measured on fixed batches in eval mode (what inference
+computes) and, beside it, in training mode (what the training loop sees: BatchNorm with batch statistics).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tokennorm.tools.demo.data import CharData, sample_batch
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One run: a norm of :data:`tokennorm.tools.demo.models.DEMO_NORMS` at a placement (``post``/``pre``)."""
+
     norm: str
     placement: str
 
@@ -40,6 +43,7 @@ class ConfigResult:
     eval_steps: list[int] = field(default_factory=list)
     eval_train: list[float] = field(default_factory=list)  # eval-mode loss on fixed train batches
     eval_val: list[float] = field(default_factory=list)  # eval-mode loss on fixed validation batches
+    eval_val_train_mode: list[float] = field(default_factory=list)  # the same batches, model in training mode
     seconds: float = 0.0
     diverged_at: Optional[int] = None
 
@@ -87,10 +91,16 @@ def _loss(model, x: Tensor, y: Tensor, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[tuple[Tensor, Tensor]], device: torch.device) -> float:
+def evaluate(model, batches: list[tuple[Tensor, Tensor]], device: torch.device, train_mode: bool = False) -> float:
+    """Mean loss over ``batches`` in eval mode, or in training mode (batch statistics, dropout) with the model's
+    buffers (BatchNorm's running statistics) and the global RNG left as they were."""
     was_training = model.training
-    model.eval()
-    loss = sum(_loss(model, x, y, device).item() for x, y in batches) / len(batches)
+    buffers = [b.clone() for b in model.buffers()] if train_mode else []
+    model.train(train_mode)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        loss = sum(_loss(model, x, y, device).item() for x, y in batches) / len(batches)
+    for b, saved in zip(model.buffers(), buffers):
+        b.copy_(saved)
     model.train(was_training)
     return loss
 
@@ -99,12 +109,12 @@ def train_one(
     cfg: RunConfig, args: argparse.Namespace, data: CharData, eval_sets: dict, device: torch.device,
     progress, task,
 ) -> tuple[ConfigResult, torch.nn.Module]:
-    from tokennorm.transformer import CausalLM
+    from tokennorm.tools.demo.models import build_model
 
     torch.manual_seed(args.seed)  # the same initial weights wherever the configs have the same parameters
-    model = CausalLM(
-        len(data.vocab), d_model=args.d_model, nhead=args.heads, num_layers=args.layers, max_len=args.seq_len,
-        dropout=args.dropout, norm=cfg.norm, placement=cfg.placement, device=device,
+    model = build_model(
+        cfg.norm, cfg.placement, len(data.vocab), d_model=args.d_model, nhead=args.heads, num_layers=args.layers,
+        max_len=args.seq_len, dropout=args.dropout, device=device,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     batches = torch.Generator().manual_seed(args.seed + 1)  # the same batch sequence for every config
@@ -115,6 +125,7 @@ def train_one(
         result.eval_steps.append(step)
         result.eval_train.append(evaluate(model, eval_sets["train"], device))
         result.eval_val.append(evaluate(model, eval_sets["val"], device))
+        result.eval_val_train_mode.append(evaluate(model, eval_sets["val"], device, train_mode=True))
 
     start = time.perf_counter()
     model.train()

@@ -1,10 +1,20 @@
-"""``tokennorm explain``: which elements share statistics under each norm, and LayerNorm step by step.
+"""``tokennorm explain``: which elements share statistics under each norm, where the norms sit in a Transformer
+block, and what padding does to LayerNorm and BatchNorm.
 
-Prints, for a small x [B, N, C] (``--shape``, or a random small shape from ``--seed``), the groups of each
-norm, then LayerNorm's mean, variance, rstd, x̂ and y per token next to torch's (``aten.native_layer_norm``),
-and the classic mistakes (unbiased variance, ε added to σ, statistics across tokens) with their error.
-``--out DIR`` writes the figures: ``norm_groups`` (one B × (N·C) grid per norm) and ``norm_cubes`` (3-D),
-as PNG and/or SVG (``--format``).
+Three views:
+
+* default: for x [B, N, C] (``--shape``, or a random small shape from ``--seed``), the statistics groups of
+  each norm, then LayerNorm's mean, variance, rstd, x̂ and y per token next to torch's
+  (``aten.native_layer_norm``), and the classic mistakes (unbiased variance, ε added to σ, statistics across
+  tokens) with their error. ``--out DIR`` writes ``norm_groups`` (tokens × channels per sequence, per norm)
+  and ``norm_cubes`` (3-D), bounded in size whatever the shape.
+* ``--block``: the Transformer encoder and decoder layer, post-LN and pre-LN, every norm where it acts and the
+  axis it normalizes (``--norm``), as ``block`` (written to ``--out``, default ``tokennorm-explain``).
+* ``--padding``: article 003's padded batch ("I love AI" / "Transformers are powerful models") through
+  LayerNorm and BatchNorm, its numbers printed, and the article's z-score example; ``--out`` adds ``padding``.
+
+Figures are PNG and SVG (``--format``). Exit code 0; 1 when the walkthrough disagrees with torch; 2 for bad
+arguments or a missing matplotlib.
 """
 
 from __future__ import annotations
@@ -23,7 +33,19 @@ DTYPES = ("float32", "float64")
 MAX_SHOWN = 8  # channels printed per vector before eliding
 
 
+DEFAULT_BLOCK_OUT = "tokennorm-explain"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument("--block", action="store_true",
+                      help="draw the Transformer block (encoder/decoder, post-LN/pre-LN) with each norm where it acts "
+                           f"and the axis it normalizes (figures into --out, default {DEFAULT_BLOCK_OUT}/)")
+    view.add_argument("--padding", action="store_true",
+                      help="article 003's padded batch through LayerNorm and BatchNorm, and its z-score example")
+    parser.add_argument("--norm", default="layernorm",
+                        help="the norm drawn by --block: layernorm (default), rmsnorm, batchnorm, instancenorm, "
+                             "groupnorm, or any other of tokennorm.tools.explain.groups.NORM_SPECS")
     parser.add_argument("--shape", metavar="B,N,C", help="shape of x (default: a random small shape from --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of x (and of the shape when --shape is not given)")
     parser.add_argument("--scale", type=float, default=1.0, help="x = scale · randn (try 0.001: ε starts to matter)")
@@ -32,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--affine", action="store_true", help="random γ and β (default γ = 1, β = 0)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype torch computes in")
     parser.add_argument("--out", metavar="DIR", help="write the figures into this folder")
-    parser.add_argument("--format", choices=("png", "svg", "both"), default="png", help="figure format")
+    parser.add_argument("--format", choices=("png", "svg", "both"), default="both", help="figure format (both)")
 
 
 def _shape(args: argparse.Namespace, gen: torch.Generator) -> tuple[int, int, int]:
@@ -62,21 +84,16 @@ def _vec(t: Tensor, digits: int = 4) -> str:
 def print_groups(shape: tuple[int, int, int], num_groups: int, console: Any) -> None:
     from rich.table import Table
 
-    from tokennorm.tools.explain.groups import NORM_TITLES, NORMS, PER_GROUP, stat_groups
+    from tokennorm.tools.explain.groups import NORM_SPECS, NORMS, group_count, mixes, title
 
     b, n, c = shape
     table = Table(title=f"which elements of x [B={b}, N={n}, C={c}] share one mean/variance")
     for col in ("norm", "one statistic per", "groups", "elements each", "mixes tokens?", "mixes sequences?"):
         table.add_column(col)
     for norm in NORMS:
-        g = stat_groups(norm, shape, num_groups)
-        k = int(g.max()) + 1
-        # a group mixes tokens when it spans elements of two tokens, sequences when it spans two sequences
-        tokens_per_group = [len({(bi, ni) for bi, ni, _ in (g == k_).nonzero().tolist()}) for k_ in range(k)]
-        seqs_per_group = [len(set((g == k_).nonzero()[:, 0].tolist())) for k_ in range(k)]
-        mixes_tokens, mixes_seqs = max(tokens_per_group) > 1, max(seqs_per_group) > 1
-        name = NORM_TITLES[norm] + (f" (G={num_groups})" if norm == "groupnorm" else "")
-        table.add_row(name, PER_GROUP[norm], str(k), str(g.numel() // k),
+        k, each = group_count(norm, shape, num_groups)
+        mixes_tokens, mixes_seqs = mixes(norm, num_groups)
+        table.add_row(title(norm, num_groups), NORM_SPECS[norm].over, str(k), str(each),
                       "[red]yes[/red]" if mixes_tokens else "[green]no[/green]",
                       "[red]yes[/red]" if mixes_seqs else "[green]no[/green]")
     console.print(table)
@@ -122,19 +139,105 @@ def print_walkthrough(w: Walkthrough, console: Any) -> None:
     console.print(mistakes)
 
 
+def print_padding(console: Any) -> None:
+    """Article 003's padded batch and z-score example, as numbers."""
+    from rich import box
+    from rich.table import Table
+
+    from tokennorm.tools.explain.padding import padding_example, z_score_example
+
+    ex = padding_example()
+    c = ex.x.shape[-1]
+    views = (("x (article 003's embeddings)", ex.x),
+             ("LayerNorm(x): μ, σ² per token, over its 8 channels", ex.layernorm),
+             ("BatchNorm(x): μ, σ² per channel, over all 8 tokens (PAD included)", ex.batchnorm),
+             ("BatchNorm with μ, σ² over the 7 real tokens only", ex.batchnorm_without_pad))
+    for name, data in views:
+        table = Table(title=name, box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("token", no_wrap=True)
+        for ci in range(c):
+            table.add_column(f"c{ci + 1}", justify="right", no_wrap=True)
+        for b, sentence in enumerate(ex.tokens):
+            for ni, token in enumerate(sentence):
+                row = data[b, ni].tolist()
+                table.add_row(token, *("-" if v != v else f"{v:+.2f}" for v in row),
+                              end_section=ni == len(sentence) - 1)
+        console.print(table)
+    console.print("BatchNorm's channel means, PAD included: "
+                  + " ".join(f"{v:.3f}" for v in ex.batchnorm_mean.tolist())
+                  + "\n                 over the real tokens: "
+                  + " ".join(f"{v:.3f}" for v in ex.batchnorm_mean_without_pad.tolist()), soft_wrap=True)
+    console.print(f"Replace the PAD embedding by [{', '.join(f'{v:.2f}' for v in ex.pad_probe.tolist())}]:",
+                  soft_wrap=True)
+    for norm, shift in ex.pad_shift.items():
+        verdict = "[green]untouched[/green]" if shift == 0 else "[red]moved[/red]"
+        console.print(f"  real tokens under {norm} move by at most {shift:.3g} ({verdict})", soft_wrap=True)
+    z = z_score_example()
+    values = ", ".join(f"{v:g}" for v in z.x.tolist())
+    console.print(f"\nz-score (article 003): x = [{values}], μ = {z.mean:g}, σ = sqrt(Σ(x − μ)²/n) = {z.std:.3f}, "
+                  f"z = (x − μ)/σ = [{', '.join(f'{v:.3f}' for v in z.z.tolist())}]"
+                  f"\n  with the unbiased σ (÷ (n − 1), torch.std's default) = {z.std_unbiased:.3f}, z would be "
+                  f"[{', '.join(f'{v:.3f}' for v in z.z_unbiased.tolist())}]: LayerNorm divides by n, as the "
+                  f"article's 2.16 does", soft_wrap=True)
+
+
+def _write(draw: Any, out: Path, name: str, fmt: str, console: Any) -> None:
+    """Draw once (``draw(path)`` returns the Figure), save in each format of ``--format``."""
+    suffixes = ("png", "svg") if fmt == "both" else (fmt,)
+    paths = [out / f"{name}.{suffix}" for suffix in suffixes]
+    fig = draw(paths[0])
+    for path in paths[1:]:
+        fig.savefig(path, dpi=100)
+    for path in paths:
+        console.print(f"figure: {path}", soft_wrap=True)
+
+
+def _matplotlib_missing() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is None
+    except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from tokennorm.tools.explain.figures import draw_cube, draw_groups
-    from tokennorm.tools.explain.groups import NORMS
+    console, err = Console(), Console(stderr=True)
+    out = Path(args.out) if args.out else (Path(DEFAULT_BLOCK_OUT) if args.block else None)
+    if out is not None and _matplotlib_missing():
+        err.print("[red]error:[/red] the figures need matplotlib (pip install matplotlib); run without --out and "
+                  "--block for the tables only", soft_wrap=True)
+        return 2
+    if args.block:
+        from tokennorm.tools.explain.block import draw_block
+        from tokennorm.tools.explain.groups import NORMS
+
+        if args.norm not in NORMS:
+            err.print(f"[red]error:[/red] --norm must be one of {', '.join(NORMS)}, but got --norm {args.norm}",
+                      soft_wrap=True)
+            return 2
+        if args.groups < 1:
+            err.print(f"[red]error:[/red] --groups must be positive, but got --groups {args.groups}", soft_wrap=True)
+            return 2
+        _write(lambda path: draw_block(args.norm, path, num_groups=args.groups), out, "block", args.format, console)
+        return 0
+    if args.padding:
+        from tokennorm.tools.explain.padding import draw_padding
+
+        print_padding(console)
+        if out is not None:
+            _write(lambda path: draw_padding(path=path), out, "padding", args.format, console)
+        return 0
+
     from tokennorm.tools.explain.steps import walkthrough
 
-    console, err = Console(), Console(stderr=True)
     gen = torch.Generator().manual_seed(args.seed)
     try:
         shape = _shape(args, gen)
-        if shape[2] % args.groups or args.groups < 1:
+        if args.groups < 1 or shape[2] % args.groups:
             raise ValueError(f"--groups must divide C={shape[2]}, but got --groups {args.groups}")
         dtype = getattr(torch, args.dtype)
         x = (args.scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
@@ -144,18 +247,15 @@ def run(args: argparse.Namespace) -> int:
             bias = (0.5 * torch.randn(shape[2], generator=gen, dtype=torch.float64)).to(dtype)
         w = walkthrough(x, args.eps, weight, bias)
     except ValueError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         return 2
     console.print(f"x = {args.scale:g} · randn{list(shape)}, seed {args.seed}, ε = {args.eps:g}")
     print_groups(shape, args.groups, console)
     print_walkthrough(w, console)
-    if args.out:
-        out = Path(args.out)
-        suffixes = ("png", "svg") if args.format == "both" else (args.format,)
-        for suffix in suffixes:
-            for name, draw in (("norm_groups", draw_groups), ("norm_cubes", draw_cube)):
-                path = out / f"{name}.{suffix}"
-                draw(shape, NORMS, args.groups, path)
-                console.print(f"figure: {path}")
-    return 0 if w.max_abs_diff <= w.tolerance() else 1
+    if out is not None:
+        from tokennorm.tools.explain.figures import draw_cube, draw_groups
+        from tokennorm.tools.explain.groups import NORMS
 
+        for name, draw in (("norm_groups", draw_groups), ("norm_cubes", draw_cube)):
+            _write(lambda path: draw(shape, NORMS, args.groups, path), out, name, args.format, console)
+    return 0 if w.max_abs_diff <= w.tolerance() else 1

@@ -1,26 +1,53 @@
-"""Figures of which elements share statistics: one B × (N·C) grid per norm, and 3-D cubes."""
+"""Figures of which elements share statistics: per norm, the tokens × channels grid of each sequence, and 3-D cubes.
+
+Both stay the same size whatever the shape: an axis longer than :data:`SHOWN` draws its first indices, a gap
+("⋯" with how many are left out) and its last index, and the group ids of the drawn elements are computed
+without building the whole tensor (:func:`~tokennorm.tools.explain.groups.group_ids`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from tokennorm.tools.explain.groups import NORM_TITLES, NORMS, PER_GROUP, check_norm, check_shape, stat_groups
+import torch
+
+from tokennorm.tools.explain.groups import NORM_SPECS, NORMS, check_norm, check_shape, group_count, group_ids, title
+
+# Most indices drawn per axis (B, N, C): the figures stay readable and bounded in size for any shape.
+SHOWN = (3, 6, 8)
+CELL = 0.34  # inches per grid cell: room for a 4-digit group id at 6.5 pt
+PALETTE_SIZE = 20  # tab20: the distinct colours; beyond them the group id written in each cell tells groups apart
+BLUE, GREY = "#1f77b4", "#e4e4e4"
 
 
-def _group_colors(count: int) -> Any:
-    """``count`` distinguishable colours (tab20, then cycled with alternating lightness)."""
+def shown_indices(size: int, limit: int) -> list[Optional[int]]:
+    """The indices of an axis of ``size`` that a figure draws: all when ``size ≤ limit``, else the first
+    ``limit − 2``, ``None`` (a gap), and the last."""
+    if size <= limit:
+        return list(range(size))
+    return [*range(max(limit - 2, 1)), None, size - 1]
+
+
+def _save(fig: Any, path: Optional[Union[str, Path]]) -> None:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+
+
+def _group_colors(count: int) -> list[Any]:
+    """A colour per group id: tab20's 20 colours (pairs split so neighbours differ), repeating beyond 20."""
     from matplotlib import colormaps
 
     base = colormaps["tab20"].colors
-    return [base[(2 * i) % 20 + (i // 10) % 2] for i in range(count)]
+    order = [base[2 * i] for i in range(10)] + [base[2 * i + 1] for i in range(10)]
+    return [order[i % PALETTE_SIZE] for i in range(count)]
 
 
-def _title(norm: str, shape: tuple[int, int, int], num_groups: int) -> str:
-    groups = stat_groups(norm, shape, num_groups)
-    k = int(groups.max()) + 1
-    name = NORM_TITLES[norm] + (f" (G={num_groups})" if norm == "groupnorm" else "")
-    return f"{name}: {k} groups × {groups.numel() // k}\n{PER_GROUP[norm]}"
+def _panel_title(norm: str, shape: tuple[int, int, int], num_groups: int) -> str:
+    k, each = group_count(norm, shape, num_groups)
+    return f"{title(norm, num_groups)}: {k:,} groups of {each:,} elements\n{NORM_SPECS[norm].over}"
 
 
 def draw_groups(
@@ -29,43 +56,83 @@ def draw_groups(
     num_groups: int = 2,
     path: Optional[Union[str, Path]] = None,
 ) -> Any:
-    """One panel per norm, same layout: a B × (N·C) grid (row = sequence b; N blocks of C channels, one per
-    token) coloured by statistics group. Elements of one colour share one mean and variance; each group's id
-    is written in its cells when they fit. Returns the matplotlib Figure; also saves it when ``path`` is given
-    (the format follows the suffix: .png, .svg, .pdf).
+    """One panel per norm: for each sequence b, its tokens (rows) × channels (columns), every cell labelled with
+    its statistics group; cells with the same number share one mean and variance. Colours follow the group id
+    (distinct up to 20 groups; beyond that they repeat and only the numbers tell groups apart, as the title
+    says). Axes longer than :data:`SHOWN` are summarized by a gap. Returns the matplotlib Figure; also saves it
+    when ``path`` is given (the format follows the suffix: .png, .svg, .pdf).
     """
-    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
-    b, n, c = check_shape(shape)
+    shape = check_shape(shape)
     for norm in norms:
-        check_norm(norm, c, num_groups)
-    cell = max(0.12, min(0.45, 9.0 / (n * c)))
-    fig = Figure(figsize=(max(6.0, cell * n * c + 1.5), len(norms) * (cell * b + 1.0) + 0.6), layout="constrained")
-    axes = fig.subplots(len(norms), 1, squeeze=False)[:, 0]
-    for ax, norm in zip(axes, norms):
-        groups = stat_groups(norm, (b, n, c), num_groups)
-        k = int(groups.max()) + 1
-        grid = groups.reshape(b, n * c).numpy()
-        ax.imshow(grid, cmap=ListedColormap(_group_colors(k)), vmin=-0.5, vmax=k - 0.5, aspect="equal",
-                  interpolation="nearest")
-        for t in range(1, n):  # token boundaries
-            ax.axvline(t * c - 0.5, color="black", linewidth=1.6)
-        for r in range(1, b):  # sequence boundaries
-            ax.axhline(r - 0.5, color="black", linewidth=1.6)
-        if n * c <= 48:
-            for r in range(b):
-                for col in range(n * c):
-                    ax.text(col, r, str(grid[r, col]), ha="center", va="center", fontsize=7)
-        ax.set_xticks([t * c + (c - 1) / 2 for t in range(n)], [f"token {t}" for t in range(n)], fontsize=8)
-        ax.set_yticks(range(b), [f"b={r}" for r in range(b)], fontsize=8)
-        ax.set_title(_title(norm, (b, n, c), num_groups), fontsize=9)
-    fig.suptitle(f"which elements of x [B={b}, N={n}, C={c}] share one mean/variance (same colour = same group)",
-                 fontsize=10)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        check_norm(norm, shape[2], num_groups)
+    bs, ns, cs = (shown_indices(size, limit) for size, limit in zip(shape, SHOWN))
+    block_w = [2 if b is None else len(cs) for b in bs]  # a gap in the sequences is a narrow block
+    label_w = 2.6  # room for the token labels left of the first block
+    top, bottom = 2.6, 2.0  # panel title and block labels above the rows; channel numbers and label below
+    content_cells = label_w + sum(block_w) + len(bs) - 1
+    width_cells = max(content_cells + 0.4, 4.0 / CELL)  # at least 4 inches: room for the panel title
+    height_cells = top + len(ns) + bottom
+    columns = 1 if len(norms) == 1 else 2
+    rows = -(-len(norms) // columns)
+    head = 0.7  # inches for the figure's title
+    fig = Figure(figsize=(columns * width_cells * CELL, rows * height_cells * CELL + head))
+    fig_w, fig_h = fig.get_size_inches()
+    # the indices drawn, as tensors (gaps get index 0 and are not drawn)
+    b_idx, n_idx, c_idx = (torch.tensor([i if i is not None else 0 for i in idx]) for idx in (bs, ns, cs))
+    many = False
+    for i, norm in enumerate(norms):
+        row, column = divmod(i, columns)
+        ax = fig.add_axes((column * width_cells * CELL / fig_w,
+                           1 - (head + (row + 1) * height_cells * CELL) / fig_h,
+                           width_cells * CELL / fig_w, height_cells * CELL / fig_h))
+        ax.set_xlim(0, width_cells)
+        ax.set_ylim(len(ns) + bottom, -top)  # y grows downwards: row 0 on top
+        ax.set_axis_off()
+        k, _ = group_count(norm, shape, num_groups)
+        many |= k > PALETTE_SIZE
+        colors = _group_colors(min(k, PALETTE_SIZE))
+        ids = group_ids(norm, shape, b_idx.view(-1, 1, 1), n_idx.view(1, -1, 1), c_idx.view(1, 1, -1), num_groups)
+        ax.text(width_cells / 2, -top + 0.2, _panel_title(norm, shape, num_groups), ha="center", va="top",
+                fontsize=8)
+        x0 = label_w + (width_cells - content_cells) / 2  # the blocks centred in the panel
+        left = x0
+        for bi, (b, w) in enumerate(zip(bs, block_w)):
+            if b is None:  # the sequences left out
+                ax.text(x0 + w / 2, len(ns) / 2, f"⋯\n{shape[0] - len(bs) + 1:,}\nmore", ha="center",
+                        va="center", fontsize=6.5, color="dimgray")
+                x0 += w + 1
+                continue
+            ax.text(x0 + w / 2, -0.55, f"sequence b = {b}", ha="center", va="center", fontsize=7.5)
+            for col, c in enumerate(cs):
+                ax.text(x0 + col + 0.5, len(ns) + 0.45, "⋯" if c is None else str(c), ha="center", va="center",
+                        fontsize=5.5 if c is not None and c >= 1000 else 6, color="dimgray")
+            for r, n in enumerate(ns):
+                for col, c in enumerate(cs):
+                    if n is None or c is None:
+                        ax.text(x0 + col + 0.5, r + 0.5, "⋮" if n is None else "⋯", ha="center", va="center",
+                                fontsize=8, color="dimgray")
+                        continue
+                    g = int(ids[bi, r, col])
+                    ax.add_patch(Rectangle((x0 + col, r), 1, 1, facecolor=colors[g % PALETTE_SIZE],
+                                           edgecolor="white", linewidth=0.8))
+                    ax.text(x0 + col + 0.5, r + 0.5, str(g), ha="center", va="center",
+                            fontsize=min(6.5, 28 / len(str(g))))
+            x0 += w + 1
+        for r, n in enumerate(ns):
+            ax.text(left - 0.2, r + 0.5, "⋮" if n is None else f"token {n}", ha="right", va="center",
+                    fontsize=7)
+        ax.text((left + x0 - 1) / 2, len(ns) + 1.25, "channel c", ha="center", va="center", fontsize=7,
+                color="dimgray")
+    b, n, c = shape
+    how = ("colours repeat after 20 groups: the numbers tell the groups apart" if many
+           else "same number (and colour) = same group")
+    fig.suptitle(f"Which elements of x [B={b:,}, N={n:,}, C={c:,}] share one mean and variance?\n"
+                 f"Each cell is one element, its number the statistics group ({how})", fontsize=9.5,
+                 y=1 - 0.08 / fig_h, va="top")
+    _save(fig, path)
     return fig
 
 
@@ -75,35 +142,46 @@ def draw_cube(
     num_groups: int = 2,
     path: Optional[Union[str, Path]] = None,
 ) -> Any:
-    """The same as :func:`draw_groups` as 3-D cubes (axes B, N, C), in the style of the GroupNorm paper's
-    figure: the group of element [0, 0, 0] in blue, every other element light grey. Returns the Figure."""
+    """The same as :func:`draw_groups` as 3-D blocks in the style of the GroupNorm paper's figure: one slab per
+    sequence (b = 0 in front, slabs pulled apart so each is visible), tokens left to right, channel 0 on top;
+    the group of element [0, 0, 0] in blue. At most :data:`SHOWN` indices per axis are drawn (a corner of x).
+    Returns the Figure.
+    """
     import numpy as np
     from matplotlib.figure import Figure
 
-    b, n, c = check_shape(shape)
+    shape = check_shape(shape)
     for norm in norms:
-        check_norm(norm, c, num_groups)
-    fig = Figure(figsize=(3.2 * len(norms), 3.6), layout="constrained")
+        check_norm(norm, shape[2], num_groups)
+    b_n, n_n, c_n = (min(size, limit) for size, limit in zip(shape, SHOWN))
+    fig = Figure(figsize=(3.0 * len(norms), 3.9))
     for i, norm in enumerate(norms):
         ax = fig.add_subplot(1, len(norms), i + 1, projection="3d")
-        groups = stat_groups(norm, (b, n, c), num_groups)
-        # voxel axes: x = token n, y = sequence b (b = 0 in front), z = channel c (upwards), as in the
-        # GroupNorm paper's figure; a per-token group is then a visible column on the front face
-        filled = np.ones((n, b, c), dtype=bool)
-        chosen = (groups == groups[0, 0, 0]).permute(1, 0, 2).numpy()
-        colors = np.where(chosen, "#1f77b4", "#e6e6e6").astype(object)
-        ax.voxels(filled, facecolors=colors, edgecolor="#555555", linewidth=0.3)
-        for setter, size, label in ((ax.set_xticks, n, "N (tokens)"), (ax.set_yticks, b, "B (batch)"),
-                                    (ax.set_zticks, c, "C (channels)")):
-            setter([i + 0.5 for i in range(size)], [str(i) for i in range(size)], fontsize=6)
-        ax.set_xlabel("N (tokens)", fontsize=7)
-        ax.set_ylabel("B (batch)", fontsize=7)
-        ax.set_zlabel("C (channels)", fontsize=7)
-        ax.set_box_aspect((n, b, c), zoom=0.85)
-        ax.set_title(_title(norm, (b, n, c), num_groups), fontsize=8)
-    fig.suptitle("blue: the elements that share element [0,0,0]'s mean and variance", fontsize=9)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        ids = group_ids(norm, shape, torch.arange(b_n).view(b_n, 1, 1), torch.arange(n_n).view(1, n_n, 1),
+                        torch.arange(c_n).view(1, 1, c_n), num_groups)
+        chosen = (ids == ids[0, 0, 0]).numpy()  # [b, n, c]
+        # voxel axes: x = token n, y = depth (sequence b, one empty slice between slabs), z = channel (c = 0 on top)
+        depth = 2 * b_n - 1
+        filled = np.zeros((n_n, depth, c_n), dtype=bool)
+        colors = np.full((n_n, depth, c_n), GREY, dtype=object)
+        for b in range(b_n):
+            filled[:, 2 * b, :] = True
+            colors[:, 2 * b, :] = np.where(chosen[b][:, ::-1], BLUE, GREY)
+        ax.voxels(filled, facecolors=colors, edgecolor="#666666", linewidth=0.3)
+        ax.set_box_aspect((n_n, depth, c_n), zoom=1.0)
+        ax.view_init(elev=22, azim=-58)
+        ax.set_axis_off()
+        ax.text(n_n / 2, -0.5, -0.6, "N →", ha="center", va="top", fontsize=8)
+        ax.text(-0.3, -0.5, c_n / 2, "C ↓", ha="right", va="center", fontsize=8)
+        ax.text(n_n + 0.2, depth / 2, 0, "B ↗", ha="left", va="center", fontsize=8)
+        k, each = group_count(norm, shape, num_groups)
+        ax.set_title(f"{title(norm, num_groups)}\n{NORM_SPECS[norm].over}\nblue: {each:,} elements, one statistic",
+                     fontsize=8)
+    drawn = "" if (b_n, n_n, c_n) == shape else f"; drawn: the corner b < {b_n}, n < {n_n}, c < {c_n}"
+    fig.suptitle(f"x [B={shape[0]:,}, N={shape[1]:,}, C={shape[2]:,}]{drawn}. Blue: the elements that share "
+                 f"element [0,0,0]'s mean and variance", fontsize=9)
+    fig.text(0.5, 0.02, "N →: tokens, left to right.   C ↓: channels, c = 0 on top.   B ↗: sequences, b = 0 in front "
+             "(slabs pulled apart).", ha="center", va="bottom", fontsize=8)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.84, bottom=0.06, wspace=0.05)
+    _save(fig, path)
     return fig

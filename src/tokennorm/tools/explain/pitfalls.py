@@ -39,6 +39,7 @@ __all__ = [
     "measure",
     "measure_all",
     "markdown_table",
+    "relative",
 ]
 
 NormFn = Callable[..., Tensor]  # (input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor
@@ -182,12 +183,21 @@ STATED_INPUTS: tuple[StatedInput, ...] = (
 )
 
 
+def relative(difference: float, scale: float) -> float:
+    """``difference / scale`` where the right output's scale may be 0 (one feature, or an all-zero input, makes
+    LayerNorm's output exactly 0): then 0 when the outputs agree and +inf when they do not; NaN stays NaN."""
+    if difference != difference or scale > 0:
+        return difference / scale if scale > 0 else difference
+    return 0.0 if difference == 0 else math.inf
+
+
 @dataclass(frozen=True)
 class Measurement:
     """How far a pitfall's output is from LayerNorm's on one input (float64, no affine, eps as stated).
 
-    ``relative_difference`` is max|wrong − right| / max|right|. ``other_token_change`` is the largest change in
-    the *other* tokens' outputs when 10 is added to every feature of the first token: 0 for a per-token norm.
+    ``relative_difference`` is max|wrong − right| / max|right| (:func:`relative`: 0 or ∞ when max|right| = 0).
+    ``other_token_change`` is the largest change in the *other* tokens' outputs when 10 is added to every feature
+    of the first token: 0 for a per-token norm.
     """
 
     name: str
@@ -231,7 +241,7 @@ def measure(
         description=pitfall.description,
         input_description=input_description or f"{list(x.shape)} over {list(shape)}",
         max_abs_difference=diff,
-        relative_difference=diff / right.abs().max().item(),
+        relative_difference=relative(diff, right.abs().max().item()),
         other_token_change=other_token_change(pitfall.function, x, shape, eps),
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,7 +22,7 @@ class PitfallError:
     wrong: str
     y: Tensor  # [B, N, C] float64, with the walkthrough's γ, β
     max_abs_error: float
-    relative_error: float  # max|wrong − right| / max|right|
+    relative_error: float  # max|wrong − right| / max|right| (pitfalls.relative: 0 or ∞ when max|right| = 0)
     other_token_change: float  # from tokennorm.pitfalls: 0 for a per-token norm
 
 
@@ -91,10 +91,12 @@ def walkthrough(
     torch_y, torch_mean, torch_rstd = torch.ops.aten.native_layer_norm(x.detach(), [c], weight, bias, eps)
     errors = []
     for p in pitfalls.PITFALLS:
-        m = pitfalls.measure(p, xd, (c,), eps=eps)  # reuse: the same measurement docs/pitfalls.md reports
-        wrong = p.function(xd, (c,), wd, bd, eps=eps)
+        with warnings.catch_warnings():  # C = 1: the unbiased variance divides by 0 (NaN is its answer, shown)
+            warnings.filterwarnings("ignore", message=".*degrees of freedom")
+            m = pitfalls.measure(p, xd, (c,), eps=eps)  # reuse: the same measurement docs/pitfalls.md reports
+            wrong = p.function(xd, (c,), wd, bd, eps=eps)
         diff = (wrong - y).abs().max().item()
         errors.append(PitfallError(p.name, p.description, p.right, p.wrong, wrong, diff,
-                                   diff / max(y.abs().max().item(), math.ulp(0.0)), m.other_token_change))
+                                   pitfalls.relative(diff, y.abs().max().item()), m.other_token_change))
     return Walkthrough(x.detach(), weight, bias, eps, mean, var, rstd, xhat, y, torch_y,
                        torch_mean.view(mean.shape), torch_rstd.view(rstd.shape), errors)

@@ -33,7 +33,7 @@ def resolve_model_dir(target: str) -> Path:
     return configs[0].parent
 
 
-def load_model(model_dir: Path, dtype, device: str):
+def load_model(model_dir: Path, dtype, device):
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True).to(device).eval()

@@ -127,7 +127,8 @@ def _channels_first(op: Op, case: Case, dtype: torch.dtype, device: str, gen: to
     x = (case.scale * (_draw(shape, gen) + _draw(token_shape, gen))).to(dtype)  # channels last: [B, *, C]
     weight, bias = (1.0 + 0.1 * _draw((c,), gen)).to(dtype), (0.1 * _draw((c,), gen)).to(dtype)
     dy = _draw(shape, gen).to(dtype)
-    leaves = [t.to(device, copy=True).requires_grad_() for t in (x.movedim(-1, 1), weight, bias)]
+    # [B, C, *] stored channels first, as convolutions leave it (a channels-last layout takes the rows kernels)
+    leaves = [t.to(device, copy=True).requires_grad_() for t in (x.movedim(-1, 1).contiguous(), weight, bias)]
     y = channels_first_layer_norm(*leaves, eps=LAYER_NORM_EPS)
     y.backward(dy.movedim(-1, 1).to(device))
     got_out = {"y": y.movedim(1, -1)}

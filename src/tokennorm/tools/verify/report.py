@@ -7,6 +7,7 @@ import datetime
 import json
 import math
 import platform
+import sys
 from dataclasses import asdict
 from importlib import metadata
 from typing import Optional
@@ -86,8 +87,13 @@ def _json_value(v):
 
 
 def write_json(path: str, environment: dict, checks: list[Check]) -> None:
+    """Every check and the environment as JSON, to the file ``path``, or to stdout for ``"-"``."""
     results = [{k: _json_value(v) for k, v in asdict(c).items()} for c in checks]
     doc = {**environment, "passed": all(c.passed for c in checks), "checks": len(checks), "results": results}
+    if path == "-":
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
