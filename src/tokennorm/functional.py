@@ -80,8 +80,9 @@ def layer_norm(
     E and Var are taken over the last ``len(normalized_shape)`` dims of each token (row) separately; Var is the
     biased variance (divided by n, not n − 1). γ and β are shared by every token. Statistics are computed in
     float32 (float64 for a float64 input) whatever the input dtype; y is rounded once to the input's dtype.
-    Runs tokennorm's Triton kernels or torch's as :func:`tokennorm.get_backend` says (default: Triton on CUDA
-    tensors).
+    Runs tokennorm's Triton kernels or torch's as the backend says (:func:`tokennorm.get_backend`; under the
+    default ``auto``, the kernels on CUDA tensors unless :mod:`tokennorm.dispatch`'s measured table has torch
+    faster for the shape).
 
     Args:
         input: the tensor to normalize, float16, bfloat16, float32 or float64 (other dtypes go to torch, which
@@ -136,7 +137,7 @@ def rms_norm(
 
     E is taken over the last ``len(normalized_shape)`` dims of each token (row) separately; no mean is
     subtracted. Computed in float32 (float64 for a float64 input) whatever the input dtype; y is rounded once to
-    the input's dtype. Runs tokennorm's Triton kernels or torch's as :func:`tokennorm.get_backend` says.
+    the input's dtype. Runs tokennorm's Triton kernels or torch's as the backend says (as :func:`layer_norm`).
 
     Args:
         input: the tensor to normalize, float16, bfloat16, float32 or float64 (other dtypes, e.g. complex, go

@@ -28,7 +28,7 @@ class LayerNorm(nn.LayerNorm):
 
     Mean and biased variance are computed per token (row) over the last ``len(normalized_shape)`` dims, in
     float32 (float64 for float64 input); γ and β are shared by every token. Runs
-    :func:`tokennorm.layer_norm`: tokennorm's Triton kernels on CUDA tensors, torch's elsewhere
+    :func:`tokennorm.layer_norm`: by default tokennorm's Triton kernels on CUDA tensors, torch's elsewhere
     (:func:`tokennorm.get_backend`).
 
     Args:
@@ -65,8 +65,8 @@ class RMSNorm(nn.RMSNorm):
         y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \cdot \gamma
 
     The mean square is computed per token (row) over the last ``len(normalized_shape)`` dims, in float32
-    (float64 for float64 input). Runs :func:`tokennorm.rms_norm`: tokennorm's Triton kernels on CUDA tensors,
-    torch's elsewhere (:func:`tokennorm.get_backend`).
+    (float64 for float64 input). Runs :func:`tokennorm.rms_norm`: by default tokennorm's Triton kernels on CUDA
+    tensors, torch's elsewhere (:func:`tokennorm.get_backend`).
 
     Args:
         normalized_shape: the trailing dims to normalize over (an int means the last dim).
