@@ -20,6 +20,7 @@ from tokennorm.distributed.tensor_parallel import (
     NORMS, default_shard_sizes, sharded_add_norm, sharded_layer_norm, sharded_rms_norm,
 )
 from tokennorm.modules import AddNorm
+from tokennorm.reference import LAYER_NORM_EPS
 
 __all__ = ["ShardedLayerNorm", "ShardedRMSNorm", "ShardedAddNorm"]
 
@@ -196,7 +197,7 @@ class ShardedAddNorm(_ShardedNormModule):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), but got dropout={dropout}")
         self.norm, self.placement, self.dropout = norm, placement, dropout
-        self.eps = eps if eps is not None or norm == "rmsnorm" else 1e-5
+        self.eps = eps if eps is not None or norm == "rmsnorm" else LAYER_NORM_EPS
         self.residual_dtype, self.weight_offset = residual_dtype, weight_offset
         has_bias = (norm == "layernorm") if bias is None else bias
         self._init_shards(normalized_shape, group, shard_sizes, elementwise_affine, has_bias, validate,

@@ -291,7 +291,9 @@ def sharded_add_norm(
                            needs_grad)
     p = dropout_p if training else 0.0
     xd = F.dropout(x, p, training=True) if p > 0.0 else x
-    h = xd.to(h_dtype, copy=True) if residual is None else residual.to(h_dtype) + xd.to(h_dtype)
+    # add_norm's contract: h from the exact operands in their compute dtype, rounded once to h's dtype
+    acc = compute_dtype(x.dtype, h_dtype, *(() if residual is None else (residual.dtype,)))
+    h = (xd.to(acc) if residual is None else residual.to(acc) + xd.to(acc)).to(h_dtype, copy=True)
     y = _ShardedNorm.apply(h, local.weight, local.bias, eps, is_rms, weight_offset, local.group).to(x.dtype)
     y = local.rewrap(y)
     return (y, local.rewrap(h)) if prenorm else y

@@ -12,8 +12,9 @@ Each SASS instruction is issued once per warp. The kernel's code is split into
   division and square root in subroutines reached by ``CALL.REL``), without NOPs and without the *cold*
   blocks that only set up such a call (a conditional branch skips them unless an operand is denormal or
   special);
-* the *hot* loops: the innermost loops (backward branches) that load or store global memory -- the chunk
-  loop of a chunked kernel, the row loop of a persistent one;
+* the *hot* loops: the innermost loops (backward branches) that load or store data in global memory -- the
+  chunk loop of a chunked kernel, the row loop of a persistent one (a loop of atomics alone, a program waiting
+  for others, is not one);
 * the *row* loop: the loop enclosing the hot loops, when there is one (a persistent kernel walking rows in
   chunks).
 
@@ -119,6 +120,13 @@ class SassStructure:
 
 
 _GLOBAL_MEMORY = ("LDG", "STG", "LDGSTS", "ATOMG", "REDG", "RED")
+# Loads and stores of data. A loop whose global accesses are all atomics or strong (acquire, volatile) loads —
+# a program waiting for others, as the long-row kernels' arrival counters do — moves no data: not a hot loop.
+_DATA_MEMORY = ("LDG", "STG", "LDGSTS")
+
+
+def _moves_data(opcode: str) -> bool:
+    return opcode.split(".")[0] in _DATA_MEMORY and ".STRONG" not in opcode
 _COLD_BLOCK_MAX = 12  # the call setups seen are 4-6 instructions (argument moves, return address, CALL, result move)
 
 
@@ -148,8 +156,7 @@ def sass_structure(text: str) -> SassStructure:
     loops = sorted({Loop(t, ins.address) for ins in main
                     if ins.opcode.startswith("BRA") and (t := _target(ins)) is not None and t < ins.address},
                    key=lambda loop: (loop.start, loop.end))
-    touches_memory = {loop: any(ins.address in loop and ins.opcode.split(".")[0] in _GLOBAL_MEMORY for ins in main)
-                      for loop in loops}
+    touches_memory = {loop: any(ins.address in loop and _moves_data(ins.opcode) for ins in main) for loop in loops}
     memory_loops = [loop for loop in loops if touches_memory[loop]]
     hot = [loop for loop in memory_loops if not any(loop.contains(inner) for inner in memory_loops)]
     outer = [loop for loop in loops if any(loop.contains(h) for h in hot)]
