@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
-
 from torch import Tensor, nn
 
 IMPLS = ("torch", "tokennorm")
@@ -96,8 +95,16 @@ def build_pair(d_model: int, norm: str, device: str, dtype: torch.dtype, seed: i
     torch.manual_seed(seed)
     nhead = max(1, d_model // 128)
     layer = DecoderLayer(
-        d_model, nhead, 4 * d_model, dropout=0.0, activation="gelu", norm=norm, placement="pre",
-        cross_attention=False, device=device, dtype=dtype,
+        d_model,
+        nhead,
+        4 * d_model,
+        dropout=0.0,
+        activation="gelu",
+        norm=norm,
+        placement="pre",
+        cross_attention=False,
+        device=device,
+        dtype=dtype,
     )
     with torch.no_grad():
         for name in ("norm1", "norm2"):
@@ -130,8 +137,9 @@ def time_step(step: Callable[[], object], leaves: list[Tensor], device: str, rou
             t.grad = None
         step()
 
-    budget = Budget(rounds=rounds, warmup_calls=2, sample_seconds=sample_ms / 1e3, min_calls=1, max_calls=20,
-                    host_burst_calls=2)
+    budget = Budget(
+        rounds=rounds, warmup_calls=2, sample_seconds=sample_ms / 1e3, min_calls=1, max_calls=20, host_burst_calls=2
+    )
     m = measure_interleaved({"step": Workload([call], "step")}, default_timer(device), budget)["step"]
     if not isinstance(m, Measurement):
         raise m
@@ -205,7 +213,7 @@ def run_case(d_model: int, norm: str, args: argparse.Namespace, dtype: torch.dty
                     row.out_err, row.dx_err = _rel_err(y, reference[0]), _rel_err(x.grad, reference[1])
                 del y
                 leaves = [x, *module.parameters()]
-                timing = time_step(lambda: fn(x).backward(dy), leaves, device, args.rounds, args.rep_ms)
+                timing = time_step(lambda x=x, dy=dy: fn(x).backward(dy), leaves, device, args.rounds, args.rep_ms)
                 row.median_ms, row.p20_ms, row.p80_ms = timing.median_ms, timing.p20_ms, timing.p80_ms
                 row.host_ms, row.method = timing.host_ms, timing.method
                 log(f"d_model={d_model:<5} {norm:<9} {mode:<7} {impl:<9} {timing.median_ms:9.3f} ms")
@@ -237,11 +245,22 @@ def print_table(rows: list[Row], title: str) -> None:
         from rich.table import Table
     except ImportError:  # rich is a tokennorm dependency, but a plain table still beats a crash
         Console = Table = None
-    header = ["d_model", "norm", "mode", "torch ms", "tokennorm ms", "speedup", "host ms torch / ours", "Δout rel",
-              "Δdx rel"]
+    header = [
+        "d_model",
+        "norm",
+        "mode",
+        "torch ms",
+        "tokennorm ms",
+        "speedup",
+        "host ms torch / ours",
+        "Δout rel",
+        "Δdx rel",
+    ]
     lines = []
-    keys = sorted({(r.d_model, r.norm, r.mode) for r in rows}, key=lambda k: (k[0], NORMS.index(k[1]) if k[1] in
-                                                                             NORMS else 9, MODES.index(k[2])))
+    keys = sorted(
+        {(r.d_model, r.norm, r.mode) for r in rows},
+        key=lambda k: (k[0], NORMS.index(k[1]) if k[1] in NORMS else 9, MODES.index(k[2])),
+    )
     for key in keys:
         by_impl = {r.impl: r for r in rows if (r.d_model, r.norm, r.mode) == key}
         t, o = by_impl.get("torch"), by_impl.get("tokennorm")
@@ -282,7 +301,9 @@ def environment(args: argparse.Namespace) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": args.device,
-        "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
     }
     try:
         import triton
@@ -323,20 +344,30 @@ def _choices(names: tuple[str, ...]):
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
-    p.add_argument("--tiny", action="store_true",
-                   help="a smoke configuration: d_model 64,128, batch 2 x seq 64, short timing")
+    p.add_argument(
+        "--tiny", action="store_true", help="a smoke configuration: d_model 64,128, batch 2 x seq 64, short timing"
+    )
     p.add_argument("--d-models", type=_int_list, default=None, help="comma list (default 1024,2048,4096)")
     p.add_argument("--batch", type=int, default=None, help="sequences per step (default 8)")
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 1024)")
     p.add_argument("--norms", type=_choices(NORMS), default=NORMS, help="comma list of layernorm, rmsnorm")
     p.add_argument("--modes", type=_choices(MODES), default=MODES, help="comma list of eager, compile")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                   help="parameter and activation dtype (default bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--rep-ms", type=float, default=None,
-                   help="milliseconds of work per timing sample (default 5; steps are captured back to back)")
+    p.add_argument(
+        "--dtype",
+        choices=("bf16", "fp16", "fp32"),
+        default=None,
+        help="parameter and activation dtype (default bf16 on CUDA, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--rep-ms",
+        type=float,
+        default=None,
+        help="milliseconds of work per timing sample (default 5; steps are captured back to back)",
+    )
     p.add_argument("--rounds", type=int, default=None, help="timing samples per row (default 10; 3 with --tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write environment, settings and every row to this file")
@@ -354,13 +385,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.device == "auto":
         if not torch.cuda.is_available():
-            print("bench_block: no CUDA device on this machine; this benchmark measures GPU kernels. "
-                  "For a smoke run on the CPU: --device cpu --tiny")
+            print(
+                "bench_block: no CUDA device on this machine; this benchmark measures GPU kernels. "
+                "For a smoke run on the CPU: --device cpu --tiny"
+            )
             return 0
         args.device = "cuda"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"bench_block: --device {args.device} requested but CUDA is not available; nothing to measure. "
-              "For a smoke run on the CPU: --device cpu --tiny")
+        print(
+            f"bench_block: --device {args.device} requested but CUDA is not available; nothing to measure. "
+            "For a smoke run on the CPU: --device cpu --tiny"
+        )
         return 0
     try:
         torch.device(args.device)
@@ -376,9 +411,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     env = environment(args)
-    title = (f"pre-LN block fwd+bwd, {args.batch}x{args.seq} tokens, {dtype_name}, head_dim 128, FFN 4x, "
-             f"{env['device_name']} (median device ms per step, {'CUDA-graph replay' if on_cuda else 'wall clock'}; "
-             "speedup = torch / tokennorm)")
+    title = (
+        f"pre-LN block fwd+bwd, {args.batch}x{args.seq} tokens, {dtype_name}, head_dim 128, FFN 4x, "
+        f"{env['device_name']} (median device ms per step, {'CUDA-graph replay' if on_cuda else 'wall clock'}; "
+        "speedup = torch / tokennorm)"
+    )
     print(title, flush=True)
     rows: list[Row] = []
     started = time.perf_counter()
@@ -386,14 +423,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     def save() -> None:  # after each case: a run stopped by a timeout keeps what it measured
         if not args.json:
             return
-        payload = {"environment": env,
-                   "settings": {"d_models": list(args.d_models), "batch": args.batch, "seq": args.seq,
-                                "norms": list(args.norms), "modes": list(args.modes), "dtype": dtype_name,
-                                "rep_ms": args.rep_ms, "rounds": args.rounds, "seed": args.seed},
-                   "seconds": round(time.perf_counter() - started, 1),
-                   "rows": [asdict(r) for r in rows]}
+        payload = {
+            "environment": env,
+            "settings": {
+                "d_models": list(args.d_models),
+                "batch": args.batch,
+                "seq": args.seq,
+                "norms": list(args.norms),
+                "modes": list(args.modes),
+                "dtype": dtype_name,
+                "rep_ms": args.rep_ms,
+                "rounds": args.rounds,
+                "seed": args.seed,
+            },
+            "seconds": round(time.perf_counter() - started, 1),
+            "rows": [asdict(r) for r in rows],
+        }
         with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+            json.dump(
+                payload, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)
+            )
 
     for d_model in args.d_models:
         for norm in args.norms:

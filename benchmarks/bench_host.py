@@ -63,9 +63,13 @@ from tokennorm.tools.kernel_report.cases import tokennorm_on_fake_gpu  # noqa: E
 SHAPES = ((1, 4096), (8, 4096))
 
 
-def _time_interleaved(entries: dict[str, Callable[[], object]], calls: int, rounds: int,
-                      clock: Callable[[], float] = time.thread_time,
-                      sync: Callable[[], object] = lambda: None) -> dict[str, list[float]]:
+def _time_interleaved(
+    entries: dict[str, Callable[[], object]],
+    calls: int,
+    rounds: int,
+    clock: Callable[[], float] = time.thread_time,
+    sync: Callable[[], object] = lambda: None,
+) -> dict[str, list[float]]:
     """µs per call of each entry by ``clock`` (default: this thread's CPU time), one sample per round of
     ``calls`` calls ended by ``sync()``; entries interleaved within every round, reversed every other round."""
     for fn in entries.values():  # warm-up: compile, fill caches
@@ -135,6 +139,7 @@ def stubbed_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     add_pre = tokennorm.AddNorm(n, placement="pre")
     ln_inf, rms_inf = tokennorm.LayerNorm(n).requires_grad_(False), tokennorm.RMSNorm(n).requires_grad_(False)
     add_inf = tokennorm.AddNorm(n).requires_grad_(False)
+
     def inference():
         return tokennorm.layer_norm(x, ns, w, b)
 
@@ -144,17 +149,19 @@ def stubbed_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     forward, backward = plan.FORWARD_KERNELS[kconfig.ROWS], plan.BACKWARD_KERNELS[kconfig.ROWS]
 
     entries = {
-        "raw Triton launch, forward kernel (JITFunction, prepared args)": _prepared_launch(
-            forward, inference, "jit"),
+        "raw Triton launch, forward kernel (JITFunction, prepared args)": _prepared_launch(forward, inference, "jit"),
         "raw Triton launch, backward kernel (JITFunction, prepared args)": _prepared_launch(backward, train, "jit"),
         "cached launch, forward kernel (prepared args)": _prepared_launch(forward, inference, "cached"),
         "cached launch, backward kernel (prepared args)": _prepared_launch(backward, train, "cached"),
         "cached launch, forward kernel, keywords bound once (prepared args)": _prepared_launch(
-            forward, inference, "bound"),
+            forward, inference, "bound"
+        ),
         "cached launch, backward kernel, keywords bound once (prepared args)": _prepared_launch(
-            backward, train, "bound"),
+            backward, train, "bound"
+        ),
         "triton_op norm_fwd, eager (compile's path)": lambda: torch.ops.tokennorm.norm_fwd(
-            x, w, b, None, None, 1e-5, 0.0, 0.0, False, None),
+            x, w, b, None, None, 1e-5, 0.0, 0.0, False, None
+        ),
         "layer_norm": lambda: tokennorm.layer_norm(x, ns, w, b),
         "rms_norm": lambda: tokennorm.rms_norm(x, ns, w),
         "add_norm (residual, post)": lambda: tokennorm.add_norm(x, r, w, b),
@@ -218,28 +225,36 @@ def breakdown_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     return {
         "inference: tokennorm.layer_norm": lambda: tokennorm.layer_norm(x, ns, w, b),
         "  ops.norm_forward (after checks, reshapes, routing)": lambda: ops.norm_forward(
-            x, w, b, None, None, eps, 0.0, 0.0, False, None, False),
+            x, w, b, None, None, eps, 0.0, 0.0, False, None, False
+        ),
         "  launch.norm_forward (after the autograd routing)": lambda: launch.norm_forward(
-            x, w, b, None, None, eps, 0.0, 0.0, False, None, store_stats=False),
+            x, w, b, None, None, eps, 0.0, 0.0, False, None, store_stats=False
+        ),
         "  launch.run_forward (after the plan lookup)": lambda: launch.run_forward(fwd_plan, x, w, b, None, None),
         "  plan.kernel.launch (after allocating y, the arguments, the grid)": lambda: fwd_plan.kernel.launch(
-            grid, *args),
+            grid, *args
+        ),
         "  CachedLauncher.run (after the bound launcher)": lambda: forward_launcher.run(
-            grid, args, kwargs, keyword_set),
+            grid, args, kwargs, keyword_set
+        ),
         "  the compiled kernel's launcher (the fake driver's stub)": lambda: compiled_launch(
-            grid[0], 1, 1, 0, function, packed_metadata, None, None, None, *args, *tail),
-        "piece: argument checks (_checks.norm_row_length)": lambda: _checks.norm_row_length(
-            "layer_norm", x, ns, w, b),
+            grid[0], 1, 1, 0, function, packed_metadata, None, None, None, *args, *tail
+        ),
+        "piece: argument checks (_checks.norm_row_length)": lambda: _checks.norm_row_length("layer_norm", x, ns, w, b),
         "piece: plan lookup (forward_plan)": lambda: plan.forward_plan(
-            n, x.dtype, True, True, None, None, eps, 0.0, 0.0, False, False, x.device),
+            n, x.dtype, True, True, None, None, eps, 0.0, 0.0, False, False, x.device
+        ),
         "piece: torch.empty(m, n, device=, dtype=)": lambda: torch.empty(m, n, device=x.device, dtype=x.dtype),
         "fwd+bwd: tokennorm.layer_norm": _train_step(lambda: tokennorm.layer_norm(xg, ns, wg, bg), dy),
         "  torch's autograd alone (a Function like EagerNorm, no kernels)": _train_step(
-            lambda: _NoKernels.apply(xg, wg, bg, None, no_kernels_options)[0], dy),
+            lambda: _NoKernels.apply(xg, wg, bg, None, no_kernels_options)[0], dy
+        ),
         "  launch.norm_forward, with statistics": lambda: launch.norm_forward(
-            x, w, b, None, None, eps, 0.0, 0.0, False, None),
-        "  launch.norm_backward": lambda: launch.norm_backward(dy, x, w, stats.mean, stats.rstd, None, None, 0.0,
-                                                              0.0, False, True, True, x.dtype, None),
+            x, w, b, None, None, eps, 0.0, 0.0, False, None
+        ),
+        "  launch.norm_backward": lambda: launch.norm_backward(
+            dy, x, w, stats.mean, stats.rstd, None, None, 0.0, 0.0, False, True, True, x.dtype, None
+        ),
     }
 
 
@@ -252,16 +267,18 @@ def cpu_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
         suffix = ", autograd" if grad else ""
         torch_ln, ours_ln = torch.nn.LayerNorm(n).requires_grad_(grad), tokennorm.LayerNorm(n).requires_grad_(grad)
         torch_rms, ours_rms = torch.nn.RMSNorm(n).requires_grad_(grad), tokennorm.RMSNorm(n).requires_grad_(grad)
-        entries.update({
-            f"F.layer_norm{suffix}": (lambda x=x, w=w, b=b: F.layer_norm(x, ns, w, b)),
-            f"tokennorm.layer_norm{suffix}": (lambda x=x, w=w, b=b: tokennorm.layer_norm(x, ns, w, b)),
-            f"F.rms_norm{suffix}": (lambda x=x, w=w: F.rms_norm(x, ns, w)),
-            f"tokennorm.rms_norm{suffix}": (lambda x=x, w=w: tokennorm.rms_norm(x, ns, w)),
-            f"nn.LayerNorm{suffix}": (lambda x=x, mod=torch_ln: mod(x)),
-            f"tokennorm.LayerNorm{suffix}": (lambda x=x, mod=ours_ln: mod(x)),
-            f"nn.RMSNorm{suffix}": (lambda x=x, mod=torch_rms: mod(x)),
-            f"tokennorm.RMSNorm{suffix}": (lambda x=x, mod=ours_rms: mod(x)),
-        })
+        entries.update(
+            {
+                f"F.layer_norm{suffix}": (lambda x=x, w=w, b=b: F.layer_norm(x, ns, w, b)),
+                f"tokennorm.layer_norm{suffix}": (lambda x=x, w=w, b=b: tokennorm.layer_norm(x, ns, w, b)),
+                f"F.rms_norm{suffix}": (lambda x=x, w=w: F.rms_norm(x, ns, w)),
+                f"tokennorm.rms_norm{suffix}": (lambda x=x, w=w: tokennorm.rms_norm(x, ns, w)),
+                f"nn.LayerNorm{suffix}": (lambda x=x, mod=torch_ln: mod(x)),
+                f"tokennorm.LayerNorm{suffix}": (lambda x=x, mod=ours_ln: mod(x)),
+                f"nn.RMSNorm{suffix}": (lambda x=x, mod=torch_rms: mod(x)),
+                f"tokennorm.RMSNorm{suffix}": (lambda x=x, mod=ours_rms: mod(x)),
+            }
+        )
     return entries
 
 
@@ -282,8 +299,12 @@ def gpu_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     }
 
 
-CPU_PAIRS = [("F.layer_norm", "tokennorm.layer_norm"), ("F.rms_norm", "tokennorm.rms_norm"),
-             ("nn.LayerNorm", "tokennorm.LayerNorm"), ("nn.RMSNorm", "tokennorm.RMSNorm")]
+CPU_PAIRS = [
+    ("F.layer_norm", "tokennorm.layer_norm"),
+    ("F.rms_norm", "tokennorm.rms_norm"),
+    ("nn.LayerNorm", "tokennorm.LayerNorm"),
+    ("nn.RMSNorm", "tokennorm.RMSNorm"),
+]
 
 
 def run(part: str, calls: int, rounds: int) -> dict:
@@ -296,8 +317,7 @@ def run(part: str, calls: int, rounds: int) -> dict:
             results[f"{m}x{n}"] = {name: statistics.median(s) for name, s in samples.items()}
         elif part == "gpu":
             with tokennorm.using_backend("auto"):
-                samples = _time_interleaved(gpu_entries(m, n), calls, rounds, time.perf_counter,
-                                            torch.cuda.synchronize)
+                samples = _time_interleaved(gpu_entries(m, n), calls, rounds, time.perf_counter, torch.cuda.synchronize)
             results[f"{m}x{n}"] = {name: statistics.median(s) for name, s in samples.items()}
         else:
             with tokennorm.using_backend("auto"):
@@ -315,10 +335,14 @@ def environment() -> dict:
     import triton
 
     return {
-        "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-        "triton": triton.__version__, "load average at start": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "load average at start": os.getloadavg(),
     }
 
 
@@ -334,8 +358,12 @@ def _print_table(part: str, results: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("stubbed", "cpu", "both", "breakdown", "gpu"), default="both",
-                        help="both: stubbed and cpu (default)")
+    parser.add_argument(
+        "--part",
+        choices=("stubbed", "cpu", "both", "breakdown", "gpu"),
+        default="both",
+        help="both: stubbed and cpu (default)",
+    )
     parser.add_argument("--calls", type=int, default=200, help="calls per entry per round (default 200)")
     parser.add_argument("--rounds", type=int, default=15, help="rounds (default 15)")
     parser.add_argument("--json", help="write the results and the environment to this file")
@@ -346,7 +374,7 @@ def main(argv=None) -> int:
         fakecuda.install()  # for the stubbed part; the cpu part's tensors never reach Triton
     torch.set_num_threads(1)
     doc = {"environment": environment()}
-    for part in (("stubbed", "cpu") if args.part == "both" else (args.part,)):
+    for part in ("stubbed", "cpu") if args.part == "both" else (args.part,):
         doc[part] = run(part, args.calls, args.rounds)
         _print_table(part, doc[part])
     doc["environment"]["load average at end"] = os.getloadavg()

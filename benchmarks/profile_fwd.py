@@ -46,15 +46,18 @@ def main():
         impls = {
             "copy": lambda: dst.copy_(src),
             "tokennorm": lambda: norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, False, None, store_stats=False),
-            "tokennorm rms": lambda: norm_forward(x, w, None, None, None, 1e-5, 0.0, 0.0, True, None,
-                                                  store_stats=False),
+            "tokennorm rms": lambda: norm_forward(
+                x, w, None, None, None, 1e-5, 0.0, 0.0, True, None, store_stats=False
+            ),
             "torch": lambda: F.layer_norm(x, (n,), w, b),
         }
         fwd = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, False, None)
-        impls["tokennorm bwd"] = lambda: norm_backward(dy, x, w, fwd.mean, fwd.rstd, None, None, 0.0, 0.0, False,
-                                                       True, True, x.dtype, None)
+        impls["tokennorm bwd"] = lambda: norm_backward(
+            dy, x, w, fwd.mean, fwd.rstd, None, None, 0.0, 0.0, False, True, True, x.dtype, None
+        )
         try:
             from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+
             impls["liger"] = lambda: LigerLayerNormFunction.apply(x, w, b, 1e-5)
         except Exception as exc:  # noqa
             print("liger:", exc)
@@ -65,8 +68,10 @@ def main():
             torch.cuda.synchronize()
             continue
         facts = kconfig.device_facts(x.device)
-        print(f"N={n} M={m} fwd cfg {kconfig.forward_config(n, 2, 4, facts)} "
-              f"bwd cfg {kconfig.backward_config(n, 4, facts)}")
+        print(
+            f"N={n} M={m} fwd cfg {kconfig.forward_config(n, 2, 4, facts)} "
+            f"bwd cfg {kconfig.backward_config(n, 4, facts)}"
+        )
         base = None
         for name, fn in impls.items():
             t_flush = triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median") * 1e3

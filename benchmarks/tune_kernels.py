@@ -22,11 +22,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from tokennorm.tools.bench.cli import parse_count
 from tokennorm.kernels import config as kconfig
-from tokennorm.tools.kernel_report import traffic
 from tokennorm.kernels.config import CHUNKED, LONG_ROWS, ROWS, SEGMENT, KernelConfig
 from tokennorm.kernels.launch import norm_backward, norm_forward
+from tokennorm.tools.bench.cli import parse_count
+from tokennorm.tools.kernel_report import traffic
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -83,8 +83,9 @@ def _time(fn) -> float:
     return gpu_ms(fn)
 
 
-def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", rounds: int = 3,
-         confirm: int = 4) -> dict:
+def tune(
+    n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", rounds: int = 3, confirm: int = 4
+) -> dict:
     """Check and time every candidate once, then the ``confirm`` fastest per direction and the defaults again
     in ``rounds`` interleaved rounds (each with the copy), so that a change of clocks or neighbours during the
     sweep hits them all alike. Each entry's ``ms`` is the median of its samples (all kept in ``ms_samples``)."""
@@ -103,8 +104,16 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", r
 
     xr = x.float()
     y_ref = F.rms_norm(xr, (n,), w.float(), 1e-5) if is_rms else F.layer_norm(xr, (n,), w.float(), b.float(), 1e-5)
-    results = {"n": n, "m": m, "is_rms": is_rms, "itemsize": s, "sms": facts.sms, "l2_bytes": facts.l2_bytes,
-               "fwd": [], "bwd": []}
+    results = {
+        "n": n,
+        "m": m,
+        "is_rms": is_rms,
+        "itemsize": s,
+        "sms": facts.sms,
+        "l2_bytes": facts.l2_bytes,
+        "fwd": [],
+        "bwd": [],
+    }
     runners: dict[int, object] = {}  # id(entry) -> the call it times
 
     def trial(direction: str, cfg: KernelConfig, run, check) -> None:
@@ -123,17 +132,44 @@ def tune(n: int, dtype: torch.dtype, is_rms: bool, mn: int, dev: str = "cuda", r
     fwd0 = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None)
     default_f = kconfig.forward_config(n, s, 4, facts)
     for cfg in dict.fromkeys([default_f, *forward_candidates(n, facts.sms)]):
-        trial("fwd", cfg,
-              lambda cfg=cfg: norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg,
-                                           store_stats=False),
-              lambda cfg=cfg: (norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg).y.float()
-                               - y_ref).abs().max().item())
-    dx_ref = norm_backward(dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
-                           dtype, None).dx.float()
+        trial(
+            "fwd",
+            cfg,
+            lambda cfg=cfg: norm_forward(
+                x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg, store_stats=False
+            ),
+            lambda cfg=cfg: (
+                (norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=cfg).y.float() - y_ref)
+                .abs()
+                .max()
+                .item()
+            ),
+        )
+    dx_ref = norm_backward(
+        dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms, dtype, None
+    ).dx.float()
     default_b = kconfig.backward_config(n, 4, facts)
     for cfg in dict.fromkeys([default_b, *backward_candidates(n, facts.sms)]):
-        run = lambda cfg=cfg: norm_backward(dy, x, w, fwd0.mean, fwd0.rstd, None, None, 0.0, 0.0,  # noqa: E731
-                                            is_rms, True, not is_rms, dtype, None, config=cfg)
+
+        def run(cfg=cfg):
+            return norm_backward(
+                dy,
+                x,
+                w,
+                fwd0.mean,
+                fwd0.rstd,
+                None,
+                None,
+                0.0,
+                0.0,
+                is_rms,
+                True,
+                not is_rms,
+                dtype,
+                None,
+                config=cfg,
+            )
+
         trial("bwd", cfg, run, lambda run=run: (run().dx.float() - dx_ref).abs().max().item())
 
     defaults = {("fwd", json.dumps(default_f.__dict__)), ("bwd", json.dumps(default_b.__dict__))}
@@ -179,16 +215,22 @@ def main() -> int:
         r = tune(n, DTYPES[args.dtype], args.rms, args.mn, rounds=args.rounds)
         rows.append(r)
         facts = kconfig.device_facts(torch.device("cuda"))
-        defaults = (kconfig.forward_config(n, DTYPES[args.dtype].itemsize, 4, facts).__dict__,
-                    kconfig.backward_config(n, 4, facts).__dict__)
+        defaults = (
+            kconfig.forward_config(n, DTYPES[args.dtype].itemsize, 4, facts).__dict__,
+            kconfig.backward_config(n, 4, facts).__dict__,
+        )
         dflt = [next((e for e in r[d] if e["cfg"] == cfg), None) for d, cfg in zip(("fwd", "bwd"), defaults)]
-        print(f"N={n:>8} M={r['m']:>7} copy {r['copy_gbps']:.0f} GB/s | fwd default "
-              f"{dflt[0] and round(dflt[0]['frac'], 3)} bwd default {dflt[1] and round(dflt[1]['frac'], 3)}")
+        print(
+            f"N={n:>8} M={r['m']:>7} copy {r['copy_gbps']:.0f} GB/s | fwd default "
+            f"{dflt[0] and round(dflt[0]['frac'], 3)} bwd default {dflt[1] and round(dflt[1]['frac'], 3)}"
+        )
         spread = lambda e: max(e["ms_samples"]) / min(e["ms_samples"])  # noqa: E731
         for direction in ("fwd", "bwd"):
             for e in sorted(r[direction], key=lambda e: e["ms"])[:3]:
-                print(f"    {direction} {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms']*1e3:8.1f} us "
-                      f"(×{spread(e):.2f} spread) {traffic.describe(KernelConfig(**e['cfg']))}")
+                print(
+                    f"    {direction} {e['frac']:.3f} (moved bytes {e['moved_frac']:.2f}) {e['ms'] * 1e3:8.1f} us "
+                    f"(×{spread(e):.2f} spread) {traffic.describe(KernelConfig(**e['cfg']))}"
+                )
         sys.stdout.flush()
     if args.json:
         with open(args.json, "w") as f:

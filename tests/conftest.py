@@ -25,7 +25,9 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 # `--hypothesis-profile=fuzz`: the fuzz run of tests/api/test_fuzz.py (README, below the fast lane); registered
 # here so that the option can name it (profiles must exist before test modules are imported).
 settings.register_profile(
-    "fuzz", max_examples=10_000, deadline=None,
+    "fuzz",
+    max_examples=10_000,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -126,8 +128,9 @@ def fake_gpu():
         package_root = str(Path(tokennorm.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
         script = Path(__file__).parent / "kernels" / "fake_gpu.py"
-        proc = subprocess.run([sys.executable, str(script), check], capture_output=True, text=True, env=env,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, str(script), check], capture_output=True, text=True, env=env, timeout=timeout
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 

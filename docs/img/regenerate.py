@@ -29,8 +29,10 @@ FIGURES = [
     ("audit_batchnorm.png", ["audit", "--demo", "batchnorm", "--png", "{out}/audit.png"], "audit.png"),
 ]
 COLORS = {"audit_batchnorm.png": 224}  # default 96
-DEMOS = [(f"demo_{preset}.png", ["demo", "--preset", preset, "--out", "{out}"], "loss_curves.png")
-         for preset in ("depth", "batchnorm", "detach")]
+DEMOS = [
+    (f"demo_{preset}.png", ["demo", "--preset", preset, "--out", "{out}"], "loss_curves.png")
+    for preset in ("depth", "batchnorm", "detach")
+]
 
 
 def store(source: Path, target: Path, colors: int = 96) -> int:

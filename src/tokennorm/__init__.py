@@ -16,26 +16,48 @@ from tokennorm._lazy import lazy_exports
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from tokennorm.adaptive import AdaLNZero, Modulation, ada_norm
     from tokennorm.backend import get_backend, set_backend, using_backend
+    from tokennorm.channels_first import ChannelsFirstLayerNorm, channels_first_layer_norm
+    from tokennorm.dynamic_tanh import AddDyT, DyT, add_dyt, dyt
     from tokennorm.functional import add_norm, layer_norm, rms_norm
     from tokennorm.modules import AddNorm, LayerNorm, RMSNorm
     from tokennorm.patching import patch, patch_report, unpatch
-    from tokennorm.adaptive import AdaLNZero, Modulation, ada_norm
-    from tokennorm.channels_first import ChannelsFirstLayerNorm, channels_first_layer_norm
-    from tokennorm.dynamic_tanh import AddDyT, DyT, add_dyt, dyt
 
 __all__ = [
-    "LayerNorm", "RMSNorm", "AddNorm", "layer_norm", "rms_norm", "add_norm", "patch", "unpatch", "patch_report",
-    "ada_norm", "AdaLNZero", "Modulation", "dyt", "add_dyt", "DyT", "AddDyT", "channels_first_layer_norm",
-    "ChannelsFirstLayerNorm", "get_backend", "set_backend", "using_backend", "__version__",
+    "LayerNorm",
+    "RMSNorm",
+    "AddNorm",
+    "layer_norm",
+    "rms_norm",
+    "add_norm",
+    "patch",
+    "unpatch",
+    "patch_report",
+    "ada_norm",
+    "AdaLNZero",
+    "Modulation",
+    "dyt",
+    "add_dyt",
+    "DyT",
+    "AddDyT",
+    "channels_first_layer_norm",
+    "ChannelsFirstLayerNorm",
+    "get_backend",
+    "set_backend",
+    "using_backend",
+    "__version__",
 ]
 
-__getattr__, __dir__ = lazy_exports(__name__, {
-    **dict.fromkeys(("LayerNorm", "RMSNorm", "AddNorm"), "tokennorm.modules"),
-    **dict.fromkeys(("layer_norm", "rms_norm", "add_norm"), "tokennorm.functional"),
-    **dict.fromkeys(("patch", "unpatch", "patch_report"), "tokennorm.patching"),
-    **dict.fromkeys(("ada_norm", "AdaLNZero", "Modulation"), "tokennorm.adaptive"),
-    **dict.fromkeys(("dyt", "add_dyt", "DyT", "AddDyT"), "tokennorm.dynamic_tanh"),
-    **dict.fromkeys(("channels_first_layer_norm", "ChannelsFirstLayerNorm"), "tokennorm.channels_first"),
-    **dict.fromkeys(("get_backend", "set_backend", "using_backend"), "tokennorm.backend"),
-})
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("LayerNorm", "RMSNorm", "AddNorm"), "tokennorm.modules"),
+        **dict.fromkeys(("layer_norm", "rms_norm", "add_norm"), "tokennorm.functional"),
+        **dict.fromkeys(("patch", "unpatch", "patch_report"), "tokennorm.patching"),
+        **dict.fromkeys(("ada_norm", "AdaLNZero", "Modulation"), "tokennorm.adaptive"),
+        **dict.fromkeys(("dyt", "add_dyt", "DyT", "AddDyT"), "tokennorm.dynamic_tanh"),
+        **dict.fromkeys(("channels_first_layer_norm", "ChannelsFirstLayerNorm"), "tokennorm.channels_first"),
+        **dict.fromkeys(("get_backend", "set_backend", "using_backend"), "tokennorm.backend"),
+    },
+)

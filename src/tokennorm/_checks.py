@@ -25,9 +25,7 @@ def as_shape(normalized_shape, name: str = "normalized_shape") -> tuple[int, ...
     Elements may be anything torch takes as an int (numpy ints, 0-dim integer tensors, SymInts), never a bool.
     """
     if not isinstance(normalized_shape, (tuple, list, torch.Size)):
-        raise TypeError(
-            f"{name} must be a tuple of ints, not {type(normalized_shape).__name__}: {normalized_shape!r}"
-        )
+        raise TypeError(f"{name} must be a tuple of ints, not {type(normalized_shape).__name__}: {normalized_shape!r}")
     shape = []
     for pos, d in enumerate(normalized_shape):
         try:
@@ -54,9 +52,7 @@ def _fmt(shape) -> str:
 def check_tensor_argument(op: str, name: str, position: int, value) -> None:
     """TypeError, with torch's message, unless ``value`` is a Tensor or None."""
     if value is not None and not isinstance(value, Tensor):
-        raise TypeError(
-            f"{op}(): argument '{name}' (position {position}) must be Tensor, not {type(value).__name__}"
-        )
+        raise TypeError(f"{op}(): argument '{name}' (position {position}) must be Tensor, not {type(value).__name__}")
 
 
 def as_eps(op: str, position: int, eps) -> float:
@@ -85,8 +81,9 @@ def norm_row_length(
         check_tensor_argument(op, "weight", 3, weight)
     if bias is not None and not isinstance(bias, Tensor):
         check_tensor_argument(op, "bias", 4, bias)
-    if (normalized_shape.__class__ is tuple and len(normalized_shape) == 1
-            and normalized_shape[0].__class__ is int):  # the common case, e.g. a module's (4096,): no copy
+    if (
+        normalized_shape.__class__ is tuple and len(normalized_shape) == 1 and normalized_shape[0].__class__ is int
+    ):  # the common case, e.g. a module's (4096,): no copy
         shape, n = normalized_shape, normalized_shape[0]
         trailing_ok = input.dim() >= 1 and input.shape[-1] == n
     else:
@@ -94,7 +91,7 @@ def norm_row_length(
         n = 1
         for d in shape:
             n *= d
-        trailing_ok = 0 < len(shape) <= input.dim() and input.shape[input.dim() - len(shape):] == shape
+        trailing_ok = 0 < len(shape) <= input.dim() and input.shape[input.dim() - len(shape) :] == shape
     if not trailing_ok:
         _raise_shape_mismatch(op, input, shape)
     device, dtype = input.device, input.dtype
@@ -121,7 +118,7 @@ def norm_row_length(
 def check_dtype(op: str, input: Tensor) -> None:
     """NotImplementedError as torch's for an input dtype no norm kernel takes (integers, bool, complex, float8)."""
     if input.dtype not in KERNEL_DTYPES:
-        raise NotImplementedError(f'"{op}" not implemented for \'{_scalar_type_name(input.dtype)}\'')
+        raise NotImplementedError(f"\"{op}\" not implemented for '{_scalar_type_name(input.dtype)}'")
 
 
 def check_norm_inputs(
@@ -156,8 +153,7 @@ def check_devices(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
     for name, p in (("weight", weight), ("bias", bias)):
         if isinstance(p, Tensor) and p.device != device:
             raise RuntimeError(
-                f"Expected all tensors to be on the same device, but got {name} on {p.device} "
-                f"and input on {device}"
+                f"Expected all tensors to be on the same device, but got {name} on {p.device} and input on {device}"
             )
 
 

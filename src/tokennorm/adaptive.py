@@ -121,8 +121,12 @@ def ada_norm(
     # The one dispatch point of this op: the fused Triton kernels, or the torch composition. (float64 x with a
     # narrower residual stream, or the reverse, is computed in float64 as documented: the composition does that;
     # the kernels take float64 from x forward and from h backward.)
-    if (use_triton(x) and x.dtype in _checks.KERNEL_DTYPES and x.numel()
-            and (x.dtype == torch.float64) == (h_dtype == torch.float64)):
+    if (
+        use_triton(x)
+        and x.dtype in _checks.KERNEL_DTYPES
+        and x.numel()
+        and (x.dtype == torch.float64) == (h_dtype == torch.float64)
+    ):
         y, h = _ada_norm_triton(x, shift, scale, gate, residual, is_rms, weight, bias, eps, h_dtype, prenorm)
     else:
         y, h = _ada_norm_torch(x, shift, scale, gate, residual, is_rms, weight, bias, eps, h_dtype)
@@ -130,8 +134,17 @@ def ada_norm(
 
 
 def _ada_norm_triton(
-    x: Tensor, shift: Tensor, scale: Tensor, gate: Optional[Tensor], residual: Optional[Tensor], is_rms: bool,
-    weight: Optional[Tensor], bias: Optional[Tensor], eps: float, h_dtype: torch.dtype, prenorm: bool,
+    x: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    gate: Optional[Tensor],
+    residual: Optional[Tensor],
+    is_rms: bool,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    h_dtype: torch.dtype,
+    prenorm: bool,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """The fused kernels on x as [M, C] rows. [B, C] modulations stay [B, C] (row r reads row r // tokens);
     with any of them per token, the [B, C] ones are expanded to x's shape (a copy) and all are read per row."""
@@ -146,8 +159,16 @@ def _ada_norm_triton(
     stores_h = gate is not None or residual is not None  # else h is x
     needs_grad = _requires_grad(x, shift, scale, gate, residual, weight, bias)
     y, h = ops.ada_norm_forward(
-        _rows(x, n), _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), *rows, eps, is_rms,
-        tokens, h_dtype if stores_h else None, needs_grad,
+        _rows(x, n),
+        _flat(weight),
+        _flat(bias),
+        None if residual is None else _rows(residual, n),
+        *rows,
+        eps,
+        is_rms,
+        tokens,
+        h_dtype if stores_h else None,
+        needs_grad,
     )
     if not prenorm:
         return y.view(x.shape), None
@@ -155,8 +176,16 @@ def _ada_norm_triton(
 
 
 def _ada_norm_torch(
-    x: Tensor, shift: Tensor, scale: Tensor, gate: Optional[Tensor], residual: Optional[Tensor], is_rms: bool,
-    weight: Optional[Tensor], bias: Optional[Tensor], eps: float, h_dtype: torch.dtype,
+    x: Tensor,
+    shift: Tensor,
+    scale: Tensor,
+    gate: Optional[Tensor],
+    residual: Optional[Tensor],
+    is_rms: bool,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    h_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     acc = compute_dtype(torch.promote_types(x.dtype, h_dtype))
     if gate is None and residual is None:
@@ -219,8 +248,16 @@ class AdaLNZero(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, cond_dim: int, num_sublayers: int = 2, *, norm: str = "layernorm", eps: float = DIT_EPS,
-        bias: bool = True, device=None, dtype=None,
+        self,
+        d_model: int,
+        cond_dim: int,
+        num_sublayers: int = 2,
+        *,
+        norm: str = "layernorm",
+        eps: float = DIT_EPS,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
@@ -247,16 +284,29 @@ class AdaLNZero(nn.Module):
         return tuple(Modulation(*chunks[i : i + 3]) for i in range(0, len(chunks), 3))
 
     def normalize(
-        self, x: Tensor, modulation: Modulation, *, gate: Optional[Tensor] = None, residual: Optional[Tensor] = None,
+        self,
+        x: Tensor,
+        modulation: Modulation,
+        *,
+        gate: Optional[Tensor] = None,
+        residual: Optional[Tensor] = None,
         prenorm: bool = False,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """:func:`ada_norm` with this module's norm and ε and ``modulation``'s shift and scale; ``gate`` is the
         gate of the *previous* sublayer (applied to x before the residual add)."""
         return ada_norm(
-            x, modulation.shift, modulation.scale, gate=gate, residual=residual, norm=self.norm, eps=self.eps,
+            x,
+            modulation.shift,
+            modulation.scale,
+            gate=gate,
+            residual=residual,
+            norm=self.norm,
+            eps=self.eps,
             prenorm=prenorm,
         )
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, cond_dim={self.cond_dim}, num_sublayers={self.num_sublayers}, "
-                f"norm={self.norm!r}, eps={self.eps}")
+        return (
+            f"d_model={self.d_model}, cond_dim={self.cond_dim}, num_sublayers={self.num_sublayers}, "
+            f"norm={self.norm!r}, eps={self.eps}"
+        )

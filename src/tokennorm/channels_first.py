@@ -72,8 +72,9 @@ def channels_first_layer_norm(
 _MAX_ITEM_ELEMENTS = 2**31 - 1
 
 
-def _channels_first_triton(input: Tensor, channels_last: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                           eps: float) -> Tensor:
+def _channels_first_triton(
+    input: Tensor, channels_last: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> Tensor:
     """Channels stored last (a channels_last image, a transposed sequence): the rows kernels on that view, no copy.
     Else the channels-first kernel on [B, C, S] (a copy first when x is not contiguous); channels too many for its
     registers (or an item beyond 2^31 elements): a channels-last copy and the rows kernels."""
@@ -112,7 +113,12 @@ class ChannelsFirstLayerNorm(nn.LayerNorm):
     """
 
     def __init__(
-        self, num_channels: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True, device=None,
+        self,
+        num_channels: int,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
         dtype=None,
     ) -> None:
         super().__init__(num_channels, eps, elementwise_affine, bias, device=device, dtype=dtype)

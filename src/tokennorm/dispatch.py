@@ -45,16 +45,36 @@ import torch
 from tokennorm.backend import get_backend
 
 __all__ = [
-    "OPS", "DIRECTIONS", "DTYPES", "TOKENNORM", "TORCH", "DeviceIdentity", "Table", "bucket", "cache_dir",
-    "cache_path", "device_identity", "load_table", "parse_table", "reload", "shipped_tables", "table_document",
-    "table_for", "choice", "use_kernels",
+    "OPS",
+    "DIRECTIONS",
+    "DTYPES",
+    "TOKENNORM",
+    "TORCH",
+    "DeviceIdentity",
+    "Table",
+    "bucket",
+    "cache_dir",
+    "cache_path",
+    "device_identity",
+    "load_table",
+    "parse_table",
+    "reload",
+    "shipped_tables",
+    "table_document",
+    "table_for",
+    "choice",
+    "use_kernels",
 ]
 
 FORMAT = 1
 OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
 DIRECTIONS = ("inference", "training")
-DTYPES: dict[torch.dtype, str] = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
-                                  torch.float64: "fp64"}
+DTYPES: dict[torch.dtype, str] = {
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+}
 TOKENNORM, TORCH = "tokennorm", "torch"
 MATCHES = ("name", "capability")
 SHIPPED = Path(__file__).resolve().parent / "data" / "dispatch.json"
@@ -128,8 +148,11 @@ def parse_table(doc: Any, source: str) -> Table:
     device = doc.get("device")
     _require(isinstance(device, dict) and isinstance(device.get("name"), str), source, "device.name missing")
     capability = device.get("capability")
-    _require(isinstance(capability, (list, tuple)) and len(capability) == 2
-             and all(isinstance(v, int) for v in capability), source, "device.capability must be [major, minor]")
+    _require(
+        isinstance(capability, (list, tuple)) and len(capability) == 2 and all(isinstance(v, int) for v in capability),
+        source,
+        "device.capability must be [major, minor]",
+    )
     match = doc.get("match", "name")
     _require(match in MATCHES, source, f"match {match!r}, expected one of {', '.join(MATCHES)}")
     provenance = doc.get("provenance")
@@ -148,11 +171,17 @@ def parse_table(doc: Any, source: str) -> Table:
     return Table(DeviceIdentity(device["name"], (capability[0], capability[1])), match, provenance, entries, source)
 
 
-def table_document(identity: DeviceIdentity, provenance: dict[str, Any], entries: list[dict[str, Any]],
-                   match: str = "name") -> dict[str, Any]:
+def table_document(
+    identity: DeviceIdentity, provenance: dict[str, Any], entries: list[dict[str, Any]], match: str = "name"
+) -> dict[str, Any]:
     """The JSON document of a table (checked by :func:`parse_table`)."""
-    doc = {"format": FORMAT, "device": {"name": identity.name, "capability": list(identity.capability)},
-           "match": match, "provenance": provenance, "entries": entries}
+    doc = {
+        "format": FORMAT,
+        "device": {"name": identity.name, "capability": list(identity.capability)},
+        "match": match,
+        "provenance": provenance,
+        "entries": entries,
+    }
     parse_table(doc, "new table")
     return doc
 
@@ -203,8 +232,12 @@ def table_for(identity: DeviceIdentity) -> Optional[Table]:
             table = load_table(path)
             if table.matches(identity):
                 return table
-            warnings.warn(f"tokennorm: {path} is the table of {table.device.name!r}, not of {identity.name!r}; "
-                          "ignored (run `tokennorm tune` to measure this GPU)", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"tokennorm: {path} is the table of {table.device.name!r}, not of {identity.name!r}; "
+                "ignored (run `tokennorm tune` to measure this GPU)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         except (OSError, ValueError) as exc:
             warnings.warn(f"tokennorm: ignoring the dispatch table {path}: {exc}", RuntimeWarning, stacklevel=3)
     shipped = shipped_tables()

@@ -92,8 +92,14 @@ def dyt(input: Tensor, alpha: _Alpha, weight: Optional[Tensor] = None, bias: Opt
     return _dyt_torch(input, alpha, weight, bias)
 
 
-def _dyt_triton(x: Tensor, residual: Optional[Tensor], alpha: _Alpha, weight: Optional[Tensor],
-                bias: Optional[Tensor], prenorm: bool) -> tuple[Tensor, Optional[Tensor]]:
+def _dyt_triton(
+    x: Tensor,
+    residual: Optional[Tensor],
+    alpha: _Alpha,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    prenorm: bool,
+) -> tuple[Tensor, Optional[Tensor]]:
     """(y, h) from the kernel on x as [M, N] rows, N the width of γ/β (x's last dim without them); with a
     residual, h is stored in its dtype (DyT sees h as stored; backward reads it)."""
     p = weight if weight is not None else bias
@@ -102,8 +108,16 @@ def _dyt_triton(x: Tensor, residual: Optional[Tensor], alpha: _Alpha, weight: Op
     alpha_value = 0.0 if alpha_tensor is not None else float(alpha)
     needs_grad = _requires_grad(x, residual, alpha_tensor, weight, bias)
     h_dtype = None if residual is None else residual.dtype
-    y, h = ops.dyt_forward(_rows(x, n), None if residual is None else _rows(residual, n), alpha_tensor, alpha_value,
-                           _flat(weight), _flat(bias), h_dtype, needs_grad)
+    y, h = ops.dyt_forward(
+        _rows(x, n),
+        None if residual is None else _rows(residual, n),
+        alpha_tensor,
+        alpha_value,
+        _flat(weight),
+        _flat(bias),
+        h_dtype,
+        needs_grad,
+    )
     y = y.view(x.shape)
     if not prenorm:
         return y, None
@@ -111,8 +125,13 @@ def _dyt_triton(x: Tensor, residual: Optional[Tensor], alpha: _Alpha, weight: Op
 
 
 def add_dyt(
-    x: Tensor, residual: Optional[Tensor], alpha: _Alpha, weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None, *, prenorm: bool = False,
+    x: Tensor,
+    residual: Optional[Tensor],
+    alpha: _Alpha,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    *,
+    prenorm: bool = False,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
     r"""Add & DyT: ``h = residual + x``, ``y = γ · tanh(α · h) + β``; the residual add fused with DyT.
 
@@ -162,8 +181,13 @@ class DyT(nn.Module):
     """
 
     def __init__(
-        self, normalized_shape: _Shape, alpha_init: float = 0.5, elementwise_affine: bool = True, bias: bool = True,
-        device=None, dtype=None,
+        self,
+        normalized_shape: _Shape,
+        alpha_init: float = 0.5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if isinstance(normalized_shape, numbers.Integral):
@@ -194,8 +218,10 @@ class DyT(nn.Module):
         return dyt(input, self.alpha, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, alpha_init={self.alpha_init}, elementwise_affine={self.elementwise_affine}"
-                + (f", bias={self.bias is not None}" if self.elementwise_affine else ""))
+        return (
+            f"{self.normalized_shape}, alpha_init={self.alpha_init}, elementwise_affine={self.elementwise_affine}"
+            + (f", bias={self.bias is not None}" if self.elementwise_affine else "")
+        )
 
 
 class AddDyT(DyT):
@@ -207,8 +233,15 @@ class AddDyT(DyT):
     """
 
     def __init__(
-        self, normalized_shape: _Shape, placement: str = "post", dropout: float = 0.0, alpha_init: float = 0.5,
-        elementwise_affine: bool = True, bias: bool = True, device=None, dtype=None,
+        self,
+        normalized_shape: _Shape,
+        placement: str = "post",
+        dropout: float = 0.0,
+        alpha_init: float = 0.5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         if placement not in ("post", "pre"):
             raise ValueError(f"placement must be 'post' or 'pre', but got placement={placement!r}")

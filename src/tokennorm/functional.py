@@ -114,8 +114,9 @@ def layer_norm(
             return _norm_triton(input, n, weight, bias, _checks.as_eps("layer_norm", 5, eps), is_rms=False)
     # torch's path: F.layer_norm's own body (calling it would add a Python frame: benchmarks/RESULTS.md)
     if has_torch_function_variadic(input, weight, bias):
-        return handle_torch_function(F.layer_norm, (input, weight, bias), input, normalized_shape, weight=weight,
-                                     bias=bias, eps=eps)
+        return handle_torch_function(
+            F.layer_norm, (input, weight, bias), input, normalized_shape, weight=weight, bias=bias, eps=eps
+        )
     try:
         return torch.layer_norm(input, normalized_shape, weight, bias, eps, torch.backends.cudnn.enabled)
     except RuntimeError:
@@ -256,13 +257,14 @@ def add_norm(
             _checks.check_tensor_argument("add_norm", name, position, value)
     if x.dtype not in _checks.KERNEL_DTYPES:
         raise NotImplementedError(f"add_norm is not implemented for x of dtype {x.dtype}")
-    if residual_dtype is not None and not (isinstance(residual_dtype, torch.dtype)
-                                           and residual_dtype.is_floating_point):
+    if residual_dtype is not None and not (
+        isinstance(residual_dtype, torch.dtype) and residual_dtype.is_floating_point
+    ):
         raise TypeError(f"residual_dtype must be a floating-point dtype, but got residual_dtype={residual_dtype}")
     if normalized_shape is None:
         shaped = weight if weight is not None else bias
         normalized_shape = tuple(x.shape[-1:] if shaped is None else shaped.shape)
-        if x.dim() < len(normalized_shape) or x.shape[x.dim() - len(normalized_shape):] != normalized_shape:
+        if x.dim() < len(normalized_shape) or x.shape[x.dim() - len(normalized_shape) :] != normalized_shape:
             name = "weight" if weight is not None else "bias"
             raise RuntimeError(
                 f"add_norm normalizes over {name}.shape when normalized_shape is not given, but got {name} of "
@@ -282,11 +284,16 @@ def add_norm(
     # torch's composition Norm(r + x) computes the same only without dropout, with h in x's dtype and no offset:
     # only then may the measured dispatch table send the call to it.
     measured = residual is not None and p == 0.0 and h_dtype == x.dtype and not weight_offset
-    if not use_triton(x) or x.numel() == 0 or (measured and not dispatch.use_kernels(
-            "add_rms_norm" if is_rms else "add_layer_norm", x, n, residual, weight, bias)):
+    if (
+        not use_triton(x)
+        or x.numel() == 0
+        or (
+            measured
+            and not dispatch.use_kernels("add_rms_norm" if is_rms else "add_layer_norm", x, n, residual, weight, bias)
+        )
+    ):
         h = _add_dropout_torch(x, residual, p, h_dtype, acc)
-        y = _norm_torch(h, _checks.as_shape(normalized_shape), weight, bias, eps, is_rms, weight_offset, x.dtype,
-                        acc)
+        y = _norm_torch(h, _checks.as_shape(normalized_shape), weight, bias, eps, is_rms, weight_offset, x.dtype, acc)
         return (y, h) if prenorm else y
 
     # The kernels compute in float64 exactly when x is float64: a float64 residual or h under a narrower x
@@ -298,8 +305,17 @@ def add_norm(
     store_h = residual is not None or p > 0.0 or prenorm or h_dtype != x.dtype
     seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64) if p > 0.0 else None
     y, h = ops.norm_forward(
-        x2, _flat(weight), _flat(bias), None if residual is None else _rows(residual, n), seed,
-        eps, p, weight_offset, is_rms, h_dtype if store_h else None, _requires_grad(x, residual, weight, bias),
+        x2,
+        _flat(weight),
+        _flat(bias),
+        None if residual is None else _rows(residual, n),
+        seed,
+        eps,
+        p,
+        weight_offset,
+        is_rms,
+        h_dtype if store_h else None,
+        _requires_grad(x, residual, weight, bias),
     )
     if x2 is not x:  # x was not [M, N] already, or was cast
         y = y.view_as(x) if xk is x else y.view_as(x).to(x.dtype)
@@ -307,8 +323,9 @@ def add_norm(
     return (y, h) if prenorm else y
 
 
-def _add_dropout_torch(x: Tensor, residual: Optional[Tensor], p: float, h_dtype: torch.dtype,
-                       acc: torch.dtype) -> Tensor:
+def _add_dropout_torch(
+    x: Tensor, residual: Optional[Tensor], p: float, h_dtype: torch.dtype, acc: torch.dtype
+) -> Tensor:
     """h = residual + dropout(x), computed in ``acc`` and rounded once to ``h_dtype``, as the kernels do."""
     if p == 0.0 and x.dtype == h_dtype and (residual is None or residual.dtype == h_dtype):
         return x.clone() if residual is None else residual + x  # torch's 16-bit arithmetic: float32, one rounding
@@ -319,8 +336,15 @@ def _add_dropout_torch(x: Tensor, residual: Optional[Tensor], p: float, h_dtype:
 
 
 def _norm_torch(
-    h: Tensor, shape: tuple[int, ...], weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-    is_rms: bool, weight_offset: float, out_dtype: torch.dtype, acc: torch.dtype,
+    h: Tensor,
+    shape: tuple[int, ...],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    is_rms: bool,
+    weight_offset: float,
+    out_dtype: torch.dtype,
+    acc: torch.dtype,
 ) -> Tensor:
     """Norm(h) · (weight + weight_offset) + bias with torch's norms, as the kernels compute it: h as stored,
     parameters and arithmetic in ``acc``, one rounding to ``out_dtype`` (x's dtype) at the end."""

@@ -194,15 +194,25 @@ class AddNorm(nn.Module):
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
         return TF.add_norm(
-            x, residual, self.weight, self.bias, self.eps,
-            norm=self.norm, dropout_p=self.dropout, training=self.training, prenorm=self.placement == "pre",
-            residual_dtype=self.residual_dtype, weight_offset=self.weight_offset,
+            x,
+            residual,
+            self.weight,
+            self.bias,
+            self.eps,
+            norm=self.norm,
+            dropout_p=self.dropout,
+            training=self.training,
+            prenorm=self.placement == "pre",
+            residual_dtype=self.residual_dtype,
+            weight_offset=self.weight_offset,
             normalized_shape=self.normalized_shape,
         )
 
     def extra_repr(self) -> str:
-        s = (f"{self.normalized_shape}, norm={self.norm!r}, placement={self.placement!r}, "
-             f"dropout={self.dropout}, eps={self.eps}, elementwise_affine={self.elementwise_affine}")
+        s = (
+            f"{self.normalized_shape}, norm={self.norm!r}, placement={self.placement!r}, "
+            f"dropout={self.dropout}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
         if self.elementwise_affine:
             s += f", bias={self.bias is not None}"
         if self.weight_offset:

@@ -26,9 +26,24 @@ from torch import Tensor
 
 from tokennorm.kernels import launch
 
-__all__ = ["norm_fwd", "norm_bwd", "EagerNorm", "norm_forward", "ada_norm_fwd", "ada_norm_bwd", "EagerAdaNorm",
-           "ada_norm_forward", "dyt_fwd", "dyt_bwd", "EagerDyT", "dyt_forward", "channels_first_fwd",
-           "channels_first_bwd", "EagerChannelsFirst", "channels_first_forward"]
+__all__ = [
+    "norm_fwd",
+    "norm_bwd",
+    "EagerNorm",
+    "norm_forward",
+    "ada_norm_fwd",
+    "ada_norm_bwd",
+    "EagerAdaNorm",
+    "ada_norm_forward",
+    "dyt_fwd",
+    "dyt_bwd",
+    "EagerDyT",
+    "dyt_forward",
+    "channels_first_fwd",
+    "channels_first_bwd",
+    "EagerChannelsFirst",
+    "channels_first_forward",
+]
 
 if hasattr(torch.library, "triton_op"):
     _define = torch.library.triton_op
@@ -53,8 +68,9 @@ def norm_fwd(
 
     h is stored when ``h_dtype`` is given (else an empty tensor); mean is empty for RMSNorm.
     """
-    y, h, mean, rstd = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms,
-                                           h_dtype)
+    y, h, mean, rstd = launch.norm_forward(
+        x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype
+    )
     return y, x.new_empty(0) if h is None else h, mean, rstd
 
 
@@ -93,9 +109,26 @@ def norm_bwd(
     dweight/dbias are sums in the accumulation dtype (empty unless asked for); dresidual is empty unless
     ``residual_dtype``.
     """
-    return _backward_outputs(launch.norm_backward(dy, h, weight, mean, rstd, dh_in, seed, dropout_p, weight_offset,
-                                                  is_rms, compute_dweight, compute_dbias, x_dtype, residual_dtype),
-                             h, x_dtype)
+    return _backward_outputs(
+        launch.norm_backward(
+            dy,
+            h,
+            weight,
+            mean,
+            rstd,
+            dh_in,
+            seed,
+            dropout_p,
+            weight_offset,
+            is_rms,
+            compute_dweight,
+            compute_dbias,
+            x_dtype,
+            residual_dtype,
+        ),
+        h,
+        x_dtype,
+    )
 
 
 def _backward_outputs(out: launch.BackwardOut, h: Tensor, x_dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -103,13 +136,31 @@ def _backward_outputs(out: launch.BackwardOut, h: Tensor, x_dtype: torch.dtype) 
     output not produced (None) is a 0-element tensor, of the dtype its fake gives."""
     dx, dres, dw, db = out
     acc = launch.acc_dtype(h.dtype)
-    return (dx, h.new_empty(0, dtype=x_dtype) if dres is None else dres,
-            h.new_empty(0, dtype=acc) if dw is None else dw, h.new_empty(0, dtype=acc) if db is None else db)
+    return (
+        dx,
+        h.new_empty(0, dtype=x_dtype) if dres is None else dres,
+        h.new_empty(0, dtype=acc) if dw is None else dw,
+        h.new_empty(0, dtype=acc) if db is None else db,
+    )
 
 
 @norm_bwd.register_fake
-def _(dy, h, weight, mean, rstd, dh_in, seed, dropout_p, weight_offset, is_rms, compute_dweight, compute_dbias,
-      x_dtype, residual_dtype):
+def _(
+    dy,
+    h,
+    weight,
+    mean,
+    rstd,
+    dh_in,
+    seed,
+    dropout_p,
+    weight_offset,
+    is_rms,
+    compute_dweight,
+    compute_dbias,
+    x_dtype,
+    residual_dtype,
+):
     n = h.shape[1]
     dres = h.new_empty(h.shape, dtype=residual_dtype) if residual_dtype is not None else h.new_empty(0, dtype=x_dtype)
     return (
@@ -131,8 +182,17 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, dh, _dmean, _drstd):
     normalized, weight, mean, rstd, seed = ctx.saved_tensors
-    return (*_gradients(torch.ops.tokennorm.norm_bwd, ctx.config, ctx.needs_input_grad, dy, dh, normalized, weight,
-                        mean, rstd, seed), None, None, None, None, None, None)
+    return (
+        *_gradients(
+            torch.ops.tokennorm.norm_bwd, ctx.config, ctx.needs_input_grad, dy, dh, normalized, weight, mean, rstd, seed
+        ),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 norm_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -140,13 +200,29 @@ norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def _config(x, bias, residual, dropout_p, weight_offset, is_rms, h_dtype) -> tuple:
     """What backward needs to know of a forward call besides its saved tensors."""
-    return (dropout_p, weight_offset, is_rms, h_dtype is not None, x.dtype,
-            None if residual is None else residual.dtype, None if bias is None else bias.dtype)
+    return (
+        dropout_p,
+        weight_offset,
+        is_rms,
+        h_dtype is not None,
+        x.dtype,
+        None if residual is None else residual.dtype,
+        None if bias is None else bias.dtype,
+    )
 
 
-def _gradients(run_backward, config: tuple, needs_input_grad: tuple, dy: Optional[Tensor], dh: Optional[Tensor],
-               normalized: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
-               seed: Optional[Tensor]) -> tuple:
+def _gradients(
+    run_backward,
+    config: tuple,
+    needs_input_grad: tuple,
+    dy: Optional[Tensor],
+    dh: Optional[Tensor],
+    normalized: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    seed: Optional[Tensor],
+) -> tuple:
     """(dx, dweight, dbias, dresidual) of norm_fwd from the gradients of its (y, h) outputs, each None unless
     ``needs_input_grad`` asks for it; ``run_backward`` is the norm_bwd op (torch.compile) or
     :func:`launch.norm_backward` (eager), which take the same arguments."""
@@ -163,8 +239,22 @@ def _gradients(run_backward, config: tuple, needs_input_grad: tuple, dy: Optiona
         dh = dh.contiguous() if has_h else None
     # d(residual) equals dh; it needs its own output only when dropout or a dtype change makes dx differ.
     separate_dres = need_res and (dropout_p > 0.0 or residual_dtype != x_dtype)
-    dx, dres, dw, db = run_backward(dy, normalized, weight, mean, rstd, dh, seed, dropout_p, weight_offset, is_rms,
-                                    need_w, need_b, x_dtype, residual_dtype if separate_dres else None)
+    dx, dres, dw, db = run_backward(
+        dy,
+        normalized,
+        weight,
+        mean,
+        rstd,
+        dh,
+        seed,
+        dropout_p,
+        weight_offset,
+        is_rms,
+        need_w,
+        need_b,
+        x_dtype,
+        residual_dtype if separate_dres else None,
+    )
     return (
         dx if need_x else None,
         (dw if dw.dtype == weight.dtype else dw.to(weight.dtype)) if need_w else None,
@@ -187,8 +277,9 @@ class EagerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, options):
         seed, eps, dropout_p, weight_offset, is_rms, h_dtype = options
-        y, h, mean, rstd = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms,
-                                               h_dtype)
+        y, h, mean, rstd = launch.norm_forward(
+            x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype
+        )
         ctx.save_for_backward(x if h is None else h, weight)  # inputs: version-checked in backward
         ctx.statistics = (mean, rstd, seed)
         ctx.config = _config(x, bias, residual, dropout_p, weight_offset, is_rms, h_dtype)
@@ -199,13 +290,25 @@ class EagerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh):
         normalized, weight = ctx.saved_tensors
-        return (*_gradients(launch.norm_backward, ctx.config, ctx.needs_input_grad, dy, dh, normalized, weight,
-                            *ctx.statistics), None)
+        return (
+            *_gradients(
+                launch.norm_backward, ctx.config, ctx.needs_input_grad, dy, dh, normalized, weight, *ctx.statistics
+            ),
+            None,
+        )
 
 
 def norm_forward(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], seed: Optional[Tensor],
-    eps: float, dropout_p: float, weight_offset: float, is_rms: bool, h_dtype: Optional[torch.dtype],
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    seed: Optional[Tensor],
+    eps: float,
+    dropout_p: float,
+    weight_offset: float,
+    is_rms: bool,
+    h_dtype: Optional[torch.dtype],
     needs_grad: bool,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """(y, h) of ``norm_fwd`` (h: None unless ``h_dtype``), by the cheapest route that is correct here:
@@ -216,13 +319,15 @@ def norm_forward(
     """
     route = _route(needs_grad)
     if route is _OP:
-        y, h, _, _ = torch.ops.tokennorm.norm_fwd(x, weight, bias, residual, seed, eps, dropout_p, weight_offset,
-                                                  is_rms, h_dtype)
+        y, h, _, _ = torch.ops.tokennorm.norm_fwd(
+            x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype
+        )
         return y, h if h_dtype is not None else None
     if route is _EAGER:
         return EagerNorm.apply(x, weight, bias, residual, (seed, eps, dropout_p, weight_offset, is_rms, h_dtype))
-    y, h, _, _ = launch.norm_forward(x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype,
-                                     store_stats=False)
+    y, h, _, _ = launch.norm_forward(
+        x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype, store_stats=False
+    )
     return y, h
 
 
@@ -255,20 +360,43 @@ def _empty_if_none(t: Optional[Tensor], like: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _ada_norm_forward_launch(x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens, h_dtype,
-                             store_stats=True):
-    return launch.norm_forward(x, weight, bias, residual, None, eps, 0.0, 0.0, is_rms, h_dtype,
-                               store_stats=store_stats, modulation=launch.Modulation(shift, scale, gate, tokens))
+def _ada_norm_forward_launch(
+    x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens, h_dtype, store_stats=True
+):
+    return launch.norm_forward(
+        x,
+        weight,
+        bias,
+        residual,
+        None,
+        eps,
+        0.0,
+        0.0,
+        is_rms,
+        h_dtype,
+        store_stats=store_stats,
+        modulation=launch.Modulation(shift, scale, gate, tokens),
+    )
 
 
 @_define("tokennorm::ada_norm_fwd", mutates_args=())
 def ada_norm_fwd(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], shift: Tensor,
-    scale: Tensor, gate: Optional[Tensor], eps: float, is_rms: bool, tokens: int, h_dtype: Optional[torch.dtype],
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    shift: Tensor,
+    scale: Tensor,
+    gate: Optional[Tensor],
+    eps: float,
+    is_rms: bool,
+    tokens: int,
+    h_dtype: Optional[torch.dtype],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, h, mean, rstd) of AdaLN over [M, N] rows; h stored when ``h_dtype`` is given (else empty)."""
-    y, h, mean, rstd = _ada_norm_forward_launch(x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens,
-                                                h_dtype)
+    y, h, mean, rstd = _ada_norm_forward_launch(
+        x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens, h_dtype
+    )
     return y, _empty_if_none(h, x), mean, rstd
 
 
@@ -277,37 +405,127 @@ def _(x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens, h_dtyp
     return _norm_fwd_fake(x, is_rms, h_dtype)
 
 
-def _ada_norm_backward_launch(dy, h, x, weight, bias, mean, rstd, dh_in, shift, scale, gate, is_rms, tokens,
-                              compute_dweight, compute_dbias, compute_dshift, compute_dscale, compute_dgate, x_dtype,
-                              residual_dtype):
+def _ada_norm_backward_launch(
+    dy,
+    h,
+    x,
+    weight,
+    bias,
+    mean,
+    rstd,
+    dh_in,
+    shift,
+    scale,
+    gate,
+    is_rms,
+    tokens,
+    compute_dweight,
+    compute_dbias,
+    compute_dshift,
+    compute_dscale,
+    compute_dgate,
+    x_dtype,
+    residual_dtype,
+):
     """(dx, dresidual, dweight, dbias, dshift, dscale, dgate): the modulations' gradients in their dtypes and
     shapes; dshift only for per-sample modulations (per token it is dy itself: the glue's); each not asked for is
     a 0-element tensor."""
     mod = launch.Modulation(shift, scale, gate, tokens)
-    out, grads = launch.ada_norm_backward(dy, h, x, weight, bias, mean, rstd, dh_in, mod, is_rms, compute_dweight,
-                                          compute_dbias, x_dtype, residual_dtype,
-                                          (compute_dshift and tokens != 1, compute_dscale, compute_dgate))
-    mods = [g.to(m.dtype) if g is not None else dy.new_empty(0)
-            for g, m in zip(grads, (shift, scale, scale if gate is None else gate))]
+    out, grads = launch.ada_norm_backward(
+        dy,
+        h,
+        x,
+        weight,
+        bias,
+        mean,
+        rstd,
+        dh_in,
+        mod,
+        is_rms,
+        compute_dweight,
+        compute_dbias,
+        x_dtype,
+        residual_dtype,
+        (compute_dshift and tokens != 1, compute_dscale, compute_dgate),
+    )
+    mods = [
+        g.to(m.dtype) if g is not None else dy.new_empty(0)
+        for g, m in zip(grads, (shift, scale, scale if gate is None else gate))
+    ]
     return (*_backward_outputs(out, h, x_dtype), *mods)
 
 
 @_define("tokennorm::ada_norm_bwd", mutates_args=())
 def ada_norm_bwd(
-    dy: Tensor, h: Tensor, x: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
-    rstd: Tensor, dh_in: Optional[Tensor], shift: Tensor, scale: Tensor, gate: Optional[Tensor], is_rms: bool,
-    tokens: int, compute_dweight: bool, compute_dbias: bool, compute_dshift: bool, compute_dscale: bool,
-    compute_dgate: bool, x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype],
+    dy: Tensor,
+    h: Tensor,
+    x: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    dh_in: Optional[Tensor],
+    shift: Tensor,
+    scale: Tensor,
+    gate: Optional[Tensor],
+    is_rms: bool,
+    tokens: int,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    compute_dshift: bool,
+    compute_dscale: bool,
+    compute_dgate: bool,
+    x_dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """AdaLN's backward (see :func:`_ada_norm_backward_launch`); ``shift`` is not read."""
-    return _ada_norm_backward_launch(dy, h, x, weight, bias, mean, rstd, dh_in, shift, scale, gate, is_rms, tokens,
-                                     compute_dweight, compute_dbias, compute_dshift, compute_dscale, compute_dgate,
-                                     x_dtype, residual_dtype)
+    return _ada_norm_backward_launch(
+        dy,
+        h,
+        x,
+        weight,
+        bias,
+        mean,
+        rstd,
+        dh_in,
+        shift,
+        scale,
+        gate,
+        is_rms,
+        tokens,
+        compute_dweight,
+        compute_dbias,
+        compute_dshift,
+        compute_dscale,
+        compute_dgate,
+        x_dtype,
+        residual_dtype,
+    )
 
 
 @ada_norm_bwd.register_fake
-def _(dy, h, x, weight, bias, mean, rstd, dh_in, shift, scale, gate, is_rms, tokens, compute_dweight, compute_dbias,
-      compute_dshift, compute_dscale, compute_dgate, x_dtype, residual_dtype):
+def _(
+    dy,
+    h,
+    x,
+    weight,
+    bias,
+    mean,
+    rstd,
+    dh_in,
+    shift,
+    scale,
+    gate,
+    is_rms,
+    tokens,
+    compute_dweight,
+    compute_dbias,
+    compute_dshift,
+    compute_dscale,
+    compute_dgate,
+    x_dtype,
+    residual_dtype,
+):
     n = h.shape[1]
     acc = launch.acc_dtype(h.dtype)
 
@@ -317,8 +535,10 @@ def _(dy, h, x, weight, bias, mean, rstd, dh_in, shift, scale, gate, is_rms, tok
     return (
         h.new_empty(h.shape, dtype=x_dtype),
         h.new_empty(h.shape, dtype=residual_dtype) if residual_dtype is not None else h.new_empty(0, dtype=x_dtype),
-        h.new_empty(n if compute_dweight else 0, dtype=acc), h.new_empty(n if compute_dbias else 0, dtype=acc),
-        like(shift, compute_dshift and tokens != 1), like(scale, compute_dscale),
+        h.new_empty(n if compute_dweight else 0, dtype=acc),
+        h.new_empty(n if compute_dbias else 0, dtype=acc),
+        like(shift, compute_dshift and tokens != 1),
+        like(scale, compute_dscale),
         like(gate if gate is not None else scale, compute_dgate),
     )
 
@@ -328,10 +548,17 @@ def _ada_setup_context(ctx, inputs, output):
     _y, h, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h if h_dtype is not None else x, x if gate is not None else None, weight, bias, mean, rstd,
-                          shift, scale, gate)
-    ctx.config = (is_rms, tokens, h_dtype is not None, x.dtype, None if residual is None else residual.dtype,
-                  None if bias is None else bias.dtype)
+    ctx.save_for_backward(
+        h if h_dtype is not None else x, x if gate is not None else None, weight, bias, mean, rstd, shift, scale, gate
+    )
+    ctx.config = (
+        is_rms,
+        tokens,
+        h_dtype is not None,
+        x.dtype,
+        None if residual is None else residual.dtype,
+        None if bias is None else bias.dtype,
+    )
 
 
 def _ada_backward_with(run_backward, ctx, dy: Optional[Tensor], dh: Optional[Tensor]) -> tuple:
@@ -346,8 +573,25 @@ def _ada_backward_with(run_backward, ctx, dy: Optional[Tensor], dh: Optional[Ten
     # d(residual) is dh; dx = gate ⊙ dh differs from it with a gate (or a dtype change)
     separate_dres = need_res and (gate is not None or residual_dtype != x_dtype)
     dx, dres, dw, db, dshift, dscale, dgate = run_backward(
-        dy, normalized, x, weight, bias, mean, rstd, None if (dh is None or not has_h) else _last_dim_contiguous(dh),
-        shift, scale, gate, is_rms, tokens, need_w, need_b, need_shift, need_scale, need_gate, x_dtype,
+        dy,
+        normalized,
+        x,
+        weight,
+        bias,
+        mean,
+        rstd,
+        None if (dh is None or not has_h) else _last_dim_contiguous(dh),
+        shift,
+        scale,
+        gate,
+        is_rms,
+        tokens,
+        need_w,
+        need_b,
+        need_shift,
+        need_scale,
+        need_gate,
+        x_dtype,
         residual_dtype if separate_dres else None,
     )
     if need_res and not separate_dres:
@@ -355,9 +599,17 @@ def _ada_backward_with(run_backward, ctx, dy: Optional[Tensor], dh: Optional[Ten
     if need_shift and tokens == 1:  # per token: dshift = dy
         dshift = dy.to(shift.dtype)
     return (
-        dx if need_x else None, dw.to(weight.dtype) if need_w else None, db.to(bias_dtype) if need_b else None,
-        dres if need_res else None, dshift if need_shift else None, dscale if need_scale else None,
-        dgate if need_gate else None, None, None, None, None,
+        dx if need_x else None,
+        dw.to(weight.dtype) if need_w else None,
+        db.to(bias_dtype) if need_b else None,
+        dres if need_res else None,
+        dshift if need_shift else None,
+        dscale if need_scale else None,
+        dgate if need_gate else None,
+        None,
+        None,
+        None,
+        None,
     )
 
 
@@ -384,8 +636,17 @@ class EagerAdaNorm(torch.autograd.Function):
 
 
 def ada_norm_forward(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], shift: Tensor,
-    scale: Tensor, gate: Optional[Tensor], eps: float, is_rms: bool, tokens: int, h_dtype: Optional[torch.dtype],
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    shift: Tensor,
+    scale: Tensor,
+    gate: Optional[Tensor],
+    eps: float,
+    is_rms: bool,
+    tokens: int,
+    h_dtype: Optional[torch.dtype],
     needs_grad: bool,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """(y, h) of ``ada_norm_fwd`` (h: None unless ``h_dtype``), routed as :func:`norm_forward`."""
@@ -394,8 +655,9 @@ def ada_norm_forward(
         fn = torch.ops.tokennorm.ada_norm_fwd if route is _OP else EagerAdaNorm.apply
         y, h, _, _ = fn(x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens, h_dtype)
         return y, h if h_dtype is not None else None
-    out = _ada_norm_forward_launch(x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens, h_dtype,
-                                   store_stats=False)
+    out = _ada_norm_forward_launch(
+        x, weight, bias, residual, shift, scale, gate, eps, is_rms, tokens, h_dtype, store_stats=False
+    )
     return out.y, out.h
 
 
@@ -407,8 +669,13 @@ def ada_norm_forward(
 
 @_define("tokennorm::dyt_fwd", mutates_args=())
 def dyt_fwd(
-    x: Tensor, residual: Optional[Tensor], alpha: Optional[Tensor], alpha_value: float, weight: Optional[Tensor],
-    bias: Optional[Tensor], h_dtype: Optional[torch.dtype],
+    x: Tensor,
+    residual: Optional[Tensor],
+    alpha: Optional[Tensor],
+    alpha_value: float,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    h_dtype: Optional[torch.dtype],
 ) -> tuple[Tensor, Tensor]:
     """(y, h) of DyT over [M, N] rows; h stored when ``h_dtype`` is given (else empty)."""
     y, h = launch.dyt_forward(x, residual, alpha, alpha_value, weight, bias, h_dtype)
@@ -420,36 +687,70 @@ def _(x, residual, alpha, alpha_value, weight, bias, h_dtype):
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=h_dtype) if h_dtype is not None else x.new_empty(0)
 
 
-def _dyt_backward_launch(dy, h, alpha, alpha_value, weight, dh_in, x_dtype, residual_dtype, compute_dalpha,
-                         compute_dweight, compute_dbias):
+def _dyt_backward_launch(
+    dy, h, alpha, alpha_value, weight, dh_in, x_dtype, residual_dtype, compute_dalpha, compute_dweight, compute_dbias
+):
     """(dx, dresidual, dalpha, dweight, dbias), each not produced a 0-element tensor; the sums in the
     accumulation dtype."""
-    out = launch.dyt_backward(dy, h, alpha, alpha_value, weight, dh_in, x_dtype, residual_dtype, compute_dalpha,
-                              compute_dweight, compute_dbias)
+    out = launch.dyt_backward(
+        dy,
+        h,
+        alpha,
+        alpha_value,
+        weight,
+        dh_in,
+        x_dtype,
+        residual_dtype,
+        compute_dalpha,
+        compute_dweight,
+        compute_dbias,
+    )
     return tuple(_empty_if_none(t, dy) for t in out)
 
 
 @_define("tokennorm::dyt_bwd", mutates_args=())
 def dyt_bwd(
-    dy: Tensor, h: Tensor, alpha: Optional[Tensor], alpha_value: float, weight: Optional[Tensor],
-    dh_in: Optional[Tensor], x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], compute_dalpha: bool,
-    compute_dweight: bool, compute_dbias: bool,
+    dy: Tensor,
+    h: Tensor,
+    alpha: Optional[Tensor],
+    alpha_value: float,
+    weight: Optional[Tensor],
+    dh_in: Optional[Tensor],
+    x_dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
+    compute_dalpha: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """DyT's backward (see :func:`_dyt_backward_launch`)."""
-    return _dyt_backward_launch(dy, h, alpha, alpha_value, weight, dh_in, x_dtype, residual_dtype, compute_dalpha,
-                                compute_dweight, compute_dbias)
+    return _dyt_backward_launch(
+        dy,
+        h,
+        alpha,
+        alpha_value,
+        weight,
+        dh_in,
+        x_dtype,
+        residual_dtype,
+        compute_dalpha,
+        compute_dweight,
+        compute_dbias,
+    )
 
 
 @dyt_bwd.register_fake
-def _(dy, h, alpha, alpha_value, weight, dh_in, x_dtype, residual_dtype, compute_dalpha, compute_dweight,
-      compute_dbias):
+def _(
+    dy, h, alpha, alpha_value, weight, dh_in, x_dtype, residual_dtype, compute_dalpha, compute_dweight, compute_dbias
+):
     n = h.shape[1]
     acc = launch.acc_dtype(torch.promote_types(h.dtype, dy.dtype))
-    return (h.new_empty(h.shape, dtype=x_dtype),
-            h.new_empty(h.shape, dtype=residual_dtype) if residual_dtype is not None else dy.new_empty(0),
-            h.new_empty((), dtype=acc) if compute_dalpha else dy.new_empty(0),
-            h.new_empty(n, dtype=acc) if compute_dweight else dy.new_empty(0),
-            h.new_empty(n, dtype=acc) if compute_dbias else dy.new_empty(0))
+    return (
+        h.new_empty(h.shape, dtype=x_dtype),
+        h.new_empty(h.shape, dtype=residual_dtype) if residual_dtype is not None else dy.new_empty(0),
+        h.new_empty((), dtype=acc) if compute_dalpha else dy.new_empty(0),
+        h.new_empty(n, dtype=acc) if compute_dweight else dy.new_empty(0),
+        h.new_empty(n, dtype=acc) if compute_dbias else dy.new_empty(0),
+    )
 
 
 def _dyt_setup_context(ctx, inputs, output):
@@ -457,8 +758,13 @@ def _dyt_setup_context(ctx, inputs, output):
     _y, h = output
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(h if h_dtype is not None else x, alpha, weight)
-    ctx.config = (alpha_value, h_dtype is not None, x.dtype, None if residual is None else residual.dtype,
-                  None if bias is None else bias.dtype)
+    ctx.config = (
+        alpha_value,
+        h_dtype is not None,
+        x.dtype,
+        None if residual is None else residual.dtype,
+        None if bias is None else bias.dtype,
+    )
 
 
 def _dyt_backward_with(run_backward, ctx, dy: Optional[Tensor], dh: Optional[Tensor]) -> tuple:
@@ -471,16 +777,28 @@ def _dyt_backward_with(run_backward, ctx, dy: Optional[Tensor], dh: Optional[Ten
         dy = torch.zeros(normalized.shape, device=normalized.device, dtype=x_dtype)
     separate_dres = need_res and residual_dtype != x_dtype
     dx, dres, dalpha, dw, db = run_backward(
-        _last_dim_contiguous(dy), normalized, alpha, alpha_value, weight,
-        None if (dh is None or not has_h) else _last_dim_contiguous(dh), x_dtype,
-        residual_dtype if separate_dres else None, need_alpha, need_w, need_b,
+        _last_dim_contiguous(dy),
+        normalized,
+        alpha,
+        alpha_value,
+        weight,
+        None if (dh is None or not has_h) else _last_dim_contiguous(dh),
+        x_dtype,
+        residual_dtype if separate_dres else None,
+        need_alpha,
+        need_w,
+        need_b,
     )
     if need_res and not separate_dres:
         dres = dx
     return (
-        dx if need_x else None, dres if need_res else None,
-        dalpha.reshape(alpha.shape).to(alpha.dtype) if need_alpha else None, None,
-        dw.to(weight.dtype) if need_w else None, db.to(bias_dtype) if need_b else None, None,
+        dx if need_x else None,
+        dres if need_res else None,
+        dalpha.reshape(alpha.shape).to(alpha.dtype) if need_alpha else None,
+        None,
+        dw.to(weight.dtype) if need_w else None,
+        db.to(bias_dtype) if need_b else None,
+        None,
     )
 
 
@@ -507,8 +825,14 @@ class EagerDyT(torch.autograd.Function):
 
 
 def dyt_forward(
-    x: Tensor, residual: Optional[Tensor], alpha: Optional[Tensor], alpha_value: float, weight: Optional[Tensor],
-    bias: Optional[Tensor], h_dtype: Optional[torch.dtype], needs_grad: bool,
+    x: Tensor,
+    residual: Optional[Tensor],
+    alpha: Optional[Tensor],
+    alpha_value: float,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    h_dtype: Optional[torch.dtype],
+    needs_grad: bool,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """(y, h) of ``dyt_fwd`` (h: None unless ``h_dtype``), routed as :func:`norm_forward`."""
     route = _route(needs_grad)
@@ -525,8 +849,9 @@ def dyt_forward(
 
 
 @_define("tokennorm::channels_first_fwd", mutates_args=())
-def channels_first_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                       eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def channels_first_fwd(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd) of LayerNorm over dim 1 of [B, C, S]; mean/rstd [B, S] in the accumulation dtype."""
     return tuple(launch.channels_first_forward(x, weight, bias, eps))
 
@@ -544,8 +869,15 @@ def _channels_first_backward_launch(dy, x, weight, mean, rstd, compute_dweight, 
 
 
 @_define("tokennorm::channels_first_bwd", mutates_args=())
-def channels_first_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
-                       compute_dweight: bool, compute_dbias: bool) -> tuple[Tensor, Tensor, Tensor]:
+def channels_first_bwd(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    compute_dweight: bool,
+    compute_dbias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias) of channels-first LayerNorm; dweight/dbias in the accumulation dtype (empty unless
     asked for)."""
     return _channels_first_backward_launch(dy, x, weight, mean, rstd, compute_dweight, compute_dbias)
@@ -554,8 +886,11 @@ def channels_first_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Te
 @channels_first_bwd.register_fake
 def _(dy, x, weight, mean, rstd, compute_dweight, compute_dbias):
     acc, c = launch.acc_dtype(x.dtype), x.shape[1]
-    return (x.new_empty(x.shape), x.new_empty(c if compute_dweight else 0, dtype=acc),
-            x.new_empty(c if compute_dbias else 0, dtype=acc))
+    return (
+        x.new_empty(x.shape),
+        x.new_empty(c if compute_dweight else 0, dtype=acc),
+        x.new_empty(c if compute_dbias else 0, dtype=acc),
+    )
 
 
 def _channels_first_setup_context(ctx, inputs, output):
@@ -570,8 +905,12 @@ def _channels_first_backward_with(run_backward, ctx, dy: Tensor) -> tuple:
     x, weight, mean, rstd = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx, dw, db = run_backward(dy.contiguous(), x, weight, mean, rstd, need_w, need_b)
-    return (dx if need_x else None, dw.to(weight.dtype) if need_w else None,
-            db.to(ctx.bias_dtype) if need_b else None, None)
+    return (
+        dx if need_x else None,
+        dw.to(weight.dtype) if need_w else None,
+        db.to(ctx.bias_dtype) if need_b else None,
+        None,
+    )
 
 
 def _channels_first_backward(ctx, dy, _dmean, _drstd):
@@ -595,8 +934,9 @@ class EagerChannelsFirst(torch.autograd.Function):
         return _channels_first_backward_with(_channels_first_backward_launch, ctx, dy)
 
 
-def channels_first_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-                           needs_grad: bool) -> Tensor:
+def channels_first_forward(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, needs_grad: bool
+) -> Tensor:
     """y of ``channels_first_fwd``, routed as :func:`norm_forward`."""
     route = _route(needs_grad)
     if route is _LAUNCH:

@@ -466,7 +466,7 @@ def dyt_backward(
     u = g * (1 - t * t)  # d(α·x): [*, C]
     dx = a * u  # [*, C]
     dalpha = (u * xa).sum()  # []
-    rows = (-1, *x.shape[x.dim() - k:])  # [rows, C]
+    rows = (-1, *x.shape[x.dim() - k :])  # [rows, C]
     dweight = None if weight is None else (dya * t).reshape(rows).sum(dim=0).to(weight.dtype)  # Σ_rows dy·t: [C]
     dbias = None if bias is None else dya.reshape(-1, *bias.shape).sum(dim=0).to(bias.dtype)  # Σ_rows dy: [C]
     dalpha_out = dalpha.reshape(alpha.shape).to(alpha.dtype) if isinstance(alpha, Tensor) else None
@@ -484,8 +484,13 @@ def add_dyt(
 
 
 def add_dyt_backward(
-    dy: Tensor, dh: Optional[Tensor], x: Tensor, residual: Optional[Tensor], alpha,
-    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+    dy: Tensor,
+    dh: Optional[Tensor],
+    x: Tensor,
+    residual: Optional[Tensor],
+    alpha,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
 ) -> DyTGrads:
     """Gradients of :func:`add_dyt`; ``dh`` is the upstream gradient of h (pre-norm), or None."""
     _, h = add_dyt(x, residual, alpha, weight, bias)

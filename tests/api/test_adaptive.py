@@ -44,9 +44,17 @@ def _case(dtype, per_token, gate, residual, affine, seed=0, shape=(3, 4, 16)):
 
 def _run_ours(t, norm, dy, dh):
     leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in t.items()}
-    y, h = tokennorm.ada_norm(leaves["x"], leaves["shift"], leaves["scale"], gate=leaves["gate"],
-                              residual=leaves["residual"], norm=norm, weight=leaves["weight"], bias=leaves["bias"],
-                              prenorm=True)
+    y, h = tokennorm.ada_norm(
+        leaves["x"],
+        leaves["shift"],
+        leaves["scale"],
+        gate=leaves["gate"],
+        residual=leaves["residual"],
+        norm=norm,
+        weight=leaves["weight"],
+        bias=leaves["bias"],
+        prenorm=True,
+    )
     torch.autograd.backward([y, h], [dy, dh.to(h.dtype)])
     return y, h, {"d" + k: v.grad for k, v in leaves.items() if v is not None}
 
@@ -75,12 +83,15 @@ def _grad_magnitude(name, t, dy, dh):
 
 @pytest.mark.parametrize("dtype", [F64, F32, BF16, F16])
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-@pytest.mark.parametrize("per_token,gate,residual,affine", [
-    (False, True, True, False),   # AdaLN-Zero, DiT: [B, C] vectors, gated residual
-    (True, True, True, True),     # per-token modulations, norm affine
-    (False, False, False, True),  # AdaLayerNormContinuous: no residual, affine norm
-    (False, True, False, False),  # gate only
-])
+@pytest.mark.parametrize(
+    "per_token,gate,residual,affine",
+    [
+        (False, True, True, False),  # AdaLN-Zero, DiT: [B, C] vectors, gated residual
+        (True, True, True, True),  # per-token modulations, norm affine
+        (False, False, False, True),  # AdaLayerNormContinuous: no residual, affine norm
+        (False, True, False, False),  # gate only
+    ],
+)
 def test_matches_the_float64_reference_with_gradients(dtype, norm, per_token, gate, residual, affine):
     t = _case(dtype, per_token, gate, residual, affine)
     dy, dh = _randn(t["x"].shape, dtype, 50), _randn(t["x"].shape, dtype, 51)
@@ -137,15 +148,22 @@ def test_empty_one_element_rows_non_contiguous_and_nan_as_the_composition():
         assert y.shape == shape
     # one-element rows: LayerNorm gives 0, so y = shift
     shift = torch.randn(3, 1)
-    torch.testing.assert_close(tokennorm.ada_norm(torch.randn(3, 5, 1), shift, torch.randn(3, 1)),
-                               shift[:, None].expand(3, 5, 1))
+    torch.testing.assert_close(
+        tokennorm.ada_norm(torch.randn(3, 5, 1), shift, torch.randn(3, 1)), shift[:, None].expand(3, 5, 1)
+    )
     # non-contiguous x, residual and modulations
     base = _randn((4, 6, 10), F32, 3)
     x, r = base.transpose(0, 1)[:, :3], _randn((6, 4, 10), F32, 4).transpose(0, 1)[:3].transpose(0, 1)
     mods = _randn((10, 6), F32, 5).t()
     y, h = tokennorm.ada_norm(x, mods, mods, gate=mods, residual=r, prenorm=True)
-    y2, h2 = tokennorm.ada_norm(x.contiguous(), mods.contiguous(), mods.contiguous(), gate=mods.contiguous(),
-                                residual=r.contiguous(), prenorm=True)
+    y2, h2 = tokennorm.ada_norm(
+        x.contiguous(),
+        mods.contiguous(),
+        mods.contiguous(),
+        gate=mods.contiguous(),
+        residual=r.contiguous(),
+        prenorm=True,
+    )
     torch.testing.assert_close((y, h), (y2, h2), rtol=0, atol=0)
     # NaN and inf stay in their token, as in the composition
     x = torch.randn(2, 3, 4)
@@ -218,5 +236,6 @@ def test_adalnzero_matches_diffusers_adalayernormzero():
     y_theirs, gate_msa, shift_mlp, scale_mlp, gate_mlp = theirs(x, emb=emb)
     m_attn, m_ff = ours(emb)
     torch.testing.assert_close(ours.normalize(x, m_attn), y_theirs, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close((m_attn.gate, m_ff.shift, m_ff.scale, m_ff.gate),
-                               (gate_msa, shift_mlp, scale_mlp, gate_mlp), rtol=0, atol=0)
+    torch.testing.assert_close(
+        (m_attn.gate, m_ff.shift, m_ff.scale, m_ff.gate), (gate_msa, shift_mlp, scale_mlp, gate_mlp), rtol=0, atol=0
+    )

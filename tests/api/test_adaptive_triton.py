@@ -23,9 +23,17 @@ def _randn(shape, dtype, seed, scale=1.0):
 
 def _run(device, t, norm="layernorm", prenorm=True):
     leaves = {k: None if v is None else v.to(device).requires_grad_() for k, v in t.items()}
-    out = tokennorm.ada_norm(leaves["x"], leaves["shift"], leaves["scale"], gate=leaves["gate"],
-                             residual=leaves["residual"], norm=norm, weight=leaves["weight"], bias=leaves["bias"],
-                             prenorm=prenorm)
+    out = tokennorm.ada_norm(
+        leaves["x"],
+        leaves["shift"],
+        leaves["scale"],
+        gate=leaves["gate"],
+        residual=leaves["residual"],
+        norm=norm,
+        weight=leaves["weight"],
+        bias=leaves["bias"],
+        prenorm=prenorm,
+    )
     outs = out if prenorm else (out,)
     weights = [_randn(o.shape, o.dtype, 50 + i).to(device) for i, o in enumerate(outs)]
     torch.autograd.backward(list(outs), weights)
@@ -35,8 +43,7 @@ def _run(device, t, norm="layernorm", prenorm=True):
 def _check_against_reference(t, outs, grads, weights, norm="layernorm"):
     t64 = {k: None if v is None else v.double() for k, v in t.items()}
     y, h = R.ada_norm(**t64, norm=norm)
-    g = R.ada_norm_backward(weights[0].double(), weights[1].double() if len(weights) > 1 else None, **t64,
-                            norm=norm)
+    g = R.ada_norm_backward(weights[0].double(), weights[1].double() if len(weights) > 1 else None, **t64, norm=norm)
     want = {"y": y, "h": h} | {name: getattr(g, name) for name in grads}
     got = {"y": outs[0], "h": outs[1] if len(outs) > 1 else None} | grads
     for name, value in got.items():
@@ -53,11 +60,15 @@ def _case(shape, dtype=F32, mod_shapes=None, gate=True, residual=True, affine=Fa
     b, c = shape[0], shape[-1]
     shift_s, scale_s, gate_s = mod_shapes or ((b, c),) * 3
     p_dtype = F32 if dtype == BF16 else dtype
-    return dict(x=_randn(shape, dtype, seed, 2.0), shift=_randn(shift_s, dtype, seed + 1),
-                scale=_randn(scale_s, dtype, seed + 2, 0.5), gate=_randn(gate_s, dtype, seed + 3) if gate else None,
-                residual=_randn(shape, p_dtype, seed + 4) if residual else None,
-                weight=(1 + _randn((c,), p_dtype, seed + 5, 0.1)) if affine else None,
-                bias=_randn((c,), p_dtype, seed + 6, 0.1) if affine else None)
+    return dict(
+        x=_randn(shape, dtype, seed, 2.0),
+        shift=_randn(shift_s, dtype, seed + 1),
+        scale=_randn(scale_s, dtype, seed + 2, 0.5),
+        gate=_randn(gate_s, dtype, seed + 3) if gate else None,
+        residual=_randn(shape, p_dtype, seed + 4) if residual else None,
+        weight=(1 + _randn((c,), p_dtype, seed + 5, 0.1)) if affine else None,
+        bias=_randn((c,), p_dtype, seed + 6, 0.1) if affine else None,
+    )
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
@@ -65,7 +76,8 @@ def _case(shape, dtype=F32, mod_shapes=None, gate=True, residual=True, affine=Fa
 def test_matches_the_float64_reference_with_every_gradient(triton_backend, form, norm):
     shape = {"2d": (6, 16), "4d-bf16": (2, 2, 3, 16)}.get(form, (2, 5, 16))
     t = _case(
-        shape, BF16 if form == "4d-bf16" else F32,
+        shape,
+        BF16 if form == "4d-bf16" else F32,
         mod_shapes={"per-token-affine": (shape,) * 3, "mixed": ((2, 16), shape, (2, 16))}.get(form),
         affine=form == "per-token-affine",
     )
@@ -74,8 +86,11 @@ def test_matches_the_float64_reference_with_every_gradient(triton_backend, form,
     _check_against_reference(t, outs, grads, weights, norm)
 
 
-@pytest.mark.parametrize("gate,residual", [(False, False), (True, False), (False, True)],
-                         ids=["modulation-only", "gate-only", "residual-only"])
+@pytest.mark.parametrize(
+    "gate,residual",
+    [(False, False), (True, False), (False, True)],
+    ids=["modulation-only", "gate-only", "residual-only"],
+)
 def test_optional_inputs_and_prenorm(triton_backend, gate, residual):
     t = _case((2, 4, 16), gate=gate, residual=residual, affine=True, seed=1)
     outs, grads, weights = _run(triton_backend, t)
@@ -92,8 +107,14 @@ def test_strided_views_equal_contiguous_copies(triton_backend):
     x, r = base.transpose(0, 1), _randn((5, 2, 16), F32, 1).to(triton_backend).transpose(0, 1)
     shift, scale, gate = _randn((2, 48), F32, 2).to(triton_backend).chunk(3, dim=-1)
     got = tokennorm.ada_norm(x, shift, scale, gate=gate, residual=r, prenorm=True)
-    want = tokennorm.ada_norm(x.contiguous(), shift.contiguous(), scale.contiguous(), gate=gate.contiguous(),
-                              residual=r.contiguous(), prenorm=True)
+    want = tokennorm.ada_norm(
+        x.contiguous(),
+        shift.contiguous(),
+        scale.contiguous(),
+        gate=gate.contiguous(),
+        residual=r.contiguous(),
+        prenorm=True,
+    )
     for a, e in zip(got, want):
         assert torch.equal(a, e)
 
@@ -104,16 +125,23 @@ def test_gradients_only_where_asked(triton_backend):
     scale = dev["scale"].clone().requires_grad_()
     y = tokennorm.ada_norm(dev["x"], dev["shift"], scale, gate=dev["gate"], residual=dev["residual"])
     (dscale,) = torch.autograd.grad(y.sum(), scale)
-    g = R.ada_norm_backward(torch.ones(2, 3, 16, dtype=F64), None, **{k: v.double() for k, v in t.items()
-                                                                         if v is not None})
+    g = R.ada_norm_backward(
+        torch.ones(2, 3, 16, dtype=F64), None, **{k: v.double() for k, v in t.items() if v is not None}
+    )
     torch.testing.assert_close(dscale.double().cpu(), g.dscale, rtol=1e-5, atol=1e-5)
 
 
 def test_edges_as_the_composition(triton_backend):
     dev = triton_backend
     for shape in [(0, 4, 8), (2, 0, 8)]:  # empty: torch's composition
-        assert tokennorm.ada_norm(torch.randn(shape, device=dev), torch.randn(shape[0], 8, device=dev),
-                                  torch.randn(shape[0], 8, device=dev)).shape == shape
+        assert (
+            tokennorm.ada_norm(
+                torch.randn(shape, device=dev),
+                torch.randn(shape[0], 8, device=dev),
+                torch.randn(shape[0], 8, device=dev),
+            ).shape
+            == shape
+        )
     x = torch.randn(2, 3, 4, device=dev)
     x[0, 1, 2], x[1, 0, 0] = float("nan"), float("inf")
     y = tokennorm.ada_norm(x, torch.zeros(2, 4, device=dev), torch.zeros(2, 4, device=dev))

@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS, KERNEL_DEVICE
 
 import tokennorm
-from conftest import BACKENDS, KERNEL_DEVICE
 from tokennorm import reference
 from tokennorm.kernels.config import KernelConfig
 from tokennorm.kernels.launch import norm_backward, norm_forward
-
 
 
 def _device(request, backend_fixture):
@@ -37,16 +36,32 @@ def test_matches_reference_forward_and_backward(request, backend_fixture, norm, 
     b = _leaf(torch.randn(24, generator=g), dev)  # RMSNorm with a bias too: y = x̂ · γ + β
     out = tokennorm.add_norm(x, r, w, b, 1e-5, norm=norm, prenorm=prenorm)
     y, h = out if prenorm else (out, None)
-    y_ref, h_ref = reference.add_norm(x.double().cpu(), r.double().cpu(), (24,), w.double().cpu(),
-                                      None if b is None else b.double().cpu(), 1e-5, norm=norm)
+    y_ref, h_ref = reference.add_norm(
+        x.double().cpu(),
+        r.double().cpu(),
+        (24,),
+        w.double().cpu(),
+        None if b is None else b.double().cpu(),
+        1e-5,
+        norm=norm,
+    )
     torch.testing.assert_close(y.double().cpu(), y_ref, atol=2e-5, rtol=0)
     dy = torch.randn(y.shape, generator=g).to(dev)
     dh = torch.randn(y.shape, generator=g).to(dev) if prenorm else None
     params = [p for p in (x, r, w, b) if p is not None]
     grads = torch.autograd.grad([y, h] if prenorm else [y], params, [dy, dh] if prenorm else [dy])
-    ref = reference.add_norm_backward(dy.double().cpu(), None if dh is None else dh.double().cpu(), h_ref,
-                                      x.double().cpu(), r.double().cpu(), (24,), w.double().cpu(),
-                                      None if b is None else b.double().cpu(), 1e-5, norm=norm)
+    ref = reference.add_norm_backward(
+        dy.double().cpu(),
+        None if dh is None else dh.double().cpu(),
+        h_ref,
+        x.double().cpu(),
+        r.double().cpu(),
+        (24,),
+        w.double().cpu(),
+        None if b is None else b.double().cpu(),
+        1e-5,
+        norm=norm,
+    )
     expected = [ref.dx, ref.dresidual, ref.dweight] + ([ref.dbias] if b is not None else [])
     for got, exp in zip(grads, expected):
         torch.testing.assert_close(got.double().cpu(), exp, atol=1e-4, rtol=1e-5)
@@ -124,22 +139,49 @@ def test_chunked_path_with_residual_dropout_and_stored_h():
     w = torch.randn(40, generator=g).to(KERNEL_DEVICE)
     seed = torch.tensor([99], device=KERNEL_DEVICE)
     single = norm_forward(x, w, None, r, seed, 1e-5, 0.3, 0.0, False, torch.float32)
-    chunked = norm_forward(x, w, None, r, seed, 1e-5, 0.3, 0.0, False, torch.float32,
-                           config=KernelConfig("chunked", 16, 1))
+    chunked = norm_forward(
+        x, w, None, r, seed, 1e-5, 0.3, 0.0, False, torch.float32, config=KernelConfig("chunked", 16, 1)
+    )
     assert torch.equal(single.h, chunked.h)  # same Philox offsets whatever the tiling
     torch.testing.assert_close(chunked.y, single.y, atol=2e-6, rtol=0)
     keep = (single.h - r) != 0
-    y_ref, h_ref = reference.add_norm(x.double().cpu(), r.double().cpu(), (40,), w.double().cpu(), None, 1e-5,
-                                      keep_mask=keep.cpu(), dropout_p=0.3)
+    y_ref, h_ref = reference.add_norm(
+        x.double().cpu(), r.double().cpu(), (40,), w.double().cpu(), None, 1e-5, keep_mask=keep.cpu(), dropout_p=0.3
+    )
     torch.testing.assert_close(single.y.double().cpu(), y_ref, atol=2e-5, rtol=0)
     dy = torch.randn(3, 40, generator=g).to(KERNEL_DEVICE)
     dh = torch.randn(3, 40, generator=g).to(KERNEL_DEVICE)
-    ref = reference.add_norm_backward(dy.double().cpu(), dh.double().cpu(), h_ref, x.double().cpu(),
-                                      r.double().cpu(), (40,), w.double().cpu(), None, 1e-5,
-                                      keep_mask=keep.cpu(), dropout_p=0.3)
+    ref = reference.add_norm_backward(
+        dy.double().cpu(),
+        dh.double().cpu(),
+        h_ref,
+        x.double().cpu(),
+        r.double().cpu(),
+        (40,),
+        w.double().cpu(),
+        None,
+        1e-5,
+        keep_mask=keep.cpu(),
+        dropout_p=0.3,
+    )
     for config in (None, KernelConfig("long_rows", 16, 1)):  # whole rows; rows split over programs
-        out = norm_backward(dy, single.h, w, single.mean, single.rstd, dh, seed, 0.3, 0.0, False, True, False,
-                            torch.float32, torch.float32, config=config)
+        out = norm_backward(
+            dy,
+            single.h,
+            w,
+            single.mean,
+            single.rstd,
+            dh,
+            seed,
+            0.3,
+            0.0,
+            False,
+            True,
+            False,
+            torch.float32,
+            torch.float32,
+            config=config,
+        )
         torch.testing.assert_close(out.dx.double().cpu(), ref.dx, atol=1e-5, rtol=0)
         torch.testing.assert_close(out.dresidual.double().cpu(), ref.dresidual, atol=1e-5, rtol=0)
         torch.testing.assert_close(out.dweight.double().cpu(), ref.dweight, atol=1e-4, rtol=0)

@@ -8,10 +8,10 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS
 from torch.testing import assert_close
 
 import tokennorm
-from conftest import BACKENDS
 from tokennorm import reference as R
 from tokennorm.distributed import sharded_add_norm
 
@@ -38,8 +38,7 @@ def test_float64_residual_under_float32_x_is_added_and_normalized_in_float64(bac
     assert h.dtype == torch.float64 and y.dtype == torch.float32
     assert torch.equal(h, exact)
     assert not torch.equal(exact, (residual.float() + x).double()), "the operands must tell float32 from float64"
-    assert_close(y, F.layer_norm(exact, (40,), w.float().double(), b.float().double()).float(), rtol=2 ** -23,
-                 atol=1e-7)
+    assert_close(y, F.layer_norm(exact, (40,), w.float().double(), b.float().double()).float(), rtol=2**-23, atol=1e-7)
 
 
 def test_float64_x_into_a_float32_stream_is_rounded_once(backend):
@@ -69,8 +68,10 @@ def test_gradients_follow_each_input_s_dtype(backend):
     assert_close(w.grad, w64.grad.float(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("x_dtype,residual_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32),
-                                                    (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize(
+    "x_dtype,residual_dtype",
+    [(torch.float32, torch.float64), (torch.float64, torch.float32), (torch.bfloat16, torch.float32)],
+)
 def test_the_reference_states_the_same_contract(x_dtype, residual_dtype):
     x, residual = _operands(x_dtype, residual_dtype, seed=3)
     y, h = R.add_norm(x, residual, (40,))

@@ -4,10 +4,10 @@ with each default decided once (issue 14, items 1–4: each test failed before t
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS
 from torch.testing import assert_close
 
 import tokennorm
-from conftest import BACKENDS
 from tokennorm.reference import default_rms_eps
 
 FP32 = {"rtol": 2e-6, "atol": 2e-6}
@@ -86,4 +86,4 @@ def test_both_backends_agree_on_mixed_dtypes():
             results.append(tokennorm.add_norm(x, residual, w, b, norm="rmsnorm", prenorm=True, weight_offset=1.0))
     (y_torch, h_torch), (y_triton, h_triton) = results
     assert torch.equal(h_torch, h_triton)
-    assert_close(y_triton.float(), y_torch.float(), rtol=0, atol=2 ** -7 * y_torch.abs().max().item())
+    assert_close(y_triton.float(), y_torch.float(), rtol=0, atol=2**-7 * y_torch.abs().max().item())

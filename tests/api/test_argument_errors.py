@@ -4,9 +4,9 @@ what torch computes, tokennorm computes (issue 14, item 8: each case failed befo
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS
 
 import tokennorm
-from conftest import BACKENDS
 
 X = torch.randn(3, 4)
 W = torch.ones(4)
@@ -43,8 +43,11 @@ def test_raises_what_torch_raises(backend, what, op, args, name):
         assert str(ours.value) == str(torch_error.value)
 
 
-@pytest.mark.parametrize("eps", [1, True, 1e-3, torch.tensor(1e-3), torch.tensor(1)],
-                         ids=["int", "bool", "float", "0-dim tensor", "0-dim int tensor"])
+@pytest.mark.parametrize(
+    "eps",
+    [1, True, 1e-3, torch.tensor(1e-3), torch.tensor(1)],
+    ids=["int", "bool", "float", "0-dim tensor", "0-dim int tensor"],
+)
 def test_takes_every_eps_torch_takes(backend, eps):
     torch.testing.assert_close(tokennorm.layer_norm(X, (4,), W, None, eps), F.layer_norm(X, (4,), W, None, eps))
     torch.testing.assert_close(tokennorm.rms_norm(X, (4,), W, eps), F.rms_norm(X, (4,), W, eps))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS
 
 import tokennorm
-from conftest import BACKENDS
 
 X = torch.randn(3, 4)
 W4 = torch.ones(4)
@@ -69,8 +69,11 @@ def test_module_raises_like_torch(backend):
         tokennorm.RMSNorm(4)(x)
 
 
-@pytest.mark.parametrize("normalized_shape", [[4], torch.Size([4]), (np.int64(4),), (torch.tensor(4),)],
-                         ids=["list", "Size", "numpy int", "0-dim tensor"])
+@pytest.mark.parametrize(
+    "normalized_shape",
+    [[4], torch.Size([4]), (np.int64(4),), (torch.tensor(4),)],
+    ids=["list", "Size", "numpy int", "0-dim tensor"],
+)
 def test_accepts_what_torch_accepts(backend, normalized_shape):
     x = torch.randn(3, 4, dtype=torch.float64)
     torch.testing.assert_close(tokennorm.layer_norm(x, normalized_shape), F.layer_norm(x, normalized_shape))

@@ -28,8 +28,11 @@ def _counted(monkeypatch):
     calls = {"channels_first": 0, "rows": 0}
     for name, key in (("channels_first_forward", "channels_first"), ("norm_forward", "rows")):
         real = getattr(launch, name)
-        monkeypatch.setattr(launch, name, lambda *a, _real=real, _key=key, **k: calls.__setitem__(
-            _key, calls[_key] + 1) or _real(*a, **k))
+        monkeypatch.setattr(
+            launch,
+            name,
+            lambda *a, _real=real, _key=key, **k: calls.__setitem__(_key, calls[_key] + 1) or _real(*a, **k),
+        )
     return calls
 
 

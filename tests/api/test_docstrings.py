@@ -8,8 +8,14 @@ import pytest
 
 import tokennorm
 
-NORMS = [tokennorm.layer_norm, tokennorm.rms_norm, tokennorm.add_norm, tokennorm.LayerNorm, tokennorm.RMSNorm,
-         tokennorm.AddNorm]
+NORMS = [
+    tokennorm.layer_norm,
+    tokennorm.rms_norm,
+    tokennorm.add_norm,
+    tokennorm.LayerNorm,
+    tokennorm.RMSNorm,
+    tokennorm.AddNorm,
+]
 SETTINGS = [tokennorm.get_backend, tokennorm.set_backend, tokennorm.using_backend]
 
 

@@ -26,15 +26,20 @@ def _within(name, got, ref, dtype, k, magnitude):
 def test_matches_the_float64_reference_with_gradients(dtype, add, prenorm):
     shape, c = (3, 5, 24), 24
     p_dtype = F32 if dtype in (BF16, F16) else dtype
-    t = dict(x=_randn(shape, dtype, 0, 2.0), alpha=torch.tensor([0.6], dtype=p_dtype),
-             weight=_randn((c,), p_dtype, 1, 0.1, 1.0), bias=_randn((c,), p_dtype, 2, 0.1))
+    t = dict(
+        x=_randn(shape, dtype, 0, 2.0),
+        alpha=torch.tensor([0.6], dtype=p_dtype),
+        weight=_randn((c,), p_dtype, 1, 0.1, 1.0),
+        bias=_randn((c,), p_dtype, 2, 0.1),
+    )
     if add:
         t["residual"] = _randn(shape, p_dtype, 3)
     dy, dh = _randn(shape, dtype, 4), _randn(shape, dtype, 5)
     leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
     if add:
-        out = tokennorm.add_dyt(leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"], leaves["bias"],
-                                prenorm=prenorm)
+        out = tokennorm.add_dyt(
+            leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"], leaves["bias"], prenorm=prenorm
+        )
     else:
         out = tokennorm.dyt(leaves["x"], leaves["alpha"], leaves["weight"], leaves["bias"])
     outs = out if prenorm else (out,)
@@ -42,8 +47,15 @@ def test_matches_the_float64_reference_with_gradients(dtype, add, prenorm):
     t64 = {k: v.double() for k, v in t.items()}
     if add:
         y_ref, h_ref = R.add_dyt(t64["x"], t64["residual"], t64["alpha"], t64["weight"], t64["bias"])
-        g = R.add_dyt_backward(dy.double(), dh.double() if prenorm else None, t64["x"], t64["residual"],
-                               t64["alpha"], t64["weight"], t64["bias"])
+        g = R.add_dyt_backward(
+            dy.double(),
+            dh.double() if prenorm else None,
+            t64["x"],
+            t64["residual"],
+            t64["alpha"],
+            t64["weight"],
+            t64["bias"],
+        )
     else:
         y_ref = R.dyt(t64["x"], t64["alpha"], t64["weight"], t64["bias"])
         g = R.dyt_backward(dy.double(), t64["x"], t64["alpha"], t64["weight"], t64["bias"])
@@ -58,7 +70,8 @@ def test_matches_the_float64_reference_with_gradients(dtype, add, prenorm):
     magnitudes = {  # the largest term of each gradient
         "dx": a * dy_max * w_max + (dh.double().abs().max().item() if prenorm else 0.0),
         "dalpha": dy_max * w_max * x_max * dy.numel(),
-        "dweight": dy_max * n_rows, "dbias": dy_max * n_rows,
+        "dweight": dy_max * n_rows,
+        "dbias": dy_max * n_rows,
     }
     magnitudes["dresidual"] = magnitudes["dx"]
     for name, leaf in leaves.items():
@@ -126,8 +139,9 @@ def test_edges_as_the_composition():
     torch.testing.assert_close(tokennorm.dyt(x, alpha), torch.tanh(0.5 * x), equal_nan=True)
     base = torch.randn(6, 4, 8)
     nc = base.transpose(0, 1)
-    torch.testing.assert_close(tokennorm.dyt(nc, alpha, torch.ones(8)), tokennorm.dyt(nc.contiguous(), alpha,
-                                                                                       torch.ones(8)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        tokennorm.dyt(nc, alpha, torch.ones(8)), tokennorm.dyt(nc.contiguous(), alpha, torch.ones(8)), rtol=0, atol=0
+    )
     assert tokennorm.dyt(x, 0.5).shape == x.shape  # a Python α
     r = torch.randn(1, 4)
     _, h = tokennorm.add_dyt(r, None, alpha, prenorm=True)

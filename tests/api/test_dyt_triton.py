@@ -28,17 +28,24 @@ def _close(got, want, rel):
 def test_add_dyt_prenorm_matches_the_float64_reference(triton_backend, dtype):
     """bf16 x with a float32 residual stream and float32 parameters; every gradient, h's included."""
     p = F32 if dtype == BF16 else dtype
-    t = dict(x=_randn((3, 5, 24), dtype, 0, 2.0), residual=_randn((3, 5, 24), p, 1),
-             alpha=torch.tensor([0.6], dtype=p), weight=_randn(24, p, 2, 0.1, 1.0), bias=_randn(24, p, 3, 0.1))
+    t = dict(
+        x=_randn((3, 5, 24), dtype, 0, 2.0),
+        residual=_randn((3, 5, 24), p, 1),
+        alpha=torch.tensor([0.6], dtype=p),
+        weight=_randn(24, p, 2, 0.1, 1.0),
+        bias=_randn(24, p, 3, 0.1),
+    )
     leaves = {k: v.to(triton_backend).requires_grad_() for k, v in t.items()}
-    y, h = tokennorm.add_dyt(leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"], leaves["bias"],
-                             prenorm=True)
+    y, h = tokennorm.add_dyt(
+        leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"], leaves["bias"], prenorm=True
+    )
     dy, dh = _randn(y.shape, dtype, 4), _randn(h.shape, p, 5)
     torch.autograd.backward([y, h], [dy.to(triton_backend), dh.to(triton_backend)])
     t64 = {k: v.double() for k, v in t.items()}
     y_ref, h_ref = R.add_dyt(t64["x"], t64["residual"], t64["alpha"], t64["weight"], t64["bias"])
-    g = R.add_dyt_backward(dy.double(), dh.double(), t64["x"], t64["residual"], t64["alpha"], t64["weight"],
-                           t64["bias"])
+    g = R.add_dyt_backward(
+        dy.double(), dh.double(), t64["x"], t64["residual"], t64["alpha"], t64["weight"], t64["bias"]
+    )
     rel = {F64: 1e-12, F32: 1e-5, BF16: 2.0**-7}
     assert y.dtype == dtype and h.dtype == p
     _close(y, y_ref, rel[dtype])
@@ -52,8 +59,9 @@ def test_two_trailing_dims_no_parameters_and_alpha_forms(triton_backend):
     dev = triton_backend
     x = _randn((4, 3, 6), F32, 0, 2.0).to(dev)
     w, b = _randn((3, 6), F32, 1, 0.1, 1.0).to(dev), _randn((3, 6), F32, 2, 0.1).to(dev)
-    torch.testing.assert_close(tokennorm.dyt(x, torch.tensor(0.7, device=dev), w, b),
-                               w * torch.tanh(0.7 * x) + b, rtol=1e-6, atol=1e-6)  # γ/β over two dims, 0-dim α
+    torch.testing.assert_close(
+        tokennorm.dyt(x, torch.tensor(0.7, device=dev), w, b), w * torch.tanh(0.7 * x) + b, rtol=1e-6, atol=1e-6
+    )  # γ/β over two dims, 0-dim α
     torch.testing.assert_close(tokennorm.dyt(x, 0.7), torch.tanh(0.7 * x), rtol=1e-6, atol=1e-6)  # a float α
     alpha = torch.tensor([0.7], device=dev, requires_grad=True)
     (dalpha,) = torch.autograd.grad(tokennorm.dyt(x, alpha).sum(), alpha)  # only α needs a gradient
@@ -81,12 +89,13 @@ def test_modules_equal_the_torch_path(triton_backend):
 def test_edges_as_the_composition(triton_backend):
     dev = triton_backend
     x = torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.0]], device=dev)
-    torch.testing.assert_close(tokennorm.dyt(x, torch.tensor([0.5], device=dev)), torch.tanh(0.5 * x),
-                               equal_nan=True)
+    torch.testing.assert_close(tokennorm.dyt(x, torch.tensor([0.5], device=dev)), torch.tanh(0.5 * x), equal_nan=True)
     assert tokennorm.dyt(torch.randn(0, 8, device=dev), 0.5, torch.ones(8, device=dev)).shape == (0, 8)
     nc = torch.randn(6, 4, 8, device=dev).transpose(0, 1)
-    assert torch.equal(tokennorm.dyt(nc, 0.5, torch.ones(8, device=dev)),
-                       tokennorm.dyt(nc.contiguous(), 0.5, torch.ones(8, device=dev)))
+    assert torch.equal(
+        tokennorm.dyt(nc, 0.5, torch.ones(8, device=dev)),
+        tokennorm.dyt(nc.contiguous(), 0.5, torch.ones(8, device=dev)),
+    )
     r = torch.randn(1, 4, device=dev)
     _, h = tokennorm.add_dyt(r, None, 0.5, prenorm=True)
     assert torch.equal(h, r) and h.data_ptr() != r.data_ptr()

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_norm_parity import DTYPES, F64, MIXED_DTYPE_WARNING, TOL
 
 import tokennorm
 from tokennorm import reference as R
-from test_norm_parity import DTYPES, F64, MIXED_DTYPE_WARNING, TOL
 
 FUZZ_PROFILE = "fuzz"  # registered in tests/conftest.py: 10,000 examples per test
 CI_EXAMPLES = {"torch": 60, "triton": 8}  # examples per test outside the fuzz profile
@@ -70,7 +70,7 @@ class Case:
 
     @property
     def normalized_shape(self) -> tuple[int, ...]:
-        return tuple(self.values.shape[self.values.dim() - self.ndim_normalized:])
+        return tuple(self.values.shape[self.values.dim() - self.ndim_normalized :])
 
     @property
     def h_dtype(self) -> torch.dtype:
@@ -110,7 +110,7 @@ def _values(draw, shape: tuple[int, ...], ndim_normalized: int, layout: str) -> 
     """float64 values: σ·z + m per row with σ over six decades, offsets m up to 1e4, some constant rows, and
     maybe one NaN or infinity."""
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    n = math.prod(shape[len(shape) - ndim_normalized:])
+    n = math.prod(shape[len(shape) - ndim_normalized :])
     rows = math.prod(shape) // n if n else 0
     scale = 10.0 ** draw(st.integers(-3, 3))
     offset = draw(st.sampled_from([0.0, 1.0, 1e2, 1e4])) * draw(st.sampled_from([1.0, -1.0]))
@@ -158,13 +158,25 @@ def cases(draw, op: str, max_rows: int, max_n: int) -> Case:
         residual = draw(_values(shape, len(ns), layout))
     residual_dtype_arg = draw(st.sampled_from([None, None, *DTYPES]))
     return Case(
-        op, values, residual, len(ns), dtype, layout, weight, bias, eps, residual_dtype_arg, residual_tensor_dtype,
-        norm=draw(st.sampled_from(["layernorm", "rmsnorm"])), prenorm=draw(st.booleans()),
+        op,
+        values,
+        residual,
+        len(ns),
+        dtype,
+        layout,
+        weight,
+        bias,
+        eps,
+        residual_dtype_arg,
+        residual_tensor_dtype,
+        norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+        prenorm=draw(st.booleans()),
         weight_offset=draw(st.sampled_from([0.0, 1.0])) if weight is not None else 0.0,
     )
 
 
 # --- the three computations: tokennorm, torch at the same precision, float64 ---------------------------------
+
 
 def _leaves(case: Case, device: str) -> tuple[dict, Callable]:
     """The tensors gradients are taken of (x's and the residual's bases, weight, bias), and the views."""
@@ -183,9 +195,18 @@ def _tokennorm(case: Case, t: dict, view: Callable) -> tuple[torch.Tensor, ...]:
     if case.op == "rms_norm":
         return (tokennorm.rms_norm(x, ns, w, case.eps),)
     r = view(t["residual"]) if "residual" in t else None
-    out = tokennorm.add_norm(x, r, w, b, case.eps, norm=case.norm, prenorm=case.prenorm,
-                             residual_dtype=case.residual_dtype_arg, weight_offset=case.weight_offset,
-                             normalized_shape=ns)
+    out = tokennorm.add_norm(
+        x,
+        r,
+        w,
+        b,
+        case.eps,
+        norm=case.norm,
+        prenorm=case.prenorm,
+        residual_dtype=case.residual_dtype_arg,
+        weight_offset=case.weight_offset,
+        normalized_shape=ns,
+    )
     return out if case.prenorm else (out,)
 
 
@@ -229,8 +250,9 @@ def _reference(case: Case, t: dict, view: Callable, upstream: list) -> tuple[lis
     else:
         # h as the op defines it (rounded to h's dtype, from the inputs' own dtypes), then the norm in float64
         r_low = view(t["residual"].detach().cpu()) if "residual" in t else None
-        _, h = R.add_norm(view(t["x"].detach().cpu()), r_low, ns, None, None, norm=case.norm,
-                          residual_dtype=case.h_dtype)
+        _, h = R.add_norm(
+            view(t["x"].detach().cpu()), r_low, ns, None, None, norm=case.norm, residual_dtype=case.h_dtype
+        )
         h64 = h.to(F64)
         r = view(up["residual"]) if "residual" in up else None
         ref_fn = R.layer_norm if case.norm == "layernorm" else R.rms_norm
@@ -238,8 +260,7 @@ def _reference(case: Case, t: dict, view: Callable, upstream: list) -> tuple[lis
         if case.norm == "rmsnorm" and b is not None:
             y = y + b
         dh = upstream[1].cpu().to(F64) if case.prenorm else None
-        g = R.add_norm_backward(dy, dh, h64, x, r, ns, w, b, case.eps, norm=case.norm,
-                                weight_offset=case.weight_offset)
+        g = R.add_norm_backward(dy, dh, h64, x, r, ns, w, b, case.eps, norm=case.norm, weight_offset=case.weight_offset)
         outs = [y, h64] if case.prenorm else [y]
         dview = {"x": g.dx, "residual": g.dresidual, "weight": g.dweight, "bias": g.dbias}
     grads = {}
@@ -271,20 +292,25 @@ def _assert_close_to_reference(what: str, ours, theirs, ref, slack: float, round
     float64 of at most 2× torch's own plus ``slack`` × the values' scale, or at most ``rounding_bound`` (what
     rounding in the terms the value is computed from can cost, :func:`_rounding_bounds`), whichever is larger."""
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, (
-        f"{what}: {ours.dtype}{list(ours.shape)}, torch {theirs.dtype}{list(theirs.shape)}")
+        f"{what}: {ours.dtype}{list(ours.shape)}, torch {theirs.dtype}{list(theirs.shape)}"
+    )
     ours, theirs, ref = ours.cpu().to(F64), theirs.cpu().to(F64), ref.cpu().to(F64)
     for name, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
         differ = test(ours) != test(theirs)
-        assert not differ.any(), (f"{what}: {name} at {differ.nonzero()[:4].tolist()} differs from torch "
-                                  f"(ours {ours[differ][:4].tolist()}, torch {theirs[differ][:4].tolist()})")
+        assert not differ.any(), (
+            f"{what}: {name} at {differ.nonzero()[:4].tolist()} differs from torch "
+            f"(ours {ours[differ][:4].tolist()}, torch {theirs[differ][:4].tolist()})"
+        )
     finite = theirs.isfinite() & ref.isfinite()
     if not finite.any():
         return
     ours, theirs, ref = ours[finite], theirs[finite], ref[finite]
     err_ours, err_torch = (ours - ref).abs().max().item(), (theirs - ref).abs().max().item()
     bound = max(2 * err_torch + slack * max(1.0, ref.abs().max().item()), rounding_bound)
-    assert err_ours <= bound, (f"{what}: error {err_ours:.3g} vs float64 > bound {bound:.3g} (torch: {err_torch:.3g}, "
-                               f"rounding bound {rounding_bound:.3g})")
+    assert err_ours <= bound, (
+        f"{what}: error {err_ours:.3g} vs float64 > bound {bound:.3g} (torch: {err_torch:.3g}, "
+        f"rounding bound {rounding_bound:.3g})"
+    )
 
 
 def _rounding_bounds(case: Case, leaves: dict, view: Callable, upstream: list) -> dict[str, float]:
@@ -306,7 +332,8 @@ def _rounding_bounds(case: Case, leaves: dict, view: Callable, upstream: list) -
     if x.numel() == 0:
         return {}
     bad = ~x.reshape(-1, n).isfinite().all(dim=1) | (
-        torch.zeros(x.numel() // n, dtype=torch.bool) if r is None else ~r.reshape(-1, n).isfinite().all(dim=1))
+        torch.zeros(x.numel() // n, dtype=torch.bool) if r is None else ~r.reshape(-1, n).isfinite().all(dim=1)
+    )
     x = x.reshape(-1, n).masked_fill(bad[:, None], 0).reshape(x.shape)
     r = None if r is None else r.reshape(-1, n).masked_fill(bad[:, None], 0).reshape(r.shape)
     w = leaves.get("weight")
@@ -321,9 +348,15 @@ def _rounding_bounds(case: Case, leaves: dict, view: Callable, upstream: list) -
     # a broadcast view's gradient sums the rows it stands for
     rows_summed = case.values.shape[0] if case.layout == "broadcast_rows" else 1
     dtypes = {"y": case.dtype, "h": case.h_dtype, **{f"d{k}": v.dtype for k, v in leaves.items()}}
-    return {name: vtol.tolerance(dtypes[name], "forward" if name in ("y", "h") else "backward",
-                                 mags[name] * (rows_summed if name in ("dx", "dresidual") else 1))
-            for name in dtypes if name in mags}
+    return {
+        name: vtol.tolerance(
+            dtypes[name],
+            "forward" if name in ("y", "h") else "backward",
+            mags[name] * (rows_summed if name in ("dx", "dresidual") else 1),
+        )
+        for name in dtypes
+        if name in mags
+    }
 
 
 def check_case(case: Case, device: str) -> None:
@@ -337,15 +370,18 @@ def check_case(case: Case, device: str) -> None:
     rounding = _rounding_bounds(case, leaves, view, upstream)
     slack_dtype = {"y": case.dtype, "h": case.h_dtype}
     for name, ours, theirs, ref in zip(("y", "h"), outs, t_outs, r_outs):
-        _assert_close_to_reference(f"{case.op} {name}", ours, theirs, ref, TOL[slack_dtype[name]][0],
-                                   rounding.get(name, 0.0))
+        _assert_close_to_reference(
+            f"{case.op} {name}", ours, theirs, ref, TOL[slack_dtype[name]][0], rounding.get(name, 0.0)
+        )
     for name, ours in grads.items():
         dtype = ours.dtype if ours.dtype in TOL else case.dtype
-        _assert_close_to_reference(f"{case.op} d{name}", ours, t_grads[name], r_grads[name], TOL[dtype][1],
-                                   rounding.get(f"d{name}", 0.0))
+        _assert_close_to_reference(
+            f"{case.op} d{name}", ours, t_grads[name], r_grads[name], TOL[dtype][1], rounding.get(f"d{name}", 0.0)
+        )
 
 
 # --- defects found by the fuzz, kept out of the drawn cases until fixed ------------------------------------
+
 
 @dataclass(frozen=True)
 class Defect:
@@ -372,6 +408,7 @@ def _known_defect(case: Case, backend: str) -> Optional[Defect]:
 # --- the tests ----------------------------------------------------------------------------------------------
 
 # One test function per op and backend, so that each keeps its own failing examples in Hypothesis's database.
+
 
 def _fuzz_torch(case: Case) -> None:
     assume(_known_defect(case, "torch") is None)
@@ -429,11 +466,20 @@ def test_fuzz_add_norm_triton(triton_backend, case):
 
 
 @pytest.mark.filterwarnings(MIXED_DTYPE_WARNING)
-@pytest.mark.parametrize(("backend", "defect"), [
-    pytest.param(backend, d, id=f"{backend}-{i}", marks=[pytest.mark.xfail(strict=True, reason=d.reason)]
-                 + ([pytest.mark.interpret] if backend == "triton" else []))
-    for i, d in enumerate(KNOWN_DEFECTS) for backend in d.backends
-])
+@pytest.mark.parametrize(
+    ("backend", "defect"),
+    [
+        pytest.param(
+            backend,
+            d,
+            id=f"{backend}-{i}",
+            marks=[pytest.mark.xfail(strict=True, reason=d.reason)]
+            + ([pytest.mark.interpret] if backend == "triton" else []),
+        )
+        for i, d in enumerate(KNOWN_DEFECTS)
+        for backend in d.backends
+    ],
+)
 def test_known_defect_still_shows(request, backend, defect):
     device = request.getfixturevalue(f"{backend}_backend") or "cpu"
     case = defect.example()
@@ -475,9 +521,21 @@ def test_strategy_covers_the_edge_cases():
             seen.add("eps=None")
 
     collect()
-    assert seen >= {*LAYOUTS, *OPS, "1-d normalized_shape", "2-d normalized_shape", "empty", "1-element rows",
-                    "NaN", "inf", "offset 1e4", "constant row", "mixed parameters",
-                    "residual stream in another dtype", "eps=None"}, seen
+    assert seen >= {
+        *LAYOUTS,
+        *OPS,
+        "1-d normalized_shape",
+        "2-d normalized_shape",
+        "empty",
+        "1-element rows",
+        "NaN",
+        "inf",
+        "offset 1e4",
+        "constant row",
+        "mixed parameters",
+        "residual stream in another dtype",
+        "eps=None",
+    }, seen
 
 
 def test_the_rule_fails_a_wrong_result():

@@ -18,8 +18,14 @@ import tokennorm
 SRC = Path(tokennorm.__file__).resolve().parent  # src/tokennorm
 
 LAYERS = [
-    ("tokennorm._lazy", "tokennorm.reference", "tokennorm.moments", "tokennorm._checks", "tokennorm.backend",
-     "tokennorm.dispatch"),
+    (
+        "tokennorm._lazy",
+        "tokennorm.reference",
+        "tokennorm.moments",
+        "tokennorm._checks",
+        "tokennorm.backend",
+        "tokennorm.dispatch",
+    ),
     ("tokennorm.kernels",),
     ("tokennorm.ops",),
     ("tokennorm.functional",),
@@ -105,7 +111,9 @@ def test_tools_do_not_import_each_other():
         return module.split(".")[2] if module.startswith("tokennorm.tools.") else ""
 
     crossing = [
-        (m, dep) for m, deps in GRAPH.items() for dep, _ in deps
+        (m, dep)
+        for m, deps in GRAPH.items()
+        for dep, _ in deps
         if tool(m) and tool(dep) not in ("", tool(m)) and (tool(m), tool(dep)) not in TOOL_DEPENDENCIES
     ]
     assert crossing == []
@@ -119,7 +127,7 @@ def test_no_import_cycles_at_import_time():
         state[node] = 1
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join(path[path.index(nxt):] + [node, nxt]))
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(nxt) :] + [node, nxt]))
             if nxt not in state:
                 visit(nxt, path + [node])
         state[node] = 2

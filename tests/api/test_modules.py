@@ -4,9 +4,9 @@ is Norm(residual + dropout(x)) with the placements of post-LN and pre-LN blocks.
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS
 
 import tokennorm
-from conftest import BACKENDS
 
 # (tokennorm class, torch class, constructor kwargs): every parameter layout either class can have.
 CONFIGS = [
@@ -171,13 +171,16 @@ def test_add_norm_parameters_and_defaults():
     assert all(p.device.type == "meta" and p.dtype == torch.bfloat16 for p in typed.parameters())
 
 
-@pytest.mark.parametrize("kwargs,argument", [
-    (dict(norm="batchnorm"), "norm"),
-    (dict(norm="LayerNorm"), "norm"),
-    (dict(placement="middle"), "placement"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(dropout=-0.1), "dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs,argument",
+    [
+        (dict(norm="batchnorm"), "norm"),
+        (dict(norm="LayerNorm"), "norm"),
+        (dict(placement="middle"), "placement"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(dropout=-0.1), "dropout"),
+    ],
+)
 def test_add_norm_bad_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=rf"\b{argument}\b"):
         tokennorm.AddNorm(8, **kwargs)

@@ -14,9 +14,9 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS
 
 import tokennorm
-from conftest import BACKENDS
 from tokennorm import reference as R
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
@@ -92,8 +92,9 @@ def run(fn, op: Op, base, ns, weight, bias, eps, dy, view=lambda t: t):
     return [y.detach()] + [None if t is None else t.grad for t in leaves]
 
 
-def assert_matches_torch(op: Op, base, ns, weight=None, bias=None, eps=1e-5, view=lambda t: t, seed=7,
-                         torch_on_cpu=False):
+def assert_matches_torch(
+    op: Op, base, ns, weight=None, bias=None, eps=1e-5, view=lambda t: t, seed=7, torch_on_cpu=False
+):
     """Forward and all gradients of tokennorm vs torch, by the 2×-torch's-error rule against float64."""
     x = view(base)
     dy = _randn(x.shape, x.dtype, seed, x.device)
@@ -158,8 +159,9 @@ def _affine_cases(op):
 def test_functional_matches_torch(torch_backend, op, dtype, shape, ns):
     for affine, with_bias in _affine_cases(op):
         weight, bias = make_params(ns, dtype, affine, with_bias)
-        assert_matches_torch(op, _randn(shape, dtype, 1, scale=2.0, shift=0.5), ns, weight, bias,
-                             eps=1e-5 if op.has_bias else None)
+        assert_matches_torch(
+            op, _randn(shape, dtype, 1, scale=2.0, shift=0.5), ns, weight, bias, eps=1e-5 if op.has_bias else None
+        )
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda o: o.name)
@@ -168,8 +170,14 @@ def test_functional_matches_torch(torch_backend, op, dtype, shape, ns):
 def test_triton_matches_torch(triton_backend, op, dtype):
     for (shape, ns), (affine, with_bias) in zip(TINY_SHAPES, _affine_cases(op) * 2):
         weight, bias = make_params(ns, dtype, affine, with_bias, triton_backend)
-        assert_matches_torch(op, _randn(shape, dtype, 2, triton_backend, scale=2.0, shift=0.5), ns, weight, bias,
-                             eps=1e-5 if op.has_bias else None)
+        assert_matches_torch(
+            op,
+            _randn(shape, dtype, 2, triton_backend, scale=2.0, shift=0.5),
+            ns,
+            weight,
+            bias,
+            eps=1e-5 if op.has_bias else None,
+        )
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda o: o.name)
@@ -179,8 +187,9 @@ def test_triton_path_normalizing_a_whole_2d_input(triton_backend, op, shape):
     """A 2-D input normalized over both its dims is one row; the output keeps the input's shape (the fuzz
     test found [2, 1] coming back as [1, 2] from a shortcut that assumed 2-D meant one normalized dim)."""
     weight, bias = make_params(shape, F64, True, op.has_bias, triton_backend)
-    assert_matches_torch(op, _randn(shape, F64, 5, triton_backend), shape, weight, bias,
-                         eps=1e-5 if op.has_bias else None)
+    assert_matches_torch(
+        op, _randn(shape, F64, 5, triton_backend), shape, weight, bias, eps=1e-5 if op.has_bias else None
+    )
 
 
 @pytest.mark.filterwarnings(MIXED_DTYPE_WARNING)
@@ -249,15 +258,21 @@ def _assert_same_as_torch(op, x, ns, weight, bias, eps, dtype_tol):
 @pytest.mark.parametrize("shape,ns", [((0, 5), (5,)), ((2, 0, 3), (3,)), ((3, 0), (0,)), ((3, 2, 0), (2, 0))])
 def test_empty_tensors(device, op, shape, ns):
     weight, bias = make_params(ns, F32, True, True, device)
-    y, dx, dw, db = _assert_same_as_torch(op, torch.randn(shape, device=device), ns, weight, bias, 1e-5,
-                                          dict(rtol=0, atol=0))
+    y, dx, dw, db = _assert_same_as_torch(
+        op, torch.randn(shape, device=device), ns, weight, bias, 1e-5, dict(rtol=0, atol=0)
+    )
     assert y.shape == shape and dw.shape == ns and torch.equal(dw, torch.zeros_like(dw))
 
 
 INF, NAN = float("inf"), float("nan")
 # One clean row between rows holding NaN, +inf and −inf; a constant row (var = 0) last.
-SPECIAL_ROWS = [[1.0, 2.0, INF, 3.0], [0.5, -1.0, 2.0, 4.0], [NAN, 1.0, 2.0, 3.0], [1.0, -INF, 2.0, 3.0],
-                [5.0, 5.0, 5.0, 5.0]]
+SPECIAL_ROWS = [
+    [1.0, 2.0, INF, 3.0],
+    [0.5, -1.0, 2.0, 4.0],
+    [NAN, 1.0, 2.0, 3.0],
+    [1.0, -INF, 2.0, 3.0],
+    [5.0, 5.0, 5.0, 5.0],
+]
 
 
 NAN_WARNINGS = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy
@@ -321,8 +336,9 @@ def test_module_matches_torch_module(device, op, dtype):
         assert len(outs[0]) == len(outs[1])
         weight = ours.weight.detach() if affine else None
         bias = getattr(ours, "bias", None)
-        y_ref, g = (LN if op.has_bias else RMS).reference(x, (4, 5), weight,
-                                                          None if bias is None else bias.detach(), ours.eps, dy)
+        y_ref, g = (LN if op.has_bias else RMS).reference(
+            x, (4, 5), weight, None if bias is None else bias.detach(), ours.eps, dy
+        )
         refs = [y_ref, g.dx] + [r for r in (g.dweight, g.dbias) if r is not None]
         for i, (a, b, r) in enumerate(zip(outs[0], outs[1], refs)):
             _assert_within_rule(f"{op.name} module output {i}", a, b, r, TOL[dtype][0 if i == 0 else 1])

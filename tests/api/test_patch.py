@@ -109,10 +109,16 @@ class OddlyNamedScale(nn.Module):
 
 
 def test_torch_norms_replaced_with_same_parameters_and_outputs():
-    model = randomize(nn.Sequential(
-        nn.LayerNorm(8), nn.RMSNorm(8, eps=1e-6), nn.LayerNorm(8, bias=False), nn.RMSNorm(8),
-        nn.LayerNorm((2, 4), elementwise_affine=False), OddlyNamedScale(8),
-    ))
+    model = randomize(
+        nn.Sequential(
+            nn.LayerNorm(8),
+            nn.RMSNorm(8, eps=1e-6),
+            nn.LayerNorm(8, bias=False),
+            nn.RMSNorm(8),
+            nn.LayerNorm((2, 4), elementwise_affine=False),
+            OddlyNamedScale(8),
+        )
+    )
     x = torch.randn(3, 5, 8)
     before = [copy.deepcopy(m) for m in model]
     params = dict(model.named_parameters())
@@ -121,8 +127,14 @@ def test_torch_norms_replaced_with_same_parameters_and_outputs():
     assert patched is model
     kinds = [type(m) for m in model]
     # OddlyNamedScale multiplies its weight last, as Llama does: the output dtype is promote(weight, input)
-    assert kinds == [tokennorm.LayerNorm, tokennorm.RMSNorm, tokennorm.LayerNorm, tokennorm.RMSNorm,
-                     tokennorm.LayerNorm, PatchedRMSNorm]
+    assert kinds == [
+        tokennorm.LayerNorm,
+        tokennorm.RMSNorm,
+        tokennorm.LayerNorm,
+        tokennorm.RMSNorm,
+        tokennorm.LayerNorm,
+        PatchedRMSNorm,
+    ]
     assert model[1].eps == 1e-6 and model[3].eps is None and model[5].eps == 1e-5
     assert model[2].bias is None and model[4].weight is None
     for name, p in model.named_parameters():
@@ -137,14 +149,17 @@ def test_torch_norms_replaced_with_same_parameters_and_outputs():
     assert [r.dtype_rule for r in report.replaced] == ["input"] * 5 + ["promote"]
 
 
-@pytest.mark.parametrize("impostor, why", [
-    (ScaledRMSNorm(8), "computes no norm"),
-    (UnbiasedLayerNorm(8), "computes no norm"),
-    (EpsOutsideRMSNorm(8), "computes no norm"),
-    (GatedRMSNorm(8), "takes more than the input"),
-    (nn.BatchNorm1d(8), "has buffers"),
-    (nn.GroupNorm(2, 8), "forward(x) failed"),  # channels-first: not a per-token norm
-])
+@pytest.mark.parametrize(
+    "impostor, why",
+    [
+        (ScaledRMSNorm(8), "computes no norm"),
+        (UnbiasedLayerNorm(8), "computes no norm"),
+        (EpsOutsideRMSNorm(8), "computes no norm"),
+        (GatedRMSNorm(8), "takes more than the input"),
+        (nn.BatchNorm1d(8), "has buffers"),
+        (nn.GroupNorm(2, 8), "forward(x) failed"),  # channels-first: not a per-token norm
+    ],
+)
 def test_lookalike_norms_left_alone_and_reported(impostor, why):
     randomize(impostor)
     model = nn.Sequential(nn.Linear(8, 8), impostor, nn.LayerNorm(8))
@@ -269,8 +284,15 @@ def test_meta_device_model():
 # --------------------------------------------------------------------------------------------------------------
 # Hugging Face norm classes and models (tiny, randomly initialised from configs: nothing is downloaded)
 
-TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8)
+TINY = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+)
 
 
 def _hf_norms():
@@ -280,10 +302,14 @@ def _hf_norms():
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-    cases = [(LlamaRMSNorm, "rmsnorm", 0.0, "promote"), (GemmaRMSNorm, "rmsnorm", 1.0, "input"),
-             (T5LayerNorm, "rmsnorm", 0.0, "weight")]
+    cases = [
+        (LlamaRMSNorm, "rmsnorm", 0.0, "promote"),
+        (GemmaRMSNorm, "rmsnorm", 1.0, "input"),
+        (T5LayerNorm, "rmsnorm", 0.0, "weight"),
+    ]
     try:
         from transformers.models.nemotron.modeling_nemotron import NemotronLayerNorm1P
+
         cases.append((NemotronLayerNorm1P, "layernorm", 1.0, "input"))
     except ImportError:
         pass
@@ -365,8 +391,9 @@ def test_tiny_llama_gemma_same_outputs_and_gradients(family):
     report = patch_report(patched)
     assert len(report.replaced) == 2 * TINY["num_hidden_layers"] + 1 and report.left == ()
     expected_cls = PatchedRMSNorm if family == "llama" else tokennorm.AddNorm
-    assert {type(m) for m in patched.modules() if "RMSNorm" in type(m).__name__
-            or isinstance(m, tokennorm.AddNorm)} == {expected_cls}
+    assert {
+        type(m) for m in patched.modules() if "RMSNorm" in type(m).__name__ or isinstance(m, tokennorm.AddNorm)
+    } == {expected_cls}
     assert patched.state_dict().keys() == model.state_dict().keys()
     model.train(), patched.train()  # dropout is 0 in these configs: train mode is deterministic
     _assert_same_training_step(model, patched, lambda m: m(input_ids=ids).logits, 1e-5)
@@ -462,7 +489,8 @@ def test_minilm_outputs_gradients_and_compile(minilm_dir):
     report = patch_report(patched)
     assert len(report.replaced) == 13 and report.left == ()  # embeddings + 2 per layer × 6 layers
     assert {(r.from_class, r.to_class, r.eps) for r in report.replaced} == {
-        ("torch.nn.LayerNorm", "tokennorm.LayerNorm", 1e-12)}
+        ("torch.nn.LayerNorm", "tokennorm.LayerNorm", 1e-12)
+    }
     ids = torch.randint(1000, 30000, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0

@@ -167,8 +167,14 @@ def test_tiny_cohere_and_olmo_models_patch_every_norm_with_equal_outputs():
         (transformers.CohereConfig, transformers.CohereModel, 3),  # input_layernorm ×2 layers, final norm
         (transformers.OlmoConfig, transformers.OlmoModel, 5),  # 2 per layer, final norm
     ):
-        config = config_cls(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2)
+        config = config_cls(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
         model = model_cls(config).eval()
         with torch.no_grad():
             for name, p in model.named_parameters():

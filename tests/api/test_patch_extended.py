@@ -32,8 +32,15 @@ def _report_kinds(model):
 def test_dit_transformer_patched_equal_and_restored():
     torch.manual_seed(0)
     dit = diffusers.DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=2, sample_size=8,
-        patch_size=2, num_embeds_ada_norm=10, norm_num_groups=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_num_groups=1,
     ).eval()
     _randomize(dit)
     x, t, labels = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.tensor([1, 3])
@@ -52,13 +59,25 @@ def test_dit_transformer_patched_equal_and_restored():
 def test_sd3_transformer_zero_and_continuous():
     torch.manual_seed(0)
     sd3 = diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=12, out_channels=4,
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=12,
+        out_channels=4,
         pos_embed_max_size=8,
     ).eval()
     _randomize(sd3, 1)
-    args = dict(hidden_states=torch.randn(2, 4, 8, 8), encoder_hidden_states=torch.randn(2, 3, 16),
-                pooled_projections=torch.randn(2, 12), timestep=torch.tensor([10, 500]))
+    args = dict(
+        hidden_states=torch.randn(2, 4, 8, 8),
+        encoder_hidden_states=torch.randn(2, 3, 16),
+        pooled_projections=torch.randn(2, 12),
+        timestep=torch.tensor([10, 500]),
+    )
     want = sd3(**args).sample
     tokennorm.patch(sd3)
     kinds = _report_kinds(sd3)
@@ -67,13 +86,16 @@ def test_sd3_transformer_zero_and_continuous():
     torch.testing.assert_close(sd3(**args).sample, want, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: normalization.AdaLayerNormZero(16),
-    lambda: normalization.AdaLayerNormZero(16, norm_type="fp32_layer_norm"),
-    lambda: normalization.AdaLayerNormContinuous(16, 8),
-    lambda: normalization.AdaLayerNormContinuous(16, 8, elementwise_affine=False, eps=1e-6),
-    lambda: normalization.AdaLayerNormContinuous(16, 8, norm_type="rms_norm", eps=1e-6),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: normalization.AdaLayerNormZero(16),
+        lambda: normalization.AdaLayerNormZero(16, norm_type="fp32_layer_norm"),
+        lambda: normalization.AdaLayerNormContinuous(16, 8),
+        lambda: normalization.AdaLayerNormContinuous(16, 8, elementwise_affine=False, eps=1e-6),
+        lambda: normalization.AdaLayerNormContinuous(16, 8, norm_type="rms_norm", eps=1e-6),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_each_adaptive_class_in_each_dtype(make, dtype):
     module = _randomize(make()).to(dtype)
@@ -109,7 +131,8 @@ def test_norms_option_and_a_subclass_with_its_own_forward():
 def test_transformers_convnext_channels_first_norms():
     convnext = pytest.importorskip("transformers.models.convnext.modeling_convnext")
     config = pytest.importorskip("transformers").ConvNextConfig(
-        num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=16)
+        num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=16
+    )
     model = _randomize(convnext.ConvNextModel(config)).eval()
     img = torch.randn(2, 3, 16, 16)
     want = model(img).last_hidden_state

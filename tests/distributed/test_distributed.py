@@ -121,8 +121,9 @@ def _check_norm(ctx: Ctx, is_rms: bool, dtype: torch.dtype, tol: dict, affine: b
         else:
             ys = td.sharded_layer_norm(xs, ws, bs, eps, group, full_size=n)
             want_y = ref.layer_norm(x.detach(), (n,), w, b, eps)
-            want = ref.layer_norm_backward(dy, x.detach(), (n,), None if w is None else w.detach(),
-                                           None if b is None else b.detach(), eps)
+            want = ref.layer_norm_backward(
+                dy, x.detach(), (n,), None if w is None else w.detach(), None if b is None else b.detach(), eps
+            )
         ys.backward(_slice(dy, sizes, index))
         assert ys.dtype == dtype and ys.shape == xs.shape
         assert_close(ys, _slice(want_y.detach(), sizes, index), **tol)
@@ -147,14 +148,18 @@ def tp_norms_triton_local_kernels(ctx: Ctx) -> None:
         _check_norm(ctx, is_rms=False, dtype=torch.float32, tol=FP32, affine=True, eps=1e-5)
         _check_norm(ctx, is_rms=True, dtype=torch.float32, tol=FP32, affine=True, eps=None)
         _check_norm(ctx, is_rms=False, dtype=torch.bfloat16, tol=BF16, affine=True, eps=1e-5)
-        tokennorm_dtype_check = td.sharded_layer_norm(torch.randn(3, 2 + ctx.rank, dtype=torch.bfloat16),
-                                                      torch.ones(2 + ctx.rank), full_size=14)
+        tokennorm_dtype_check = td.sharded_layer_norm(
+            torch.randn(3, 2 + ctx.rank, dtype=torch.bfloat16), torch.ones(2 + ctx.rank), full_size=14
+        )
         assert tokennorm_dtype_check.dtype == torch.bfloat16  # bf16 input, fp32 γ: output in the input's dtype
         sizes, n = (5, 0, 7, 4), 16  # one rank holds nothing
         x = _randn((6, n), 51, torch.float32, shift=2.0)
         exact = ref.layer_norm(x.double(), (n,))
-        assert_close(td.sharded_layer_norm(_slice(x, sizes, ctx.rank), full_size=n).double(),
-                     _slice(exact, sizes, ctx.rank), **FP32)
+        assert_close(
+            td.sharded_layer_norm(_slice(x, sizes, ctx.rank), full_size=n).double(),
+            _slice(exact, sizes, ctx.rank),
+            **FP32,
+        )
 
 
 @check
@@ -206,17 +211,48 @@ def _check_add_norm(ctx: Ctx, norm: str, prenorm: bool, x_dtype, residual_dtype,
         dy, dh = _randn((5, n), 100 + case, x_dtype), _randn((5, n), 110 + case, r_dtype)
         xs, rs, ws = _slice(x, sizes, index), _slice(res, sizes, index), _slice(w, sizes, index)
         bs = None if b is None else _slice(b, sizes, index)
-        out = td.sharded_add_norm(xs, rs, ws, bs, None, group, n, norm=norm, prenorm=prenorm,
-                                  residual_dtype=residual_dtype, weight_offset=offset)
+        out = td.sharded_add_norm(
+            xs,
+            rs,
+            ws,
+            bs,
+            None,
+            group,
+            n,
+            norm=norm,
+            prenorm=prenorm,
+            residual_dtype=residual_dtype,
+            weight_offset=offset,
+        )
         ys, hs = out if prenorm else (out, None)
-        want_y, want_h = ref.add_norm(x.detach(), res.detach(), (n,), w.detach(), None if b is None else b.detach(),
-                                      None, norm=norm, residual_dtype=residual_dtype, weight_offset=offset)
+        want_y, want_h = ref.add_norm(
+            x.detach(),
+            res.detach(),
+            (n,),
+            w.detach(),
+            None if b is None else b.detach(),
+            None,
+            norm=norm,
+            residual_dtype=residual_dtype,
+            weight_offset=offset,
+        )
         loss = (ys.float() * _slice(dy, sizes, index).float()).sum()
         if prenorm:
             loss = loss + (hs.float() * _slice(dh, sizes, index).float()).sum()
         loss.backward()
-        want = ref.add_norm_backward(dy, dh if prenorm else None, want_h, x.detach(), res.detach(), (n,), w.detach(),
-                                     None if b is None else b.detach(), None, norm=norm, weight_offset=offset)
+        want = ref.add_norm_backward(
+            dy,
+            dh if prenorm else None,
+            want_h,
+            x.detach(),
+            res.detach(),
+            (n,),
+            w.detach(),
+            None if b is None else b.detach(),
+            None,
+            norm=norm,
+            weight_offset=offset,
+        )
         tol = FP32 if x_dtype == torch.float32 else BF16
         assert_close(ys, _slice(want_y, sizes, index), **tol)
         if prenorm:
@@ -233,8 +269,9 @@ def _check_add_norm(ctx: Ctx, norm: str, prenorm: bool, x_dtype, residual_dtype,
 def tp_add_norm(ctx: Ctx) -> None:
     _check_add_norm(ctx, "layernorm", prenorm=False, x_dtype=torch.float32, residual_dtype=None, offset=0.0, bias=True)
     _check_add_norm(ctx, "rmsnorm", prenorm=True, x_dtype=torch.float32, residual_dtype=None, offset=1.0, bias=True)
-    _check_add_norm(ctx, "layernorm", prenorm=True, x_dtype=torch.bfloat16, residual_dtype=torch.float32,
-                    offset=0.0, bias=False)
+    _check_add_norm(
+        ctx, "layernorm", prenorm=True, x_dtype=torch.bfloat16, residual_dtype=torch.float32, offset=0.0, bias=False
+    )
 
 
 @check
@@ -343,33 +380,60 @@ def errors_raised_on_every_rank(ctx: Ctx) -> None:
     x = _randn((2, n), 160)
     xs = _slice(x, sizes, ctx.rank)
     ws = torch.ones(sizes[ctx.rank])
-    _expect_error(RuntimeError, r"shard sizes .*\[3, 1, 4, 2\] add up to 10, but full_size=11",
-                  lambda: td.sharded_layer_norm(xs, full_size=11))
+    _expect_error(
+        RuntimeError,
+        r"shard sizes .*\[3, 1, 4, 2\] add up to 10, but full_size=11",
+        lambda: td.sharded_layer_norm(xs, full_size=11),
+    )
     bad_w = torch.ones(5) if ctx.rank == 2 else ws
-    _expect_error(RuntimeError, r"weight_shard must be 1-D .* group rank\(s\) \[2\]",
-                  lambda: td.sharded_layer_norm(xs, bad_w, full_size=n))
-    _expect_error(ValueError, r"bias_shard must be given on every rank or on none",
-                  lambda: td.sharded_layer_norm(xs, ws, None if ctx.rank == 3 else torch.zeros_like(ws)))
+    _expect_error(
+        RuntimeError,
+        r"weight_shard must be 1-D .* group rank\(s\) \[2\]",
+        lambda: td.sharded_layer_norm(xs, bad_w, full_size=n),
+    )
+    _expect_error(
+        ValueError,
+        r"bias_shard must be given on every rank or on none",
+        lambda: td.sharded_layer_norm(xs, ws, None if ctx.rank == 3 else torch.zeros_like(ws)),
+    )
     rows = _randn((7, sizes[ctx.rank]), 161) if ctx.rank == 1 else xs
-    _expect_error(RuntimeError, r"x_shard must hold the same tokens on every rank",
-                  lambda: td.sharded_rms_norm(rows))
-    _expect_error(ValueError, r"eps must be the same on every rank",
-                  lambda: td.sharded_layer_norm(xs, eps=1e-5 if ctx.rank else 1e-6))
-    _expect_error(TypeError, r"x_shard must have the same dtype on every rank",
-                  lambda: td.sharded_rms_norm(xs.double() if ctx.rank == 0 else xs))
+    _expect_error(RuntimeError, r"x_shard must hold the same tokens on every rank", lambda: td.sharded_rms_norm(rows))
+    _expect_error(
+        ValueError,
+        r"eps must be the same on every rank",
+        lambda: td.sharded_layer_norm(xs, eps=1e-5 if ctx.rank else 1e-6),
+    )
+    _expect_error(
+        TypeError,
+        r"x_shard must have the same dtype on every rank",
+        lambda: td.sharded_rms_norm(xs.double() if ctx.rank == 0 else xs),
+    )
     res = torch.zeros(2, 9) if ctx.rank == 3 else torch.zeros_like(xs)
-    _expect_error(RuntimeError, r"residual_shard must have x_shard's shape .*\[3\]",
-                  lambda: td.sharded_add_norm(xs, res))
-    _expect_error(ValueError, r"shard_sizes=\[3, 3, 3\] must give one non-negative size per rank",
-                  lambda: td.ShardedLayerNorm(n, shard_sizes=(3, 3, 3)))
+    _expect_error(
+        RuntimeError, r"residual_shard must have x_shard's shape .*\[3\]", lambda: td.sharded_add_norm(xs, res)
+    )
+    _expect_error(
+        ValueError,
+        r"shard_sizes=\[3, 3, 3\] must give one non-negative size per rank",
+        lambda: td.ShardedLayerNorm(n, shard_sizes=(3, 3, 3)),
+    )
     xd = distribute_tensor(x, ctx.mesh1d, [Shard(1)])
-    _expect_error(ValueError, r"group: the process group passed is not the group of x_shard's DeviceMesh.*\[0\]",
-                  lambda: td.sharded_layer_norm(xd, group=ctx.pair if ctx.rank == 0 else None))
+    _expect_error(
+        ValueError,
+        r"group: the process group passed is not the group of x_shard's DeviceMesh.*\[0\]",
+        lambda: td.sharded_layer_norm(xd, group=ctx.pair if ctx.rank == 0 else None),
+    )
     wd = distribute_tensor(torch.ones(n), ctx.mesh1d, [Replicate()])
-    _expect_error(ValueError, r"weight_shard: a DTensor weight must live on x_shard's DeviceMesh, sharded Shard\(0\)",
-                  lambda: td.sharded_layer_norm(xd, wd))
-    _expect_error(ValueError, r"sharded on its last dim .*Shard\(-1\)",
-                  lambda: td.sharded_layer_norm(distribute_tensor(x, ctx.mesh1d, [Replicate()])))
+    _expect_error(
+        ValueError,
+        r"weight_shard: a DTensor weight must live on x_shard's DeviceMesh, sharded Shard\(0\)",
+        lambda: td.sharded_layer_norm(xd, wd),
+    )
+    _expect_error(
+        ValueError,
+        r"sharded on its last dim .*Shard\(-1\)",
+        lambda: td.sharded_layer_norm(distribute_tensor(x, ctx.mesh1d, [Replicate()])),
+    )
     # The same argument checks run before any computation, so the group is still in step afterwards:
     assert_close(td.sharded_layer_norm(xs, full_size=n), _slice(ref.layer_norm(x, (n,)), sizes, ctx.rank), **FP32)
 
@@ -384,8 +448,11 @@ def mismatched_groups_time_out_with_a_clear_error(ctx: Ctx) -> None:
         if ctx.rank < 2:
             group = ctx.dup_a if ctx.rank == 0 else ctx.dup_b
             started = time.monotonic()
-            _expect_error(RuntimeError, r"did not complete within 1 s.*same process group",
-                          lambda: td.sharded_layer_norm(xs, group=group))
+            _expect_error(
+                RuntimeError,
+                r"did not complete within 1 s.*same process group",
+                lambda: td.sharded_layer_norm(xs, group=group),
+            )
             assert time.monotonic() - started < 10
         else:
             td.sharded_layer_norm(xs, group=ctx.pair)  # the other pair is unaffected
@@ -541,14 +608,26 @@ def fsdp2_mixed_precision_bf16(ctx: Ctx) -> None:
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)  # 4 ranks share this machine's cores
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
     os.environ[td.TIMEOUT_ENV_VAR] = str(COLLECTIVE_TIMEOUT_S)
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
     dup_a, dup_b = dist.new_group([0, 1]), dist.new_group([0, 1])
-    ctx = Ctx(rank=rank, pair=pairs[rank // 2], pair_rank=rank % 2, pair_id=rank // 2, dup_a=dup_a, dup_b=dup_b,
-              mesh1d=init_device_mesh("cpu", (WORLD,)),
-              mesh2d=init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")))
+    ctx = Ctx(
+        rank=rank,
+        pair=pairs[rank // 2],
+        pair_rank=rank % 2,
+        pair_id=rank // 2,
+        dup_a=dup_a,
+        dup_b=dup_b,
+        mesh1d=init_device_mesh("cpu", (WORLD,)),
+        mesh2d=init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")),
+    )
     results: dict[str, str] = {}
     path = os.path.join(out_dir, f"rank{rank}.json")
     for name, fn in CHECKS.items():

@@ -49,15 +49,19 @@ def _model() -> nn.Module:
 
 def _data():
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(2, sum(TOKENS), D, generator=g), torch.randn(2, COND, generator=g),
-            torch.randn(2, sum(TOKENS), D, generator=g))
+    return (
+        torch.randn(2, sum(TOKENS), D, generator=g),
+        torch.randn(2, COND, generator=g),
+        torch.randn(2, sum(TOKENS), D, generator=g),
+    )
 
 
 def _worker(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                                timeout=timedelta(seconds=60))
+        dist.init_process_group(
+            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+        )
         model = _model()
         x, cond, c = _data()
         lo = sum(TOKENS[:rank])
@@ -73,14 +77,23 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 
 def test_issue18_modules_are_norms_for_the_reduction():
     names = [name for name, _ in sp.norm_parameters(_ConditionedBlock())]
-    assert names == ["adaln.linear.weight", "adaln.linear.bias", "dyt.alpha", "dyt.weight", "dyt.bias",
-                     "add.alpha", "add.weight", "add.bias"]
+    assert names == [
+        "adaln.linear.weight",
+        "adaln.linear.bias",
+        "dyt.alpha",
+        "dyt.weight",
+        "dyt.bias",
+        "add.alpha",
+        "add.weight",
+        "add.bias",
+    ]
 
 
 def test_sequence_parallel_gradients_equal_one_process(tmp_path):
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "store"), str(tmp_path)), daemon=True)
-             for r in range(WORLD)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, str(tmp_path / "store"), str(tmp_path)), daemon=True) for r in range(WORLD)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -13,12 +13,12 @@ import json
 import sys
 import warnings
 
-from tokennorm.tools.kernel_report import fakecuda
-
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
+
+from tokennorm.tools.kernel_report import fakecuda
 
 fakecuda.install()
 
@@ -39,13 +39,13 @@ def _recording_launcher_cls(src, metadata):
 
 driver.active.launcher_cls = _recording_launcher_cls
 
+# torch.library.wrap_triton registers each kernel once, when the launchers are made (at import).
+from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table  # noqa: E402
+
 import tokennorm  # noqa: E402
 from tokennorm import backend  # noqa: E402
 from tokennorm.kernels import launch, launcher, plan  # noqa: E402
 from tokennorm.kernels.launcher import CachedLauncher  # noqa: E402
-
-# torch.library.wrap_triton registers each kernel once, when the launchers are made (at import).
-from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table  # noqa: E402
 
 SIDE_TABLE_AT_IMPORT = len(kernel_side_table.id_to_kernel)
 
@@ -152,7 +152,8 @@ def check_launcher_arguments() -> dict:
                     raise AssertionError(f"{name}, bound: {exc}") from None
                 assert (call_b[6] is None) == (name != "a runtime argument by name"), f"{name}, bound: not cached"
         results[jit_function.fn.__name__ + ("" if jit_function is probe_kernel else " (do_not_specialize)")] = {
-            "cases": len(cases), "cached_specializations": cached_launcher.cache_size(),
+            "cases": len(cases),
+            "cached_specializations": cached_launcher.cache_size(),
             "compiled_kernels": len(jit_function.device_caches[0][0]),
         }
     return results
@@ -174,8 +175,9 @@ class _Shadow:
         launcher_j, call_j = CALLS[-1]
         assert got is expected and launcher_c is launcher_j, "another compiled kernel"
         _same_call(call_c, call_j, call_c[6] is None)
-        counts = self.counts.setdefault(cached_launcher.kernel.fn.__name__,
-                                        {"launches compared": 0, "from the cache": 0})
+        counts = self.counts.setdefault(
+            cached_launcher.kernel.fn.__name__, {"launches compared": 0, "from the cache": 0}
+        )
         counts["launches compared"] += 1
         counts["from the cache"] += call_c[6] is None
         return got
@@ -183,19 +185,25 @@ class _Shadow:
 
 def _public_calls(n: int = 64):
     """Every public op, forward and backward, on a few shapes and dtypes (CPU tensors, Triton path)."""
+
     def leaf(*shape, dtype=torch.float32):
         return torch.randn(*shape, dtype=dtype).requires_grad_()
 
     x, r, w, b = leaf(3, n), leaf(3, n), leaf(n), leaf(n)
     xb = leaf(2, 5, n, dtype=torch.bfloat16)
-    modules = [tokennorm.LayerNorm(n), tokennorm.RMSNorm(n, eps=1e-6),
-               tokennorm.AddNorm(n, norm="rmsnorm", placement="pre", residual_dtype=torch.float32)]
+    modules = [
+        tokennorm.LayerNorm(n),
+        tokennorm.RMSNorm(n, eps=1e-6),
+        tokennorm.AddNorm(n, norm="rmsnorm", placement="pre", residual_dtype=torch.float32),
+    ]
     # issue 18's ops: AdaLN-Zero with per-sample modulations, Add & DyT, channels-first LayerNorm
     x3, shift, scale, gate, alpha = leaf(2, 3, n), leaf(2, n), leaf(2, n), leaf(2, n), leaf(1)
     image = leaf(2, n, 4, 4)
     issue18 = [
-        ("ada_norm pre", lambda: sum(t.sum() for t in tokennorm.ada_norm(x3, shift, scale, gate=gate, residual=x3,
-                                                                       prenorm=True))),
+        (
+            "ada_norm pre",
+            lambda: sum(t.sum() for t in tokennorm.ada_norm(x3, shift, scale, gate=gate, residual=x3, prenorm=True)),
+        ),
         ("add_dyt pre", lambda: sum(t.sum() for t in tokennorm.add_dyt(x, r, alpha, w, b, prenorm=True))),
         ("dyt, inference", lambda: tokennorm.dyt(x.detach(), 0.5, w.detach(), b.detach())),
         ("channels_first_layer_norm", lambda: tokennorm.channels_first_layer_norm(image, w, b)),
@@ -207,8 +215,10 @@ def _public_calls(n: int = 64):
         ("rms_norm", lambda: tokennorm.rms_norm(x, (n,), w)),
         ("rms_norm, inference", lambda: tokennorm.rms_norm(x.detach(), (n,))),
         ("add_norm", lambda: tokennorm.add_norm(x, r, w, b)),
-        ("add_norm pre, dropout", lambda: sum(tokennorm.add_norm(x, r, w, norm="rmsnorm", prenorm=True,
-                                                                 dropout_p=0.1))),
+        (
+            "add_norm pre, dropout",
+            lambda: sum(tokennorm.add_norm(x, r, w, norm="rmsnorm", prenorm=True, dropout_p=0.1)),
+        ),
         ("LayerNorm", lambda: modules[0](x)),
         ("RMSNorm", lambda: modules[1](xb)),
         ("AddNorm pre", lambda: sum(t.float().sum() for t in modules[2](xb, None))),
@@ -229,8 +239,11 @@ def _use_kernels_on_cpu() -> None:
 
 def _launchers() -> dict[str, CachedLauncher]:
     """Every cached launcher tokennorm launches through (the plans' kernels, launch.py's own), by kernel name."""
-    found = [*plan.FORWARD_KERNELS.values(), *plan.BACKWARD_KERNELS.values(),
-             *(value for value in vars(launch).values() if isinstance(value, CachedLauncher))]
+    found = [
+        *plan.FORWARD_KERNELS.values(),
+        *plan.BACKWARD_KERNELS.values(),
+        *(value for value in vars(launch).values() if isinstance(value, CachedLauncher)),
+    ]
     return {cached_launcher.kernel.fn.__name__: cached_launcher for cached_launcher in found}
 
 
@@ -308,8 +321,9 @@ def check_compile() -> dict:
     _use_kernels_on_cpu()
     x = torch.randn(4, 64, requires_grad=True)
     w, b = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
-    compiled = torch.compile(lambda x, w, b: tokennorm.add_norm(x, None, w, b, prenorm=True)[0].sum(),
-                             backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda x, w, b: tokennorm.add_norm(x, None, w, b, prenorm=True)[0].sum(), backend="aot_eager", fullgraph=True
+    )
     compiled(x, w, b).backward()
     traced = len(kernel_side_table.constant_args)
     assert traced > 0, "the compiled graph did not record the kernel launch"
@@ -338,8 +352,13 @@ def check_fallback() -> dict:
     return {"warnings": messages}
 
 
-CHECKS = {"launcher-arguments": check_launcher_arguments, "public-ops": check_public_ops,
-          "no-growth": check_no_growth, "compile": check_compile, "fallback": check_fallback}
+CHECKS = {
+    "launcher-arguments": check_launcher_arguments,
+    "public-ops": check_public_ops,
+    "no-growth": check_no_growth,
+    "compile": check_compile,
+    "fallback": check_fallback,
+}
 
 if __name__ == "__main__":
     result = CHECKS[sys.argv[1]]()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import KERNEL_DEVICE
+
 from tokennorm import reference as R
 from tokennorm.kernels import config as kconfig
 from tokennorm.kernels.config import CHUNKED, LONG_ROWS, ROWS, SEGMENT, KernelConfig
@@ -40,11 +40,15 @@ def _case(b, t, c, dtype, per_sample=True, gate=True, residual=True, affine=True
     mod = (b, c) if per_sample else (b, t, c)
     p_dtype = F32 if dtype in (BF16, F16) else dtype
     return dict(
-        x=rnd(b, t, c, scale=2.0), shift=rnd(*mod), scale=rnd(*mod, scale=0.5), gate=rnd(*mod) if gate else None,
+        x=rnd(b, t, c, scale=2.0),
+        shift=rnd(*mod),
+        scale=rnd(*mod, scale=0.5),
+        gate=rnd(*mod) if gate else None,
         residual=rnd(b, t, c, dt=p_dtype) if residual else None,  # a float32 stream under 16-bit activations
         weight=rnd(c, scale=0.1, shift=1.0, dt=p_dtype) if affine else None,
         bias=rnd(c, scale=0.1, dt=p_dtype) if affine else None,
-        dy=rnd(b, t, c), dh=rnd(b, t, c, dt=p_dtype if residual else dtype),
+        dy=rnd(b, t, c),
+        dh=rnd(b, t, c, dt=p_dtype if residual else dtype),
     )
 
 
@@ -60,16 +64,48 @@ def _run(t, norm, configs=(None, None), eps=1e-5):
     h_dtype = residual.dtype if residual is not None else x.dtype
     store_h = residual is not None or t["gate"] is not None
     is_rms = norm == "rmsnorm"
-    fwd = norm_forward(rows(x), dev(t["weight"]), dev(t["bias"]), residual, None, eps, 0.0, 0.0, is_rms,
-                       h_dtype if store_h else None, config=configs[0], modulation=mod)
+    fwd = norm_forward(
+        rows(x),
+        dev(t["weight"]),
+        dev(t["bias"]),
+        residual,
+        None,
+        eps,
+        0.0,
+        0.0,
+        is_rms,
+        h_dtype if store_h else None,
+        config=configs[0],
+        modulation=mod,
+    )
     separate_dres = residual is not None and (t["gate"] is not None or residual.dtype != x.dtype)
     bwd, mod_grads = ada_norm_backward(
-        rows(t["dy"]), fwd.h if store_h else rows(x), rows(x), dev(t["weight"]), dev(t["bias"]), fwd.mean, fwd.rstd,
-        rows(t["dh"]) if store_h else None, mod, is_rms, t["weight"] is not None, t["bias"] is not None, x.dtype,
-        residual.dtype if separate_dres else None, (True, True, t["gate"] is not None), config=configs[1])
+        rows(t["dy"]),
+        fwd.h if store_h else rows(x),
+        rows(x),
+        dev(t["weight"]),
+        dev(t["bias"]),
+        fwd.mean,
+        fwd.rstd,
+        rows(t["dh"]) if store_h else None,
+        mod,
+        is_rms,
+        t["weight"] is not None,
+        t["bias"] is not None,
+        x.dtype,
+        residual.dtype if separate_dres else None,
+        (True, True, t["gate"] is not None),
+        config=configs[1],
+    )
     assert (mod_grads.dshift is None) == (not per_sample)  # per token, dshift is dy itself: the caller's
-    out = {"y": fwd.y, "h": fwd.h, "dx": bwd.dx, "dshift": mod_grads.dshift if per_sample else rows(t["dy"]),
-           "dscale": mod_grads.dscale, "dgate": mod_grads.dgate}
+    out = {
+        "y": fwd.y,
+        "h": fwd.h,
+        "dx": bwd.dx,
+        "dshift": mod_grads.dshift if per_sample else rows(t["dy"]),
+        "dscale": mod_grads.dscale,
+        "dgate": mod_grads.dgate,
+    }
     if residual is not None:
         out["dresidual"] = bwd.dresidual if separate_dres else bwd.dx
     if t["weight"] is not None:
@@ -80,12 +116,20 @@ def _run(t, norm, configs=(None, None), eps=1e-5):
 def _reference(t, norm, eps=1e-5):
     t64 = {k: None if v is None else v.double() for k, v in t.items()}
     store_h = t["residual"] is not None or t["gate"] is not None
-    args = dict(gate=t64["gate"], residual=t64["residual"], norm=norm, weight=t64["weight"], bias=t64["bias"],
-                eps=eps)
+    args = dict(gate=t64["gate"], residual=t64["residual"], norm=norm, weight=t64["weight"], bias=t64["bias"], eps=eps)
     y, h = R.ada_norm(t64["x"], t64["shift"], t64["scale"], **args)
     g = R.ada_norm_backward(t64["dy"], t64["dh"] if store_h else None, t64["x"], t64["shift"], t64["scale"], **args)
-    return {"y": y, "h": h, "dx": g.dx, "dresidual": g.dresidual, "dshift": g.dshift, "dscale": g.dscale,
-            "dgate": g.dgate, "dweight": g.dweight, "dbias": g.dbias}
+    return {
+        "y": y,
+        "h": h,
+        "dx": g.dx,
+        "dresidual": g.dresidual,
+        "dshift": g.dshift,
+        "dscale": g.dscale,
+        "dgate": g.dgate,
+        "dweight": g.dweight,
+        "dbias": g.dbias,
+    }
 
 
 def _check(got, want, dtype):
@@ -120,11 +164,15 @@ def test_dtypes(dtype):
     _check(out, _reference(t, "layernorm"), dtype)
 
 
-@pytest.mark.parametrize("gate,residual,affine", [
-    (False, False, True),  # AdaLayerNormContinuous: modulation only, h = x
-    (True, False, False),  # gate only: h = gate ⊙ x
-    (False, True, False),  # residual only
-], ids=["modulation-only", "gate-only", "residual-only"])
+@pytest.mark.parametrize(
+    "gate,residual,affine",
+    [
+        (False, False, True),  # AdaLayerNormContinuous: modulation only, h = x
+        (True, False, False),  # gate only: h = gate ⊙ x
+        (False, True, False),  # residual only
+    ],
+    ids=["modulation-only", "gate-only", "residual-only"],
+)
 def test_without_each_optional_input(gate, residual, affine):
     t = _case(2, 4, 24, F32, gate=gate, residual=residual, affine=affine)
     for norm in ("layernorm", "rmsnorm"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import KERNEL_DEVICE
+
 from tokennorm import reference as R
 from tokennorm.kernels import config as kconfig
 from tokennorm.kernels.config import CHANNELS_FIRST, KernelConfig
@@ -35,17 +35,24 @@ def _run(x, w, b, dy, eps=1e-5, configs=(None, None)):
     dev = lambda v: None if v is None else v.to(KERNEL_DEVICE)  # noqa: E731
     x3 = dev(x).reshape(x.shape[0], x.shape[1], -1)
     fwd = channels_first_forward(x3, dev(w), dev(b), eps, config=configs[0])
-    dx, dw, db = channels_first_backward(dev(dy).reshape(x3.shape), x3, dev(w), fwd.mean, fwd.rstd, w is not None,
-                                         b is not None, config=configs[1])
+    dx, dw, db = channels_first_backward(
+        dev(dy).reshape(x3.shape), x3, dev(w), fwd.mean, fwd.rstd, w is not None, b is not None, config=configs[1]
+    )
     return {"y": fwd.y.reshape(x.shape), "dx": dx.reshape(x.shape), "dweight": dw, "dbias": db}, fwd
 
 
 def _check(got, x, w, b, dy, eps=1e-5):
-    g = R.layer_norm_channels_first_backward(dy.double(), x.double(), None if w is None else w.double(),
-                                             None if b is None else b.double(), eps)
-    want = {"y": R.layer_norm_channels_first(x.double(), None if w is None else w.double(),
-                                             None if b is None else b.double(), eps),
-            "dx": g.dx, "dweight": g.dweight, "dbias": g.dbias}
+    g = R.layer_norm_channels_first_backward(
+        dy.double(), x.double(), None if w is None else w.double(), None if b is None else b.double(), eps
+    )
+    want = {
+        "y": R.layer_norm_channels_first(
+            x.double(), None if w is None else w.double(), None if b is None else b.double(), eps
+        ),
+        "dx": g.dx,
+        "dweight": g.dweight,
+        "dbias": g.dbias,
+    }
     for name, value in got.items():
         if value is None:
             assert want[name] is None, name
@@ -79,8 +86,7 @@ def test_persistent_programs_walk_every_tile_and_store_the_statistics():
     _check(got, x, w, b, dy)
     x64 = x.double()
     torch.testing.assert_close(fwd.mean.double().cpu(), x64.mean(1), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(fwd.rstd.double().cpu(), torch.rsqrt(x64.var(1, correction=0) + 1e-5), rtol=1e-6,
-                               atol=0)
+    torch.testing.assert_close(fwd.rstd.double().cpu(), torch.rsqrt(x64.var(1, correction=0) + 1e-5), rtol=1e-6, atol=0)
 
 
 def test_a_constant_token_gives_beta_exactly():

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import KERNEL_DEVICE
+
 from tokennorm import reference as R
 from tokennorm.kernels.config import ELEMENTWISE, KernelConfig
 from tokennorm.kernels.launch import dyt_backward, dyt_forward
@@ -33,10 +33,15 @@ def _case(m, n, dtype, residual=True, affine=True, seed=0):
     def rnd(*shape, scale=1.0, shift=0.0, dt=dtype):
         return (torch.randn(shape, generator=g, dtype=F64) * scale + shift).to(dt)
 
-    return dict(x=rnd(m, n, scale=2.0), residual=rnd(m, n, dt=p_dtype) if residual else None,
-                alpha=torch.tensor([0.6], dtype=p_dtype), weight=rnd(n, scale=0.1, shift=1.0, dt=p_dtype) if affine
-                else None, bias=rnd(n, scale=0.1, dt=p_dtype) if affine else None,
-                dy=rnd(m, n), dh=rnd(m, n, dt=p_dtype if residual else dtype))
+    return dict(
+        x=rnd(m, n, scale=2.0),
+        residual=rnd(m, n, dt=p_dtype) if residual else None,
+        alpha=torch.tensor([0.6], dtype=p_dtype),
+        weight=rnd(n, scale=0.1, shift=1.0, dt=p_dtype) if affine else None,
+        bias=rnd(n, scale=0.1, dt=p_dtype) if affine else None,
+        dy=rnd(m, n),
+        dh=rnd(m, n, dt=p_dtype if residual else dtype),
+    )
 
 
 def _run(t, alpha_tensor=True, config=None):
@@ -47,9 +52,20 @@ def _run(t, alpha_tensor=True, config=None):
     h_dtype = None if residual is None else residual.dtype
     y, h = dyt_forward(x, residual, alpha, alpha_value, dev(t["weight"]), dev(t["bias"]), h_dtype, config)
     separate_dres = residual is not None and residual.dtype != x.dtype
-    g = dyt_backward(dev(t["dy"]), x if h is None else h, alpha, alpha_value, dev(t["weight"]),
-                     None if h is None else dev(t["dh"]), x.dtype, residual.dtype if separate_dres else None,
-                     alpha_tensor, t["weight"] is not None, t["bias"] is not None, config)
+    g = dyt_backward(
+        dev(t["dy"]),
+        x if h is None else h,
+        alpha,
+        alpha_value,
+        dev(t["weight"]),
+        None if h is None else dev(t["dh"]),
+        x.dtype,
+        residual.dtype if separate_dres else None,
+        alpha_tensor,
+        t["weight"] is not None,
+        t["bias"] is not None,
+        config,
+    )
     out = {"y": y, "h": h, "dx": g.dx, "dalpha": g.dalpha, "dweight": g.dweight, "dbias": g.dbias}
     if residual is not None:
         out["dresidual"] = g.dresidual if separate_dres else g.dx
@@ -64,10 +80,18 @@ def _reference(t):
         h = None
     else:
         y, h = R.add_dyt(t64["x"], t64["residual"], t64["alpha"], t64["weight"], t64["bias"])
-        g = R.add_dyt_backward(t64["dy"], t64["dh"], t64["x"], t64["residual"], t64["alpha"], t64["weight"],
-                               t64["bias"])
-    return {"y": y, "h": h, "dx": g.dx, "dresidual": g.dresidual, "dalpha": g.dalpha, "dweight": g.dweight,
-            "dbias": g.dbias}
+        g = R.add_dyt_backward(
+            t64["dy"], t64["dh"], t64["x"], t64["residual"], t64["alpha"], t64["weight"], t64["bias"]
+        )
+    return {
+        "y": y,
+        "h": h,
+        "dx": g.dx,
+        "dresidual": g.dresidual,
+        "dalpha": g.dalpha,
+        "dweight": g.dweight,
+        "dbias": g.dbias,
+    }
 
 
 def _check(got, want, dtype):

@@ -29,11 +29,13 @@ def test_dyt_tanh_is_torchs_cuda_tanh():
         y = tokennorm.dyt(x, 1.0)
     theirs = torch.tanh(x)
     exact = torch.tanh(x.double())
-    ulp = (torch.nextafter(exact.float().abs(), torch.tensor(float("inf"), device="cuda")) - exact.float().abs())
+    ulp = torch.nextafter(exact.float().abs(), torch.tensor(float("inf"), device="cuda")) - exact.float().abs()
     ours_ulps = ((y.double() - exact).abs() / ulp.double()).max().item()
     from_torch = ((y.double() - theirs.double()).abs() / ulp.double()).max().item()
-    print(f"DyT tanh on {torch.cuda.get_device_name()}: max {ours_ulps:.3f} ulp from tanh in float64, "
-          f"{from_torch:.0f} ulp from torch.tanh ({(y != theirs).sum().item()} of {x.numel()} differ)")
+    print(
+        f"DyT tanh on {torch.cuda.get_device_name()}: max {ours_ulps:.3f} ulp from tanh in float64, "
+        f"{from_torch:.0f} ulp from torch.tanh ({(y != theirs).sum().item()} of {x.numel()} differ)"
+    )
     assert ours_ulps <= 2.0  # CUDA's documented bound for tanhf
     assert from_torch <= 1.0
 
@@ -47,8 +49,9 @@ def test_adaln_zero_step_at_dit_shapes(c):
     def rnd(*shape, dtype=BF16, scale=1.0):
         return (torch.randn(shape, generator=g, device="cuda") * scale).to(dtype)
 
-    leaves = dict(x=rnd(b, t, c), shift=rnd(b, c), scale=rnd(b, c, scale=0.5), gate=rnd(b, c),
-                  residual=rnd(b, t, c, dtype=F32))
+    leaves = dict(
+        x=rnd(b, t, c), shift=rnd(b, c), scale=rnd(b, c, scale=0.5), gate=rnd(b, c), residual=rnd(b, t, c, dtype=F32)
+    )
     leaves = {k: v.requires_grad_() for k, v in leaves.items()}
     with tokennorm.using_backend("triton"):
         y, h = tokennorm.ada_norm(**leaves, eps=1e-6, prenorm=True)
@@ -67,8 +70,10 @@ def test_adaln_on_the_cooperative_long_row_kernels():
     gate and modulation switches (per-token gradients summed per sample)."""
     g = torch.Generator(device="cuda").manual_seed(1)
     b, t, c = 2, 3, 32768
-    leaves = {k: torch.randn(shape, generator=g, device="cuda").requires_grad_() for k, shape in
-              dict(x=(b, t, c), shift=(b, c), scale=(b, c), gate=(b, c), residual=(b, t, c)).items()}
+    leaves = {
+        k: torch.randn(shape, generator=g, device="cuda").requires_grad_()
+        for k, shape in dict(x=(b, t, c), shift=(b, c), scale=(b, c), gate=(b, c), residual=(b, t, c)).items()
+    }
     with tokennorm.using_backend("triton"):
         y, h = tokennorm.ada_norm(**leaves, norm="rmsnorm", prenorm=True)
     (y.square().sum() + h.sum()).backward()
@@ -80,8 +85,11 @@ def test_adaln_on_the_cooperative_long_row_kernels():
         assert _rel_err(leaf.grad.cpu(), getattr(ref, "d" + name)) <= 1e-4, name
 
 
-@pytest.mark.parametrize("shape", [(8, 96, 56, 56), (8, 768, 14, 14), (2, 1536, 7, 7)],
-                         ids=["stage1", "stage3-unaligned", "forward-only-width"])
+@pytest.mark.parametrize(
+    "shape",
+    [(8, 96, 56, 56), (8, 768, 14, 14), (2, 1536, 7, 7)],
+    ids=["stage1", "stage3-unaligned", "forward-only-width"],
+)
 def test_channels_first_at_convnext_shapes(shape):
     g = torch.Generator(device="cuda").manual_seed(2)
     c = shape[1]
@@ -102,14 +110,18 @@ def test_channels_first_at_convnext_shapes(shape):
 def test_dyt_at_4096_and_determinism():
     g = torch.Generator(device="cuda").manual_seed(3)
     x, r = (torch.randn(4096, 4096, generator=g, device="cuda").to(BF16) for _ in range(2))
-    params = dict(alpha=torch.tensor([0.7], device="cuda"), weight=torch.randn(4096, generator=g, device="cuda"),
-                  bias=torch.randn(4096, generator=g, device="cuda"))
+    params = dict(
+        alpha=torch.tensor([0.7], device="cuda"),
+        weight=torch.randn(4096, generator=g, device="cuda"),
+        bias=torch.randn(4096, generator=g, device="cuda"),
+    )
 
     def run():
         leaves = {k: v.clone().requires_grad_() for k, v in dict(x=x, residual=r.float(), **params).items()}
         with tokennorm.using_backend("triton"):
-            y, h = tokennorm.add_dyt(leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"],
-                                     leaves["bias"], prenorm=True)
+            y, h = tokennorm.add_dyt(
+                leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"], leaves["bias"], prenorm=True
+            )
         (y.float().square().sum() + h.sum()).backward()
         return [y, h] + [v.grad for v in leaves.values()]
 
@@ -127,8 +139,10 @@ def test_inductor_compiles_the_new_ops_without_a_graph_break():
         z, h = tokennorm.add_dyt(y, h, alpha, w, None, prenorm=True)
         return z.sum() + h.sum() + tokennorm.channels_first_layer_norm(image, w).sum()
 
-    args = [torch.randn(s, device="cuda", requires_grad=True) for s in
-            ((2, 8, 64), (2, 8, 64), (2, 64), (2, 64), (2, 64), (1,), (2, 64, 8, 8), (64,))]
+    args = [
+        torch.randn(s, device="cuda", requires_grad=True)
+        for s in ((2, 8, 64), (2, 8, 64), (2, 64), (2, 64), (2, 64), (1,), (2, 64, 8, 8), (64,))
+    ]
     compiled = torch.compile(step, fullgraph=True)
     got = torch.autograd.grad(compiled(*args), args)
     want = torch.autograd.grad(step(*args), args)

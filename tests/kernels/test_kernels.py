@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import KERNEL_DEVICE
+
 from tokennorm import reference
 from tokennorm.kernels import config as kconfig
 from tokennorm.kernels.config import CHUNKED, LONG_ROWS, ROWS, SEGMENT, KernelConfig, backward_config
@@ -63,8 +63,23 @@ def _close(actual, expected, dtype, scale=1.0):
 
 def _run(x, w, b, dy, eps, is_rms, configs=(None, None), weight_offset=0.0):
     fwd = norm_forward(x, w, b, None, None, eps, 0.0, weight_offset, is_rms, None, config=configs[0])
-    bwd = norm_backward(dy, x, w, fwd.mean, fwd.rstd, None, None, 0.0, weight_offset, is_rms,
-                        w is not None, b is not None, x.dtype, None, config=configs[1])
+    bwd = norm_backward(
+        dy,
+        x,
+        w,
+        fwd.mean,
+        fwd.rstd,
+        None,
+        None,
+        0.0,
+        weight_offset,
+        is_rms,
+        w is not None,
+        b is not None,
+        x.dtype,
+        None,
+        config=configs[1],
+    )
     return fwd, bwd
 
 
@@ -89,8 +104,9 @@ def test_switches_float32(mode, is_rms, affine):
         torch.testing.assert_close(fwd.rstd.double().cpu(), torch.rsqrt(x64.square().mean(1) + 1e-5), rtol=1e-6, atol=0)
     else:
         torch.testing.assert_close(fwd.mean.double().cpu(), x64.mean(1), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(fwd.rstd.double().cpu(), torch.rsqrt(x64.var(1, unbiased=False) + 1e-5),
-                                   rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            fwd.rstd.double().cpu(), torch.rsqrt(x64.var(1, unbiased=False) + 1e-5), rtol=1e-6, atol=0
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
@@ -137,8 +153,23 @@ def test_long_rows_match_the_reference_and_the_whole_row_kernel(is_rms):
     if not is_rms:
         torch.testing.assert_close(split.mean, whole.mean, rtol=4e-7, atol=1e-7)
     for config in (LONG_ROWS_CONFIG, KernelConfig(SEGMENT, 16, 1, block_m=2)):
-        bwd = norm_backward(dy, x, w, split.mean, split.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
-                            x.dtype, None, config=config)
+        bwd = norm_backward(
+            dy,
+            x,
+            w,
+            split.mean,
+            split.rstd,
+            None,
+            None,
+            0.0,
+            0.0,
+            is_rms,
+            True,
+            not is_rms,
+            x.dtype,
+            None,
+            config=config,
+        )
         _close(bwd.dx, g.dx, torch.float32)
         _close(bwd.dweight, g.dweight, torch.float32, scale=m)
         if not is_rms:
@@ -152,9 +183,26 @@ def test_long_rows_add_norm_backward_with_dropout_matches_the_whole_row_kernel()
     dh = _inputs(m, n, torch.float32, False, False, seed=2)[0]
     seed = torch.tensor([99], device=KERNEL_DEVICE)
     fwd = norm_forward(x, w, b, r, seed, 1e-5, 0.25, 0.0, False, torch.float32)
-    outs = [norm_backward(dy, fwd.h, w, fwd.mean, fwd.rstd, dh, seed, 0.25, 0.0, False, True, True, x.dtype,
-                          torch.float32, config=config)
-            for config in (None, KernelConfig(LONG_ROWS, 16, 1), KernelConfig(SEGMENT, 16, 1))]
+    outs = [
+        norm_backward(
+            dy,
+            fwd.h,
+            w,
+            fwd.mean,
+            fwd.rstd,
+            dh,
+            seed,
+            0.25,
+            0.0,
+            False,
+            True,
+            True,
+            x.dtype,
+            torch.float32,
+            config=config,
+        )
+        for config in (None, KernelConfig(LONG_ROWS, 16, 1), KernelConfig(SEGMENT, 16, 1))
+    ]
     for other in outs[1:]:
         for whole, split in zip(outs[0], other):
             torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
@@ -200,8 +248,7 @@ def test_persistent_forward_walks_every_tile(is_rms):
         for a, e in zip(ours, base):
             assert torch.equal(a, e)  # same arithmetic on the same tiles, only the program order differs
     y_ref, _ = _ref(x, w, b, dy, 1e-5, is_rms)
-    _close(norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=walking).y, y_ref,
-           torch.float32)
+    _close(norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=walking).y, y_ref, torch.float32)
 
 
 def test_pipelined_loops_give_bitwise_the_same_results():
@@ -300,8 +347,9 @@ def test_long_rows_merge_in_the_kernel_matches_tokennorm_moments(is_rms):
     pieces = [x64[:, a:b] for a, b in ((0, 16), (16, 32), (32, 37))]  # the kernel's segments of 16, 16 and 5
     count = torch.tensor([16.0, 16.0, 5.0], dtype=torch.float64)
     seg_mean = torch.stack([p.mean(1) for p in pieces])  # [3, rows]
-    seg_m2 = torch.stack([(p.square().sum(1) if is_rms else (p - p.mean(1, keepdim=True)).square().sum(1))
-                          for p in pieces])
+    seg_m2 = torch.stack(
+        [(p.square().sum(1) if is_rms else (p - p.mean(1, keepdim=True)).square().sum(1)) for p in pieces]
+    )
     if is_rms:
         rstd_ref = 1 / torch.sqrt(seg_m2.sum(0) / 37 + 1e-5)
     else:
@@ -315,8 +363,11 @@ def test_long_rows_merge_in_the_kernel_matches_tokennorm_moments(is_rms):
     torch.testing.assert_close(out.y.double().cpu(), y_ref, atol=2e-3, rtol=0)  # fp32 x itself is ±5e-4 off
 
 
-@pytest.mark.parametrize("config", [KernelConfig(CHUNKED, 16, 1), KernelConfig(CHUNKED, 32, 1), LONG_ROWS_CONFIG],
-                         ids=["chunked16", "chunked32", "long_rows"])
+@pytest.mark.parametrize(
+    "config",
+    [KernelConfig(CHUNKED, 16, 1), KernelConfig(CHUNKED, 32, 1), LONG_ROWS_CONFIG],
+    ids=["chunked16", "chunked32", "long_rows"],
+)
 def test_chunked_statistics_of_a_constant_row_are_exact(config):
     """Chunk statistics merged with Chan's formula (and segments merged in the long-row kernel): a constant row
     (65 columns, a partial last chunk) has its value as mean and variance 0 exactly, so y is β bit for bit, as
@@ -377,7 +428,6 @@ def test_more_than_2_to_the_31_elements():
     torch.testing.assert_close(out.y[-3:].double(), y_ref, atol=6e-2, rtol=0)
     # Backward addresses the same far rows: dx there must match the float64 reference too.
     dy = torch.randn_like(x)
-    dx = norm_backward(dy, x, None, out.mean, out.rstd, None, None, 0.0, 0.0, False, False, False,
-                       x.dtype, None).dx
+    dx = norm_backward(dy, x, None, out.mean, out.rstd, None, None, 0.0, 0.0, False, False, False, x.dtype, None).dx
     dx_ref = reference.layer_norm_backward(dy[-3:].double(), tail, (n,), None, None, 1e-5).dx
     torch.testing.assert_close(dx[-3:].double(), dx_ref, atol=6e-2, rtol=2e-2)

@@ -45,8 +45,11 @@ def test_torch_compile_traces_the_launch_through_wrap_triton(fake_gpu):
 def test_interpreted_kernels_are_called_as_they_are():
     if torch.cuda.is_available():
         pytest.skip("the kernels are compiled on a GPU machine")
-    wrapped = [*plan.FORWARD_KERNELS.values(), *plan.BACKWARD_KERNELS.values(),
-               *(v for v in vars(launch).values() if isinstance(v, launcher.CachedLauncher))]
+    wrapped = [
+        *plan.FORWARD_KERNELS.values(),
+        *plan.BACKWARD_KERNELS.values(),
+        *(v for v in vars(launch).values() if isinstance(v, launcher.CachedLauncher)),
+    ]
     assert wrapped and all(not w._cached and w.cache_size() == 0 for w in wrapped)
 
 

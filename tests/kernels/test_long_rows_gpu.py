@@ -43,16 +43,20 @@ def test_cooperative_long_rows_match_two_launches_bit_for_bit(monkeypatch, n, m,
 
     def run():
         f = launch.norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=fwd_cfg)
-        d = launch.norm_backward(dy, x, w, f.mean, f.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms,
-                                 x.dtype, None, config=bwd_cfg)
+        d = launch.norm_backward(
+            dy, x, w, f.mean, f.rstd, None, None, 0.0, 0.0, is_rms, True, not is_rms, x.dtype, None, config=bwd_cfg
+        )
         return (*f, *d)
 
     coop, two = _both_exchanges(monkeypatch, run)
     for a, e in zip(coop, two):
         assert (a is None and e is None) or torch.equal(a, e)  # same arithmetic, same order
     x64 = x[:2].double().cpu()
-    ref = (reference.rms_norm(x64, (n,), w.double().cpu(), 1e-5) if is_rms
-           else reference.layer_norm(x64, (n,), w.double().cpu(), b.double().cpu(), 1e-5))
+    ref = (
+        reference.rms_norm(x64, (n,), w.double().cpu(), 1e-5)
+        if is_rms
+        else reference.layer_norm(x64, (n,), w.double().cpu(), b.double().cpu(), 1e-5)
+    )
     torch.testing.assert_close(coop[0][:2].double().cpu(), ref, atol=6e-2, rtol=0)
 
 
@@ -67,8 +71,9 @@ def test_cooperative_add_norm_with_dropout_and_stored_h(monkeypatch):
     coop, two = _both_exchanges(monkeypatch, run)
     for a, e in zip(coop, two):
         assert torch.equal(a, e)
-    whole = launch.norm_forward(x, w, None, r, seed, 1e-5, 0.1, 0.0, False, torch.float32,
-                                config=KernelConfig("chunked", 8192, 16))
+    whole = launch.norm_forward(
+        x, w, None, r, seed, 1e-5, 0.1, 0.0, False, torch.float32, config=KernelConfig("chunked", 8192, 16)
+    )
     assert torch.equal(coop.h, whole.h)
     torch.testing.assert_close(coop.y, whole.y, atol=1e-5, rtol=0)
 
@@ -117,10 +122,26 @@ def test_racecheck_small_long_row_launch():
     n, m = 40_000, 3
     x = torch.randn(m, n, device="cuda")
     w = torch.randn(n, device="cuda")
-    f = launch.norm_forward(x, w, None, None, None, 1e-5, 0.0, 0.0, False, None,
-                            config=KernelConfig(LONG_ROWS, 16384, 16))
-    d = launch.norm_backward(torch.ones_like(x), x, w, f.mean, f.rstd, None, None, 0.0, 0.0, False, True, False,
-                             x.dtype, None, config=KernelConfig(LONG_ROWS, 8192, 16))
+    f = launch.norm_forward(
+        x, w, None, None, None, 1e-5, 0.0, 0.0, False, None, config=KernelConfig(LONG_ROWS, 16384, 16)
+    )
+    d = launch.norm_backward(
+        torch.ones_like(x),
+        x,
+        w,
+        f.mean,
+        f.rstd,
+        None,
+        None,
+        0.0,
+        0.0,
+        False,
+        True,
+        False,
+        x.dtype,
+        None,
+        config=KernelConfig(LONG_ROWS, 8192, 16),
+    )
     torch.cuda.synchronize()
     ref = torch.nn.functional.layer_norm(x, (n,), w)
     torch.testing.assert_close(f.y, ref, atol=1e-4, rtol=0)

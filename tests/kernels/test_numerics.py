@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import KERNEL_DEVICE
 
 import tokennorm
-from conftest import KERNEL_DEVICE
 from tokennorm.kernels.config import CHUNKED, LONG_ROWS, KernelConfig
 from tokennorm.kernels.launch import norm_forward
 
@@ -34,7 +34,7 @@ def test_add_norm_h_in_bfloat16_is_rounded_to_nearest_even(triton_backend):
     assert torch.equal(h.cpu(), h_ref.cpu())
     # the norm of h as stored, in float32, rounded once
     y_ref = F.layer_norm(h_ref.float().cpu(), (128,)).bfloat16()
-    assert (y.float().cpu() - y_ref.float()).abs().max() <= 2 ** -5  # at most one bf16 ulp at |y| < 4
+    assert (y.float().cpu() - y_ref.float()).abs().max() <= 2**-5  # at most one bf16 ulp at |y| < 4
 
 
 def test_float64_input_with_a_bfloat16_residual_stream(triton_backend):
@@ -54,8 +54,9 @@ def test_bfloat16_y_is_the_float32_result_rounded_to_nearest_even(mode):
     w = torch.randn(40, generator=g).bfloat16().to(KERNEL_DEVICE)
     b = torch.randn(40, generator=g).bfloat16().to(KERNEL_DEVICE)
     y16 = norm_forward(x, w, b, None, None, 1e-5, 0.0, 0.0, False, None, config=FORWARD_MODES[mode]).y
-    y32 = norm_forward(x.float(), w.float(), b.float(), None, None, 1e-5, 0.0, 0.0, False, None,
-                       config=FORWARD_MODES[mode]).y
+    y32 = norm_forward(
+        x.float(), w.float(), b.float(), None, None, 1e-5, 0.0, 0.0, False, None, config=FORWARD_MODES[mode]
+    ).y
     assert torch.equal(y16.cpu(), y32.bfloat16().cpu())
 
 
@@ -67,8 +68,9 @@ def test_bfloat16_y_is_the_float32_result_rounded_to_nearest_even(mode):
 def test_layer_norm_overflow_gives_nan_not_a_finite_wrong_row(mode, scale):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 40, generator=g) * scale
-    y = norm_forward(x.to(KERNEL_DEVICE), None, None, None, None, 1e-5, 0.0, 0.0, False, None,
-                     config=FORWARD_MODES[mode]).y.cpu()
+    y = norm_forward(
+        x.to(KERNEL_DEVICE), None, None, None, None, 1e-5, 0.0, 0.0, False, None, config=FORWARD_MODES[mode]
+    ).y.cpu()
     right = F.layer_norm(x.double(), (40,)).float()
     torch_y = F.layer_norm(x, (40,))
     # each element is NaN or the right value; where torch gives NaN, so do we
@@ -84,8 +86,9 @@ def test_inf_and_nan_inputs_behave_like_torch(mode):
     x[2, 30] = float("nan")
     x[3, 17] = -float("inf")
     for is_rms in (False, True):
-        y = norm_forward(x.to(KERNEL_DEVICE), None, None, None, None, 1e-5, 0.0, 0.0, is_rms, None,
-                         config=FORWARD_MODES[mode]).y.cpu()
+        y = norm_forward(
+            x.to(KERNEL_DEVICE), None, None, None, None, 1e-5, 0.0, 0.0, is_rms, None, config=FORWARD_MODES[mode]
+        ).y.cpu()
         expected = F.rms_norm(x, (40,), eps=1e-5) if is_rms else F.layer_norm(x, (40,), eps=1e-5)
         torch.testing.assert_close(y, expected, equal_nan=True)
 
@@ -136,10 +139,22 @@ def test_a_constant_row_gives_beta_exactly_even_with_eps_zero_giving_nan_like_to
     x[1] = -1234.5
     x[2] = 1e-30
     b = torch.randn(40, generator=torch.Generator().manual_seed(6))
-    out = norm_forward(x.to(KERNEL_DEVICE), None, b.to(KERNEL_DEVICE), None, None, 1e-5, 0.0, 0.0, False, None,
-                       config=FORWARD_MODES[mode])
+    out = norm_forward(
+        x.to(KERNEL_DEVICE),
+        None,
+        b.to(KERNEL_DEVICE),
+        None,
+        None,
+        1e-5,
+        0.0,
+        0.0,
+        False,
+        None,
+        config=FORWARD_MODES[mode],
+    )
     assert torch.equal(out.mean.cpu(), x[:, 0]) and torch.equal(out.y.cpu(), b.expand(3, 40))
     # ε = 0: the variance is exactly 0, so 0 · (1/0) is NaN, as torch gives
-    zero_eps = norm_forward(x.to(KERNEL_DEVICE), None, None, None, None, 0.0, 0.0, 0.0, False, None,
-                            config=FORWARD_MODES[mode]).y.cpu()
+    zero_eps = norm_forward(
+        x.to(KERNEL_DEVICE), None, None, None, None, 0.0, 0.0, 0.0, False, None, config=FORWARD_MODES[mode]
+    ).y.cpu()
     torch.testing.assert_close(zero_eps, F.layer_norm(x, (40,), eps=0.0), equal_nan=True)

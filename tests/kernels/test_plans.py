@@ -9,8 +9,8 @@ import struct
 import pytest
 import torch
 import triton.language as tl
-
 from conftest import KERNEL_DEVICE
+
 from tokennorm.kernels import config as kconfig
 from tokennorm.kernels import launch, plan
 from tokennorm.kernels.chunked import chunked_forward_kernel
@@ -23,8 +23,7 @@ DEVICE = torch.device(KERNEL_DEVICE)
 
 
 def _forward_plan(n=64, eps=1e-5, weight_offset=0.0, config=None, x_dtype=torch.float32):
-    return plan.forward_plan(n, x_dtype, True, True, None, None, eps, 0.0, weight_offset, False, True, DEVICE,
-                             config)
+    return plan.forward_plan(n, x_dtype, True, True, None, None, eps, 0.0, weight_offset, False, True, DEVICE, config)
 
 
 def test_the_same_call_fetches_the_same_plan():
@@ -60,28 +59,40 @@ def _constexpr_names(kernel) -> set[str]:
 
 LAUNCH_OPTIONS = {"num_warps", "maxnreg"}
 # Switches a launcher adds besides the plan's: the long-row exchange and the segment kernels' pass.
-PER_LAUNCH = {long_rows_forward_kernel: {"EXCHANGE"}, long_rows_backward_kernel: {"EXCHANGE"},
-              segment_backward_kernel: {"PASS"}}
+PER_LAUNCH = {
+    long_rows_forward_kernel: {"EXCHANGE"},
+    long_rows_backward_kernel: {"EXCHANGE"},
+    segment_backward_kernel: {"PASS"},
+}
 
 
-@pytest.mark.parametrize("config,kernel", [
-    (KernelConfig(ROWS, 64, 1, max_registers=40), rows_forward_kernel),
-    (KernelConfig(CHUNKED, 16, 1), chunked_forward_kernel),
-    (KernelConfig(LONG_ROWS, 16, 1), long_rows_forward_kernel),
-], ids=["rows", "chunked", "long_rows"])
+@pytest.mark.parametrize(
+    "config,kernel",
+    [
+        (KernelConfig(ROWS, 64, 1, max_registers=40), rows_forward_kernel),
+        (KernelConfig(CHUNKED, 16, 1), chunked_forward_kernel),
+        (KernelConfig(LONG_ROWS, 16, 1), long_rows_forward_kernel),
+    ],
+    ids=["rows", "chunked", "long_rows"],
+)
 def test_forward_plans_name_every_switch_of_their_kernel(config, kernel):
     switches = set(_forward_plan(config=config).constexprs) - LAUNCH_OPTIONS
     assert switches | PER_LAUNCH.get(kernel, set()) == _constexpr_names(kernel)
 
 
-@pytest.mark.parametrize("config,kernel", [
-    (KernelConfig(ROWS, 64, 1), rows_backward_kernel),
-    (KernelConfig(LONG_ROWS, 16, 1), long_rows_backward_kernel),
-    (KernelConfig(SEGMENT, 16, 1), segment_backward_kernel),
-], ids=["rows", "long_rows", "segment"])
+@pytest.mark.parametrize(
+    "config,kernel",
+    [
+        (KernelConfig(ROWS, 64, 1), rows_backward_kernel),
+        (KernelConfig(LONG_ROWS, 16, 1), long_rows_backward_kernel),
+        (KernelConfig(SEGMENT, 16, 1), segment_backward_kernel),
+    ],
+    ids=["rows", "long_rows", "segment"],
+)
 def test_backward_plans_name_every_switch_of_their_kernel(config, kernel):
-    p = plan.backward_plan(64, torch.float32, torch.float32, None, True, False, 0.0, 0.0, False, True, True, DEVICE,
-                           config)
+    p = plan.backward_plan(
+        64, torch.float32, torch.float32, None, True, False, 0.0, 0.0, False, True, True, DEVICE, config
+    )
     assert (set(p.constexprs) - LAUNCH_OPTIONS) | PER_LAUNCH.get(kernel, set()) == _constexpr_names(kernel)
 
 
@@ -117,6 +128,19 @@ def test_a_plan_holds_its_mode_s_kernel_with_its_switches_bound():
     for config in (KernelConfig(ROWS, 64, 1), KernelConfig(CHUNKED, 16, 1), KernelConfig(LONG_ROWS, 16, 1)):
         p = _forward_plan(config=config)
         assert p.kernel.launcher is plan.FORWARD_KERNELS[config.mode] and p.kernel.kwargs == p.constexprs
-    p = plan.backward_plan(64, torch.float32, torch.float32, None, True, False, 0.0, 0.0, False, True, True, DEVICE,
-                           KernelConfig(SEGMENT, 16, 1))
+    p = plan.backward_plan(
+        64,
+        torch.float32,
+        torch.float32,
+        None,
+        True,
+        False,
+        0.0,
+        0.0,
+        False,
+        True,
+        True,
+        DEVICE,
+        KernelConfig(SEGMENT, 16, 1),
+    )
     assert p.kernel.launcher is plan.BACKWARD_KERNELS[SEGMENT] and p.kernel.kwargs == p.constexprs

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import KERNEL_DEVICE
+
 from tokennorm import backend, dispatch, functional
 
 H200 = dispatch.DeviceIdentity("NVIDIA H200", (9, 0))
@@ -57,8 +57,10 @@ def test_row_lengths_fall_in_the_bucket_of_the_next_power_of_two(n, b):
 
 
 def test_a_table_answers_its_buckets_and_the_nearest_measured_one():
-    table = dispatch.parse_table(document(entries=[entry(1024, "torch"), entry(16384, "tokennorm"),
-                                                   entry(4096, "torch", direction="training")]), "t")
+    table = dispatch.parse_table(
+        document(entries=[entry(1024, "torch"), entry(16384, "tokennorm"), entry(4096, "torch", direction="training")]),
+        "t",
+    )
     assert table.choice("layer_norm", "inference", "bf16", 1024) == "torch"
     assert table.choice("layer_norm", "inference", "bf16", 768) == "torch"  # same bucket
     assert table.choice("layer_norm", "inference", "bf16", 64) == "torch"  # below the grid: the nearest
@@ -69,17 +71,20 @@ def test_a_table_answers_its_buckets_and_the_nearest_measured_one():
     assert table.choice("rms_norm", "inference", "bf16", 1024) is None
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.update(format=2), "format 2"),
-    (lambda d: d.update(device={"capability": [9, 0]}), "device.name"),
-    (lambda d: d["device"].update(capability="sm_90"), "capability"),
-    (lambda d: d.update(match="vendor"), "match 'vendor'"),
-    (lambda d: d.pop("provenance"), "provenance"),
-    (lambda d: d["entries"].append(entry(1024, "liger")), "entries[0].use 'liger'"),
-    (lambda d: d["entries"].append(entry(1024, "torch", op="batch_norm")), "entries[0].op 'batch_norm'"),
-    (lambda d: d["entries"].append(entry(0, "torch")), "entries[0].n"),
-    (lambda d: d["entries"].append(entry(1024, "torch", dtype="int8")), "entries[0].dtype"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(format=2), "format 2"),
+        (lambda d: d.update(device={"capability": [9, 0]}), "device.name"),
+        (lambda d: d["device"].update(capability="sm_90"), "capability"),
+        (lambda d: d.update(match="vendor"), "match 'vendor'"),
+        (lambda d: d.pop("provenance"), "provenance"),
+        (lambda d: d["entries"].append(entry(1024, "liger")), "entries[0].use 'liger'"),
+        (lambda d: d["entries"].append(entry(1024, "torch", op="batch_norm")), "entries[0].op 'batch_norm'"),
+        (lambda d: d["entries"].append(entry(0, "torch")), "entries[0].n"),
+        (lambda d: d["entries"].append(entry(1024, "torch", dtype="int8")), "entries[0].dtype"),
+    ],
+)
 def test_malformed_tables_are_refused_with_the_reason(change, message):
     doc = document()
     change(doc)
@@ -188,8 +193,12 @@ def test_the_functional_api_runs_torch_where_the_table_says_so(decision):
     torch.testing.assert_close(h, r + x, rtol=0, atol=0)
     torch.testing.assert_close(y, F.layer_norm(r + x, (64,), w, b), rtol=0, atol=0)
     functional.add_norm(x, r, w, None, norm="rmsnorm")
-    assert decision.asked == [("layer_norm", 64, (True, True)), ("rms_norm", 64, (True,)),
-                              ("add_layer_norm", 64, (True, True, True)), ("add_rms_norm", 64, (True, True, False))]
+    assert decision.asked == [
+        ("layer_norm", 64, (True, True)),
+        ("rms_norm", 64, (True,)),
+        ("add_layer_norm", 64, (True, True, True)),
+        ("add_rms_norm", 64, (True, True, False)),
+    ]
 
 
 @pytest.mark.interpret
@@ -206,12 +215,14 @@ def test_fused_work_torch_has_no_op_for_is_never_sent_to_torch(decision):
 def test_on_a_gpu_auto_runs_torch_where_the_table_says_so(isolated):
     write_user_table(document(H200, [entry(4096, "torch"), entry(1024, "tokennorm")]))  # device 0 "is" an H200
     g = torch.Generator(device="cuda").manual_seed(0)
-    x, w, b = (torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g) for shape in
-               ((64, 4096), (4096,), (4096,)))
-    torch.testing.assert_close(functional.layer_norm(x, (4096,), w, b), F.layer_norm(x, (4096,), w, b),
-                               rtol=0, atol=0)  # torch's kernel, bit for bit
+    x, w, b = (
+        torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
+        for shape in ((64, 4096), (4096,), (4096,))
+    )
+    torch.testing.assert_close(
+        functional.layer_norm(x, (4096,), w, b), F.layer_norm(x, (4096,), w, b), rtol=0, atol=0
+    )  # torch's kernel, bit for bit
     assert dispatch.choice(0, "layer_norm", torch.bfloat16, 1024, training=False) == "tokennorm"
     with backend.using_backend("triton"):  # forced: the table is not asked
         y = functional.layer_norm(x, (4096,), w, b)
-    torch.testing.assert_close(y.float(), F.layer_norm(x.float(), (4096,), w.float(), b.float()), rtol=2e-2,
-                               atol=2e-2)
+    torch.testing.assert_close(y.float(), F.layer_norm(x.float(), (4096,), w.float(), b.float()), rtol=2e-2, atol=2e-2)

@@ -3,8 +3,8 @@ same kernels, the same saved tensors, the same backward glue — forward, every 
 
 import pytest
 import torch
-
 from conftest import KERNEL_DEVICE
+
 from tokennorm import ops
 
 CASES = {
@@ -25,17 +25,29 @@ def _op(*args):
 
 
 def _run(route, case, inputs):
-    x, w, b, r, seed = (t.detach().clone().requires_grad_(t.is_floating_point()) if t is not None else None
-                        for t in inputs)
-    y, h = route(x, w, None if case["is_rms"] else b, r if case["residual"] else None, seed, 1e-5,
-                 case["dropout_p"], case["weight_offset"], case["is_rms"], case["h_dtype"])
+    x, w, b, r, seed = (
+        t.detach().clone().requires_grad_(t.is_floating_point()) if t is not None else None for t in inputs
+    )
+    y, h = route(
+        x,
+        w,
+        None if case["is_rms"] else b,
+        r if case["residual"] else None,
+        seed,
+        1e-5,
+        case["dropout_p"],
+        case["weight_offset"],
+        case["is_rms"],
+        case["h_dtype"],
+    )
     gy = torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y).to(y.dtype)
     loss = (y * gy).sum()
     if case["h_dtype"] is not None:
         loss = loss + (h.float() ** 2).sum()
     loss.backward()
     return [y, h if case["h_dtype"] is not None else None] + [
-        t.grad for t in (x, w, b, r) if t is not None and t.requires_grad]
+        t.grad for t in (x, w, b, r) if t is not None and t.requires_grad
+    ]
 
 
 @pytest.mark.interpret

@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
+from conftest import KERNEL_DEVICE
 
 import tokennorm
 import tokennorm.ops  # noqa: F401  (registers torch.ops.tokennorm.*, which opcheck calls directly)
-from conftest import KERNEL_DEVICE
 
 pytestmark = pytest.mark.interpret  # every test here runs the Triton path
 
@@ -33,16 +33,18 @@ def test_opcheck_schema_fake_and_autograd_registration():
     for args in cases:
         torch.library.opcheck(torch.ops.tokennorm.norm_fwd.default, args, test_utils=utils)
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-    torch.library.opcheck(torch.ops.tokennorm.norm_fwd.default, (xg, wg, b, None, None, 1e-5, 0.0, 0.0, False, None),
-                          test_utils=utils)
+    torch.library.opcheck(
+        torch.ops.tokennorm.norm_fwd.default, (xg, wg, b, None, None, 1e-5, 0.0, 0.0, False, None), test_utils=utils
+    )
 
 
 def test_torch_compile_fullgraph_traces_the_triton_path(triton_backend):
     """Dynamo traces tokennorm's Triton path without a graph break (fullgraph=True raises on one). Inductor
     itself needs a GPU (next test): here the graph runs eagerly, kernels in the interpreter without a GPU."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 32), tokennorm.LayerNorm(32), torch.nn.GELU(),
-                                tokennorm.RMSNorm(32)).to(KERNEL_DEVICE)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 32), tokennorm.LayerNorm(32), torch.nn.GELU(), tokennorm.RMSNorm(32)
+    ).to(KERNEL_DEVICE)
     x = torch.randn(4, 32, device=KERNEL_DEVICE, requires_grad=True)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     y = compiled(x)
@@ -54,8 +56,9 @@ def test_torch_compile_fullgraph_traces_the_triton_path(triton_backend):
 
 @pytest.mark.gpu  # Inductor cannot trace the interpreter
 def test_torch_compile_fullgraph_has_no_graph_break():
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), tokennorm.LayerNorm(64), torch.nn.GELU(),
-                                tokennorm.RMSNorm(64)).cuda()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 64), tokennorm.LayerNorm(64), torch.nn.GELU(), tokennorm.RMSNorm(64)
+    ).cuda()
     x = torch.randn(8, 64, device="cuda", requires_grad=True)
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x))

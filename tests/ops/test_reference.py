@@ -4,9 +4,9 @@ its numerics under catastrophic cancellation, and its default RMSNorm ε against
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BACKENDS
 
 import tokennorm
-from conftest import BACKENDS
 from tokennorm import reference as R
 
 F64 = torch.float64
@@ -109,8 +109,9 @@ def test_add_norm_backward_matches_autograd(norm, with_residual, dropout_p, with
         expected = (expected[0], None, *expected[1:])
 
     got = R.add_norm_backward(dy, dh if with_dh else None, h.detach(), x, residual, ns, weight, bias, 1e-5, **kw)
-    for name, actual, exp in zip(("dx", "dresidual", "dweight", "dbias"),
-                                 (got.dx, got.dresidual, got.dweight, got.dbias), expected):
+    for name, actual, exp in zip(
+        ("dx", "dresidual", "dweight", "dbias"), (got.dx, got.dresidual, got.dweight, got.dbias), expected
+    ):
         _close_or_none(actual, exp, **F64_TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -158,8 +159,9 @@ def test_naive_variance_fails_the_cancellation_bound():
 
 def test_reference_survives_cancellation():
     x, x64 = _cancellation_case()
-    torch.testing.assert_close(R.layer_norm(x, (N_CANCEL,)).to(F64), F.layer_norm(x64, (N_CANCEL,)),
-                               rtol=0, atol=CANCELLATION_ATOL)
+    torch.testing.assert_close(
+        R.layer_norm(x, (N_CANCEL,)).to(F64), F.layer_norm(x64, (N_CANCEL,)), rtol=0, atol=CANCELLATION_ATOL
+    )
     dy = _rand(x.shape, 14, dtype=torch.float32)
     got = R.layer_norm_backward(dy, x, (N_CANCEL,))
     exp = R.layer_norm_backward(dy.to(F64), x64, (N_CANCEL,))

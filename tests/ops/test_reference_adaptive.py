@@ -77,13 +77,32 @@ def test_ada_norm_backward_matches_autograd(case):
     norm = case["norm"]
 
     def fn(**t):
-        return R.ada_norm(t["x"], t["shift"], t["scale"], gate=t["gate"], residual=t["residual"], norm=norm,
-                          weight=t["weight"], bias=t["bias"], eps=1e-5)
+        return R.ada_norm(
+            t["x"],
+            t["shift"],
+            t["scale"],
+            gate=t["gate"],
+            residual=t["residual"],
+            norm=norm,
+            weight=t["weight"],
+            bias=t["bias"],
+            eps=1e-5,
+        )
 
     expected = _grads(fn, (dy, dh), tensors)
-    got = R.ada_norm_backward(dy, dh, tensors["x"], tensors["shift"], tensors["scale"], gate=tensors["gate"],
-                              residual=tensors["residual"], norm=norm, weight=tensors["weight"],
-                              bias=tensors["bias"], eps=1e-5)
+    got = R.ada_norm_backward(
+        dy,
+        dh,
+        tensors["x"],
+        tensors["shift"],
+        tensors["scale"],
+        gate=tensors["gate"],
+        residual=tensors["residual"],
+        norm=norm,
+        weight=tensors["weight"],
+        bias=tensors["bias"],
+        eps=1e-5,
+    )
     for name in ("x", "residual", "shift", "scale", "gate", "weight", "bias"):
         _close("d" + name, getattr(got, "d" + name), expected[name])
 
@@ -117,9 +136,16 @@ def test_ada_norm_rounds_h_to_the_residual_dtype_and_y_to_x_dtype():
 def dyt_cases(draw):
     lead = draw(st.lists(st.integers(1, 4), min_size=0, max_size=2))
     trailing = draw(st.sampled_from([(1,), (5,), (16,), (3, 4)]))
-    return dict(shape=(*lead, *trailing), trailing=trailing, weight=draw(st.booleans()), bias=draw(st.booleans()),
-                residual=draw(st.booleans()), dh=draw(st.booleans()), alpha=draw(st.floats(0.05, 2.0)),
-                seed=draw(st.integers(0, 1000)))
+    return dict(
+        shape=(*lead, *trailing),
+        trailing=trailing,
+        weight=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        residual=draw(st.booleans()),
+        dh=draw(st.booleans()),
+        alpha=draw(st.floats(0.05, 2.0)),
+        seed=draw(st.integers(0, 1000)),
+    )
 
 
 @SETTINGS
@@ -151,10 +177,12 @@ def test_add_dyt_backward_matches_autograd(case):
         bias=_rand(trailing, seed + 2) if case["bias"] else None,
     )
     dy, dh = _rand(shape, seed + 3), (_rand(shape, seed + 5) if case["dh"] else None)
-    expected = _grads(lambda **t: R.add_dyt(t["x"], t["residual"], t["alpha"], t["weight"], t["bias"]),
-                      (dy, dh), tensors)
-    got = R.add_dyt_backward(dy, dh, tensors["x"], tensors["residual"], tensors["alpha"], tensors["weight"],
-                             tensors["bias"])
+    expected = _grads(
+        lambda **t: R.add_dyt(t["x"], t["residual"], t["alpha"], t["weight"], t["bias"]), (dy, dh), tensors
+    )
+    got = R.add_dyt_backward(
+        dy, dh, tensors["x"], tensors["residual"], tensors["alpha"], tensors["weight"], tensors["bias"]
+    )
     for name in ("x", "residual", "alpha", "weight", "bias"):
         _close("d" + name, getattr(got, "d" + name), expected[name])
 
@@ -168,12 +196,21 @@ def test_dyt_forward_is_the_papers_formula():
 
 
 @SETTINGS
-@given(st.integers(1, 3), st.sampled_from([1, 3, 8]), st.lists(st.integers(1, 4), min_size=0, max_size=3),
-       st.booleans(), st.booleans(), st.integers(0, 1000))
+@given(
+    st.integers(1, 3),
+    st.sampled_from([1, 3, 8]),
+    st.lists(st.integers(1, 4), min_size=0, max_size=3),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 1000),
+)
 def test_layer_norm_channels_first_backward_matches_autograd(batch, c, spatial, affine, with_bias, seed):
     shape = (batch, c, *spatial)
-    tensors = dict(x=_rand(shape, seed, shift=3.0), weight=_rand((c,), seed + 1, 1.0) if affine else None,
-                   bias=_rand((c,), seed + 2) if affine and with_bias else None)
+    tensors = dict(
+        x=_rand(shape, seed, shift=3.0),
+        weight=_rand((c,), seed + 1, 1.0) if affine else None,
+        bias=_rand((c,), seed + 2) if affine and with_bias else None,
+    )
     dy = _rand(shape, seed + 3)
     expected = _grads(lambda **t: R.layer_norm_channels_first(t["x"], t["weight"], t["bias"], 1e-5), (dy,), tensors)
     got = R.layer_norm_channels_first_backward(dy, tensors["x"], tensors["weight"], tensors["bias"], 1e-5)

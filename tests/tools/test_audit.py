@@ -16,8 +16,8 @@ import torch
 from matplotlib import image as mpimg
 from torch import nn
 
-from tokennorm.tools import audit as A
 from tokennorm.cli import main as cli_main
+from tokennorm.tools import audit as A
 from tokennorm.transformer import Encoder, EncoderLayer
 
 pytestmark = pytest.mark.timeout(120)
@@ -218,8 +218,12 @@ def test_bad_arguments():
 @pytest.mark.slow  # the demo decoder audited in full (2-5 s)
 def test_cli_exit_codes_and_json(tmp_path, capsys):
     out = tmp_path / "bn.json"
-    assert cli_main(["audit", "--demo", "batchnorm", "--mode", "train", "--json", str(out),
-                     "--png", str(tmp_path / "bn.png")]) == 1
+    assert (
+        cli_main(
+            ["audit", "--demo", "batchnorm", "--mode", "train", "--json", str(out), "--png", str(tmp_path / "bn.png")]
+        )
+        == 1
+    )
     text = capsys.readouterr().out
     assert "LEAKS" in text and "leakage found" in text
     d = json.loads(out.read_text())
@@ -244,8 +248,22 @@ def test_cli_model_import_path(tmp_path, monkeypatch, capsys):
         "        return y\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert cli_main(["audit", "--model", "leaky_models:Leak", "--shape", "2,8,4", "--mode", "eval",
-                     "--json", str(tmp_path / "r.json")]) == 1
+    assert (
+        cli_main(
+            [
+                "audit",
+                "--model",
+                "leaky_models:Leak",
+                "--shape",
+                "2,8,4",
+                "--mode",
+                "eval",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 1
+    )
     d = json.loads((tmp_path / "r.json").read_text())
     future = next(f for f in d["findings"] if f["check"] == "future")
     assert future["autograd"]["where"] == [[1, 6]] and future["perturbation"]["where"] == [[1, 6]]
@@ -280,8 +298,10 @@ def test_scale_6_layers_384_wide_128_tokens():
     report = A.audit(Enc(), x, causal=False, key_padding_mask=mask)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     threads = torch.get_num_threads()
-    print(f"audit of 6 layers × 384 wide, [2, 128, 384], train + eval: {seconds:.1f} s wall, {cpu:.1f} s CPU "
-          f"on {threads} threads")
+    print(
+        f"audit of 6 layers × 384 wide, [2, 128, 384], train + eval: {seconds:.1f} s wall, {cpu:.1f} s CPU "
+        f"on {threads} threads"
+    )
     assert not report.leaks and not report.skipped.keys() - {"future"}
     # wall time on an otherwise idle machine; CPU time / threads stands in for it when other jobs share the cores
     assert min(seconds, cpu / threads) < 60

@@ -38,7 +38,8 @@ class Stack(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             Block(channels, SequenceBatchNorm(channels) if i == leaky_layer else nn.LayerNorm(channels))
-            for i in range(4))
+            for i in range(4)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -169,25 +170,48 @@ def test_cuda_on_a_cpu_only_torch(capsys):
 
 
 def test_a_class_needing_arguments(capsys):
-    _one_line_exit_2(["--model", "torch.nn:TransformerEncoderLayer", "--shape", "2,8,32"], capsys,
-                     "d_model", "--model-args")
-    _one_line_exit_2(["--model", "torch.nn:Linear", "--model-args", "in_features=5,out_features", "--shape",
-                      "2,8,4"], capsys, "NAME=VALUE")
+    _one_line_exit_2(
+        ["--model", "torch.nn:TransformerEncoderLayer", "--shape", "2,8,32"], capsys, "d_model", "--model-args"
+    )
+    _one_line_exit_2(
+        ["--model", "torch.nn:Linear", "--model-args", "in_features=5,out_features", "--shape", "2,8,4"],
+        capsys,
+        "NAME=VALUE",
+    )
     _one_line_exit_2(["--demo", "layernorm", "--model-args", "a=1"], capsys, "--model")
 
 
 def test_model_args_construct_the_class(capsys):
-    rc = cli_main(["audit", "--model", "torch.nn:TransformerEncoderLayer", "--model-args",
-                   "d_model=16,nhead=2,dim_feedforward=32,batch_first=True,activation=gelu", "--shape", "2,6,16",
-                   "--no-causal", "--pad", "2", "--mask-arg", "src_key_padding_mask", "--mode", "eval"])
+    rc = cli_main(
+        [
+            "audit",
+            "--model",
+            "torch.nn:TransformerEncoderLayer",
+            "--model-args",
+            "d_model=16,nhead=2,dim_feedforward=32,batch_first=True,activation=gelu",
+            "--shape",
+            "2,6,16",
+            "--no-causal",
+            "--pad",
+            "2",
+            "--mask-arg",
+            "src_key_padding_mask",
+            "--mode",
+            "eval",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "no leakage found" in captured.out and "passes" in captured.err  # progress went to stderr
 
 
 def test_a_model_that_fails_on_the_input(capsys):
-    _one_line_exit_2(["--model", "torch.nn:Linear", "--model-args", "in_features=5,out_features=5", "--shape",
-                      "2,8,4"], capsys, "could not be audited", "RuntimeError")
+    _one_line_exit_2(
+        ["--model", "torch.nn:Linear", "--model-args", "in_features=5,out_features=5", "--shape", "2,8,4"],
+        capsys,
+        "could not be audited",
+        "RuntimeError",
+    )
 
 
 def test_table_counts_pairs_of_pairs_measured(capsys):
@@ -207,5 +231,6 @@ def test_png_without_matplotlib(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    _one_line_exit_2(["--model", "torch.nn:Identity", "--shape", "2,6,4", "--png", str(tmp_path / "h.png")], capsys,
-                     "matplotlib")
+    _one_line_exit_2(
+        ["--model", "torch.nn:Identity", "--shape", "2,6,4", "--png", str(tmp_path / "h.png")], capsys, "matplotlib"
+    )

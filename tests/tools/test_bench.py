@@ -25,13 +25,28 @@ ROOT = Path(__file__).resolve().parents[2]
 # The fewest bytes, in units of M·N·s, written out from the issue: norm fwd reads x and writes y; fwd+bwd also
 # reads x and dy and writes dx; Add & Norm fwd reads x, r and writes y, h; its backward reads h, dy, dh, writes dx.
 EXPECTED_MULTIPLE = {
-    ("ln", "fwd"): 2, ("ln", "fwdbwd"): 5, ("rms", "fwd"): 2, ("rms", "fwdbwd"): 5,
-    ("addnorm", "fwd"): 4, ("addnorm", "fwdbwd"): 8, ("addnorm-drop", "fwd"): 4, ("addnorm-drop", "fwdbwd"): 8,
-    ("addrms", "fwd"): 4, ("addrms", "fwdbwd"): 8, ("addrms-drop", "fwd"): 4, ("addrms-drop", "fwdbwd"): 8,
+    ("ln", "fwd"): 2,
+    ("ln", "fwdbwd"): 5,
+    ("rms", "fwd"): 2,
+    ("rms", "fwdbwd"): 5,
+    ("addnorm", "fwd"): 4,
+    ("addnorm", "fwdbwd"): 8,
+    ("addnorm-drop", "fwd"): 4,
+    ("addnorm-drop", "fwdbwd"): 8,
+    ("addrms", "fwd"): 4,
+    ("addrms", "fwdbwd"): 8,
+    ("addrms-drop", "fwd"): 4,
+    ("addrms-drop", "fwdbwd"): 8,
     # issue 18: AdaLN-Zero as Add & Norm, its backward also reading x and writing d(residual) apart from dx;
     # DyT and Add & DyT as the norm and Add & Norm; channels-first LayerNorm as LayerNorm
-    ("adaln", "fwd"): 4, ("adaln", "fwdbwd"): 10, ("dyt", "fwd"): 2, ("dyt", "fwdbwd"): 5,
-    ("adddyt", "fwd"): 4, ("adddyt", "fwdbwd"): 8, ("cfln", "fwd"): 2, ("cfln", "fwdbwd"): 5,
+    ("adaln", "fwd"): 4,
+    ("adaln", "fwdbwd"): 10,
+    ("dyt", "fwd"): 2,
+    ("dyt", "fwdbwd"): 5,
+    ("adddyt", "fwd"): 4,
+    ("adddyt", "fwdbwd"): 8,
+    ("cfln", "fwd"): 2,
+    ("cfln", "fwdbwd"): 5,
 }
 ELEMENT_SIZE = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 
@@ -78,12 +93,36 @@ def test_counts_parse(text, value):
 
 def test_tiny_cpu_sweep_reports_consistent_numbers_and_writes_outputs(tmp_path, capsys):
     paths = {kind: tmp_path / f"bench.{kind}" for kind in ("json", "csv", "png")}
-    code = main([
-        "bench", "--device", "cpu", "--threads", "1", "--quick", "--impls", "tokennorm,torch",
-        "--ops", "ln,addnorm", "--dtypes", "fp32,bf16", "--sizes", "64,256", "--mn", "1K",
-        "--latency-rows", "1", "--latency-n", "256",
-        "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"]),
-    ])
+    code = main(
+        [
+            "bench",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--quick",
+            "--impls",
+            "tokennorm,torch",
+            "--ops",
+            "ln,addnorm",
+            "--dtypes",
+            "fp32,bf16",
+            "--sizes",
+            "64,256",
+            "--mn",
+            "1K",
+            "--latency-rows",
+            "1",
+            "--latency-n",
+            "256",
+            "--json",
+            str(paths["json"]),
+            "--csv",
+            str(paths["csv"]),
+            "--plot",
+            str(paths["png"]),
+        ]
+    )
     assert code == 0
     assert "throughput" in capsys.readouterr().out
 
@@ -118,8 +157,9 @@ def test_tiny_cpu_sweep_reports_consistent_numbers_and_writes_outputs(tmp_path, 
     with open(paths["csv"], newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(row["impl"], row["op"], row["n"]) for row in rows] == [(r["impl"], r["op"], str(r["n"])) for r in results]
-    assert [row["fraction_of_copy"] for row in rows] == ["" if r["fraction_of_copy"] is None else
-                                                         str(r["fraction_of_copy"]) for r in results]
+    assert [row["fraction_of_copy"] for row in rows] == [
+        "" if r["fraction_of_copy"] is None else str(r["fraction_of_copy"]) for r in results
+    ]
 
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -149,6 +189,7 @@ def test_wrong_or_failing_implementations_are_not_timed():
     def raises(case):
         def fn(x, r, w, b):
             raise RuntimeError("boom")
+
         return fn
 
     impls = [Impl("wrong", wrong_eps), Impl("raises", raises), IMPLEMENTATIONS["tokennorm"]]
@@ -158,10 +199,20 @@ def test_wrong_or_failing_implementations_are_not_timed():
     assert "raises: failed: RuntimeError: boom (1 case)" in result.notes
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("--dtypes", "fp8"), ("--ops", "ln,layernorm2"), ("--sizes", "abc"), ("--sizes", "0"), ("--mn", "-5"),
-    ("--dirs", "bwd"), ("--impls", "nosuch"), ("--latency-rows", "x"), ("--device", "tpu"),
-])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--dtypes", "fp8"),
+        ("--ops", "ln,layernorm2"),
+        ("--sizes", "abc"),
+        ("--sizes", "0"),
+        ("--mn", "-5"),
+        ("--dirs", "bwd"),
+        ("--impls", "nosuch"),
+        ("--latency-rows", "x"),
+        ("--device", "tpu"),
+    ],
+)
 def test_bad_option_values_are_argparse_errors(option, value, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", option, value])
@@ -201,6 +252,7 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     assert {("fwd", "chunked"), ("fwd", "long_rows"), ("bwd", "long_rows"), ("bwd", "segment")} <= modes
     # tokennorm's own defaults are always among the measured, with the bandwidth on the bytes they move
     from tokennorm.kernels import config as kconfig
+
     facts = kconfig.device_facts(torch.device("cpu"))
     default_fwd, default_bwd = kconfig.forward_config(n, 4, 4, facts), kconfig.backward_config(n, 4, facts)
     defaults = [e for e in result["fwd"] if e["cfg"] == default_fwd.__dict__]
@@ -210,4 +262,5 @@ def test_tune_kernels_checks_and_records_every_candidate(monkeypatch):
     assert len(result["copy_ms_samples"]) == 2 and len(defaults) == 2
     assert all(len(e["ms_samples"]) == 2 for e in defaults)
     from tokennorm.tools.kernel_report import traffic  # the traffic report reads what the run recorded
+
     assert len(traffic.analyse([result], sms=4)) == len(result["fwd"]) + len(result["bwd"])

@@ -10,14 +10,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from fake_timer import FakeTimer
+
 from tokennorm.cli import main
 from tokennorm.tools.bench import report, runner
 from tokennorm.tools.bench.cases import OPS, Case, Sweep
 from tokennorm.tools.bench.implementations import IMPLEMENTATIONS
-from tokennorm.tools.bench.timing import (Budget, Measurement, Workload, kernel_seconds, measure_interleaved,
-                                          rotated, summarize)
+from tokennorm.tools.bench.timing import (
+    Budget,
+    Measurement,
+    Workload,
+    kernel_seconds,
+    measure_interleaved,
+    rotated,
+    summarize,
+)
 
 BUDGET = Budget(rounds=5, warmup_calls=0, sample_seconds=0.0, min_calls=1, max_calls=1, host_burst_calls=1)
 SWEEP = Sweep(("ln",), ("fwd",), (torch.float32,), (256,), mn=2**14)  # 64 rows of 256: 128 KB moved
@@ -128,8 +135,29 @@ def test_noisy_rows_and_faster_than_copy_rows_are_flagged():
 
 def test_the_command_prints_the_warnings_and_marks_the_rows(monkeypatch, capsys):
     monkeypatch.setattr(runner, "default_timer", lambda device: FakeTimer(_copy_slow))
-    code = main(["bench", "--device", "cpu", "--impls", "tokennorm,torch", "--ops", "ln", "--dirs", "fwd",
-                 "--dtypes", "fp32", "--sizes", "256", "--mn", "16K", "--latency-rows", "none", "--rounds", "3"])
+    code = main(
+        [
+            "bench",
+            "--device",
+            "cpu",
+            "--impls",
+            "tokennorm,torch",
+            "--ops",
+            "ln",
+            "--dirs",
+            "fwd",
+            "--dtypes",
+            "fp32",
+            "--sizes",
+            "256",
+            "--mn",
+            "16K",
+            "--latency-rows",
+            "none",
+            "--rounds",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "warning" in out and "implausible" in out
@@ -148,8 +176,27 @@ def test_the_cpu_runs_on_one_thread_unless_asked(monkeypatch, capsys):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        args = ["bench", "--device", "cpu", "--impls", "torch", "--ops", "ln", "--dirs", "fwd", "--dtypes", "fp32",
-                "--sizes", "64", "--mn", "256", "--latency-rows", "none", "--rounds", "2"]
+        args = [
+            "bench",
+            "--device",
+            "cpu",
+            "--impls",
+            "torch",
+            "--ops",
+            "ln",
+            "--dirs",
+            "fwd",
+            "--dtypes",
+            "fp32",
+            "--sizes",
+            "64",
+            "--mn",
+            "256",
+            "--latency-rows",
+            "none",
+            "--rounds",
+            "2",
+        ]
         assert main(args) == 0
         assert main(args + ["--threads", "2"]) == 0
         assert torch.get_num_threads() == 2  # given back
@@ -160,15 +207,33 @@ def test_the_cpu_runs_on_one_thread_unless_asked(monkeypatch, capsys):
 
 # ---------------------------------------------------------------------------------------- issue 14, item 11
 
-TINY = ["bench", "--device", "cpu", "--impls", "torch", "--ops", "ln", "--dirs", "fwd", "--dtypes", "fp32",
-        "--sizes", "64", "--mn", "256", "--latency-rows", "none", "--rounds", "2"]
+TINY = [
+    "bench",
+    "--device",
+    "cpu",
+    "--impls",
+    "torch",
+    "--ops",
+    "ln",
+    "--dirs",
+    "fwd",
+    "--dtypes",
+    "fp32",
+    "--sizes",
+    "64",
+    "--mn",
+    "256",
+    "--latency-rows",
+    "none",
+    "--rounds",
+    "2",
+]
 
 
 def test_outputs_into_a_missing_folder_are_written_there(tmp_path):
     out = tmp_path / "not" / "yet"
     paths = {k: out / f"b.{k}" for k in ("json", "csv", "md")}
-    assert main(TINY + ["--json", str(paths["json"]), "--csv", str(paths["csv"]),
-                        "--markdown", str(paths["md"])]) == 0
+    assert main(TINY + ["--json", str(paths["json"]), "--csv", str(paths["csv"]), "--markdown", str(paths["md"])]) == 0
     assert json.loads(paths["json"].read_text())["results"][0]["impl"] == "torch"
     assert paths["csv"].read_text().startswith("impl,") and paths["md"].read_text().startswith("Device:")
 
@@ -180,11 +245,14 @@ def test_json_dash_prints_the_json_alone_on_stdout(capsys):
     assert doc["results"][0]["op"] == "ln" and "throughput" in captured.err
 
 
-@pytest.mark.parametrize(("option", "where", "message"), [
-    ("--plot", "file/plot.png", "cannot create its folder"),
-    ("--json", "folder", "is a folder"),
-    ("--csv", "-", "only --json can be written to standard output"),
-])
+@pytest.mark.parametrize(
+    ("option", "where", "message"),
+    [
+        ("--plot", "file/plot.png", "cannot create its folder"),
+        ("--json", "folder", "is a folder"),
+        ("--csv", "-", "only --json can be written to standard output"),
+    ],
+)
 def test_unwritable_outputs_fail_before_anything_runs(tmp_path, monkeypatch, capsys, option, where, message):
     (tmp_path / "file").write_text("a file, not a folder")
     (tmp_path / "folder").mkdir()
@@ -212,8 +280,10 @@ def test_a_stopped_run_keeps_the_cases_it_finished(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "default_timer", lambda device: FakeTimer(seconds))
     path = tmp_path / "partial.json"
     with pytest.raises(KeyboardInterrupt):
-        main(TINY[:-8] + ["--sizes", "64,128", "--mn", "256", "--latency-rows", "none", "--rounds", "2",
-                          "--json", str(path)])
+        main(
+            TINY[:-8]
+            + ["--sizes", "64,128", "--mn", "256", "--latency-rows", "none", "--rounds", "2", "--json", str(path)]
+        )
     doc = json.loads(path.read_text())
     assert [(r["n"], r["impl"]) for r in doc["results"]] == [(64, "torch")]
 
@@ -299,8 +369,12 @@ class StandInCuda:
                 self.us = (clock.now - self.start) * 1e6
 
             def events(self):
-                return [SimpleNamespace(device_type=DeviceType.CUDA, time_range=SimpleNamespace(
-                    elapsed_us=lambda: self.us)), SimpleNamespace(device_type=DeviceType.CPU, time_range=None)]
+                return [
+                    SimpleNamespace(
+                        device_type=DeviceType.CUDA, time_range=SimpleNamespace(elapsed_us=lambda: self.us)
+                    ),
+                    SimpleNamespace(device_type=DeviceType.CPU, time_range=None),
+                ]
 
         return Session()
 
@@ -311,8 +385,10 @@ def _graph_timer(cuda, **kw):
     return GraphTimer("cpu", cuda=cuda, profile=cuda.profile, **kw)  # the flush buffer lives on the CPU here
 
 
-@pytest.mark.parametrize(("capture_fails", "force_profiler", "method"), [
-    (False, False, "graph"), (True, False, "profiler"), (False, True, "profiler")])
+@pytest.mark.parametrize(
+    ("capture_fails", "force_profiler", "method"),
+    [(False, False, "graph"), (True, False, "profiler"), (False, True, "profiler")],
+)
 def test_the_cuda_timer_divides_a_sample_by_its_calls(capture_fails, force_profiler, method):
     cuda = StandInCuda(capture_fails)
     calls = []
@@ -346,8 +422,9 @@ def test_gpu_ms_is_the_harness_median_in_milliseconds(monkeypatch):
 
 
 def test_a_clock_that_saw_nothing_gives_a_note_not_a_division_by_zero():
-    result = runner.run_sweep(SWEEP, IMPLS, "cpu", BUDGET, timer=FakeTimer(
-        lambda name, case, i: 0.0 if name == "torch" else 1e-4))
+    result = runner.run_sweep(
+        SWEEP, IMPLS, "cpu", BUDGET, timer=FakeTimer(lambda name, case, i: 0.0 if name == "torch" else 1e-4)
+    )
     assert [r.impl for r in result.results] == ["tokennorm"]
     assert "torch: failed: RuntimeError: no device time measured (fake) (1 case)" in result.notes
 
@@ -357,4 +434,5 @@ def test_a_noisy_host_time_flags_the_row_too():
 
     assert runner.plausibility(Stats(1.0, 1.0, 1.0), 0.5, Stats(1.0, 0.9, 1.1)) == ()
     assert runner.plausibility(Stats(1.0, 1.0, 1.0), 0.5, Stats(1.0, 0.5, 2.0)) == (
-        "noisy host time: p20–p80 spans 150% of the median",)
+        "noisy host time: p20–p80 spans 150% of the median",
+    )

@@ -21,16 +21,16 @@ def _sweep():
 
 
 def test_every_op_runs_checked_on_the_torch_backend(torch_backend):
-    result = run_sweep(_sweep(), [IMPLEMENTATIONS["tokennorm"],
-                                                                 IMPLEMENTATIONS["torch"]], "cpu", TINY_BUDGET)
+    result = run_sweep(_sweep(), [IMPLEMENTATIONS["tokennorm"], IMPLEMENTATIONS["torch"]], "cpu", TINY_BUDGET)
     timed = {(r.impl, r.op, r.direction, r.dtype) for r in result.results}
     assert len(timed) == 2 * len(OPS) * 2, result.notes
 
 
 @pytest.mark.interpret
 def test_the_triton_path_passes_the_output_check(triton_backend):
-    result = run_sweep(Sweep(OPS, ("fwd",), (torch.float32,), (32,), mn=32 * 16), [IMPLEMENTATIONS["tokennorm"]],
-                       "cpu", TINY_BUDGET)
+    result = run_sweep(
+        Sweep(OPS, ("fwd",), (torch.float32,), (32,), mn=32 * 16), [IMPLEMENTATIONS["tokennorm"]], "cpu", TINY_BUDGET
+    )
     assert {r.op for r in result.results} == set(OPS), result.notes
 
 
@@ -39,6 +39,7 @@ def test_a_wrong_modulation_is_not_timed(torch_backend):
         def adaln(x, r, shift, scale, gate):
             y, h = tokennorm.ada_norm(x, shift, scale - 1, gate=gate, residual=r, eps=1e-6, prenorm=True)
             return y, h
+
         return _issue18(case, adaln, None, None, None)
 
     sweep = Sweep(("adaln",), ("fwd",), (torch.float32,), (32,), mn=32 * 16)
@@ -50,7 +51,8 @@ def test_a_wrong_modulation_is_not_timed(torch_backend):
 def test_the_torch_baselines_are_the_compositions_users_write(torch_backend):
     """torch's AdaLN-Zero step is DiT's modulate(norm(r + gate·x)); its channels-first LN permutes around
     F.layer_norm and stores the result channels first."""
-    from tokennorm.tools.bench.cases import OPS as ALL, Case
+    from tokennorm.tools.bench.cases import OPS as ALL
+    from tokennorm.tools.bench.cases import Case
 
     case = Case(ALL["cfln"], "fwd", torch.float32, 16, 8)
     x, w, b = torch.randn(16, 8), torch.randn(8), torch.randn(8)

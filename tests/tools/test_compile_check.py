@@ -19,8 +19,13 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the 
 def _run(*args):
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compilable kernels, not interpreted
-    proc = subprocess.run([sys.executable, "-m", "tokennorm.tools.kernel_report.compile_check", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tokennorm.tools.kernel_report.compile_check", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("this triton install has no ptxas")
     return proc

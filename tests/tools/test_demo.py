@@ -13,16 +13,44 @@ from tokennorm.tools.demo import cli as demo_cli
 from tokennorm.tools.demo import data as demo_data
 from tokennorm.tools.demo import train
 
-TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq-len", "32", "--batch-size", "16",
-        "--eval-interval", "20", "--eval-batches", "2", "--lr", "1e-2"]
+TINY = [
+    "--d-model",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "16",
+    "--eval-interval",
+    "20",
+    "--eval-batches",
+    "2",
+    "--lr",
+    "1e-2",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     threads = torch.get_num_threads()
-    rc = cli.main(["demo", "--steps", "60", "--out", str(out), "--seed", "3",
-                   "--configs", "layernorm-post,rmsnorm-pre,batchnorm-pre", *TINY])
+    rc = cli.main(
+        [
+            "demo",
+            "--steps",
+            "60",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--configs",
+            "layernorm-post,rmsnorm-pre,batchnorm-pre",
+            *TINY,
+        ]
+    )
     return rc, out, json.loads((out / "results.json").read_text()), threads
 
 
@@ -79,7 +107,9 @@ def test_bad_configs_are_rejected_naming_the_entry(capsys):
     with pytest.raises(argparse.ArgumentTypeError, match="twice"):
         demo_cli.parse_configs("rmsnorm-pre,rmsnorm-pre")
     assert demo_cli.parse_configs("none-post, batchnorm-pre") == (
-        train.RunConfig("none", "post"), train.RunConfig("batchnorm", "pre"))
+        train.RunConfig("none", "post"),
+        train.RunConfig("batchnorm", "pre"),
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -97,7 +127,8 @@ def test_heads_must_divide_d_model(tmp_path, capsys):
 def test_corpus_is_the_documented_file():
     text = demo_data.load_corpus()
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == (
-        "7ac00e23da6e4874b715b3c3c0c1cdc442bc790eb6ac3f39c0610052e5e636fa")
+        "7ac00e23da6e4874b715b3c3c0c1cdc442bc790eb6ac3f39c0610052e5e636fa"
+    )
     assert len(text) == 151_922 and len(set(text)) == 65 and text.isascii()
 
 

@@ -17,8 +17,24 @@ from tokennorm import cli
 from tokennorm.tools.demo import cli as demo_cli
 from tokennorm.tools.demo import models, presets, report, train
 
-TINY = ["--steps", "4", "--eval-interval", "2", "--d-model", "16", "--layers", "1", "--heads", "2", "--seq-len", "16",
-        "--batch-size", "4", "--eval-batches", "1"]
+TINY = [
+    "--steps",
+    "4",
+    "--eval-interval",
+    "2",
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-batches",
+    "1",
+]
 
 
 @pytest.mark.parametrize("name", list(presets.PRESETS))
@@ -32,8 +48,16 @@ def test_preset_runs_at_a_tiny_size(name, tmp_path, capsys):
         if r["norm"] != "batchnorm":  # no dropout, no batch statistics: the two modes compute the same thing
             assert r["eval_val"] == pytest.approx(r["eval_val_train_mode"], rel=1e-5)
     assert (tmp_path / "loss_curves.png").stat().st_size > 20_000
-    assert results["changed"] == ["steps", "d_model", "layers", "heads", "seq_len", "batch_size", "eval_interval",
-                                  "eval_batches"]
+    assert results["changed"] == [
+        "steps",
+        "d_model",
+        "layers",
+        "heads",
+        "seq_len",
+        "batch_size",
+        "eval_interval",
+        "eval_batches",
+    ]
     out = " ".join(capsys.readouterr().out.split())
     assert f"{name} preset with --steps, --d-model" in out  # its note assumes its own settings: not printed
     assert preset.note[:40] not in out
@@ -48,8 +72,9 @@ def test_settings_come_from_the_option_then_the_preset_then_the_base():
     assert [c.name for c in args.configs] == list(presets.PRESETS["depth"].configs)
     default = demo_cli.resolve_settings(parser.parse_args([]))
     assert default.preset == presets.DEFAULT_PRESET
-    assert set(presets.BASE) <= set(vars(default)) and all(getattr(default, k) is not None or k == "warmup"
-                                                           for k in presets.BASE)
+    assert set(presets.BASE) <= set(vars(default)) and all(
+        getattr(default, k) is not None or k == "warmup" for k in presets.BASE
+    )
 
 
 def test_the_note_is_printed_when_the_preset_runs_as_defined():
@@ -98,10 +123,13 @@ def test_detached_model_starts_from_the_layernorm_models_weights():
         det = models.build_model("layernorm-detached", placement, 11, **kw)
         from tokennorm.modules import AddNorm
 
-        assert not any(isinstance(m, (AddNorm, torch.nn.LayerNorm)) and not isinstance(
-            m, models.DetachedStatsLayerNorm) for m in det.modules())
+        assert not any(
+            isinstance(m, (AddNorm, torch.nn.LayerNorm)) and not isinstance(m, models.DetachedStatsLayerNorm)
+            for m in det.modules()
+        )
         assert sum(isinstance(m, models.DetachedStatsLayerNorm) for m in det.modules()) == (
-            4 if placement == "post" else 5)  # 2 per layer, plus pre-LN's final norm
+            4 if placement == "post" else 5
+        )  # 2 per layer, plus pre-LN's final norm
         assert [p.tolist() for p in ln.parameters()] == [p.tolist() for p in det.parameters()]
         tokens = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(det(tokens), ln(tokens), rtol=1e-5, atol=1e-5)

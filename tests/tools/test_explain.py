@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib import image as mpimg
 
-from tokennorm.tools import explain as E
 from tokennorm.cli import main as cli_main
+from tokennorm.tools import explain as E
 
 SHAPES = [(2, 3, 4), (3, 5, 6), (1, 2, 2)]
 
@@ -25,9 +25,16 @@ def test_groups_are_what_torch_normalizes_over(norm, shape):
     torch.testing.assert_close(ours, E.torch_norm(norm, x, num_groups=2), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("norm, count", [("layernorm", lambda b, n, c: b * n), ("rmsnorm", lambda b, n, c: b * n),
-                                         ("batchnorm", lambda b, n, c: c), ("instancenorm", lambda b, n, c: b * c),
-                                         ("groupnorm", lambda b, n, c: b * 2)])
+@pytest.mark.parametrize(
+    "norm, count",
+    [
+        ("layernorm", lambda b, n, c: b * n),
+        ("rmsnorm", lambda b, n, c: b * n),
+        ("batchnorm", lambda b, n, c: c),
+        ("instancenorm", lambda b, n, c: b * c),
+        ("groupnorm", lambda b, n, c: b * 2),
+    ],
+)
 def test_group_counts(norm, count):
     b, n, c = 3, 5, 6
     groups = E.stat_groups(norm, (b, n, c), num_groups=2)
@@ -137,8 +144,10 @@ def test_walkthrough_pitfall_errors():
 
 
 def test_cli_explain(tmp_path, capsys):
-    assert cli_main(["explain", "--shape", "2,3,4", "--seed", "1", "--affine", "--out", str(tmp_path),
-                     "--format", "both"]) == 0
+    assert (
+        cli_main(["explain", "--shape", "2,3,4", "--seed", "1", "--affine", "--out", str(tmp_path), "--format", "both"])
+        == 0
+    )
     text = capsys.readouterr().out
     for word in ("LayerNorm", "GroupNorm", "rstd", "torch", "unbiased_std", "eps_outside_sqrt", "equal to torch"):
         assert word in text

@@ -72,14 +72,21 @@ def test_large_shape_labels_every_cell_with_its_group_and_says_colours_repeat():
     shape = (3, 40, 64)  # 120 LayerNorm groups: the 20 colours repeat
     fig = E.draw_groups(shape, norms=("layernorm", "batchnorm"))
     for ax, norm in zip(fig.axes, ("layernorm", "batchnorm")):
-        labels = [t for t in ax.texts if t.get_text().isdigit() and t.get_fontsize() > 4.5 and t.get_fontsize() <= 6.5
-                  and t.get_color() == "black"]
+        labels = [
+            t
+            for t in ax.texts
+            if t.get_text().isdigit()
+            and t.get_fontsize() > 4.5
+            and t.get_fontsize() <= 6.5
+            and t.get_color() == "black"
+        ]
         bs, ns, cs = (figures.shown_indices(size, limit) for size, limit in zip(shape, figures.SHOWN))
         drawn = [(b, n, c) for b in bs for n in ns for c in cs if None not in (b, n, c)]
         assert len(labels) == len(drawn)
         # distinct groups get distinct labels even where their colours are equal
-        expected = sorted(int(groups.group_ids(norm, shape, torch.tensor(b), torch.tensor(n), torch.tensor(c)))
-                          for b, n, c in drawn)
+        expected = sorted(
+            int(groups.group_ids(norm, shape, torch.tensor(b), torch.tensor(n), torch.tensor(c))) for b, n, c in drawn
+        )
         assert sorted(int(t.get_text()) for t in labels) == expected
     assert "colours repeat" in fig._suptitle.get_text() and "same colour" not in fig._suptitle.get_text()
     small = E.draw_groups((2, 3, 4))
@@ -112,9 +119,9 @@ def test_registered_keys_number_groups_in_order_of_first_appearance(norm):
 
 def _blue_pixels(path, panels):
     img = mpimg.imread(path)[..., :3]
-    blue = (np.abs(img - np.array([0x1F, 0x77, 0xB4]) / 255).sum(-1) < 0.35)  # the highlight colour, shaded
+    blue = np.abs(img - np.array([0x1F, 0x77, 0xB4]) / 255).sum(-1) < 0.35  # the highlight colour, shaded
     width = img.shape[1] / panels
-    return [int(blue[:, int(i * width): int((i + 1) * width)].sum()) for i in range(panels)]
+    return [int(blue[:, int(i * width) : int((i + 1) * width)].sum()) for i in range(panels)]
 
 
 def test_cubes_tell_batchnorm_from_instancenorm(tmp_path):

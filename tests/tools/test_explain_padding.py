@@ -68,11 +68,14 @@ def test_cli_padding_prints_the_numbers_and_draws(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- issue 14, item 9
 
 
-@pytest.mark.parametrize("argv, nan_or_inf", [
-    (["--shape", "2,3,1", "--groups", "1"], True),  # C = 1: LayerNorm's y is 0; the unbiased variance is NaN
-    (["--shape", "2,2,4", "--scale", "0"], False),  # x = 0: y = 0 and every mistake agrees with it
-    (["--shape", "1,1,1", "--groups", "1"], True),  # one element
-])
+@pytest.mark.parametrize(
+    "argv, nan_or_inf",
+    [
+        (["--shape", "2,3,1", "--groups", "1"], True),  # C = 1: LayerNorm's y is 0; the unbiased variance is NaN
+        (["--shape", "2,2,4", "--scale", "0"], False),  # x = 0: y = 0 and every mistake agrees with it
+        (["--shape", "1,1,1", "--groups", "1"], True),  # one element
+    ],
+)
 def test_degenerate_inputs_are_explained_not_a_traceback(argv, nan_or_inf, capsys):
     assert cli_main(["explain", *argv]) == 0
     captured = capsys.readouterr()
@@ -99,8 +102,11 @@ def test_figures_without_matplotlib_are_one_line_exit_2(tmp_path, monkeypatch, c
 
 @pytest.mark.slow  # a fresh interpreter (~3 s)
 def test_explain_block_as_a_new_user_runs_it(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tokennorm", "explain", "--block", "--out", str(tmp_path)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tokennorm", "explain", "--block", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "block.png").stat().st_size > 50_000 and (tmp_path / "block.svg").exists()
 

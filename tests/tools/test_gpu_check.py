@@ -16,17 +16,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-FULL_ORDER = ["tests-gpu", "tests-rest", "verify", "racecheck", "warm", "anchor-bf16", "anchor-fp", "compile",
-              "latency", "block-eager", "block-compile", "table"]
+FULL_ORDER = [
+    "tests-gpu",
+    "tests-rest",
+    "verify",
+    "racecheck",
+    "warm",
+    "anchor-bf16",
+    "anchor-fp",
+    "compile",
+    "latency",
+    "block-eager",
+    "block-compile",
+    "table",
+]
 QUICK_ORDER = ["tests-gpu", "verify", "racecheck", "warm", "anchor-bf16", "latency", "block-eager", "table"]
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils' timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils' timeout"
+)
 
 
 def _plan(*options):
-    result = subprocess.run(["bash", str(SCRIPT), "OUT", "--dry-run", *options], cwd=ROOT, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "OUT", "--dry-run", *options], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     stages = [re.match(r"(\S+)\s+(\d+)s  (.*)", line).groups() for line in lines[1:-1]]
@@ -63,7 +77,7 @@ def test_every_benchmark_command_of_the_plan_parses():
 
 def test_the_racecheck_stage_runs_the_long_row_gpu_tests_under_compute_sanitizer():
     text = SCRIPT.read_text()
-    body = text[text.index("racecheck() {"):]
+    body = text[text.index("racecheck() {") :]
     body = body[: body.index("\n}")]
     assert "--tool racecheck" in body and '-m gpu -k "${RACECHECK_K:-long_rows and racecheck}"' in body
     # the kernel engineer's test for it exists (a GPU test: it runs only there)
@@ -139,12 +153,19 @@ def _run(tmp_path, *options, env=None):
     sanitizer.write_text('#!/usr/bin/env bash\nwhile [ "$1" != "$GPU_CHECK_PYTHON" ]; do shift; done\nexec "$@"\n')
     sanitizer.chmod(0o755)
     out = tmp_path / "out"
-    full_env = dict(os.environ, GPU_CHECK_PYTHON=str(stand_in), STAND_IN_LOG=str(tmp_path / "calls.log"),
-                    PATH=f"{bin_dir}:{os.environ['PATH']}", TMPDIR=str(tmp_path), TOKENNORM_CACHE_DIR=str(tmp_path))
+    full_env = dict(
+        os.environ,
+        GPU_CHECK_PYTHON=str(stand_in),
+        STAND_IN_LOG=str(tmp_path / "calls.log"),
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        TMPDIR=str(tmp_path),
+        TOKENNORM_CACHE_DIR=str(tmp_path),
+    )
     full_env.pop("TRITON_INTERPRET", None)
     full_env.update(env or {})
-    result = subprocess.run(["bash", str(SCRIPT), str(out), *options], cwd=ROOT, env=full_env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", str(SCRIPT), str(out), *options], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300
+    )
     return result, out
 
 
@@ -162,16 +183,25 @@ def test_a_whole_run_through_a_stand_in_python(tmp_path):
     assert sorted(os.listdir(out)) == ["gpu_check.tar.gz", "summary.json", "summary.txt"]  # ≤ 8 files come back
     stages, names = _stages(out)
     assert [s[0] for s in stages] == QUICK_ORDER and {s[1] for s in stages} == {"ok"}
-    for expected in ("./tests-gpu.log", "./anchor-bf16.json", "./latency.json", "./block-eager.json",
-                     "./dispatch-table.json", "./summary.txt"):
+    for expected in (
+        "./tests-gpu.log",
+        "./anchor-bf16.json",
+        "./latency.json",
+        "./block-eager.json",
+        "./dispatch-table.json",
+        "./summary.txt",
+    ):
         assert expected in names
     summary = json.loads((out / "summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == QUICK_ORDER
     # the anchor's made-up times: torch faster at 1K, so the table sends those shapes to torch
     assert {(e["op"], e["n"]) for e in summary["dispatch_to_torch"]} == {
-        ("layer_norm", 1024), ("rms_norm", 1024), ("add_layer_norm", 1024)}
+        ("layer_norm", 1024),
+        ("rms_norm", 1024),
+        ("add_layer_norm", 1024),
+    }
     # the short table is printed last
-    tail = result.stdout[result.stdout.index("=== done"):]
+    tail = result.stdout[result.stdout.index("=== done") :]
     assert "stage          status" in tail and "dispatch table: 6 of 24 shapes go to torch" in tail
     assert "d_model 4096  rmsnorm   eager   torch 2.0  tokennorm 1.6  (1.25×)" in tail
     calls = (tmp_path / "calls.log").read_text()

@@ -149,8 +149,9 @@ def compiled(tmp_path_factory):
     script.write_text(textwrap.dedent(SCRIPT))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # triton 3.9 warns when unset; 1 is its (and 3.6's) default
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600,
-                          cwd=where)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600, cwd=where
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -199,7 +200,8 @@ def test_analysis_of_small_kernels_compiled_for_sm90(compiled):
     # A chunk loop: the loop body is the hot code, counted per chunk of 1024; the rest once per 64K row.
     assert 0 < chunks["hot"] < chunks["main"] and chunks["loads"] == {"X": 16}
     assert chunks["per_elem"] == pytest.approx(
-        chunks["hot"] * 128 / 1024 + (chunks["main"] - chunks["hot"]) * 128 / 65536)
+        chunks["hot"] * 128 / 1024 + (chunks["main"] - chunks["hot"]) * 128 / 65536
+    )
 
 
 # --------------------------------------------------------------------------- parsing, directly, no compile
@@ -229,7 +231,7 @@ def test_sass_structure_splits_main_code_cold_blocks_subroutines_and_loops():
     assert [i.address for i in s.cold] == [0x40, 0x50, 0x60]  # the call's setup, skipped unless P1
     assert [i.opcode for i in s.subroutines] == ["FFMA", "RET.REL.NODEC"]
     # main: no NOP, no padding 'BRA self', no cold block
-    assert [i.address for i in s.main] == [0x0, 0x10, 0x20, 0x30, 0x70, 0x80, 0x90, 0xa0, 0xb0]
+    assert [i.address for i in s.main] == [0x0, 0x10, 0x20, 0x30, 0x70, 0x80, 0x90, 0xA0, 0xB0]
     assert s.loops == [analysis.Loop(0x10, 0x90)] and s.hot_loops == s.loops and s.row_loop is None
     assert s.hot == 6 and s.row == 6 and s.opcodes("BAR.SYNC") == 1 and s.opcodes("SHFL") == 1
     assert s.widths("LDG") == {16: 1} and s.widths("STG") == {16: 1}
@@ -266,18 +268,25 @@ PTX = """
 
 def test_ptx_accesses_are_attributed_to_the_pointer_they_address():
     accesses = analysis.ptx_accesses(PTX, ["X", "Y", ""])
-    assert accesses == [analysis.Access("X", "cp.async", 16, 1), analysis.Access("X", "load", 2, 1),
-                        analysis.Access("X", "load", 16, 1), analysis.Access("Y", "store", 8, 1)]
+    assert accesses == [
+        analysis.Access("X", "cp.async", 16, 1),
+        analysis.Access("X", "load", 2, 1),
+        analysis.Access("X", "load", 16, 1),
+        analysis.Access("Y", "store", 8, 1),
+    ]
     assert analysis.ptx_math(PTX) == {"div.rn.f32": 1, "sqrt.approx.ftz.f32": 1}
 
 
-@pytest.mark.parametrize("regs, warps, shared, programs, limit", [
-    (24, 4, 0, 16, "warps"),  # 64 warps / 4 (registers would allow 21)
-    (48, 8, 4096, 5, "registers"),  # 48·32 = 1536 registers per warp · 8 = 12288; 65536 // 12288
-    (227, 8, 8192, 1, "registers"),  # 232 per thread after rounding: one 8-warp program
-    (64, 2, 100 * 1024, 2, "shared"),  # (100 + 1) KB of 228
-    (16, 1, 0, 32, "blocks"),
-])
+@pytest.mark.parametrize(
+    "regs, warps, shared, programs, limit",
+    [
+        (24, 4, 0, 16, "warps"),  # 64 warps / 4 (registers would allow 21)
+        (48, 8, 4096, 5, "registers"),  # 48·32 = 1536 registers per warp · 8 = 12288; 65536 // 12288
+        (227, 8, 8192, 1, "registers"),  # 232 per thread after rounding: one 8-warp program
+        (64, 2, 100 * 1024, 2, "shared"),  # (100 + 1) KB of 228
+        (16, 1, 0, 32, "blocks"),
+    ],
+)
 def test_occupancy_follows_hopper_limits(regs, warps, shared, programs, limit):
     occ = hopper.occupancy(regs, warps, shared)
     assert (occ.programs, occ.limited_by) == (programs, limit)
@@ -313,13 +322,16 @@ def test_host_time_is_the_median_per_call_in_a_quiet_process():
 # ----------------------------------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--n", "3X"], "invalid row length"),
-    (["--ops", "ln,nope"], "invalid op nope"),
-    (["--directions", "sideways"], "invalid direction"),
-    (["--dtype", "fp8"], "invalid choice"),
-    (["--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--n", "3X"], "invalid row length"),
+        (["--ops", "ln,nope"], "invalid op nope"),
+        (["--directions", "sideways"], "invalid direction"),
+        (["--dtype", "fp8"], "invalid choice"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_cli_bad_flags_give_one_line_and_exit_2(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
@@ -377,8 +389,12 @@ FAKE_LAUNCHES = """
 """
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or "H100" not in torch.cuda.get_device_name()
-                    and "H200" not in torch.cuda.get_device_name(), reason="needs an H100 or H200 (132 SMs, sm_90)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available()
+    or "H100" not in torch.cuda.get_device_name()
+    and "H200" not in torch.cuda.get_device_name(),
+    reason="needs an H100 or H200 (132 SMs, sm_90)",
+)
 def test_fake_driver_compiles_the_kernels_a_hopper_gpu_launches(tmp_path):
     """The same public calls on the GPU and, in a subprocess, on CPU tensors under the fake driver: the fake
     driver's launches are the GPU's (the same compiled kernel hash: specialization, config and options), and

@@ -16,8 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 def _tiny_gemma():
     """A tiny random Gemma (its norms compute x̂ · (1 + w)), built from a config: nothing is downloaded."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    config = transformers.GemmaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+    )
     torch.manual_seed(0)
     model = transformers.GemmaForCausalLM(config)
     with torch.no_grad():  # Gemma initialises its norm weights to 0: random values tell 1 + w from w

@@ -27,8 +27,9 @@ def test_doc_table_is_what_the_code_measures():
 
 @pytest.mark.slow
 def test_module_main_prints_the_table():
-    out = subprocess.run([sys.executable, "-m", "tokennorm.tools.explain.pitfalls"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tokennorm.tools.explain.pitfalls"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == pitfalls.markdown_table(pitfalls.measure_all())
 
 

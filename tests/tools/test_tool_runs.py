@@ -49,6 +49,7 @@ def _one_line_error(capsys, *words):
 
 # --- verify ------------------------------------------------------------------------------------------------
 
+
 def test_verify_json_into_missing_folders_creates_them(tmp_path, tiny_verify):
     path = tmp_path / "a" / "b" / "verify.json"
     assert cli.main(["verify", "--device", "cpu", "--quick", "--json", str(path)]) == 0
@@ -84,9 +85,21 @@ def test_verify_on_torch_kernels_says_so_and_offers_the_interpreted_check(tiny_v
 def test_verify_interpret_reruns_itself_with_the_interpreter(reruns, tmp_path):
     path = str(tmp_path / "v.json")
     assert cli.main(["verify", "--interpret", "--quick", "--seed", "3", "--json", path]) == 0
-    (command, env), = reruns
-    assert command[1:] == ["-m", "tokennorm", "verify", "--device", "cpu", "--backend", "triton", "--seed", "3",
-                           "--quick", "--json", path]
+    ((command, env),) = reruns
+    assert command[1:] == [
+        "-m",
+        "tokennorm",
+        "verify",
+        "--device",
+        "cpu",
+        "--backend",
+        "triton",
+        "--seed",
+        "3",
+        "--quick",
+        "--json",
+        path,
+    ]
     assert env["TRITON_INTERPRET"] == "1" and env["TOKENNORM_BACKEND"] == "triton"
 
 
@@ -110,10 +123,17 @@ def test_verify_interpret_under_the_interpreter_checks_the_triton_kernels(tiny_v
 
 # --- patch-check -------------------------------------------------------------------------------------------
 
+
 def _tiny_llama_dir(tmp_path):
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     transformers.LlamaModel(config).save_pretrained(tmp_path)
     return str(tmp_path)
@@ -126,8 +146,9 @@ def test_patch_check_device_that_cannot_run_is_one_line_exit_2(capsys, device):
     _one_line_error(capsys, f"--device {device}")
 
 
-def test_patch_check_triton_backend_without_the_interpreter_is_one_line_exit_2(monkeypatch, capsys,
-                                                                             backend_from_environment):
+def test_patch_check_triton_backend_without_the_interpreter_is_one_line_exit_2(
+    monkeypatch, capsys, backend_from_environment
+):
     backend_from_environment("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr("tokennorm.backend._kernels_run_on_cpu", False)  # this process does interpret
@@ -154,9 +175,19 @@ def test_patch_check_says_which_kernels_ran(tmp_path, capsys):
 
 def test_patch_check_interpret_reruns_itself_with_the_interpreter(reruns):
     assert cli.main(["patch-check", "some-model", "--interpret", "--dtype", "bfloat16", "--rtol", "0.1"]) == 0
-    (command, env), = reruns
-    assert command[3:] == ["patch-check", "some-model", "--dtype", "bfloat16", "--device", "cpu", "--tokens", "16",
-                           "--rtol", "0.1"]
+    ((command, env),) = reruns
+    assert command[3:] == [
+        "patch-check",
+        "some-model",
+        "--dtype",
+        "bfloat16",
+        "--device",
+        "cpu",
+        "--tokens",
+        "16",
+        "--rtol",
+        "0.1",
+    ]
     assert env["TRITON_INTERPRET"] == "1" and env["TOKENNORM_BACKEND"] == "triton"
 
 
@@ -169,5 +200,5 @@ def test_patch_check_interpret_under_the_interpreter_runs_the_triton_kernels(tmp
 
 def test_rerun_goes_through_the_module_entry_point(reruns):
     tokennorm.tools.rerun_with_interpreted_kernels(["verify", "--quick"])
-    (command, _), = reruns
+    ((command, _),) = reruns
     assert command[1:] == ["-m", "tokennorm", "verify", "--quick"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tokennorm.kernels import config as kconfig
-from tokennorm.tools.kernel_report import traffic
 from tokennorm.kernels.config import CHUNKED, LONG_ROWS, ROWS, SEGMENT, KernelConfig
+from tokennorm.tools.kernel_report import traffic
 
 RUN = Path(__file__).resolve().parent.parent.parent / "benchmarks" / "results" / "h100-2026-11-23"
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from fake_timer import FakeTimer
 
 from tokennorm import dispatch
-from fake_timer import FakeTimer
 from tokennorm.cli import main
 from tokennorm.tools.bench import runner
 from tokennorm.tools.bench.timing import Budget
@@ -25,8 +25,11 @@ GRID = measure.Grid(ops=("layer_norm", "add_layer_norm"), dtypes=("fp32",), ns=(
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv(dispatch.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(dispatch, "device_identity", lambda index: FAKE_GPU)
-    monkeypatch.setattr(measure, "BUDGET", Budget(rounds=3, warmup_calls=0, sample_seconds=0.0, min_calls=1,
-                                                  max_calls=1, host_burst_calls=1))
+    monkeypatch.setattr(
+        measure,
+        "BUDGET",
+        Budget(rounds=3, warmup_calls=0, sample_seconds=0.0, min_calls=1, max_calls=1, host_burst_calls=1),
+    )
     dispatch.reload()
     yield
     dispatch.reload()
@@ -43,10 +46,17 @@ def made_up(name, case, i):
     return ours if name == "tokennorm" else theirs
 
 
-@pytest.mark.parametrize(("ours", "theirs", "use"), [
-    (10.0, 9.0, "torch"), (10.0, 9.9, "tokennorm"), (10.0, 12.0, "tokennorm"), (None, 5.0, "torch"),
-    (10.0, None, "tokennorm"), (None, None, None),
-])
+@pytest.mark.parametrize(
+    ("ours", "theirs", "use"),
+    [
+        (10.0, 9.0, "torch"),
+        (10.0, 9.9, "tokennorm"),
+        (10.0, 12.0, "tokennorm"),
+        (None, 5.0, "torch"),
+        (10.0, None, "tokennorm"),
+        (None, None, None),
+    ],
+)
 def test_torch_is_chosen_only_when_clearly_faster(ours, theirs, use):
     assert measure.decide(ours, theirs) == use
 
@@ -119,9 +129,36 @@ def _bench_json(monkeypatch, tmp_path, capsys):
     """A benchmark run on the CPU with made-up times, relabelled as a GPU's."""
     monkeypatch.setattr(runner, "default_timer", lambda device: FakeTimer(made_up))
     path = tmp_path / "bench.json"
-    assert main(["bench", "--device", "cpu", "--impls", "tokennorm,torch", "--ops", "ln,addnorm-drop",
-                 "--dirs", "fwd,fwdbwd", "--dtypes", "fp32", "--sizes", "64,256", "--mn", "1K",
-                 "--latency-rows", "1", "--latency-n", "64", "--rounds", "2", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--device",
+                "cpu",
+                "--impls",
+                "tokennorm,torch",
+                "--ops",
+                "ln,addnorm-drop",
+                "--dirs",
+                "fwd,fwdbwd",
+                "--dtypes",
+                "fp32",
+                "--sizes",
+                "64,256",
+                "--mn",
+                "1K",
+                "--latency-rows",
+                "1",
+                "--latency-n",
+                "64",
+                "--rounds",
+                "2",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     doc = json.loads(path.read_text())
     return path, doc
@@ -138,8 +175,11 @@ def test_from_bench_builds_a_table_from_a_gpu_benchmark(monkeypatch, tmp_path, c
     assert table.device == FAKE_GPU and "--from-bench" in table.provenance["command"]
     # the throughput rows of tokennorm and torch for ops dispatch knows (ln); not liger's, dropout or latency rows
     assert sorted((e["direction"], e["n"], e["use"]) for e in table.entries) == [
-        ("inference", 64, "torch"), ("inference", 256, "tokennorm"), ("training", 64, "tokennorm"),
-        ("training", 256, "tokennorm")]
+        ("inference", 64, "torch"),
+        ("inference", 256, "tokennorm"),
+        ("training", 64, "tokennorm"),
+        ("training", 256, "tokennorm"),
+    ]
     assert "1 of 4 shapes go to torch" in capsys.readouterr().out
 
 

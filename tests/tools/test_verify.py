@@ -28,10 +28,12 @@ def _expected_tensors(op):
     if op.family == "ada_norm":  # issue 18's ops: every input's gradient
         return {"forward": forward, "backward": {"dx", "dresidual", "dshift", "dscale", "dgate"}}
     if op.family == "dyt":
-        return {"forward": forward, "backward": {"dx", "dalpha", "dweight", "dbias"} | (
-            {"dresidual"} if op.add else set())}
-    backward = {"dx", "dweight"} | ({"dbias"} if op.norm == "layernorm" else set()) | (
-        {"dresidual"} if op.add else set()
+        return {
+            "forward": forward,
+            "backward": {"dx", "dalpha", "dweight", "dbias"} | ({"dresidual"} if op.add else set()),
+        }
+    backward = (
+        {"dx", "dweight"} | ({"dbias"} if op.norm == "layernorm" else set()) | ({"dresidual"} if op.add else set())
     )
     return {"forward": forward, "backward": backward}
 
@@ -67,7 +69,10 @@ def test_subprocess_module_entry_point(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TOKENNORM_BACKEND"}
     proc = subprocess.run(
         [sys.executable, "-m", "tokennorm", "verify", "--quick", "--json", str(path)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(path.read_text())
@@ -154,13 +159,20 @@ def test_triton_backend_is_the_one_checked(tmp_path, monkeypatch):
     from tokennorm.kernels import launch
 
     # each op family's forward launcher: the norms and AdaLN share the norm kernels
-    launchers = {"norm": "norm_forward", "ada_norm": "norm_forward", "dyt": "dyt_forward",
-                 "channels_first": "channels_first_forward"}
+    launchers = {
+        "norm": "norm_forward",
+        "ada_norm": "norm_forward",
+        "dyt": "dyt_forward",
+        "channels_first": "channels_first_forward",
+    }
     calls = {name: 0 for name in set(launchers.values())}
     for name in calls:
         real = getattr(launch, name)
-        monkeypatch.setattr(launch, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(
-            _name, calls[_name] + 1) or _real(*a, **k))
+        monkeypatch.setattr(
+            launch,
+            name,
+            lambda *a, _real=real, _name=name, **k: calls.__setitem__(_name, calls[_name] + 1) or _real(*a, **k),
+        )
     monkeypatch.setattr(cases, "QUICK_CASES", (cases.Case((3, 7)), cases.Case((5, 4, 6), normalized_ndim=2)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = tmp_path / "triton.json"

@@ -7,9 +7,14 @@ import pytest
 import torch
 
 MODULES = [
-    "tokennorm.transformer.attention", "tokennorm.transformer.blocks", "tokennorm.transformer.embedding",
-    "tokennorm.transformer.feedforward", "tokennorm.transformer.lm", "tokennorm.transformer.norms",
-    "tokennorm.transformer.stack", "tokennorm.patching.swap",
+    "tokennorm.transformer.attention",
+    "tokennorm.transformer.blocks",
+    "tokennorm.transformer.embedding",
+    "tokennorm.transformer.feedforward",
+    "tokennorm.transformer.lm",
+    "tokennorm.transformer.norms",
+    "tokennorm.transformer.stack",
+    "tokennorm.patching.swap",
 ]
 
 

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from tokennorm.transformer import DecoderLayer, Encoder, EncoderLayer, MultiHeadAttention
-from tokennorm.transformer import _convert
+from tokennorm.transformer import DecoderLayer, Encoder, EncoderLayer, MultiHeadAttention, _convert
 
 D, FF = 16, 32
 # Batch item 0 pads its first two keys: with a causal mask its queries 0 and 1 see no key at all.
@@ -61,8 +60,10 @@ def _attention_pair(nhead: int = 2, bias: bool = True):
     return ours, theirs
 
 
-@pytest.mark.parametrize("training, grad, need_weights, mask_dtype, attention", itertools.product(
-    [False, True], [False, True], [False, True], ["bool", "float"], ["self", "cross"]))
+@pytest.mark.parametrize(
+    "training, grad, need_weights, mask_dtype, attention",
+    itertools.product([False, True], [False, True], [False, True], ["bool", "float"], ["self", "cross"]),
+)
 def test_attention_matches_torch(training, grad, need_weights, mask_dtype, attention):
     ours, theirs = _attention_pair()
     ours.train(training), theirs.train(training)
@@ -70,8 +71,9 @@ def test_attention_matches_torch(training, grad, need_weights, mask_dtype, atten
     kv = x if attention == "self" else x.clone()  # torch's fast path needs query is key is value
     kpm, am = _masks(mask_dtype)
     with torch.set_grad_enabled(grad):
-        t_out, t_weights = theirs(x, kv, kv, key_padding_mask=kpm, attn_mask=am, need_weights=need_weights,
-                                  average_attn_weights=False)
+        t_out, t_weights = theirs(
+            x, kv, kv, key_padding_mask=kpm, attn_mask=am, need_weights=need_weights, average_attn_weights=False
+        )
         out = ours(x, kv, kv, key_padding_mask=kpm, attn_mask=am, need_weights=need_weights)
     if need_weights:
         out, weights = out
@@ -126,13 +128,14 @@ def test_attention_gradients_with_empty_queries_match_torch_in_training():
 
 
 def _encoder_pair(norm_first: bool, nhead: int = 2, bias: bool = True):
-    theirs = nn.TransformerEncoderLayer(D, nhead, FF, dropout=0.0, batch_first=True, norm_first=norm_first,
-                                        bias=bias)
+    theirs = nn.TransformerEncoderLayer(D, nhead, FF, dropout=0.0, batch_first=True, norm_first=norm_first, bias=bias)
     return EncoderLayer.from_torch(theirs), theirs
 
 
-@pytest.mark.parametrize("norm_first, training, grad, mask_dtype", itertools.product(
-    [False, True], [False, True], [False, True], ["bool", "float"]))
+@pytest.mark.parametrize(
+    "norm_first, training, grad, mask_dtype",
+    itertools.product([False, True], [False, True], [False, True], ["bool", "float"]),
+)
 def test_encoder_layer_from_torch_matches_torch(norm_first, training, grad, mask_dtype):
     ours, theirs = _encoder_pair(norm_first)
     ours.train(training), theirs.train(training)
@@ -206,9 +209,14 @@ def test_encoder_stack_against_torch_nested_tensor_path():
     x = torch.randn(3, 5, D)
     right_padding = torch.tensor([[False, False, False, True, True], [False] * 5, [True] * 5])
     with torch.no_grad():
-        out, t_nested, t_padded = (m(x, **kw) for m, kw in (
-            (ours, {"key_padding_mask": right_padding}), (nested, {"src_key_padding_mask": right_padding}),
-            (padded, {"src_key_padding_mask": right_padding})))
+        out, t_nested, t_padded = (
+            m(x, **kw)
+            for m, kw in (
+                (ours, {"key_padding_mask": right_padding}),
+                (nested, {"src_key_padding_mask": right_padding}),
+                (padded, {"src_key_padding_mask": right_padding}),
+            )
+        )
     real = ~right_padding
     assert_close(out[real], t_nested[real])
     assert torch.all(t_nested[right_padding] == 0)  # torch's nested path: padding positions are 0

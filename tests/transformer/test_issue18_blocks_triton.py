@@ -10,8 +10,11 @@ from tokennorm.transformer import EncoderLayer
 pytestmark = pytest.mark.interpret
 
 
-@pytest.mark.parametrize("kw", [dict(placement="pre", cond_dim=8), dict(norm="dyt", placement="pre"),
-                                dict(norm="dyt", placement="post")], ids=["adaln-zero", "dyt-pre", "dyt-post"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(placement="pre", cond_dim=8), dict(norm="dyt", placement="pre"), dict(norm="dyt", placement="post")],
+    ids=["adaln-zero", "dyt-pre", "dyt-post"],
+)
 def test_block_equals_the_torch_backend(triton_backend, kw):
     torch.manual_seed(0)
     layer = EncoderLayer(16, 2, 32, dropout=0.0, **kw).to(triton_backend)

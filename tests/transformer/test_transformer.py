@@ -16,10 +16,18 @@ from torch.testing import assert_close
 
 import tokennorm
 from tokennorm.transformer import (
-    CausalLM, Decoder, DecoderLayer, Encoder, EncoderLayer, FeedForward, MultiHeadAttention,
-    SequenceBatchNorm, SinusoidalPositionalEncoding, TokenEmbedding,
+    CausalLM,
+    Decoder,
+    DecoderLayer,
+    Encoder,
+    EncoderLayer,
+    FeedForward,
+    MultiHeadAttention,
+    SequenceBatchNorm,
+    SinusoidalPositionalEncoding,
+    TokenEmbedding,
+    _convert,
 )
-from tokennorm.transformer import _convert
 
 D, H, FF = 32, 4, 48
 
@@ -61,8 +69,8 @@ def _causal(n: int) -> torch.Tensor:
 
 def _padding(batch: int, n: int) -> torch.Tensor:
     mask = torch.zeros(batch, n, dtype=torch.bool)
-    mask[0, n - 2:] = True
-    mask[-1, n - 1:] = True
+    mask[0, n - 2 :] = True
+    mask[-1, n - 1 :] = True
     return mask
 
 
@@ -104,7 +112,10 @@ def test_decoder_layer_from_torch_matches_outputs_and_gradients(norm_first, acti
     args = [t.clone().requires_grad_() for t in (x, memory)], [t.clone().requires_grad_() for t in (x, memory)]
     y_ours = ours(*args[0], tgt_key_padding_mask=tkpm, memory_key_padding_mask=mkpm, causal=True)
     y_theirs = theirs(
-        *args[1], tgt_mask=_causal(6).isinf(), tgt_key_padding_mask=tkpm, memory_key_padding_mask=mkpm,
+        *args[1],
+        tgt_mask=_causal(6).isinf(),
+        tgt_key_padding_mask=tkpm,
+        memory_key_padding_mask=mkpm,
         tgt_is_causal=True,
     )
     assert_close(y_ours, y_theirs)
@@ -427,13 +438,15 @@ def _load_bench_block():
 def test_bench_block_tiny_cpu_run_matches_torch_and_writes_json(tmp_path, capsys):
     bench = _load_bench_block()
     out = tmp_path / "block.json"
-    rc = bench.main(["--device", "cpu", "--tiny", "--modes", "eager", "--d-models", "64", "--rep-ms", "1",
-                     "--json", str(out)])
+    rc = bench.main(
+        ["--device", "cpu", "--tiny", "--modes", "eager", "--d-models", "64", "--rep-ms", "1", "--json", str(out)]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     rows = data["rows"]
-    assert {(r["norm"], r["impl"]) for r in rows} == {(n, i) for n in ("layernorm", "rmsnorm")
-                                                     for i in ("torch", "tokennorm")}
+    assert {(r["norm"], r["impl"]) for r in rows} == {
+        (n, i) for n in ("layernorm", "rmsnorm") for i in ("torch", "tokennorm")
+    }
     for r in rows:
         assert r["error"] is None and r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         # fp32 on the CPU: the same math in the same order as torch's block (torch backend), so ~0
@@ -453,8 +466,9 @@ def test_bench_block_reports_failures_without_crashing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "build_pair", failing_for_128)
     out = tmp_path / "block.json"
-    rc = bench.main(["--device", "cpu", "--tiny", "--modes", "eager", "--norms", "rmsnorm", "--rep-ms", "1",
-                     "--json", str(out)])
+    rc = bench.main(
+        ["--device", "cpu", "--tiny", "--modes", "eager", "--norms", "rmsnorm", "--rep-ms", "1", "--json", str(out)]
+    )
     assert rc == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["d_model"] for r in rows] == [64, 64, 128, 128]

@@ -13,7 +13,10 @@ from tokennorm.distributed._validate import TIMEOUT_ENV_VAR
 from tokennorm.distributed.modules import ShardedAddNorm, ShardedLayerNorm, ShardedRMSNorm
 from tokennorm.distributed.sequence_parallel import allreduce_norm_grads, norm_parameters
 from tokennorm.distributed.tensor_parallel import (
-    default_shard_sizes, sharded_add_norm, sharded_layer_norm, sharded_rms_norm,
+    default_shard_sizes,
+    sharded_add_norm,
+    sharded_layer_norm,
+    sharded_rms_norm,
 )
 
 __all__ = [

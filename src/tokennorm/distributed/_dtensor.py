@@ -39,8 +39,13 @@ class LocalArgs:
 
 
 def unwrap(
-    fn: str, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
-    group: Optional[dist.ProcessGroup], full_size: Optional[int],
+    fn: str,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    group: Optional[dist.ProcessGroup],
+    full_size: Optional[int],
 ) -> LocalArgs:
     """Local tensors and group for a sharded norm call; plain tensors pass through unchanged."""
     if not dist.is_available() or not dist.is_initialized():
@@ -64,8 +69,13 @@ def unwrap(
 
 
 def _unwrap_dtensor(
-    fn: str, x: DTensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
-    group: Optional[dist.ProcessGroup], full_size: Optional[int],
+    fn: str,
+    x: DTensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    group: Optional[dist.ProcessGroup],
+    full_size: Optional[int],
 ) -> LocalArgs:
     mesh, placements = x.device_mesh, tuple(x.placements)
     last = x.dim() - 1
@@ -84,13 +94,18 @@ def _unwrap_dtensor(
         problems |= LocalProblem.GROUP_VS_MESH
     # γ/β gradients: this rank's shard on the hidden-dim mesh dim; a partial sum over its rows on mesh dims
     # that split the tokens (torch's own norm sharding rule does the same); replicated elsewhere.
-    grad_placements = [Shard(0) if i == mesh_dim else Partial() if p.is_shard() else Replicate()
-                       for i, p in enumerate(placements)]
+    grad_placements = [
+        Shard(0) if i == mesh_dim else Partial() if p.is_shard() else Replicate() for i, p in enumerate(placements)
+    ]
 
     def laid_out_like_x(p: DTensor) -> bool:
-        return p.device_mesh == mesh and p.dim() == 1 and all(
-            q.is_shard() if i == mesh_dim else q.is_replicate()  # a 1-D param can only shard dim 0
-            for i, q in enumerate(p.placements)
+        return (
+            p.device_mesh == mesh
+            and p.dim() == 1
+            and all(
+                q.is_shard() if i == mesh_dim else q.is_replicate()  # a 1-D param can only shard dim 0
+                for i, q in enumerate(p.placements)
+            )
         )
 
     def local_param(p: Optional[Tensor], flag: int) -> tuple[Optional[Tensor], int]:

@@ -39,17 +39,29 @@ class LocalProblem:
 
 
 _PROBLEMS = (
-    (LocalProblem.GROUP_VS_MESH, ValueError,
-     "group: the process group passed is not the group of x_shard's DeviceMesh dim that shards its last dim"),
-    (LocalProblem.WEIGHT_LAYOUT, ValueError,
-     "weight_shard: a DTensor weight must live on x_shard's DeviceMesh, sharded Shard(0) on the mesh dim that "
-     "shards x_shard's last dim and replicated on the others (and x_shard must then be a DTensor too)"),
-    (LocalProblem.BIAS_LAYOUT, ValueError,
-     "bias_shard: a DTensor bias must live on x_shard's DeviceMesh, sharded Shard(0) on the mesh dim that "
-     "shards x_shard's last dim and replicated on the others (and x_shard must then be a DTensor too)"),
+    (
+        LocalProblem.GROUP_VS_MESH,
+        ValueError,
+        "group: the process group passed is not the group of x_shard's DeviceMesh dim that shards its last dim",
+    ),
+    (
+        LocalProblem.WEIGHT_LAYOUT,
+        ValueError,
+        "weight_shard: a DTensor weight must live on x_shard's DeviceMesh, sharded Shard(0) on the mesh dim that "
+        "shards x_shard's last dim and replicated on the others (and x_shard must then be a DTensor too)",
+    ),
+    (
+        LocalProblem.BIAS_LAYOUT,
+        ValueError,
+        "bias_shard: a DTensor bias must live on x_shard's DeviceMesh, sharded Shard(0) on the mesh dim that "
+        "shards x_shard's last dim and replicated on the others (and x_shard must then be a DTensor too)",
+    ),
     (LocalProblem.RESIDUAL_SHAPE, RuntimeError, "residual_shard must have x_shard's shape"),
-    (LocalProblem.RESIDUAL_LAYOUT, ValueError,
-     "residual_shard: a DTensor residual must have x_shard's DeviceMesh and placements"),
+    (
+        LocalProblem.RESIDUAL_LAYOUT,
+        ValueError,
+        "residual_shard: a DTensor residual must have x_shard's DeviceMesh and placements",
+    ),
 )
 
 
@@ -74,18 +86,31 @@ class RankArgs:
 
     @classmethod
     def describe(
-        cls, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], full_size: Optional[int], eps: float,
-        is_rms: bool, problems: int, needs_grad: bool,
+        cls,
+        x: Tensor,
+        weight: Optional[Tensor],
+        bias: Optional[Tensor],
+        full_size: Optional[int],
+        eps: float,
+        is_rms: bool,
+        problems: int,
+        needs_grad: bool,
     ) -> "RankArgs":
         return cls(
-            ndim=x.dim(), rows=math.prod(x.shape[:-1]), lead_hash=hash(tuple(x.shape[:-1])) & _MASK,
+            ndim=x.dim(),
+            rows=math.prod(x.shape[:-1]),
+            lead_hash=hash(tuple(x.shape[:-1])) & _MASK,
             width=x.shape[-1] if x.dim() else -1,
-            weight_numel=-1 if weight is None else weight.numel(), weight_ndim=-1 if weight is None else weight.dim(),
-            bias_numel=-1 if bias is None else bias.numel(), bias_ndim=-1 if bias is None else bias.dim(),
+            weight_numel=-1 if weight is None else weight.numel(),
+            weight_ndim=-1 if weight is None else weight.dim(),
+            bias_numel=-1 if bias is None else bias.numel(),
+            bias_ndim=-1 if bias is None else bias.dim(),
             full_size=-1 if full_size is None else int(full_size),
             dtype=_DTYPES.index(x.dtype) if x.dtype in _DTYPES else -1,
-            eps_bits=struct.unpack("<q", struct.pack("<d", float(eps)))[0], kind=int(is_rms),
-            needs_grad=int(needs_grad), problems=problems,
+            eps_bits=struct.unpack("<q", struct.pack("<d", float(eps)))[0],
+            kind=int(is_rms),
+            needs_grad=int(needs_grad),
+            problems=problems,
         )
 
 
@@ -140,8 +165,16 @@ def _ranks_where(table: list[RankArgs], bad) -> list[int]:
 
 
 def exchange_and_check(
-    fn: str, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], full_size: Optional[int],
-    eps: float, is_rms: bool, problems: int, group: dist.ProcessGroup, needs_grad: bool,
+    fn: str,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    full_size: Optional[int],
+    eps: float,
+    is_rms: bool,
+    problems: int,
+    group: dist.ProcessGroup,
+    needs_grad: bool,
 ) -> None:
     """Share every rank's arguments and raise the same error on every rank if any are wrong.
 
@@ -200,8 +233,13 @@ def _check_param(fn: str, name: str, table: list[RankArgs], field: str) -> None:
     if len({n == -1 for n in numel}) > 1:
         given = [n != -1 for n in numel]
         raise ValueError(f"{fn}: {name} must be given on every rank or on none, but given per group rank: {given}")
-    bad = _ranks_where(table, lambda a: getattr(a, f"{field}_numel") != -1 and (
-        getattr(a, f"{field}_ndim") != 1 or getattr(a, f"{field}_numel") != a.width))
+    bad = _ranks_where(
+        table,
+        lambda a: (
+            getattr(a, f"{field}_numel") != -1
+            and (getattr(a, f"{field}_ndim") != 1 or getattr(a, f"{field}_numel") != a.width)
+        ),
+    )
     if bad:
         raise RuntimeError(
             f"{fn}: {name} must be 1-D with x_shard.shape[-1] elements on every rank, but on group rank(s) {bad} "

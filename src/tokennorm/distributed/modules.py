@@ -17,7 +17,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from tokennorm.distributed.tensor_parallel import (
-    NORMS, default_shard_sizes, sharded_add_norm, sharded_layer_norm, sharded_rms_norm,
+    NORMS,
+    default_shard_sizes,
+    sharded_add_norm,
+    sharded_layer_norm,
+    sharded_rms_norm,
 )
 from tokennorm.modules import AddNorm
 from tokennorm.reference import LAYER_NORM_EPS
@@ -31,8 +35,14 @@ class _ShardedNormModule(nn.Module):
     """Shard layout and parameter slices shared by the sharded norm modules."""
 
     def _init_shards(
-        self, normalized_shape: _Shape, group: Optional[dist.ProcessGroup], shard_sizes: Optional[Sequence[int]],
-        elementwise_affine: bool, has_bias: bool, validate: bool, factory: dict,
+        self,
+        normalized_shape: _Shape,
+        group: Optional[dist.ProcessGroup],
+        shard_sizes: Optional[Sequence[int]],
+        elementwise_affine: bool,
+        has_bias: bool,
+        validate: bool,
+        factory: dict,
     ) -> None:
         shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
         if len(shape) != 1:
@@ -85,8 +95,10 @@ class _ShardedNormModule(nn.Module):
                     mine.copy_(self.shard(theirs.detach()))
 
     def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, shard_sizes={self.shard_sizes}, shard_offset={self.shard_offset}, "
-                f"eps={self.eps}, elementwise_affine={self.elementwise_affine}")
+        return (
+            f"{self.normalized_shape}, shard_sizes={self.shard_sizes}, shard_offset={self.shard_offset}, "
+            f"eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
 
 
 def _factory(dense: nn.Module) -> dict:
@@ -110,14 +122,23 @@ class ShardedLayerNorm(_ShardedNormModule):
     """
 
     def __init__(
-        self, normalized_shape: _Shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True, *,
-        group: Optional[dist.ProcessGroup] = None, shard_sizes: Optional[Sequence[int]] = None,
-        validate: bool = True, device=None, dtype=None,
+        self,
+        normalized_shape: _Shape,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        group: Optional[dist.ProcessGroup] = None,
+        shard_sizes: Optional[Sequence[int]] = None,
+        validate: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         self.eps = eps
-        self._init_shards(normalized_shape, group, shard_sizes, elementwise_affine, bias, validate,
-                          {"device": device, "dtype": dtype})
+        self._init_shards(
+            normalized_shape, group, shard_sizes, elementwise_affine, bias, validate, {"device": device, "dtype": dtype}
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -129,14 +150,23 @@ class ShardedLayerNorm(_ShardedNormModule):
     @classmethod
     def from_dense(cls, norm: nn.LayerNorm, group=None, shard_sizes=None, validate: bool = True) -> "ShardedLayerNorm":
         """This rank's slice of a whole :class:`torch.nn.LayerNorm` (parameters copied)."""
-        m = cls(norm.normalized_shape, norm.eps, norm.elementwise_affine, norm.bias is not None, group=group,
-                shard_sizes=shard_sizes, validate=validate, **_factory(norm))
+        m = cls(
+            norm.normalized_shape,
+            norm.eps,
+            norm.elementwise_affine,
+            norm.bias is not None,
+            group=group,
+            shard_sizes=shard_sizes,
+            validate=validate,
+            **_factory(norm),
+        )
         m._copy_slices(norm)
         return m
 
     def forward(self, x_shard: Tensor) -> Tensor:
-        return sharded_layer_norm(x_shard, self.weight, self.bias, self.eps, self.group, self.normalized_shape[0],
-                                  validate=self.validate)
+        return sharded_layer_norm(
+            x_shard, self.weight, self.bias, self.eps, self.group, self.normalized_shape[0], validate=self.validate
+        )
 
 
 class ShardedRMSNorm(_ShardedNormModule):
@@ -148,14 +178,28 @@ class ShardedRMSNorm(_ShardedNormModule):
     """
 
     def __init__(
-        self, normalized_shape: _Shape, eps: Optional[float] = None, elementwise_affine: bool = True, *,
-        group: Optional[dist.ProcessGroup] = None, shard_sizes: Optional[Sequence[int]] = None,
-        validate: bool = True, device=None, dtype=None,
+        self,
+        normalized_shape: _Shape,
+        eps: Optional[float] = None,
+        elementwise_affine: bool = True,
+        *,
+        group: Optional[dist.ProcessGroup] = None,
+        shard_sizes: Optional[Sequence[int]] = None,
+        validate: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         self.eps = eps
-        self._init_shards(normalized_shape, group, shard_sizes, elementwise_affine, False, validate,
-                          {"device": device, "dtype": dtype})
+        self._init_shards(
+            normalized_shape,
+            group,
+            shard_sizes,
+            elementwise_affine,
+            False,
+            validate,
+            {"device": device, "dtype": dtype},
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,14 +209,22 @@ class ShardedRMSNorm(_ShardedNormModule):
     @classmethod
     def from_dense(cls, norm: nn.RMSNorm, group=None, shard_sizes=None, validate: bool = True) -> "ShardedRMSNorm":
         """This rank's slice of a whole :class:`torch.nn.RMSNorm` (weight copied)."""
-        m = cls(norm.normalized_shape, norm.eps, norm.elementwise_affine, group=group, shard_sizes=shard_sizes,
-                validate=validate, **_factory(norm))
+        m = cls(
+            norm.normalized_shape,
+            norm.eps,
+            norm.elementwise_affine,
+            group=group,
+            shard_sizes=shard_sizes,
+            validate=validate,
+            **_factory(norm),
+        )
         m._copy_slices(norm)
         return m
 
     def forward(self, x_shard: Tensor) -> Tensor:
-        return sharded_rms_norm(x_shard, self.weight, self.eps, self.group, self.normalized_shape[0],
-                                validate=self.validate)
+        return sharded_rms_norm(
+            x_shard, self.weight, self.eps, self.group, self.normalized_shape[0], validate=self.validate
+        )
 
 
 class ShardedAddNorm(_ShardedNormModule):
@@ -183,11 +235,22 @@ class ShardedAddNorm(_ShardedNormModule):
     """
 
     def __init__(
-        self, normalized_shape: _Shape, norm: str = "layernorm", placement: str = "post", dropout: float = 0.0,
-        eps: Optional[float] = None, elementwise_affine: bool = True, bias: Optional[bool] = None,
-        residual_dtype: Optional[torch.dtype] = None, weight_offset: float = 0.0, *,
-        group: Optional[dist.ProcessGroup] = None, shard_sizes: Optional[Sequence[int]] = None,
-        validate: bool = True, device=None, dtype=None,
+        self,
+        normalized_shape: _Shape,
+        norm: str = "layernorm",
+        placement: str = "post",
+        dropout: float = 0.0,
+        eps: Optional[float] = None,
+        elementwise_affine: bool = True,
+        bias: Optional[bool] = None,
+        residual_dtype: Optional[torch.dtype] = None,
+        weight_offset: float = 0.0,
+        *,
+        group: Optional[dist.ProcessGroup] = None,
+        shard_sizes: Optional[Sequence[int]] = None,
+        validate: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
@@ -200,8 +263,15 @@ class ShardedAddNorm(_ShardedNormModule):
         self.eps = eps if eps is not None or norm == "rmsnorm" else LAYER_NORM_EPS
         self.residual_dtype, self.weight_offset = residual_dtype, weight_offset
         has_bias = (norm == "layernorm") if bias is None else bias
-        self._init_shards(normalized_shape, group, shard_sizes, elementwise_affine, has_bias, validate,
-                          {"device": device, "dtype": dtype})
+        self._init_shards(
+            normalized_shape,
+            group,
+            shard_sizes,
+            elementwise_affine,
+            has_bias,
+            validate,
+            {"device": device, "dtype": dtype},
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -213,18 +283,40 @@ class ShardedAddNorm(_ShardedNormModule):
     @classmethod
     def from_dense(cls, add_norm: AddNorm, group=None, shard_sizes=None, validate: bool = True) -> "ShardedAddNorm":
         """This rank's slice of a whole :class:`tokennorm.AddNorm` (parameters copied)."""
-        m = cls(add_norm.normalized_shape, add_norm.norm, add_norm.placement, add_norm.dropout, add_norm.eps,
-                add_norm.elementwise_affine, add_norm.bias is not None, add_norm.residual_dtype,
-                add_norm.weight_offset, group=group, shard_sizes=shard_sizes, validate=validate,
-                **_factory(add_norm))
+        m = cls(
+            add_norm.normalized_shape,
+            add_norm.norm,
+            add_norm.placement,
+            add_norm.dropout,
+            add_norm.eps,
+            add_norm.elementwise_affine,
+            add_norm.bias is not None,
+            add_norm.residual_dtype,
+            add_norm.weight_offset,
+            group=group,
+            shard_sizes=shard_sizes,
+            validate=validate,
+            **_factory(add_norm),
+        )
         m._copy_slices(add_norm)
         return m
 
     def forward(self, x_shard: Tensor, residual_shard: Optional[Tensor] = None) -> Union[Tensor, tuple[Tensor, Tensor]]:
         return sharded_add_norm(
-            x_shard, residual_shard, self.weight, self.bias, self.eps, self.group, self.normalized_shape[0],
-            norm=self.norm, dropout_p=self.dropout, training=self.training, prenorm=self.placement == "pre",
-            residual_dtype=self.residual_dtype, weight_offset=self.weight_offset, validate=self.validate,
+            x_shard,
+            residual_shard,
+            self.weight,
+            self.bias,
+            self.eps,
+            self.group,
+            self.normalized_shape[0],
+            norm=self.norm,
+            dropout_p=self.dropout,
+            training=self.training,
+            prenorm=self.placement == "pre",
+            residual_dtype=self.residual_dtype,
+            weight_offset=self.weight_offset,
+            validate=self.validate,
         )
 
     def extra_repr(self) -> str:

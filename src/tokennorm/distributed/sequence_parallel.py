@@ -42,9 +42,7 @@ def norm_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return found
 
 
-def allreduce_norm_grads(
-    module: nn.Module, group: Optional[dist.ProcessGroup] = None, *, average: bool = False
-) -> int:
+def allreduce_norm_grads(module: nn.Module, group: Optional[dist.ProcessGroup] = None, *, average: bool = False) -> int:
     """Sum the γ/β gradients of every norm in ``module`` over ``group``, in place; returns how many it reduced.
 
     Call it on every rank of ``group`` after ``backward()`` and before ``optimizer.step()`` (with gradient
@@ -67,7 +65,9 @@ def allreduce_norm_grads(
         return 0
     devices = {p.device for _, p in params}
     if len(devices) > 1:
-        raise ValueError(f"allreduce_norm_grads: the norm parameters are on several devices {sorted(map(str, devices))}")
+        raise ValueError(
+            f"allreduce_norm_grads: the norm parameters are on several devices {sorted(map(str, devices))}"
+        )
     acc = torch.float64 if any(p.dtype == torch.float64 for _, p in params) else torch.float32
     device = devices.pop()
     present = torch.tensor([p.grad is not None for _, p in params], dtype=acc, device=device)
@@ -75,7 +75,7 @@ def allreduce_norm_grads(
     buf = torch.cat([present, *grads])  # one collective for all norms
     dist.all_reduce(buf, group=group)
     if average:
-        buf[len(params):] /= dist.get_world_size(group)
+        buf[len(params) :] /= dist.get_world_size(group)
     offset = len(params)
     for present_somewhere, (_, p) in zip(buf[: len(params)].tolist(), params):
         g = buf[offset : offset + p.numel()].view(p.shape).to(p.dtype)

@@ -69,7 +69,12 @@ def _row_stats(x2: Tensor, eps: float, is_rms: bool, group) -> tuple[Optional[Te
 
 
 def _triton_forward(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, is_rms: bool, weight_offset: float,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    is_rms: bool,
+    weight_offset: float,
     group,
 ) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
     """The forward with tokennorm's kernels for the local work: one pass for this slice's moments, the same
@@ -92,13 +97,15 @@ def _triton_forward(
         rstd = 1.0 / torch.sqrt(var + eps)
     w = None if weight is None else weight.contiguous()
     b = None if bias is None else bias.contiguous()
-    y = launch.segment_apply(x2, w, b, None if mean is None else mean[:, 0].to(acc), rstd[:, 0].to(acc),
-                             weight_offset, is_rms)
+    y = launch.segment_apply(
+        x2, w, b, None if mean is None else mean[:, 0].to(acc), rstd[:, 0].to(acc), weight_offset, is_rms
+    )
     return y.reshape(x.shape), mean, rstd, total
 
 
-def _triton_backward(ctx, dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
-                     total: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+def _triton_backward(
+    ctx, dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor, total: Tensor
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """The backward with tokennorm's kernels: one pass for this slice's Σg·x̂ and Σg, the same all-reduce as
     the torch path, one pass for dx and this slice's dγ/dβ partials."""
     rows, width = math.prod(x.shape[:-1]), x.shape[-1]
@@ -115,8 +122,9 @@ def _triton_backward(ctx, dy: Tensor, x: Tensor, weight: Optional[Tensor], mean:
         dist.all_reduce(reduced, group=ctx.group)
     row_means = (reduced if mean is not None else torch.cat([reduced, reduced.new_zeros(rows, 1)], 1)) / total
     needs_dw, needs_db = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    out = launch.segment_dx(dy2, x2, w, mean_rows, rstd_rows, row_means, ctx.weight_offset, mean is None, needs_dw,
-                            needs_db, x.dtype)
+    out = launch.segment_dx(
+        dy2, x2, w, mean_rows, rstd_rows, row_means, ctx.weight_offset, mean is None, needs_dw, needs_db, x.dtype
+    )
     dx = out.dx.reshape(x.shape) if ctx.needs_input_grad[0] else None
     dweight = out.dweight.to(weight.dtype) if needs_dw else None
     dbias = out.dbias.to(ctx.bias_dtype) if needs_db else None
@@ -181,8 +189,15 @@ class _ShardedNorm(torch.autograd.Function):
 
 
 def _norm(
-    fn: str, x_shard: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: Optional[float], is_rms: bool,
-    group, full_size: Optional[int], validate: bool,
+    fn: str,
+    x_shard: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: Optional[float],
+    is_rms: bool,
+    group,
+    full_size: Optional[int],
+    validate: bool,
 ) -> Tensor:
     if eps is None and not is_rms:
         raise TypeError(f"{fn}: eps must be a float, but got eps=None")
@@ -190,8 +205,9 @@ def _norm(
     x = local.x
     eps = default_rms_eps(x.dtype) if eps is None else eps
     if validate:
-        exchange_and_check(fn, x, local.weight, local.bias, local.full_size, eps, is_rms, local.problems,
-                           local.group, x.requires_grad)
+        exchange_and_check(
+            fn, x, local.weight, local.bias, local.full_size, eps, is_rms, local.problems, local.group, x.requires_grad
+        )
     y = _ShardedNorm.apply(x, local.weight, local.bias, eps, is_rms, 0.0, local.group)
     return local.rewrap(y)
 
@@ -287,8 +303,9 @@ def sharded_add_norm(
     eps = norm_eps(eps, is_rms, h_dtype)
     needs_grad = x.requires_grad or (residual is not None and residual.requires_grad)
     if validate:
-        exchange_and_check(fn, x, local.weight, local.bias, local.full_size, eps, is_rms, problems, local.group,
-                           needs_grad)
+        exchange_and_check(
+            fn, x, local.weight, local.bias, local.full_size, eps, is_rms, problems, local.group, needs_grad
+        )
     p = dropout_p if training else 0.0
     xd = F.dropout(x, p, training=True) if p > 0.0 else x
     # add_norm's contract: h from the exact operands in their compute dtype, rounded once to h's dtype

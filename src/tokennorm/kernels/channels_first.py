@@ -18,7 +18,15 @@ import triton
 import triton.language as tl
 
 from tokennorm.kernels.helpers import (
-    column_sums, full_eps, grad_sums, load_vector, norm_input_grad, reciprocal, row_stats, scale_shift, cast,
+    cast,
+    column_sums,
+    full_eps,
+    grad_sums,
+    load_vector,
+    norm_input_grad,
+    reciprocal,
+    row_stats,
+    scale_shift,
 )
 
 
@@ -34,9 +42,25 @@ def token_tile(tile, tiles_per_item, S, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.co
 
 @triton.jit
 def channels_first_forward_kernel(
-    X, W, B, Y, MEAN, RSTD, C, S, stride_item, tiles_per_item, tiles, eps, eps_lo,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
+    X,
+    W,
+    B,
+    Y,
+    MEAN,
+    RSTD,
+    C,
+    S,
+    stride_item,
+    tiles_per_item,
+    tiles,
+    eps,
+    eps_lo,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    STORE_STATS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """X and Y [B, C, S] with strides (stride_item, S, 1); MEAN/RSTD [B, S] in the accumulation dtype."""
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
@@ -59,9 +83,26 @@ def channels_first_forward_kernel(
 
 @triton.jit
 def channels_first_backward_kernel(
-    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL, C, S, stride_item, tiles_per_item, tiles, tiles_per_program,
-    HAS_WEIGHT: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
+    DY,
+    X,
+    W,
+    MEAN,
+    RSTD,
+    DX,
+    DW_PARTIAL,
+    DB_PARTIAL,
+    C,
+    S,
+    stride_item,
+    tiles_per_item,
+    tiles,
+    tiles_per_program,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Program p takes tiles [p · tiles_per_program, (p + 1) · tiles_per_program) and writes partial row p of
     DW_PARTIAL/DB_PARTIAL [programs, C]. DY, X and DX share the [B, C, S] strides."""

@@ -28,7 +28,6 @@ from typing import NamedTuple, Optional
 
 import torch
 
-
 ROWS, CHUNKED, LONG_ROWS, SEGMENT = "rows", "chunked", "long_rows", "segment"
 MODES = (ROWS, CHUNKED, LONG_ROWS, SEGMENT)
 # The kernels of issue 18's other algorithms: DyT (no statistics) and LayerNorm over a strided channel dim.
@@ -87,7 +86,9 @@ BWD_ROWS_MAX_N = 8192
 # "Kernels v2: static report"): (rows per tile, warps, programs per SM, pipeline stages, register cap).
 # 8 elements per thread (one 16-byte bf16 vector) up to 2K, 16 at 4K–8K, 32 at 16K; a row per warp below 256.
 _FWD_ROWS = {
-    128: (2, 1, 32, 2, None), 256: (1, 1, 32, 2, None), 512: (1, 2, 20, 2, None),
+    128: (2, 1, 32, 2, None),
+    256: (1, 1, 32, 2, None),
+    512: (1, 2, 20, 2, None),
     1024: (1, 4, 12, 2, 40),  # 40 registers: 12 programs (48 warps) per SM instead of 10 at 47, no spills
     2048: (1, 8, 6, 2, 40),
     4096: (1, 8, 4, 2, None),
@@ -95,7 +96,10 @@ _FWD_ROWS = {
     16384: (1, 16, 1, 1, None),  # 125 registers: no room for a second stage
 }
 _BWD_ROWS = {
-    128: (2, 1, 24, 2, None), 256: (1, 1, 32, 2, None), 512: (1, 2, 16, 2, None), 1024: (1, 4, 8, 2, None),
+    128: (2, 1, 24, 2, None),
+    256: (1, 1, 32, 2, None),
+    512: (1, 2, 16, 2, None),
+    1024: (1, 4, 8, 2, None),
     2048: (1, 8, 4, 2, None),
     4096: (1, 8, 2, 2, None),  # 110 registers: 2 programs per SM, the next row prefetched (cp.async)
     8192: (1, 16, 1, 2, None),
@@ -129,7 +133,8 @@ def device_facts(device: torch.device) -> DeviceFacts:
         return INTERPRETER_FACTS
     props = torch.cuda.get_device_properties(device)
     l2 = getattr(props, "L2_cache_size", 0) or next(
-        (size for name, size in L2_BYTES_BY_NAME.items() if name in props.name), DEFAULT_L2_BYTES)
+        (size for name, size in L2_BYTES_BY_NAME.items() if name in props.name), DEFAULT_L2_BYTES
+    )
     return DeviceFacts(props.multi_processor_count, l2)
 
 
@@ -147,8 +152,14 @@ def _rows_tile(n: int, table: dict, max_n: int) -> Optional[KernelConfig]:
 def _float64_tile(n: int, doubled: KernelConfig) -> KernelConfig:
     """float64 rows take the warps of the float32 tile twice as long (two registers per value), uncapped."""
     block_n = pow2(max(n, 2))
-    return KernelConfig(ROWS, block_n, doubled.num_warps, max(1, doubled.block_m * doubled.block_n // (2 * block_n)),
-                        doubled.programs_per_sm, doubled.num_stages)
+    return KernelConfig(
+        ROWS,
+        block_n,
+        doubled.num_warps,
+        max(1, doubled.block_m * doubled.block_n // (2 * block_n)),
+        doubled.programs_per_sm,
+        doubled.num_stages,
+    )
 
 
 def long_rows_segments(n: int, cfg: KernelConfig) -> int:
@@ -170,8 +181,9 @@ def chunked_fits_l2(n: int, stream_bytes: int, cfg: KernelConfig, facts: DeviceF
 
 
 @functools.lru_cache(maxsize=1024)
-def forward_config(n: int, stream_bytes: int = 2, acc_bytes: int = 4,
-                   facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
+def forward_config(
+    n: int, stream_bytes: int = 2, acc_bytes: int = 4, facts: DeviceFacts = INTERPRETER_FACTS
+) -> KernelConfig:
     """The forward kernel and tile for rows of ``n`` elements (``acc_bytes`` 8 for float64)."""
     rows = _rows_tile(n * acc_bytes // 4, _FWD_ROWS, FWD_ROWS_MAX_N)
     if rows is not None:
@@ -208,8 +220,9 @@ ADA_BWD_ROWS_MAX_N = 4096
 
 
 @functools.lru_cache(maxsize=1024)
-def ada_forward_config(n: int, stream_bytes: int = 2, acc_bytes: int = 4,
-                       facts: DeviceFacts = INTERPRETER_FACTS) -> KernelConfig:
+def ada_forward_config(
+    n: int, stream_bytes: int = 2, acc_bytes: int = 4, facts: DeviceFacts = INTERPRETER_FACTS
+) -> KernelConfig:
     """AdaLN's forward tile for rows of ``n`` elements: the plain one (:func:`forward_config`), rows tiles without
     the register cap and with the programs per SM that fit."""
     cfg = forward_config(n, stream_bytes, acc_bytes, facts)

@@ -31,10 +31,29 @@ def load_alpha(ALPHA, alpha, alpha_lo, ACC: tl.constexpr, ALPHA_TENSOR: tl.const
 
 @triton.jit
 def dyt_forward_kernel(
-    X, RES, W, B, ALPHA, Y, H,
-    stride_x, stride_res, stride_y, stride_h, M, N, alpha, alpha_lo,
-    HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ALPHA_TENSOR: tl.constexpr,
-    STORE_H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    X,
+    RES,
+    W,
+    B,
+    ALPHA,
+    Y,
+    H,
+    stride_x,
+    stride_res,
+    stride_y,
+    stride_h,
+    M,
+    N,
+    alpha,
+    alpha_lo,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ALPHA_TENSOR: tl.constexpr,
+    STORE_H: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Grid (row programs, ⌈N / BLOCK_N⌉). h = residual + x is rounded to H's dtype (the stored stream) before
     DyT, as the unfused ``dyt(residual + x)`` would see it."""
@@ -50,8 +69,28 @@ def dyt_forward_kernel(
     for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0), num_stages=NUM_STAGES):
         rows64 = (tile * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         mask = (rows64 < M)[:, None] & col_mask[None, :]
-        h = load_h(X, RES, None, None, rows64, rows64, cols, mask, stride_x, stride_res, 0, N, 0.0, ACC, H_DTYPE,
-                   HAS_RESIDUAL, False, False, ROUND_H, "")
+        h = load_h(
+            X,
+            RES,
+            None,
+            None,
+            rows64,
+            rows64,
+            cols,
+            mask,
+            stride_x,
+            stride_res,
+            0,
+            N,
+            0.0,
+            ACC,
+            H_DTYPE,
+            HAS_RESIDUAL,
+            False,
+            False,
+            ROUND_H,
+            "",
+        )
         if STORE_H:
             store_tile(H, rows64, stride_h, cols, mask, h)
         y = tanh(a * h)
@@ -64,11 +103,35 @@ def dyt_forward_kernel(
 
 @triton.jit
 def dyt_backward_kernel(
-    DY, H, W, ALPHA, DH_IN, DX, DRES, DW_PARTIAL, DB_PARTIAL, DALPHA_PARTIAL,
-    stride_dy, stride_h, stride_dh_in, stride_dx, stride_dres, M, N, alpha, alpha_lo,
-    HAS_WEIGHT: tl.constexpr, ALPHA_TENSOR: tl.constexpr, HAS_DH_IN: tl.constexpr, STORE_DRES: tl.constexpr,
-    COMPUTE_DALPHA: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    DY,
+    H,
+    W,
+    ALPHA,
+    DH_IN,
+    DX,
+    DRES,
+    DW_PARTIAL,
+    DB_PARTIAL,
+    DALPHA_PARTIAL,
+    stride_dy,
+    stride_h,
+    stride_dh_in,
+    stride_dx,
+    stride_dres,
+    M,
+    N,
+    alpha,
+    alpha_lo,
+    HAS_WEIGHT: tl.constexpr,
+    ALPHA_TENSOR: tl.constexpr,
+    HAS_DH_IN: tl.constexpr,
+    STORE_DRES: tl.constexpr,
+    COMPUTE_DALPHA: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Grid (row programs, ⌈N / BLOCK_N⌉): program (i, j) writes columns j of partial row i of DW_PARTIAL and
     DB_PARTIAL ([row programs, N]) and element i · ⌈N / BLOCK_N⌉ + j of DALPHA_PARTIAL. ``H`` is what DyT saw

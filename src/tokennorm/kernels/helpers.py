@@ -154,9 +154,26 @@ def load_modulation(PTR, mod_rows64, cols, mask, stride, ACC: tl.constexpr):
 
 @triton.jit
 def load_h(
-    X, RES, SEED, GATE, rows64, mod_rows64, cols, mask, stride_x, stride_res, stride_gate, N, dropout_p,
-    ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    HAS_GATE: tl.constexpr, ROUND_H: tl.constexpr, EVICT: tl.constexpr,
+    X,
+    RES,
+    SEED,
+    GATE,
+    rows64,
+    mod_rows64,
+    cols,
+    mask,
+    stride_x,
+    stride_res,
+    stride_gate,
+    N,
+    dropout_p,
+    ACC: tl.constexpr,
+    H_DTYPE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    ROUND_H: tl.constexpr,
+    EVICT: tl.constexpr,
 ):
     """h = residual + gate ⊙ dropout(x) for a [rows, cols] tile in ACC; 0 outside ``mask``.
 
@@ -164,16 +181,16 @@ def load_h(
     ROUND_H: h is stored in a narrower dtype (e.g. bf16), and the norm sees h as stored, exactly as the unfused
     ``norm(residual + x)`` would. EVICT: the loads' L2 eviction policy ("" for the default).
     """
-    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0,
-                eviction_policy=EVICT).to(ACC)
+    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICT).to(ACC)
     if HAS_DROPOUT:
         keep = dropout_keep(SEED, rows64[:, None] * N + cols[None, :], dropout_p)
         x = tl.where(keep, x / (1.0 - dropout_p), 0.0)
     if HAS_GATE:
         x *= load_modulation(GATE, mod_rows64, cols, mask, stride_gate, ACC)
     if HAS_RESIDUAL:
-        x += tl.load(RES + rows64[:, None] * stride_res + cols[None, :], mask=mask, other=0.0,
-                     eviction_policy=EVICT).to(ACC)
+        x += tl.load(
+            RES + rows64[:, None] * stride_res + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICT
+        ).to(ACC)
     if ROUND_H:
         x = cast(x, H_DTYPE).to(ACC)
     return x
@@ -261,8 +278,7 @@ def chan_update(count, mean, m2, count_b, mean_b, m2_b):
 
 
 @triton.jit
-def merge_moments(seg_hi, seg_lo, seg_m2, piece, count, valid, inv_n, eps, ACC: tl.constexpr,
-                  IS_RMS: tl.constexpr):
+def merge_moments(seg_hi, seg_lo, seg_m2, piece, count, valid, inv_n, eps, ACC: tl.constexpr, IS_RMS: tl.constexpr):
     """(mean, rstd) of rows from their pieces' moments, [rows, pieces] each (``piece`` [pieces] the index,
     ``count`` [pieces] its elements, ``valid`` [rows, pieces] the real ones): tokennorm.moments' merge — Chan's
     parallel form shifted by the first piece's mean — computed alike by every program that needs it.
@@ -305,8 +321,9 @@ def scale_shift(centred, rstd, w, b, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.cons
 
 
 @triton.jit
-def modulate(n, SHIFT, SCALE, mod_rows64, cols, mask, stride_shift, stride_scale, ACC: tl.constexpr,
-             HAS_MOD: tl.constexpr):
+def modulate(
+    n, SHIFT, SCALE, mod_rows64, cols, mask, stride_shift, stride_scale, ACC: tl.constexpr, HAS_MOD: tl.constexpr
+):
     """AdaLN's y = n · (1 + scale) + shift for a [rows, cols] tile of n = Norm(h)·w + b (n itself without
     HAS_MOD); the modulations are read through ``mod_rows64`` (:func:`load_modulation`)."""
     if HAS_MOD:
@@ -324,15 +341,28 @@ def store_tile(PTR, rows64, stride, cols, mask, value):
 
 @triton.jit
 def load_grad_tile(
-    DY, H, MEAN, RSTD, rows64, cols, mask, row_mask, stride_dy, stride_h, w, one_plus_scale, ACC: tl.constexpr,
-    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_MOD: tl.constexpr, EVICT: tl.constexpr,
+    DY,
+    H,
+    MEAN,
+    RSTD,
+    rows64,
+    cols,
+    mask,
+    row_mask,
+    stride_dy,
+    stride_h,
+    w,
+    one_plus_scale,
+    ACC: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_MOD: tl.constexpr,
+    EVICT: tl.constexpr,
 ):
     """Backward: dy, x̂ (recomputed from h and the saved statistics), g = dy · (1 + scale) · w and rstd for one
     tile, in ACC (``one_plus_scale``: AdaLN's [rows, cols] 1 + scale, used with HAS_MOD)."""
-    dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0,
-                 eviction_policy=EVICT).to(ACC)
-    h = tl.load(H + rows64[:, None] * stride_h + cols[None, :], mask=mask, other=0.0,
-                eviction_policy=EVICT).to(ACC)
+    dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICT).to(ACC)
+    h = tl.load(H + rows64[:, None] * stride_h + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICT).to(ACC)
     rstd = tl.load(RSTD + rows64, mask=row_mask, other=0.0).to(ACC)
     if IS_RMS:
         xhat = h * rstd[:, None]
@@ -369,9 +399,31 @@ def norm_input_grad(xhat, g, rstd, mean_gx, mean_g, IS_RMS: tl.constexpr):
 
 @triton.jit
 def store_dx(
-    dy, xhat, g, rstd, mean_gx, mean_g, gate, DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx,
-    stride_dres, N, dropout_p, ACC: tl.constexpr, IS_RMS: tl.constexpr, HAS_DH_IN: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr, HAS_GATE: tl.constexpr,
+    dy,
+    xhat,
+    g,
+    rstd,
+    mean_gx,
+    mean_g,
+    gate,
+    DH_IN,
+    DX,
+    DRES,
+    SEED,
+    rows64,
+    cols,
+    mask,
+    stride_dh_in,
+    stride_dx,
+    stride_dres,
+    N,
+    dropout_p,
+    ACC: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    HAS_DH_IN: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    STORE_DRES: tl.constexpr,
+    HAS_GATE: tl.constexpr,
 ):
     """dh = rstd · (g − mean(g) − x̂ · mean(g·x̂)) (RMSNorm: no mean(g)), plus the h output's gradient (pre-LN);
     d(residual) = dh is stored when asked; dx = gate ⊙ dh (AdaLN-Zero's ``gate`` tile, with HAS_GATE) through the
@@ -404,8 +456,24 @@ def normalized_affine(xhat, w, b, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constex
 
 @triton.jit
 def store_modulation_grads(
-    dy, xhat, dh, w, b, X, DSCALE, DGATE, rows64, cols, mask, stride_x, N, ACC: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MOD: tl.constexpr, HAS_GATE: tl.constexpr,
+    dy,
+    xhat,
+    dh,
+    w,
+    b,
+    X,
+    DSCALE,
+    DGATE,
+    rows64,
+    cols,
+    mask,
+    stride_x,
+    N,
+    ACC: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MOD: tl.constexpr,
+    HAS_GATE: tl.constexpr,
 ):
     """AdaLN's per-token gradients of a tile: dscale = dy · n (n = x̂ · w + b) and dgate = dh ⊙ x, stored in
     [M, N] DSCALE / DGATE (per-sample modulations sum them over each sample's tokens afterwards)."""
@@ -431,10 +499,32 @@ def column_sums(tile, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def walk_moments(
-    X, RES, SEED, GATE, H, rows64, mod_rows64, row_mask, col0, col_end, stride_x, stride_res, stride_gate, stride_h,
-    N, dropout_p, ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    HAS_GATE: tl.constexpr, STORE_H: tl.constexpr, ROUND_H: tl.constexpr, IS_RMS: tl.constexpr,
-    BLOCK_N: tl.constexpr, EVICT: tl.constexpr,
+    X,
+    RES,
+    SEED,
+    GATE,
+    H,
+    rows64,
+    mod_rows64,
+    row_mask,
+    col0,
+    col_end,
+    stride_x,
+    stride_res,
+    stride_gate,
+    stride_h,
+    N,
+    dropout_p,
+    ACC: tl.constexpr,
+    H_DTYPE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    STORE_H: tl.constexpr,
+    ROUND_H: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    EVICT: tl.constexpr,
 ):
     """(mean, M2) per row of h over columns [col0, col_end), chunk by chunk — each chunk's corrected two-pass
     moments merged with Chan's formula (RMSNorm: (0, Σh²)). Stores h with STORE_H.
@@ -452,8 +542,28 @@ def walk_moments(
     for start in range(col0, col_end, BLOCK_N):
         c = start + cols
         mask = row_mask[:, None] & (c < col_end)[None, :]
-        h = load_h(X, RES, SEED, GATE, rows64, mod_rows64, c, mask, stride_x, stride_res, stride_gate, N, dropout_p,
-                   ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, HAS_GATE, ROUND_H, EVICT)
+        h = load_h(
+            X,
+            RES,
+            SEED,
+            GATE,
+            rows64,
+            mod_rows64,
+            c,
+            mask,
+            stride_x,
+            stride_res,
+            stride_gate,
+            N,
+            dropout_p,
+            ACC,
+            H_DTYPE,
+            HAS_RESIDUAL,
+            HAS_DROPOUT,
+            HAS_GATE,
+            ROUND_H,
+            EVICT,
+        )
         if STORE_H:
             store_tile(H, rows64, stride_h, c, mask, h)
         if IS_RMS:
@@ -472,12 +582,47 @@ def walk_moments(
 
 @triton.jit
 def walk_normalize(
-    X, RES, SEED, GATE, H, W, B, SHIFT, SCALE, Y, rows64, mod_rows64, row_mask, col0, col_end, mean, rstd,
-    stride_x, stride_res, stride_gate, stride_h, stride_shift, stride_scale, stride_y, N, dropout_p,
-    ACC: tl.constexpr, H_DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    HAS_GATE: tl.constexpr, FROM_H: tl.constexpr, STORE_H: tl.constexpr, ROUND_H: tl.constexpr,
-    IS_RMS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_MOD: tl.constexpr, BLOCK_N: tl.constexpr, EVICT: tl.constexpr,
+    X,
+    RES,
+    SEED,
+    GATE,
+    H,
+    W,
+    B,
+    SHIFT,
+    SCALE,
+    Y,
+    rows64,
+    mod_rows64,
+    row_mask,
+    col0,
+    col_end,
+    mean,
+    rstd,
+    stride_x,
+    stride_res,
+    stride_gate,
+    stride_h,
+    stride_shift,
+    stride_scale,
+    stride_y,
+    N,
+    dropout_p,
+    ACC: tl.constexpr,
+    H_DTYPE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    FROM_H: tl.constexpr,
+    STORE_H: tl.constexpr,
+    ROUND_H: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MOD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    EVICT: tl.constexpr,
 ):
     """y over columns [col0, col_end) with the rows' statistics given: h read back from H (FROM_H) or
     recomputed from x (and the gated residual), stored with STORE_H; modulated with HAS_MOD."""
@@ -487,15 +632,42 @@ def walk_normalize(
         col_mask = c < col_end
         mask = row_mask[:, None] & col_mask[None, :]
         if FROM_H:
-            h = tl.load(H + rows64[:, None] * stride_h + c[None, :], mask=mask, other=0.0,
-                        eviction_policy=EVICT).to(ACC)
+            h = tl.load(H + rows64[:, None] * stride_h + c[None, :], mask=mask, other=0.0, eviction_policy=EVICT).to(
+                ACC
+            )
         else:
-            h = load_h(X, RES, SEED, GATE, rows64, mod_rows64, c, mask, stride_x, stride_res, stride_gate, N,
-                       dropout_p, ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, HAS_GATE, ROUND_H, EVICT)
+            h = load_h(
+                X,
+                RES,
+                SEED,
+                GATE,
+                rows64,
+                mod_rows64,
+                c,
+                mask,
+                stride_x,
+                stride_res,
+                stride_gate,
+                N,
+                dropout_p,
+                ACC,
+                H_DTYPE,
+                HAS_RESIDUAL,
+                HAS_DROPOUT,
+                HAS_GATE,
+                ROUND_H,
+                EVICT,
+            )
             if STORE_H:
                 store_tile(H, rows64, stride_h, c, mask, h)
         w = load_vector(W, c, col_mask, ACC, WEIGHT_OFFSET) if HAS_WEIGHT else None
         b = load_vector(B, c, col_mask, ACC, 0.0) if HAS_BIAS else None
         n = scale_shift(centre(h, mean, IS_RMS), rstd, w, b, HAS_WEIGHT, HAS_BIAS)
-        store_tile(Y, rows64, stride_y, c, mask,
-                   modulate(n, SHIFT, SCALE, mod_rows64, c, mask, stride_shift, stride_scale, ACC, HAS_MOD))
+        store_tile(
+            Y,
+            rows64,
+            stride_y,
+            c,
+            mask,
+            modulate(n, SHIFT, SCALE, mod_rows64, c, mask, stride_shift, stride_scale, ACC, HAS_MOD),
+        )

@@ -20,8 +20,17 @@ from tokennorm.kernels.config import KernelConfig, cdiv, row_groups
 from tokennorm.kernels.elementwise import dyt_backward_kernel, dyt_forward_kernel
 from tokennorm.kernels.launcher import CachedLauncher
 from tokennorm.kernels.plan import (
-    BACKWARD_KERNELS, LONG_ROWS_EXCHANGE, BackwardPlan, ForwardPlan, acc_dtype, backward_plan, channels_first_plan,
-    dyt_backward_plan, dyt_plan, float32_remainder, forward_plan,
+    BACKWARD_KERNELS,
+    LONG_ROWS_EXCHANGE,
+    BackwardPlan,
+    ForwardPlan,
+    acc_dtype,
+    backward_plan,
+    channels_first_plan,
+    dyt_backward_plan,
+    dyt_plan,
+    float32_remainder,
+    forward_plan,
 )
 from tokennorm.kernels.segment import segment_forward_kernel
 
@@ -35,10 +44,29 @@ _dyt_backward = CachedLauncher(dyt_backward_kernel)
 _channels_first_forward = CachedLauncher(channels_first_forward_kernel)
 _channels_first_backward = CachedLauncher(channels_first_backward_kernel)
 
-__all__ = ["ForwardOut", "BackwardOut", "Modulation", "ModulationGrads", "acc_dtype", "norm_forward", "run_forward",
-           "norm_backward", "run_backward", "ada_norm_backward", "segment_moments", "segment_apply", "segment_sums",
-           "segment_dx", "DyTGradsOut", "dyt_forward", "dyt_backward", "ChannelsFirstOut", "channels_first_fits",
-           "channels_first_forward", "channels_first_backward"]
+__all__ = [
+    "ForwardOut",
+    "BackwardOut",
+    "Modulation",
+    "ModulationGrads",
+    "acc_dtype",
+    "norm_forward",
+    "run_forward",
+    "norm_backward",
+    "run_backward",
+    "ada_norm_backward",
+    "segment_moments",
+    "segment_apply",
+    "segment_sums",
+    "segment_dx",
+    "DyTGradsOut",
+    "dyt_forward",
+    "dyt_backward",
+    "ChannelsFirstOut",
+    "channels_first_fits",
+    "channels_first_forward",
+    "channels_first_backward",
+]
 
 
 class ForwardOut(NamedTuple):
@@ -87,14 +115,31 @@ def _modulation_args(mod: Optional[Modulation]) -> tuple:
     if mod is None:
         return _NO_MODULATION_ARGS
     gate = mod.gate
-    return (gate, mod.shift, mod.scale, 0 if gate is None else gate.stride(0), mod.shift.stride(0),
-            mod.scale.stride(0), mod.tokens)
+    return (
+        gate,
+        mod.shift,
+        mod.scale,
+        0 if gate is None else gate.stride(0),
+        mod.shift.stride(0),
+        mod.scale.stride(0),
+        mod.tokens,
+    )
 
 
 def norm_forward(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], seed: Optional[Tensor],
-    eps: float, dropout_p: float, weight_offset: float, is_rms: bool, h_dtype: Optional[torch.dtype],
-    config: Optional[KernelConfig] = None, store_stats: bool = True, modulation: Optional[Modulation] = None,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    seed: Optional[Tensor],
+    eps: float,
+    dropout_p: float,
+    weight_offset: float,
+    is_rms: bool,
+    h_dtype: Optional[torch.dtype],
+    config: Optional[KernelConfig] = None,
+    store_stats: bool = True,
+    modulation: Optional[Modulation] = None,
 ) -> ForwardOut:
     """``y = Norm(residual + dropout(x)) · (weight + weight_offset) + bias`` with the cached plan for this call.
 
@@ -102,16 +147,35 @@ def norm_forward(
     skips mean/rstd and returns them as None; ``config`` overrides the default kernel and tile. With
     ``modulation`` (AdaLN): h = residual + gate ⊙ x and y = (Norm(h)·w + b) · (1 + scale) + shift.
     """
-    plan = forward_plan(x.shape[1], x.dtype, weight is not None, bias is not None,
-                        None if residual is None else residual.dtype, h_dtype, eps, dropout_p, weight_offset, is_rms,
-                        store_stats, x.device, config, modulation is not None and modulation.gate is not None,
-                        modulation is not None)
+    plan = forward_plan(
+        x.shape[1],
+        x.dtype,
+        weight is not None,
+        bias is not None,
+        None if residual is None else residual.dtype,
+        h_dtype,
+        eps,
+        dropout_p,
+        weight_offset,
+        is_rms,
+        store_stats,
+        x.device,
+        config,
+        modulation is not None and modulation.gate is not None,
+        modulation is not None,
+    )
     return run_forward(plan, x, weight, bias, residual, seed, modulation)
 
 
-def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                residual: Optional[Tensor], seed: Optional[Tensor],
-                modulation: Optional[Modulation] = None) -> ForwardOut:
+def run_forward(
+    plan: ForwardPlan,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    residual: Optional[Tensor],
+    seed: Optional[Tensor],
+    modulation: Optional[Modulation] = None,
+) -> ForwardOut:
     m, n = x.shape
     dev = x.device
     # x.new_empty(m, n) and torch.empty(m, n, ...), not a shape tuple: less host time (benchmarks/RESULTS.md)
@@ -126,13 +190,46 @@ def run_forward(plan: ForwardPlan, x: Tensor, weight: Optional[Tensor], bias: Op
         return ForwardOut(y, h, mean, rstd)
     cfg = plan.config
     if cfg.mode == kconfig.ROWS:
-        plan.kernel.launch((min(cdiv(m, cfg.block_m), plan.programs),), x, residual, weight, bias, seed, y, h, mean,
-                           rstd, x.stride(0), 0 if residual is None else residual.stride(0), n,
-                           0 if h is None else n, m, n, plan.eps, plan.eps_lo, plan.dropout_p,
-                           *(_NO_MODULATION_ARGS if modulation is None else _modulation_args(modulation)))
+        plan.kernel.launch(
+            (min(cdiv(m, cfg.block_m), plan.programs),),
+            x,
+            residual,
+            weight,
+            bias,
+            seed,
+            y,
+            h,
+            mean,
+            rstd,
+            x.stride(0),
+            0 if residual is None else residual.stride(0),
+            n,
+            0 if h is None else n,
+            m,
+            n,
+            plan.eps,
+            plan.eps_lo,
+            plan.dropout_p,
+            *(_NO_MODULATION_ARGS if modulation is None else _modulation_args(modulation)),
+        )
         return _new(ForwardOut, (y, h, mean, rstd))
-    args = (x, residual, weight, bias, seed, y, h, mean, rstd, x.stride(0),
-            0 if residual is None else residual.stride(0), n, 0 if h is None else n, m, n)
+    args = (
+        x,
+        residual,
+        weight,
+        bias,
+        seed,
+        y,
+        h,
+        mean,
+        rstd,
+        x.stride(0),
+        0 if residual is None else residual.stride(0),
+        n,
+        0 if h is None else n,
+        m,
+        n,
+    )
     scalars = (plan.eps, plan.eps_lo, plan.dropout_p, *_modulation_args(modulation))
     if cfg.mode == kconfig.CHUNKED:
         plan.kernel.launch((min(m, plan.programs),), *args, *scalars)
@@ -157,9 +254,20 @@ def _long_row_groups(m: int, segments: int, cfg: KernelConfig, facts: kconfig.De
 
 
 def norm_backward(
-    dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, dh_in: Optional[Tensor],
-    seed: Optional[Tensor], dropout_p: float, weight_offset: float, is_rms: bool, compute_dweight: bool,
-    compute_dbias: bool, x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype],
+    dy: Tensor,
+    h: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    dh_in: Optional[Tensor],
+    seed: Optional[Tensor],
+    dropout_p: float,
+    weight_offset: float,
+    is_rms: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    x_dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
     config: Optional[KernelConfig] = None,
 ) -> BackwardOut:
     """dx (and d(residual), dγ, dβ) given dy, with the cached plan for this call.
@@ -168,20 +276,53 @@ def norm_backward(
     ``residual_dtype`` not None asks for a separate d(residual) output in that dtype. dγ/dβ are per-program
     float32 partial rows summed here (deterministically, in float32 or wider).
     """
-    plan = backward_plan(h.shape[1], h.dtype, x_dtype, residual_dtype, weight is not None, dh_in is not None,
-                         dropout_p, weight_offset, is_rms, compute_dweight, compute_dbias, h.device, config)
+    plan = backward_plan(
+        h.shape[1],
+        h.dtype,
+        x_dtype,
+        residual_dtype,
+        weight is not None,
+        dh_in is not None,
+        dropout_p,
+        weight_offset,
+        is_rms,
+        compute_dweight,
+        compute_dbias,
+        h.device,
+        config,
+    )
     return run_backward(plan, dy, h, weight, mean, rstd, dh_in, seed)
 
 
-def run_backward(plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
-                 dh_in: Optional[Tensor], seed: Optional[Tensor]) -> BackwardOut:
+def run_backward(
+    plan: BackwardPlan,
+    dy: Tensor,
+    h: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    dh_in: Optional[Tensor],
+    seed: Optional[Tensor],
+) -> BackwardOut:
     return _backward(plan, dy, h, weight, mean, rstd, dh_in, seed)[0]
 
 
 def ada_norm_backward(
-    dy: Tensor, h: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
-    dh_in: Optional[Tensor], modulation: Modulation, is_rms: bool, compute_dweight: bool, compute_dbias: bool,
-    x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], need: tuple[bool, bool, bool] = (True, True, True),
+    dy: Tensor,
+    h: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    dh_in: Optional[Tensor],
+    modulation: Modulation,
+    is_rms: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    x_dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
+    need: tuple[bool, bool, bool] = (True, True, True),
     config: Optional[KernelConfig] = None,
 ) -> tuple[BackwardOut, ModulationGrads]:
     """AdaLN's backward: :func:`norm_backward`'s outputs, with dx = gate ⊙ dh, and (dshift, dscale, dgate).
@@ -190,16 +331,41 @@ def ada_norm_backward(
     n = x̂ · w + b); ``modulation``'s shift is not read. ``need``: which of (dshift, dscale, dgate) to return.
     """
     has_gate = modulation.gate is not None
-    plan = backward_plan(h.shape[1], h.dtype, x_dtype, residual_dtype, weight is not None, dh_in is not None, 0.0,
-                         0.0, is_rms, compute_dweight, compute_dbias, h.device, config, bias is not None, has_gate,
-                         True, modulation.tokens != 1)
+    plan = backward_plan(
+        h.shape[1],
+        h.dtype,
+        x_dtype,
+        residual_dtype,
+        weight is not None,
+        dh_in is not None,
+        0.0,
+        0.0,
+        is_rms,
+        compute_dweight,
+        compute_dbias,
+        h.device,
+        config,
+        bias is not None,
+        has_gate,
+        True,
+        modulation.tokens != 1,
+    )
     return _backward(plan, dy, h, weight, mean, rstd, dh_in, None, x, bias, modulation, need)
 
 
 def _backward(
-    plan: BackwardPlan, dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
-    dh_in: Optional[Tensor], seed: Optional[Tensor], x: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-    mod: Optional[Modulation] = None, need: tuple[bool, bool, bool] = (False, False, False),
+    plan: BackwardPlan,
+    dy: Tensor,
+    h: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    dh_in: Optional[Tensor],
+    seed: Optional[Tensor],
+    x: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    mod: Optional[Modulation] = None,
+    need: tuple[bool, bool, bool] = (False, False, False),
 ) -> tuple[BackwardOut, ModulationGrads]:
     m, n = h.shape
     dev = h.device
@@ -207,9 +373,15 @@ def _backward(
     dx = torch.empty(m, n, device=dev, dtype=plan.x_dtype)
     dres = None if plan.residual_dtype is None else torch.empty(m, n, device=dev, dtype=plan.residual_dtype)
     if m == 0 or n == 0:
-        return (BackwardOut(dx, dres, torch.zeros(n, device=dev, dtype=acc) if plan.compute_dweight else None,
-                            torch.zeros(n, device=dev, dtype=acc) if plan.compute_dbias else None),
-                _empty_modulation_grads(dy, mod, need, acc))
+        return (
+            BackwardOut(
+                dx,
+                dres,
+                torch.zeros(n, device=dev, dtype=acc) if plan.compute_dweight else None,
+                torch.zeros(n, device=dev, dtype=acc) if plan.compute_dbias else None,
+            ),
+            _empty_modulation_grads(dy, mod, need, acc),
+        )
     cfg = plan.config
     per_sample = mod is not None and mod.tokens != 1
     samples = m // mod.tokens if per_sample else 0
@@ -233,10 +405,42 @@ def _backward(
     if plan.compute_dbias:
         db = torch.empty(n, device=dev, dtype=acc) if programs == 1 else torch.empty(programs, n, device=dev, dtype=acc)
     if mod is None and cfg.mode == kconfig.ROWS:  # the common call, its arguments written out (AdaLN's: off)
-        plan.kernel.launch((programs,), dy, h, weight, mean, rstd, dh_in, seed, dx, dres, dw, db, dy.stride(0),
-                           h.stride(0), 0 if dh_in is None else dh_in.stride(0), n, 0 if dres is None else n, m, n,
-                           rows_per_program, plan.dropout_p, None, None, None, None, None, None, None, 0, 0, 0, 1,
-                           1, 1)
+        plan.kernel.launch(
+            (programs,),
+            dy,
+            h,
+            weight,
+            mean,
+            rstd,
+            dh_in,
+            seed,
+            dx,
+            dres,
+            dw,
+            db,
+            dy.stride(0),
+            h.stride(0),
+            0 if dh_in is None else dh_in.stride(0),
+            n,
+            0 if dres is None else n,
+            m,
+            n,
+            rows_per_program,
+            plan.dropout_p,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            0,
+            0,
+            0,
+            1,
+            1,
+            1,
+        )
         if programs > 1:  # partial rows summed in order: deterministic
             dw = None if dw is None else dw.sum(dim=0)
             db = None if db is None else db.sum(dim=0)
@@ -255,30 +459,76 @@ def _backward(
             if plan.has_gate:
                 dgate = torch.empty((m, n), device=dev, dtype=acc if per_sample else mod.gate.dtype)
     gate = None if mod is None else mod.gate
-    mod_args = (x, bias, None if mod is None else mod.scale, gate, dscale, dgate,
-                0 if x is None else x.stride(0), 0 if mod is None else mod.scale.stride(0),
-                0 if gate is None else gate.stride(0), 1 if mod is None else mod.tokens)
+    mod_args = (
+        x,
+        bias,
+        None if mod is None else mod.scale,
+        gate,
+        dscale,
+        dgate,
+        0 if x is None else x.stride(0),
+        0 if mod is None else mod.scale.stride(0),
+        0 if gate is None else gate.stride(0),
+        1 if mod is None else mod.tokens,
+    )
     if cfg.mode == kconfig.ROWS:
-        plan.kernel.launch((programs,), *args, *strides, m, n, rows_per_program, plan.dropout_p, *mod_args[:4],
-                           dshift, *mod_args[4:], *mod_grid[:2])
+        plan.kernel.launch(
+            (programs,),
+            *args,
+            *strides,
+            m,
+            n,
+            rows_per_program,
+            plan.dropout_p,
+            *mod_args[:4],
+            dshift,
+            *mod_args[4:],
+            *mod_grid[:2],
+        )
     elif cfg.mode == kconfig.LONG_ROWS:
         partials = torch.empty((m, segments, 2), device=dev, dtype=acc)
         grid = (programs * segments,)
         if LONG_ROWS_EXCHANGE == "cooperative":
             sync = torch.zeros(1 + m, device=dev, dtype=torch.int32)
-            plan.kernel.launch(grid, *args, partials, sync, *strides, m, n, programs, plan.dropout_p, *mod_args,
-                               EXCHANGE="cooperative")
+            plan.kernel.launch(
+                grid, *args, partials, sync, *strides, m, n, programs, plan.dropout_p, *mod_args, EXCHANGE="cooperative"
+            )
         else:
             for exchange in ("publish", "finish"):
-                plan.kernel.launch(grid, *args, partials, None, *strides, m, n, programs, plan.dropout_p, *mod_args,
-                                   EXCHANGE=exchange)
+                plan.kernel.launch(
+                    grid, *args, partials, None, *strides, m, n, programs, plan.dropout_p, *mod_args, EXCHANGE=exchange
+                )
     else:  # rows beyond the long-row capacity: segment sums, their means, then dx
         sums = torch.empty((m, segments, 2), device=dev, dtype=acc)
-        plan.kernel.launch((cdiv(m, cfg.block_m), segments), *args, sums, None, *strides, m, n, cfg.block_n, 0,
-                           plan.dropout_p, *mod_args, PASS="sums")
+        plan.kernel.launch(
+            (cdiv(m, cfg.block_m), segments),
+            *args,
+            sums,
+            None,
+            *strides,
+            m,
+            n,
+            cfg.block_n,
+            0,
+            plan.dropout_p,
+            *mod_args,
+            PASS="sums",
+        )
         row_means = sums.sum(dim=1) * (1.0 / n)
-        plan.kernel.launch((programs, segments), *args, None, row_means, *strides, m, n, cfg.block_n,
-                           rows_per_program, plan.dropout_p, *mod_args, PASS="dx")
+        plan.kernel.launch(
+            (programs, segments),
+            *args,
+            None,
+            row_means,
+            *strides,
+            m,
+            n,
+            cfg.block_n,
+            rows_per_program,
+            plan.dropout_p,
+            *mod_args,
+            PASS="dx",
+        )
     if programs > 1:  # partial rows summed in order: deterministic
         dw = None if dw is None else dw.sum(dim=0)
         db = None if db is None else db.sum(dim=0)
@@ -289,21 +539,29 @@ def _backward(
     if plan.modulation_sums:  # partial rows [samples, splits, N], summed in order: deterministic
         grads = [t.view(samples, mod_grid[1], n).sum(dim=1) if t is not None else None for t in (dshift, dscale, dgate)]
     elif per_sample:  # per-token gradients, summed over each sample's tokens
-        grads = [dy.view(samples, mod.tokens, n).sum(dim=1, dtype=acc) if need_shift else None,
-                 *(t.view(samples, mod.tokens, n).sum(dim=1) if t is not None else None for t in (dscale, dgate))]
+        grads = [
+            dy.view(samples, mod.tokens, n).sum(dim=1, dtype=acc) if need_shift else None,
+            *(t.view(samples, mod.tokens, n).sum(dim=1) if t is not None else None for t in (dscale, dgate)),
+        ]
     else:  # per token: dshift is dy itself (the caller's)
         grads = [None, dscale, dgate]
     return out, ModulationGrads(*(g if wanted else None for g, wanted in zip(grads, need)))
 
 
-def _empty_modulation_grads(dy: Tensor, mod: Optional[Modulation], need: tuple[bool, bool, bool],
-                            acc: torch.dtype) -> ModulationGrads:
+def _empty_modulation_grads(
+    dy: Tensor, mod: Optional[Modulation], need: tuple[bool, bool, bool], acc: torch.dtype
+) -> ModulationGrads:
     """AdaLN's gradients of an empty problem: zeros of the modulations' shapes."""
     if mod is None:
         return ModulationGrads(None, None, None)
-    return ModulationGrads(*(torch.zeros(t.shape, device=t.device, dtype=acc if mod.tokens != 1 else t.dtype)
-                             if t is not None and wanted else None
-                             for t, wanted in zip((mod.shift, mod.scale, mod.gate), need)))
+    return ModulationGrads(
+        *(
+            torch.zeros(t.shape, device=t.device, dtype=acc if mod.tokens != 1 else t.dtype)
+            if t is not None and wanted
+            else None
+            for t, wanted in zip((mod.shift, mod.scale, mod.gate), need)
+        )
+    )
 
 
 def _empty(device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -320,8 +578,13 @@ _NO_MODULATION_SWITCHES = dict(HAS_BIAS=False, HAS_MOD=False, HAS_GATE=False)
 
 
 def _segment_switches(cfg: KernelConfig, is_rms: bool, weight_offset: float = 0.0) -> dict:
-    return dict(IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                **cfg.launch_options)
+    return dict(
+        IS_RMS=is_rms,
+        WEIGHT_OFFSET=float(weight_offset),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        **cfg.launch_options,
+    )
 
 
 def segment_moments(x: Tensor, is_rms: bool) -> tuple[Tensor, Tensor]:
@@ -335,26 +598,66 @@ def segment_moments(x: Tensor, is_rms: bool) -> tuple[Tensor, Tensor]:
     if m and n:
         cfg = kconfig.segment_config(n, acc.itemsize)
         _segment_forward[(cdiv(m, cfg.block_m), 1)](
-            x, None, None, None, None, None, mean, m2, x.stride(0), 0, m, n, n, PASS="moments", HAS_WEIGHT=False,
-            HAS_BIAS=False, **_segment_switches(cfg, is_rms))
+            x,
+            None,
+            None,
+            None,
+            None,
+            None,
+            mean,
+            m2,
+            x.stride(0),
+            0,
+            m,
+            n,
+            n,
+            PASS="moments",
+            HAS_WEIGHT=False,
+            HAS_BIAS=False,
+            **_segment_switches(cfg, is_rms),
+        )
     return mean, m2
 
 
-def segment_apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
-                  weight_offset: float, is_rms: bool) -> Tensor:
+def segment_apply(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    mean: Optional[Tensor],
+    rstd: Tensor,
+    weight_offset: float,
+    is_rms: bool,
+) -> Tensor:
     """y = (x − mean) · rstd · (γ + offset) + β with the rows' statistics given ([M] each; RMSNorm: no mean)."""
     m, n = x.shape
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     if m and n:
         cfg = kconfig.segment_config(n, acc_dtype(x.dtype).itemsize)
         _segment_forward[(cdiv(m, cfg.block_m), 1)](
-            x, weight, bias, y, mean, rstd, None, None, x.stride(0), y.stride(0), m, n, n, PASS="apply",
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **_segment_switches(cfg, is_rms, weight_offset))
+            x,
+            weight,
+            bias,
+            y,
+            mean,
+            rstd,
+            None,
+            None,
+            x.stride(0),
+            y.stride(0),
+            m,
+            n,
+            n,
+            PASS="apply",
+            HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None,
+            **_segment_switches(cfg, is_rms, weight_offset),
+        )
     return y
 
 
-def segment_sums(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, weight_offset: float,
-                 is_rms: bool) -> Tensor:
+def segment_sums(
+    dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, weight_offset: float, is_rms: bool
+) -> Tensor:
     """Per row of the slice, (Σ g·x̂, Σ g) with g = dy·(γ + offset): [M, 2] (RMSNorm: Σ g is 0). Summed across
     slices and divided by the full row length, they are the row means :func:`segment_dx` takes."""
     m, n = h.shape
@@ -363,16 +666,56 @@ def segment_sums(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, 
     if m and n:
         cfg = kconfig.segment_config(n, acc.itemsize)
         _segment_backward[(cdiv(m, cfg.block_m), 1)](
-            dy, h, weight, mean, rstd, None, None, None, None, None, None, sums, None, dy.stride(0), h.stride(0),
-            0, 0, 0, m, n, n, 0, 0.0, *_NO_MODULATION, PASS="sums", HAS_WEIGHT=weight is not None,
-            COMPUTE_DW=False, COMPUTE_DB=False, HAS_DH_IN=False, HAS_DROPOUT=False, STORE_DRES=False,
-            **_NO_MODULATION_SWITCHES, **_segment_switches(cfg, is_rms, weight_offset))
+            dy,
+            h,
+            weight,
+            mean,
+            rstd,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            sums,
+            None,
+            dy.stride(0),
+            h.stride(0),
+            0,
+            0,
+            0,
+            m,
+            n,
+            n,
+            0,
+            0.0,
+            *_NO_MODULATION,
+            PASS="sums",
+            HAS_WEIGHT=weight is not None,
+            COMPUTE_DW=False,
+            COMPUTE_DB=False,
+            HAS_DH_IN=False,
+            HAS_DROPOUT=False,
+            STORE_DRES=False,
+            **_NO_MODULATION_SWITCHES,
+            **_segment_switches(cfg, is_rms, weight_offset),
+        )
     return sums
 
 
-def segment_dx(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, row_means: Tensor,
-               weight_offset: float, is_rms: bool, compute_dweight: bool, compute_dbias: bool,
-               x_dtype: torch.dtype) -> BackwardOut:
+def segment_dx(
+    dy: Tensor,
+    h: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    row_means: Tensor,
+    weight_offset: float,
+    is_rms: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    x_dtype: torch.dtype,
+) -> BackwardOut:
     """dx of the slice and its dγ/dβ, with the rows' (mean(g·x̂), mean(g)) given ([M, 2], reduced across
     slices)."""
     m, n = h.shape
@@ -380,17 +723,51 @@ def segment_dx(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rs
     acc = acc_dtype(h.dtype)
     dx = torch.empty((m, n), device=dev, dtype=x_dtype)
     if m == 0 or n == 0:
-        return BackwardOut(dx, None, torch.zeros(n, device=dev, dtype=acc) if compute_dweight else None,
-                           torch.zeros(n, device=dev, dtype=acc) if compute_dbias else None)
+        return BackwardOut(
+            dx,
+            None,
+            torch.zeros(n, device=dev, dtype=acc) if compute_dweight else None,
+            torch.zeros(n, device=dev, dtype=acc) if compute_dbias else None,
+        )
     cfg = kconfig.segment_config(n, acc.itemsize)
     programs, rows_per_program = row_groups(m, 2 * kconfig.device_facts(dev).sms)
     dw = torch.empty((programs, n), device=dev, dtype=acc) if compute_dweight else None
     db = torch.empty((programs, n), device=dev, dtype=acc) if compute_dbias else None
     _segment_backward[(programs, 1)](
-        dy, h, weight, mean, rstd, None, None, dx, None, dw, db, None, row_means.to(acc).contiguous(), dy.stride(0),
-        h.stride(0), 0, dx.stride(0), 0, m, n, n, rows_per_program, 0.0, *_NO_MODULATION, PASS="dx",
-        HAS_WEIGHT=weight is not None, COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias, HAS_DH_IN=False,
-        HAS_DROPOUT=False, STORE_DRES=False, **_NO_MODULATION_SWITCHES, **_segment_switches(cfg, is_rms, weight_offset))
+        dy,
+        h,
+        weight,
+        mean,
+        rstd,
+        None,
+        None,
+        dx,
+        None,
+        dw,
+        db,
+        None,
+        row_means.to(acc).contiguous(),
+        dy.stride(0),
+        h.stride(0),
+        0,
+        dx.stride(0),
+        0,
+        m,
+        n,
+        n,
+        rows_per_program,
+        0.0,
+        *_NO_MODULATION,
+        PASS="dx",
+        HAS_WEIGHT=weight is not None,
+        COMPUTE_DW=compute_dweight,
+        COMPUTE_DB=compute_dbias,
+        HAS_DH_IN=False,
+        HAS_DROPOUT=False,
+        STORE_DRES=False,
+        **_NO_MODULATION_SWITCHES,
+        **_segment_switches(cfg, is_rms, weight_offset),
+    )
     return BackwardOut(dx, None, dw.sum(dim=0) if compute_dweight else None, db.sum(dim=0) if compute_dbias else None)
 
 
@@ -413,37 +790,88 @@ def _alpha_args(alpha: Optional[Tensor], alpha_value: float) -> tuple:
 
 
 def dyt_forward(
-    x: Tensor, residual: Optional[Tensor], alpha: Optional[Tensor], alpha_value: float, weight: Optional[Tensor],
-    bias: Optional[Tensor], h_dtype: Optional[torch.dtype], config: Optional[KernelConfig] = None,
+    x: Tensor,
+    residual: Optional[Tensor],
+    alpha: Optional[Tensor],
+    alpha_value: float,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    h_dtype: Optional[torch.dtype],
+    config: Optional[KernelConfig] = None,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """(y, h): ``y = weight · tanh(α · h) + bias`` with h = residual + x (stored in ``h_dtype`` when given) or x.
 
     α is the one-element tensor ``alpha`` or, when it is None, the float ``alpha_value``. y has x's dtype.
     """
     m, n = x.shape
-    plan = dyt_plan(n, x.dtype, None if residual is None else residual.dtype, h_dtype, weight is not None,
-                    bias is not None, alpha is not None, x.device, config)
+    plan = dyt_plan(
+        n,
+        x.dtype,
+        None if residual is None else residual.dtype,
+        h_dtype,
+        weight is not None,
+        bias is not None,
+        alpha is not None,
+        x.device,
+        config,
+    )
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     h = torch.empty((m, n), device=x.device, dtype=h_dtype) if h_dtype is not None else None
     if m and n:
         alpha_ptr, alpha_hi, alpha_lo = _alpha_args(alpha, alpha_value)
         _dyt_forward[kconfig.elementwise_grid(m, n, plan.config, plan.facts)](
-            x, residual, weight, bias, alpha_ptr, y, h, x.stride(0), 0 if residual is None else residual.stride(0),
-            y.stride(0), 0 if h is None else h.stride(0), m, n, alpha_hi, alpha_lo, **plan.constexprs)
+            x,
+            residual,
+            weight,
+            bias,
+            alpha_ptr,
+            y,
+            h,
+            x.stride(0),
+            0 if residual is None else residual.stride(0),
+            y.stride(0),
+            0 if h is None else h.stride(0),
+            m,
+            n,
+            alpha_hi,
+            alpha_lo,
+            **plan.constexprs,
+        )
     return y, h
 
 
 def dyt_backward(
-    dy: Tensor, h: Tensor, alpha: Optional[Tensor], alpha_value: float, weight: Optional[Tensor],
-    dh_in: Optional[Tensor], x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], compute_dalpha: bool,
-    compute_dweight: bool, compute_dbias: bool, config: Optional[KernelConfig] = None,
+    dy: Tensor,
+    h: Tensor,
+    alpha: Optional[Tensor],
+    alpha_value: float,
+    weight: Optional[Tensor],
+    dh_in: Optional[Tensor],
+    x_dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
+    compute_dalpha: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    config: Optional[KernelConfig] = None,
 ) -> DyTGradsOut:
     """DyT's gradients given dy (and ``dh_in``, the gradient of the h output): dx in ``x_dtype``, a separate
     d(residual) in ``residual_dtype`` when given, and dα, dγ, dβ summed from per-program partials."""
     m, n = h.shape
     dev = h.device
-    plan = dyt_backward_plan(n, h.dtype, dy.dtype, weight is not None, alpha is not None, dh_in is not None,
-                             residual_dtype is not None, compute_dalpha, compute_dweight, compute_dbias, dev, config)
+    plan = dyt_backward_plan(
+        n,
+        h.dtype,
+        dy.dtype,
+        weight is not None,
+        alpha is not None,
+        dh_in is not None,
+        residual_dtype is not None,
+        compute_dalpha,
+        compute_dweight,
+        compute_dbias,
+        dev,
+        config,
+    )
     acc = plan.acc_dtype
     dx = torch.empty((m, n), device=dev, dtype=x_dtype)
     dres = torch.empty((m, n), device=dev, dtype=residual_dtype) if residual_dtype is not None else None
@@ -454,11 +882,34 @@ def dyt_backward(
     if m and n:
         alpha_ptr, alpha_hi, alpha_lo = _alpha_args(alpha, alpha_value)
         _dyt_backward[(row_programs, col_blocks)](
-            dy, h, weight, alpha_ptr, dh_in, dx, dres, dw, db, dalpha, dy.stride(0), h.stride(0),
-            0 if dh_in is None else dh_in.stride(0), dx.stride(0), 0 if dres is None else dres.stride(0), m, n,
-            alpha_hi, alpha_lo, **plan.constexprs)
-    return DyTGradsOut(dx, dres, None if dalpha is None else dalpha.sum(),
-                       None if dw is None else dw.sum(dim=0), None if db is None else db.sum(dim=0))
+            dy,
+            h,
+            weight,
+            alpha_ptr,
+            dh_in,
+            dx,
+            dres,
+            dw,
+            db,
+            dalpha,
+            dy.stride(0),
+            h.stride(0),
+            0 if dh_in is None else dh_in.stride(0),
+            dx.stride(0),
+            0 if dres is None else dres.stride(0),
+            m,
+            n,
+            alpha_hi,
+            alpha_lo,
+            **plan.constexprs,
+        )
+    return DyTGradsOut(
+        dx,
+        dres,
+        None if dalpha is None else dalpha.sum(),
+        None if dw is None else dw.sum(dim=0),
+        None if db is None else db.sum(dim=0),
+    )
 
 
 # Channels-first LayerNorm over dim 1 of a contiguous [B, C, S].
@@ -476,13 +927,18 @@ def channels_first_fits(c: int, dtype: torch.dtype) -> bool:
 
 
 def channels_first_forward(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, store_stats: bool = True,
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    store_stats: bool = True,
     config: Optional[KernelConfig] = None,
 ) -> ChannelsFirstOut:
     """LayerNorm over dim 1 of ``x`` [B, C, S] (contiguous; C within :func:`channels_first_fits`)."""
     b, c, s = x.shape
-    plan = channels_first_plan(c, x.dtype, weight is not None, bias is not None, store_stats, False, False, False,
-                               x.device, config)
+    plan = channels_first_plan(
+        c, x.dtype, weight is not None, bias is not None, store_stats, False, False, False, x.device, config
+    )
     y = torch.empty((b, c, s), device=x.device, dtype=x.dtype)
     mean = torch.empty((b, s), device=x.device, dtype=plan.acc_dtype) if store_stats else None
     rstd = torch.empty((b, s), device=x.device, dtype=plan.acc_dtype) if store_stats else None
@@ -491,20 +947,41 @@ def channels_first_forward(
         tiles_per_item = cdiv(s, cfg.block_m)
         tiles = b * tiles_per_item
         grid = (min(tiles, cfg.programs_per_sm * plan.facts.sms),)
-        _channels_first_forward[grid](x, weight, bias, y, mean, rstd, c, s, c * s, tiles_per_item, tiles, eps,
-                                      float32_remainder(eps), **plan.constexprs)
+        _channels_first_forward[grid](
+            x,
+            weight,
+            bias,
+            y,
+            mean,
+            rstd,
+            c,
+            s,
+            c * s,
+            tiles_per_item,
+            tiles,
+            eps,
+            float32_remainder(eps),
+            **plan.constexprs,
+        )
     return ChannelsFirstOut(y, mean, rstd)
 
 
 def channels_first_backward(
-    dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, compute_dweight: bool,
-    compute_dbias: bool, config: Optional[KernelConfig] = None,
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    config: Optional[KernelConfig] = None,
 ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """(dx, dγ, dβ) of channels-first LayerNorm given dy (contiguous [B, C, S], as x); dγ/dβ in the accumulation
     dtype, summed from per-program partial rows."""
     b, c, s = x.shape
-    plan = channels_first_plan(c, x.dtype, weight is not None, False, False, True, compute_dweight, compute_dbias,
-                               x.device, config)
+    plan = channels_first_plan(
+        c, x.dtype, weight is not None, False, False, True, compute_dweight, compute_dbias, x.device, config
+    )
     acc = plan.acc_dtype
     dx = torch.empty((b, c, s), device=x.device, dtype=x.dtype)
     cfg = plan.config
@@ -514,6 +991,21 @@ def channels_first_backward(
     dw = torch.zeros((programs, c), device=x.device, dtype=acc) if compute_dweight else None
     db = torch.zeros((programs, c), device=x.device, dtype=acc) if compute_dbias else None
     if tiles and c:
-        _channels_first_backward[(programs,)](dy, x, weight, mean, rstd, dx, dw, db, c, s, c * s, tiles_per_item,
-                                              tiles, tiles_per_program, **plan.constexprs)
+        _channels_first_backward[(programs,)](
+            dy,
+            x,
+            weight,
+            mean,
+            rstd,
+            dx,
+            dw,
+            db,
+            c,
+            s,
+            c * s,
+            tiles_per_item,
+            tiles,
+            tiles_per_program,
+            **plan.constexprs,
+        )
     return dx, None if dw is None else dw.sum(dim=0), None if db is None else db.sum(dim=0)

@@ -42,6 +42,7 @@ __all__ = ["CachedLauncher", "BoundLauncher", "cached_launch_available"]
 try:  # torch >= 2.6
     from torch.library import wrap_triton as _wrap_triton
 except ImportError:  # pragma: no cover - older torch: no tracing into kernels, launch directly
+
     def _wrap_triton(kernel):
         return kernel
 
@@ -57,13 +58,19 @@ def _find_internals() -> tuple[Any, str]:
     run_source = "".join(inspect.getsource(JITFunction.run).split())
     # The launcher call the cached path reproduces, argument for argument. If Triton changes it, this no longer
     # matches and calls take JITFunction.run.
-    expected = ("kernel.run(grid_0,grid_1,grid_2,stream,kernel.function,kernel.packed_metadata,launch_metadata,"
-                "knobs.runtime.launch_enter_hook,knobs.runtime.launch_exit_hook,*bound_args.values())")
+    expected = (
+        "kernel.run(grid_0,grid_1,grid_2,stream,kernel.function,kernel.packed_metadata,launch_metadata,"
+        "knobs.runtime.launch_enter_hook,knobs.runtime.launch_exit_hook,*bound_args.values())"
+    )
     if expected not in run_source:
         return None, "JITFunction.run calls the compiled kernel's launcher differently"
     runtime, compilation = knobs.runtime, knobs.compilation
-    for owner, name in ((runtime, "launch_enter_hook"), (runtime, "launch_exit_hook"), (runtime, "debug"),
-                        (compilation, "instrumentation_mode")):
+    for owner, name in (
+        (runtime, "launch_enter_hook"),
+        (runtime, "launch_exit_hook"),
+        (runtime, "debug"),
+        (compilation, "instrumentation_mode"),
+    ):
         if not hasattr(owner, name):
             return None, f"triton.knobs has no {name}"
     if not all(hasattr(getattr(runtime, h), "calls") for h in ("launch_enter_hook", "launch_exit_hook")):
@@ -89,7 +96,9 @@ def _warn_fallback(reason: str) -> None:
 
         warnings.warn(
             f"tokennorm: cached kernel launches are off with Triton {triton.__version__} ({reason}); kernels "
-            "launch through JITFunction.run, which costs more host time per call", RuntimeWarning, stacklevel=3,
+            "launch through JITFunction.run, which costs more host time per call",
+            RuntimeWarning,
+            stacklevel=3,
         )
 
 
@@ -170,8 +179,14 @@ class CachedLauncher:
         if not self._cached:
             return self.kernel[grid](*args, **kwargs)
         _, driver, runtime, compilation = _INTERNALS
-        if (runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls or runtime.debug
-                or compilation.instrumentation_mode or self.kernel.pre_run_hooks or keyword_set is None):
+        if (
+            runtime.launch_enter_hook.calls
+            or runtime.launch_exit_hook.calls
+            or runtime.debug
+            or compilation.instrumentation_mode
+            or self.kernel.pre_run_hooks
+            or keyword_set is None
+        ):
             return self.kernel.run(*args, grid=grid, warmup=False, **kwargs)
         types = tuple(map(type, args))
         try:
@@ -190,8 +205,19 @@ class CachedLauncher:
         if callable(grid):
             grid = grid(dict(zip(self._names, (*args, *tail))))
         grid_size = len(grid)
-        launch(grid[0], grid[1] if grid_size > 1 else 1, grid[2] if grid_size > 2 else 1,
-               active.get_current_stream(device), function, packed_metadata, None, None, None, *args, *tail)
+        launch(
+            grid[0],
+            grid[1] if grid_size > 1 else 1,
+            grid[2] if grid_size > 2 else 1,
+            active.get_current_stream(device),
+            function,
+            packed_metadata,
+            None,
+            None,
+            None,
+            *args,
+            *tail,
+        )
         return compiled
 
     def _first_launch(self, key: tuple, grid: Any, args: tuple, kwargs: dict) -> Any:
@@ -234,8 +260,10 @@ class CachedLauncher:
                 parts.append(f"{a}.dtype" if no_value or no_alignment else f"{a}.dtype, {a}.data_ptr() & 15 == 0")
             elif t is int:
                 if not (no_value or no_alignment):  # i32: one small int (0-3); i64/u64: a tuple (never equal)
-                    parts.append(f"({a} & 15 == 0) + 2 * ({a} == 1) if -2147483648 <= {a} <= 2147483647 "
-                                 f"else ({a} >= 9223372036854775808, {a} & 15 == 0)")
+                    parts.append(
+                        f"({a} & 15 == 0) + 2 * ({a} == 1) if -2147483648 <= {a} <= 2147483647 "
+                        f"else ({a} >= 9223372036854775808, {a} & 15 == 0)"
+                    )
                     continue
                 parts += [f"-2147483648 <= {a} <= 2147483647", f"{a} >= 9223372036854775808"]
                 if not no_value:

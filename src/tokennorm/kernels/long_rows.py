@@ -42,8 +42,21 @@ import triton
 import triton.language as tl
 
 from tokennorm.kernels.helpers import (
-    centre, full_eps, grad_sums, load_grad_tile, load_h, load_modulation, load_vector, merge_moments, modulate,
-    reciprocal, scale_shift, segment_moments, store_dx, store_modulation_grads, store_tile,
+    centre,
+    full_eps,
+    grad_sums,
+    load_grad_tile,
+    load_h,
+    load_modulation,
+    load_vector,
+    merge_moments,
+    modulate,
+    reciprocal,
+    scale_shift,
+    segment_moments,
+    store_dx,
+    store_modulation_grads,
+    store_tile,
 )
 
 
@@ -74,12 +87,46 @@ def load_partial(PARTIALS, slot, valid, VOLATILE: tl.constexpr):
 
 @triton.jit
 def long_rows_forward_kernel(
-    X, RES, W, B, SEED, Y, H, MEAN, RSTD, PARTIALS, SYNC,
-    stride_x, stride_res, stride_y, stride_h, M, N, groups, eps, eps_lo, dropout_p,
-    GATE, SHIFT, SCALE, stride_gate, stride_shift, stride_scale, tokens,
-    EXCHANGE: tl.constexpr, IS_RMS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr,
-    STORE_STATS: tl.constexpr, HAS_GATE: tl.constexpr, HAS_MOD: tl.constexpr, BLOCK_N: tl.constexpr,
+    X,
+    RES,
+    W,
+    B,
+    SEED,
+    Y,
+    H,
+    MEAN,
+    RSTD,
+    PARTIALS,
+    SYNC,
+    stride_x,
+    stride_res,
+    stride_y,
+    stride_h,
+    M,
+    N,
+    groups,
+    eps,
+    eps_lo,
+    dropout_p,
+    GATE,
+    SHIFT,
+    SCALE,
+    stride_gate,
+    stride_shift,
+    stride_scale,
+    tokens,
+    EXCHANGE: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    STORE_H: tl.constexpr,
+    STORE_STATS: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    HAS_MOD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     S_BLOCK: tl.constexpr,
 ):
     """Grid: groups × segments programs. PARTIALS [M, segments, 3] (mean hi, mean lo, M2) in the accumulation
@@ -106,8 +153,28 @@ def long_rows_forward_kernel(
         rows64 = tl.full([1], row, tl.int64)
         mod_rows64 = rows64 // tokens
         mask = (rows64 >= 0)[:, None] & col_mask[None, :]
-        h = load_h(X, RES, SEED, GATE, rows64, mod_rows64, cols, mask, stride_x, stride_res, stride_gate, N,
-                   dropout_p, ACC, H_DTYPE, HAS_RESIDUAL, HAS_DROPOUT, HAS_GATE, ROUND_H, "")
+        h = load_h(
+            X,
+            RES,
+            SEED,
+            GATE,
+            rows64,
+            mod_rows64,
+            cols,
+            mask,
+            stride_x,
+            stride_res,
+            stride_gate,
+            N,
+            dropout_p,
+            ACC,
+            H_DTYPE,
+            HAS_RESIDUAL,
+            HAS_DROPOUT,
+            HAS_GATE,
+            ROUND_H,
+            "",
+        )
         if PUBLISH:
             if STORE_H:
                 store_tile(H, rows64, stride_h, cols, mask, h)
@@ -133,19 +200,64 @@ def long_rows_forward_kernel(
                         tl.store(MEAN + rows64, mean)
                     tl.store(RSTD + rows64, rstd)
             n = scale_shift(centre(h, mean, IS_RMS), rstd, w, b, HAS_WEIGHT, HAS_BIAS)
-            store_tile(Y, rows64, stride_y, cols, mask,
-                       modulate(n, SHIFT, SCALE, mod_rows64, cols, mask, stride_shift, stride_scale, ACC, HAS_MOD))
+            store_tile(
+                Y,
+                rows64,
+                stride_y,
+                cols,
+                mask,
+                modulate(n, SHIFT, SCALE, mod_rows64, cols, mask, stride_shift, stride_scale, ACC, HAS_MOD),
+            )
 
 
 @triton.jit
 def long_rows_backward_kernel(
-    DY, H, W, MEAN, RSTD, DH_IN, SEED, DX, DRES, DW_PARTIAL, DB_PARTIAL, PARTIALS, SYNC,
-    stride_dy, stride_h, stride_dh_in, stride_dx, stride_dres, M, N, groups, dropout_p,
-    X, B, SCALE, GATE, DSCALE, DGATE, stride_x, stride_scale, stride_gate, tokens,
-    EXCHANGE: tl.constexpr, IS_RMS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    STORE_DRES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MOD: tl.constexpr, HAS_GATE: tl.constexpr,
-    BLOCK_N: tl.constexpr, S_BLOCK: tl.constexpr,
+    DY,
+    H,
+    W,
+    MEAN,
+    RSTD,
+    DH_IN,
+    SEED,
+    DX,
+    DRES,
+    DW_PARTIAL,
+    DB_PARTIAL,
+    PARTIALS,
+    SYNC,
+    stride_dy,
+    stride_h,
+    stride_dh_in,
+    stride_dx,
+    stride_dres,
+    M,
+    N,
+    groups,
+    dropout_p,
+    X,
+    B,
+    SCALE,
+    GATE,
+    DSCALE,
+    DGATE,
+    stride_x,
+    stride_scale,
+    stride_gate,
+    tokens,
+    EXCHANGE: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    HAS_DH_IN: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    STORE_DRES: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MOD: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    S_BLOCK: tl.constexpr,
 ):
     """Grid: groups × segments programs; program (group g, segment s) writes columns s of partial row g of
     DW_PARTIAL/DB_PARTIAL [groups, N]. PARTIALS [M, segments, 2]; SYNC [1 + M] int32 zeros. AdaLN's dscale and
@@ -170,8 +282,25 @@ def long_rows_backward_kernel(
         row_mask = rows64 >= 0
         mask = row_mask[:, None] & col_mask[None, :]
         one_plus_scale = 1.0 + load_modulation(SCALE, mod_rows64, cols, mask, stride_scale, ACC) if HAS_MOD else None
-        dy, xhat, g, rstd = load_grad_tile(DY, H, MEAN, RSTD, rows64, cols, mask, row_mask, stride_dy, stride_h,
-                                           w, one_plus_scale, ACC, IS_RMS, HAS_WEIGHT, HAS_MOD, "")
+        dy, xhat, g, rstd = load_grad_tile(
+            DY,
+            H,
+            MEAN,
+            RSTD,
+            rows64,
+            cols,
+            mask,
+            row_mask,
+            stride_dy,
+            stride_h,
+            w,
+            one_plus_scale,
+            ACC,
+            IS_RMS,
+            HAS_WEIGHT,
+            HAS_MOD,
+            "",
+        )
         if PUBLISH:
             sum_gx, sum_g = grad_sums(xhat, g, IS_RMS)
             slot = (rows64 * segments + seg) * 2
@@ -186,11 +315,53 @@ def long_rows_backward_kernel(
             seg_gx = load_partial(PARTIALS, slot, valid, EXCHANGE == "cooperative")
             seg_g = load_partial(PARTIALS, slot + 1, valid, EXCHANGE == "cooperative")
             gate = load_modulation(GATE, mod_rows64, cols, mask, stride_gate, ACC) if HAS_GATE else None
-            dh = store_dx(dy, xhat, g, rstd, tl.sum(seg_gx, axis=1) * inv_n, tl.sum(seg_g, axis=1) * inv_n, gate,
-                          DH_IN, DX, DRES, SEED, rows64, cols, mask, stride_dh_in, stride_dx, stride_dres, N,
-                          dropout_p, ACC, IS_RMS, HAS_DH_IN, HAS_DROPOUT, STORE_DRES, HAS_GATE)
-            store_modulation_grads(dy, xhat, dh, w, b, X, DSCALE, DGATE, rows64, cols, mask, stride_x, N, ACC,
-                                   HAS_WEIGHT, HAS_BIAS, HAS_MOD, HAS_GATE)
+            dh = store_dx(
+                dy,
+                xhat,
+                g,
+                rstd,
+                tl.sum(seg_gx, axis=1) * inv_n,
+                tl.sum(seg_g, axis=1) * inv_n,
+                gate,
+                DH_IN,
+                DX,
+                DRES,
+                SEED,
+                rows64,
+                cols,
+                mask,
+                stride_dh_in,
+                stride_dx,
+                stride_dres,
+                N,
+                dropout_p,
+                ACC,
+                IS_RMS,
+                HAS_DH_IN,
+                HAS_DROPOUT,
+                STORE_DRES,
+                HAS_GATE,
+            )
+            store_modulation_grads(
+                dy,
+                xhat,
+                dh,
+                w,
+                b,
+                X,
+                DSCALE,
+                DGATE,
+                rows64,
+                cols,
+                mask,
+                stride_x,
+                N,
+                ACC,
+                HAS_WEIGHT,
+                HAS_BIAS,
+                HAS_MOD,
+                HAS_GATE,
+            )
             dn = dy * one_plus_scale if HAS_MOD else dy  # the gradient of Norm(h)·w + b
             if COMPUTE_DW:
                 dw += dn * xhat

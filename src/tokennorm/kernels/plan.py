@@ -19,7 +19,7 @@ import torch
 
 from tokennorm.kernels import config as kconfig
 from tokennorm.kernels.chunked import chunked_forward_kernel
-from tokennorm.kernels.config import KernelConfig, DeviceFacts
+from tokennorm.kernels.config import DeviceFacts, KernelConfig
 from tokennorm.kernels.helpers import INTERPRETING
 from tokennorm.kernels.launcher import BoundLauncher, CachedLauncher
 from tokennorm.kernels.long_rows import long_rows_backward_kernel, long_rows_forward_kernel
@@ -99,9 +99,20 @@ class BackwardPlan:
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def forward_plan(
-    n: int, x_dtype: torch.dtype, has_weight: bool, has_bias: bool, residual_dtype: Optional[torch.dtype],
-    h_dtype: Optional[torch.dtype], eps: float, dropout_p: float, weight_offset: float, is_rms: bool,
-    store_stats: bool, device: torch.device, config: Optional[KernelConfig] = None, has_gate: bool = False,
+    n: int,
+    x_dtype: torch.dtype,
+    has_weight: bool,
+    has_bias: bool,
+    residual_dtype: Optional[torch.dtype],
+    h_dtype: Optional[torch.dtype],
+    eps: float,
+    dropout_p: float,
+    weight_offset: float,
+    is_rms: bool,
+    store_stats: bool,
+    device: torch.device,
+    config: Optional[KernelConfig] = None,
+    has_gate: bool = False,
     has_modulation: bool = False,
 ) -> ForwardPlan:
     """The plan for a forward over rows of ``n`` elements (``config`` overrides the default tile); ``has_gate``
@@ -110,14 +121,25 @@ def forward_plan(
     facts = kconfig.device_facts(device)
     if config is None:
         # bytes per element a chunked forward's second pass reads again
-        stream = h_dtype.itemsize if h_dtype is not None else x_dtype.itemsize + (
-            residual_dtype.itemsize if residual_dtype is not None else 0)
+        stream = (
+            h_dtype.itemsize
+            if h_dtype is not None
+            else x_dtype.itemsize + (residual_dtype.itemsize if residual_dtype is not None else 0)
+        )
         choose = kconfig.ada_forward_config if has_gate or has_modulation else kconfig.forward_config
         config = choose(n, stream, acc.itemsize, facts)
     switches = dict(
-        IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
-        HAS_RESIDUAL=residual_dtype is not None, HAS_DROPOUT=dropout_p > 0.0, STORE_H=h_dtype is not None,
-        STORE_STATS=store_stats, HAS_GATE=has_gate, HAS_MOD=has_modulation, BLOCK_N=config.block_n,
+        IS_RMS=is_rms,
+        WEIGHT_OFFSET=float(weight_offset),
+        HAS_WEIGHT=has_weight,
+        HAS_BIAS=has_bias,
+        HAS_RESIDUAL=residual_dtype is not None,
+        HAS_DROPOUT=dropout_p > 0.0,
+        STORE_H=h_dtype is not None,
+        STORE_STATS=store_stats,
+        HAS_GATE=has_gate,
+        HAS_MOD=has_modulation,
+        BLOCK_N=config.block_n,
         **config.launch_options,
     )
     if config.mode == kconfig.ROWS:
@@ -126,17 +148,43 @@ def forward_plan(
         switches.update(S_BLOCK=kconfig.pow2(kconfig.long_rows_segments(n, config)))
     elif config.mode != kconfig.CHUNKED:
         raise ValueError(f"no forward kernel for mode {config.mode!r}")
-    return ForwardPlan(config, facts, is_rms, eps, float32_remainder(eps), dropout_p, h_dtype, store_stats, acc,
-                       config.programs_per_sm * facts.sms, switches, FORWARD_KERNELS[config.mode].bind(**switches),
-                       has_gate, has_modulation)
+    return ForwardPlan(
+        config,
+        facts,
+        is_rms,
+        eps,
+        float32_remainder(eps),
+        dropout_p,
+        h_dtype,
+        store_stats,
+        acc,
+        config.programs_per_sm * facts.sms,
+        switches,
+        FORWARD_KERNELS[config.mode].bind(**switches),
+        has_gate,
+        has_modulation,
+    )
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def backward_plan(
-    n: int, h_dtype: torch.dtype, x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype], has_weight: bool,
-    has_dh_in: bool, dropout_p: float, weight_offset: float, is_rms: bool, compute_dweight: bool,
-    compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None, has_bias: bool = False,
-    has_gate: bool = False, has_modulation: bool = False, per_sample: bool = False,
+    n: int,
+    h_dtype: torch.dtype,
+    x_dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
+    has_weight: bool,
+    has_dh_in: bool,
+    dropout_p: float,
+    weight_offset: float,
+    is_rms: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    device: torch.device,
+    config: Optional[KernelConfig] = None,
+    has_bias: bool = False,
+    has_gate: bool = False,
+    has_modulation: bool = False,
+    per_sample: bool = False,
 ) -> BackwardPlan:
     """The plan for a backward over rows of ``n`` elements; ``h_dtype`` is the normalized tensor's dtype.
 
@@ -149,10 +197,19 @@ def backward_plan(
         choose = kconfig.ada_backward_config if has_gate or has_modulation else kconfig.backward_config
         config = choose(n, acc.itemsize, facts)
     switches = dict(
-        IS_RMS=is_rms, WEIGHT_OFFSET=float(weight_offset), HAS_WEIGHT=has_weight, COMPUTE_DW=compute_dweight,
-        COMPUTE_DB=compute_dbias, HAS_DH_IN=has_dh_in, HAS_DROPOUT=dropout_p > 0.0,
-        STORE_DRES=residual_dtype is not None, HAS_BIAS=has_bias, HAS_MOD=has_modulation, HAS_GATE=has_gate,
-        BLOCK_N=config.block_n, **config.launch_options,
+        IS_RMS=is_rms,
+        WEIGHT_OFFSET=float(weight_offset),
+        HAS_WEIGHT=has_weight,
+        COMPUTE_DW=compute_dweight,
+        COMPUTE_DB=compute_dbias,
+        HAS_DH_IN=has_dh_in,
+        HAS_DROPOUT=dropout_p > 0.0,
+        STORE_DRES=residual_dtype is not None,
+        HAS_BIAS=has_bias,
+        HAS_MOD=has_modulation,
+        HAS_GATE=has_gate,
+        BLOCK_N=config.block_n,
+        **config.launch_options,
     )
     modulation_sums = per_sample and (has_gate or has_modulation) and config.mode == kconfig.ROWS
     if config.mode == kconfig.ROWS:
@@ -163,9 +220,23 @@ def backward_plan(
         switches.update(BLOCK_M=config.block_m)
     else:
         raise ValueError(f"no backward kernel for mode {config.mode!r}")
-    return BackwardPlan(config, facts, is_rms, dropout_p, x_dtype, residual_dtype, compute_dweight, compute_dbias,
-                        acc, config.programs_per_sm * facts.sms, switches,
-                        BACKWARD_KERNELS[config.mode].bind(**switches), has_gate, has_modulation, modulation_sums)
+    return BackwardPlan(
+        config,
+        facts,
+        is_rms,
+        dropout_p,
+        x_dtype,
+        residual_dtype,
+        compute_dweight,
+        compute_dbias,
+        acc,
+        config.programs_per_sm * facts.sms,
+        switches,
+        BACKWARD_KERNELS[config.mode].bind(**switches),
+        has_gate,
+        has_modulation,
+        modulation_sums,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,39 +252,79 @@ class KernelPlan:
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def dyt_plan(
-    n: int, dtype: torch.dtype, residual_dtype: Optional[torch.dtype], h_dtype: Optional[torch.dtype],
-    has_weight: bool, has_bias: bool, alpha_tensor: bool, device: torch.device,
+    n: int,
+    dtype: torch.dtype,
+    residual_dtype: Optional[torch.dtype],
+    h_dtype: Optional[torch.dtype],
+    has_weight: bool,
+    has_bias: bool,
+    alpha_tensor: bool,
+    device: torch.device,
     config: Optional[KernelConfig] = None,
 ) -> KernelPlan:
     """DyT's forward over rows of ``n`` elements (γ/β's width): h = residual + x stored in ``h_dtype`` when given."""
     acc = acc_dtype(torch.promote_types(dtype, residual_dtype or dtype))
     config = config or kconfig.elementwise_config(n, dtype.itemsize, backward=False)
-    switches = dict(HAS_RESIDUAL=residual_dtype is not None, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
-                    ALPHA_TENSOR=alpha_tensor, STORE_H=h_dtype is not None, BLOCK_M=config.block_m,
-                    BLOCK_N=config.block_n, NUM_STAGES=config.num_stages, **config.launch_options)
+    switches = dict(
+        HAS_RESIDUAL=residual_dtype is not None,
+        HAS_WEIGHT=has_weight,
+        HAS_BIAS=has_bias,
+        ALPHA_TENSOR=alpha_tensor,
+        STORE_H=h_dtype is not None,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        NUM_STAGES=config.num_stages,
+        **config.launch_options,
+    )
     return KernelPlan(config, kconfig.device_facts(device), acc, switches)
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def dyt_backward_plan(
-    n: int, h_dtype: torch.dtype, dy_dtype: torch.dtype, has_weight: bool, alpha_tensor: bool, has_dh_in: bool,
-    store_dres: bool, compute_dalpha: bool, compute_dweight: bool, compute_dbias: bool, device: torch.device,
+    n: int,
+    h_dtype: torch.dtype,
+    dy_dtype: torch.dtype,
+    has_weight: bool,
+    alpha_tensor: bool,
+    has_dh_in: bool,
+    store_dres: bool,
+    compute_dalpha: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    device: torch.device,
     config: Optional[KernelConfig] = None,
 ) -> KernelPlan:
     """DyT's backward over rows of ``n`` elements; ``h_dtype`` is the dtype of what DyT saw."""
     acc = acc_dtype(torch.promote_types(h_dtype, dy_dtype))
     config = config or kconfig.elementwise_config(n, max(h_dtype.itemsize, dy_dtype.itemsize), backward=True)
-    switches = dict(HAS_WEIGHT=has_weight, ALPHA_TENSOR=alpha_tensor, HAS_DH_IN=has_dh_in, STORE_DRES=store_dres,
-                    COMPUTE_DALPHA=compute_dalpha, COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias,
-                    BLOCK_M=config.block_m, BLOCK_N=config.block_n, NUM_STAGES=config.num_stages,
-                    **config.launch_options)
+    switches = dict(
+        HAS_WEIGHT=has_weight,
+        ALPHA_TENSOR=alpha_tensor,
+        HAS_DH_IN=has_dh_in,
+        STORE_DRES=store_dres,
+        COMPUTE_DALPHA=compute_dalpha,
+        COMPUTE_DW=compute_dweight,
+        COMPUTE_DB=compute_dbias,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        NUM_STAGES=config.num_stages,
+        **config.launch_options,
+    )
     return KernelPlan(config, kconfig.device_facts(device), acc, switches)
 
 
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def channels_first_plan(
-    c: int, dtype: torch.dtype, has_weight: bool, has_bias: bool, store_stats: bool, backward: bool,
-    compute_dweight: bool, compute_dbias: bool, device: torch.device, config: Optional[KernelConfig] = None,
+    c: int,
+    dtype: torch.dtype,
+    has_weight: bool,
+    has_bias: bool,
+    store_stats: bool,
+    backward: bool,
+    compute_dweight: bool,
+    compute_dbias: bool,
+    device: torch.device,
+    config: Optional[KernelConfig] = None,
 ) -> Optional[KernelPlan]:
     """Channels-first LayerNorm over C channels, forward or backward; None when the channels are too many for the
     kernel's registers (``config.channels_first_config``)."""
@@ -221,8 +332,13 @@ def channels_first_plan(
     config = config or kconfig.channels_first_config(c, acc.itemsize, backward)
     if config is None:
         return None
-    switches = dict(HAS_WEIGHT=has_weight, BLOCK_T=config.block_m, BLOCK_C=config.block_n,
-                    NUM_STAGES=config.num_stages, **config.launch_options)
+    switches = dict(
+        HAS_WEIGHT=has_weight,
+        BLOCK_T=config.block_m,
+        BLOCK_C=config.block_n,
+        NUM_STAGES=config.num_stages,
+        **config.launch_options,
+    )
     if backward:
         switches.update(COMPUTE_DW=compute_dweight, COMPUTE_DB=compute_dbias)
     else:

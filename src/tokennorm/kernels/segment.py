@@ -18,16 +18,40 @@ import triton
 import triton.language as tl
 
 from tokennorm.kernels.helpers import (
-    column_sums, grad_sums, load_grad_tile, load_modulation, load_vector, store_dx, store_modulation_grads,
-    walk_moments, walk_normalize,
+    column_sums,
+    grad_sums,
+    load_grad_tile,
+    load_modulation,
+    load_vector,
+    store_dx,
+    store_modulation_grads,
+    walk_moments,
+    walk_normalize,
 )
 
 
 @triton.jit
 def segment_forward_kernel(
-    X, W, B, Y, MEAN, RSTD, SEG_MEAN, SEG_M2, stride_x, stride_y, M, N, seg_n,
-    PASS: tl.constexpr, IS_RMS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    X,
+    W,
+    B,
+    Y,
+    MEAN,
+    RSTD,
+    SEG_MEAN,
+    SEG_M2,
+    stride_x,
+    stride_y,
+    M,
+    N,
+    seg_n,
+    PASS: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -37,8 +61,34 @@ def segment_forward_kernel(
     col0 = seg * seg_n
     col_end = tl.minimum(col0 + seg_n, N)
     if PASS == "moments":
-        mean, m2 = walk_moments(X, None, None, None, None, rows64, rows64, row_mask, col0, col_end, stride_x, 0, 0,
-                                0, N, 0.0, ACC, ACC, False, False, False, False, False, IS_RMS, BLOCK_N, "")
+        mean, m2 = walk_moments(
+            X,
+            None,
+            None,
+            None,
+            None,
+            rows64,
+            rows64,
+            row_mask,
+            col0,
+            col_end,
+            stride_x,
+            0,
+            0,
+            0,
+            N,
+            0.0,
+            ACC,
+            ACC,
+            False,
+            False,
+            False,
+            False,
+            False,
+            IS_RMS,
+            BLOCK_N,
+            "",
+        )
         index = rows64 * tl.num_programs(1) + seg
         if not IS_RMS:
             tl.store(SEG_MEAN + index, mean, mask=row_mask)
@@ -48,20 +98,100 @@ def segment_forward_kernel(
         mean = tl.zeros_like(rstd)
         if not IS_RMS:
             mean = tl.load(MEAN + rows64, mask=row_mask, other=0.0).to(ACC)
-        walk_normalize(X, None, None, None, None, W, B, None, None, Y, rows64, rows64, row_mask, col0, col_end, mean,
-                       rstd, stride_x, 0, 0, 0, 0, 0, stride_y, N, 0.0, ACC, ACC, False, False, False, False, False,
-                       False, IS_RMS, WEIGHT_OFFSET, HAS_WEIGHT, HAS_BIAS, False, BLOCK_N, "")
+        walk_normalize(
+            X,
+            None,
+            None,
+            None,
+            None,
+            W,
+            B,
+            None,
+            None,
+            Y,
+            rows64,
+            rows64,
+            row_mask,
+            col0,
+            col_end,
+            mean,
+            rstd,
+            stride_x,
+            0,
+            0,
+            0,
+            0,
+            0,
+            stride_y,
+            N,
+            0.0,
+            ACC,
+            ACC,
+            False,
+            False,
+            False,
+            False,
+            False,
+            False,
+            IS_RMS,
+            WEIGHT_OFFSET,
+            HAS_WEIGHT,
+            HAS_BIAS,
+            False,
+            BLOCK_N,
+            "",
+        )
 
 
 @triton.jit
 def segment_backward_kernel(
-    DY, H, W, MEAN, RSTD, DH_IN, SEED, DX, DRES, DW_PARTIAL, DB_PARTIAL, ROW_SUMS, ROW_MEANS,
-    stride_dy, stride_h, stride_dh_in, stride_dx, stride_dres, M, N, seg_n, rows_per_program, dropout_p,
-    X, B, SCALE, GATE, DSCALE, DGATE, stride_x, stride_scale, stride_gate, tokens,
-    PASS: tl.constexpr, IS_RMS: tl.constexpr, WEIGHT_OFFSET: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr, HAS_DH_IN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    STORE_DRES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MOD: tl.constexpr, HAS_GATE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DY,
+    H,
+    W,
+    MEAN,
+    RSTD,
+    DH_IN,
+    SEED,
+    DX,
+    DRES,
+    DW_PARTIAL,
+    DB_PARTIAL,
+    ROW_SUMS,
+    ROW_MEANS,
+    stride_dy,
+    stride_h,
+    stride_dh_in,
+    stride_dx,
+    stride_dres,
+    M,
+    N,
+    seg_n,
+    rows_per_program,
+    dropout_p,
+    X,
+    B,
+    SCALE,
+    GATE,
+    DSCALE,
+    DGATE,
+    stride_x,
+    stride_scale,
+    stride_gate,
+    tokens,
+    PASS: tl.constexpr,
+    IS_RMS: tl.constexpr,
+    WEIGHT_OFFSET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    HAS_DH_IN: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    STORE_DRES: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_MOD: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if H.dtype.element_ty == tl.float64 else tl.float32
     seg = tl.program_id(1)
@@ -79,10 +209,28 @@ def segment_backward_kernel(
             col_mask = c < col_end
             mask = row_mask[:, None] & col_mask[None, :]
             w = load_vector(W, c, col_mask, ACC, WEIGHT_OFFSET) if HAS_WEIGHT else None
-            one_plus_scale = (1.0 + load_modulation(SCALE, rows64 // tokens, c, mask, stride_scale, ACC)
-                              if HAS_MOD else None)
-            _, xhat, g, _ = load_grad_tile(DY, H, MEAN, RSTD, rows64, c, mask, row_mask, stride_dy, stride_h, w,
-                                           one_plus_scale, ACC, IS_RMS, HAS_WEIGHT, HAS_MOD, "")
+            one_plus_scale = (
+                1.0 + load_modulation(SCALE, rows64 // tokens, c, mask, stride_scale, ACC) if HAS_MOD else None
+            )
+            _, xhat, g, _ = load_grad_tile(
+                DY,
+                H,
+                MEAN,
+                RSTD,
+                rows64,
+                c,
+                mask,
+                row_mask,
+                stride_dy,
+                stride_h,
+                w,
+                one_plus_scale,
+                ACC,
+                IS_RMS,
+                HAS_WEIGHT,
+                HAS_MOD,
+                "",
+            )
             chunk_gx, chunk_g = grad_sums(xhat, g, IS_RMS)
             sum_gx += chunk_gx
             sum_g += chunk_g
@@ -107,18 +255,78 @@ def segment_backward_kernel(
                 rows64 = rows.to(tl.int64)
                 mask = row_mask[:, None] & col_mask[None, :]
                 mod_rows64 = rows64 // tokens
-                one_plus_scale = (1.0 + load_modulation(SCALE, mod_rows64, c, mask, stride_scale, ACC)
-                                  if HAS_MOD else None)
-                dy, xhat, g, rstd = load_grad_tile(DY, H, MEAN, RSTD, rows64, c, mask, row_mask, stride_dy,
-                                                   stride_h, w, one_plus_scale, ACC, IS_RMS, HAS_WEIGHT, HAS_MOD, "")
+                one_plus_scale = (
+                    1.0 + load_modulation(SCALE, mod_rows64, c, mask, stride_scale, ACC) if HAS_MOD else None
+                )
+                dy, xhat, g, rstd = load_grad_tile(
+                    DY,
+                    H,
+                    MEAN,
+                    RSTD,
+                    rows64,
+                    c,
+                    mask,
+                    row_mask,
+                    stride_dy,
+                    stride_h,
+                    w,
+                    one_plus_scale,
+                    ACC,
+                    IS_RMS,
+                    HAS_WEIGHT,
+                    HAS_MOD,
+                    "",
+                )
                 mean_gx = tl.load(ROW_MEANS + rows64 * 2, mask=row_mask, other=0.0).to(ACC)
                 mean_g = tl.load(ROW_MEANS + rows64 * 2 + 1, mask=row_mask, other=0.0).to(ACC)
                 gate = load_modulation(GATE, mod_rows64, c, mask, stride_gate, ACC) if HAS_GATE else None
-                dh = store_dx(dy, xhat, g, rstd, mean_gx, mean_g, gate, DH_IN, DX, DRES, SEED, rows64, c, mask,
-                              stride_dh_in, stride_dx, stride_dres, N, dropout_p, ACC, IS_RMS, HAS_DH_IN, HAS_DROPOUT,
-                              STORE_DRES, HAS_GATE)
-                store_modulation_grads(dy, xhat, dh, w, b, X, DSCALE, DGATE, rows64, c, mask, stride_x, N, ACC,
-                                       HAS_WEIGHT, HAS_BIAS, HAS_MOD, HAS_GATE)
+                dh = store_dx(
+                    dy,
+                    xhat,
+                    g,
+                    rstd,
+                    mean_gx,
+                    mean_g,
+                    gate,
+                    DH_IN,
+                    DX,
+                    DRES,
+                    SEED,
+                    rows64,
+                    c,
+                    mask,
+                    stride_dh_in,
+                    stride_dx,
+                    stride_dres,
+                    N,
+                    dropout_p,
+                    ACC,
+                    IS_RMS,
+                    HAS_DH_IN,
+                    HAS_DROPOUT,
+                    STORE_DRES,
+                    HAS_GATE,
+                )
+                store_modulation_grads(
+                    dy,
+                    xhat,
+                    dh,
+                    w,
+                    b,
+                    X,
+                    DSCALE,
+                    DGATE,
+                    rows64,
+                    c,
+                    mask,
+                    stride_x,
+                    N,
+                    ACC,
+                    HAS_WEIGHT,
+                    HAS_BIAS,
+                    HAS_MOD,
+                    HAS_GATE,
+                )
                 dn = dy * one_plus_scale if HAS_MOD else dy  # the gradient of Norm(h)·w + b
                 if COMPUTE_DW:
                     dw += dn * xhat

@@ -42,13 +42,28 @@ Modules: :mod:`~tokennorm.patching.recognize` (which modules compute a norm toke
 
 from tokennorm.patching.extended import PatchedAdaLayerNormContinuous, PatchedAdaLayerNormZero
 from tokennorm.patching.replacements import (
-    DTYPE_RULES, PatchedLastDimNorm, PatchedLayerNorm, PatchedOffsetNorm, PatchedRMSNorm,
+    DTYPE_RULES,
+    PatchedLastDimNorm,
+    PatchedLayerNorm,
+    PatchedOffsetNorm,
+    PatchedRMSNorm,
 )
 from tokennorm.patching.report import Left, PatchReport, Replaced
 from tokennorm.patching.swap import NORMS, patch, patch_report, unpatch
 
 __all__ = [
-    "NORMS", "DTYPE_RULES", "Replaced", "Left", "PatchReport", "PatchedLayerNorm", "PatchedRMSNorm",
-    "PatchedOffsetNorm", "PatchedLastDimNorm", "PatchedAdaLayerNormZero", "PatchedAdaLayerNormContinuous", "patch",
-    "unpatch", "patch_report",
+    "NORMS",
+    "DTYPE_RULES",
+    "Replaced",
+    "Left",
+    "PatchReport",
+    "PatchedLayerNorm",
+    "PatchedRMSNorm",
+    "PatchedOffsetNorm",
+    "PatchedLastDimNorm",
+    "PatchedAdaLayerNormZero",
+    "PatchedAdaLayerNormContinuous",
+    "patch",
+    "unpatch",
+    "patch_report",
 ]

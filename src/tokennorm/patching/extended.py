@@ -61,8 +61,14 @@ class PatchedAdaLayerNormZero(nn.Module):
         self.emb, self.silu, self.linear, self.norm = original.emb, original.silu, original.linear, original.norm
         self.eps = original.norm.eps
 
-    def forward(self, x: Tensor, timestep: Optional[Tensor] = None, class_labels: Optional[Tensor] = None,
-                hidden_dtype: Optional[torch.dtype] = None, emb: Optional[Tensor] = None):
+    def forward(
+        self,
+        x: Tensor,
+        timestep: Optional[Tensor] = None,
+        class_labels: Optional[Tensor] = None,
+        hidden_dtype: Optional[torch.dtype] = None,
+        emb: Optional[Tensor] = None,
+    ):
         if self.emb is not None:
             emb = self.emb(timestep, class_labels, hidden_dtype=hidden_dtype)
         emb = self.linear(self.silu(emb))
@@ -86,8 +92,11 @@ class PatchedAdaLayerNormContinuous(nn.Module):
         weight, bias = self.norm.weight, getattr(self.norm, "bias", None)
         y = ada_norm(x, shift, scale, norm=self.kind, weight=weight, bias=bias, eps=self.norm.eps)
         # diffusers' RMSNorm returns its float32 weight's dtype for a low-precision x; LayerNorm returns x's
-        norm_dtype = weight.dtype if self.kind == "rmsnorm" and weight is not None and weight.dtype not in (
-            torch.float16, torch.bfloat16) else x.dtype
+        norm_dtype = (
+            weight.dtype
+            if self.kind == "rmsnorm" and weight is not None and weight.dtype not in (torch.float16, torch.bfloat16)
+            else x.dtype
+        )
         return y.to(_output_dtype(norm_dtype, emb.dtype))
 
 
@@ -98,7 +107,8 @@ def _diffusers_class(module: nn.Module) -> Optional[str]:
     """'AdaLayerNormZero' / 'AdaLayerNormContinuous' for diffusers' own classes (never a subclass), else None."""
     cls = type(module)
     if cls.__module__ == "diffusers.models.normalization" and cls.__name__ in (
-        "AdaLayerNormZero", "AdaLayerNormContinuous"
+        "AdaLayerNormZero",
+        "AdaLayerNormContinuous",
     ):
         return cls.__name__
     return None
@@ -221,8 +231,9 @@ def _channels_first(module: nn.Module) -> tuple[Optional[RecognizedModule], Opti
 
     def build(original: nn.Module, training: bool) -> nn.Module:
         params = original._parameters
-        new = ChannelsFirstLayerNorm(c, eps, params.get("weight") is not None, params.get("bias") is not None,
-                                     device="meta")
+        new = ChannelsFirstLayerNorm(
+            c, eps, params.get("weight") is not None, params.get("bias") is not None, device="meta"
+        )
         if new.weight is not None:
             new.weight = params["weight"]
         if new.bias is not None:

@@ -19,7 +19,11 @@ from torch import Tensor, nn
 
 from tokennorm import reference
 from tokennorm.patching.replacements import (
-    DTYPE_RULES, TOKENNORM_CLASSES, RecognizedNorm, build_replacement, rule_dtype,
+    DTYPE_RULES,
+    TOKENNORM_CLASSES,
+    RecognizedNorm,
+    build_replacement,
+    rule_dtype,
 )
 
 EPS_ATTRIBUTES = ("eps", "variance_epsilon", "epsilon", "layer_norm_eps", "norm_eps", "rms_norm_eps")
@@ -30,8 +34,14 @@ UNSTATED_EPS = (1e-5, 1e-6, 1e-12)
 # at two widths, and its replacement must take any.
 ANY_WIDTH_PROBES = ((8,), (12,))
 _HOOK_DICTS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
-    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
 )
 # A float64 probe of a norm that computes in float32 (Llama casts to float32) agrees to ≤ 2e-7 of the output's
 # scale (measured, n = 8 … 65536); a different computation differs by far more: no mean subtraction, another
@@ -196,12 +206,15 @@ def _probe_dtypes_quietly(
                 if p_dtype == x_dtype == own_dtype:
                     return None, f"computes {norm.label}, but fails on a {own_dtype} input: {type(e).__name__}: {e}"
     weight_dtype = {p: (p if norm.weight is not None else None) for p in param_dtypes}
-    rule = next((r for r in DTYPE_RULES
-                 if all(y.dtype == rule_dtype(r, weight_dtype[p], d) for p, d, _, y in runs)), None)
+    rule = next(
+        (r for r in DTYPE_RULES if all(y.dtype == rule_dtype(r, weight_dtype[p], d) for p, d, _, y in runs)), None
+    )
     if rule is None:
         p, d, _, y = next(run for run in runs if run[3].dtype not in (run[0], run[1]))
-        return None, (f"computes {norm.label}, but returns {y.dtype} for {p} parameters and a {d} input: none of "
-                      f"the output dtype rules {DTYPE_RULES}")
+        return None, (
+            f"computes {norm.label}, but returns {y.dtype} for {p} parameters and a {d} input: none of "
+            f"the output dtype rules {DTYPE_RULES}"
+        )
     checks = [(p, d, original, x.to(d)) for p, d, original, _ in runs]
     if own_device.type not in ("cpu", "meta"):  # the module's own device may run another backend (Triton)
         original = copy.deepcopy(base).to(own_device, own_dtype)

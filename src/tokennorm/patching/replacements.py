@@ -80,8 +80,16 @@ class PatchedOffsetNorm(_DtypeRule, AddNorm):
     dtypes of the norm it replaced."""
 
     def _norm(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
-        return TF.add_norm(x, None, weight, bias, self.eps, norm=self.norm, weight_offset=self.weight_offset,
-                           normalized_shape=self.normalized_shape)
+        return TF.add_norm(
+            x,
+            None,
+            weight,
+            bias,
+            self.eps,
+            norm=self.norm,
+            weight_offset=self.weight_offset,
+            normalized_shape=self.normalized_shape,
+        )
 
 
 class PatchedLastDimNorm(nn.Module):
@@ -134,10 +142,12 @@ class RecognizedNorm:
     def label(self) -> str:
         return f"{self.kind}, weight + {self.weight_offset:g}" if self.weight_offset else self.kind
 
-    def with_params(self, weight: Optional[Tensor], bias: Optional[Tensor], dtype_rule: str,
-                    cast_parameters: bool = False) -> "RecognizedNorm":
-        return RecognizedNorm(self.kind, self.eps, self.weight_offset, self.normalized_shape, weight, bias,
-                              dtype_rule, cast_parameters)
+    def with_params(
+        self, weight: Optional[Tensor], bias: Optional[Tensor], dtype_rule: str, cast_parameters: bool = False
+    ) -> "RecognizedNorm":
+        return RecognizedNorm(
+            self.kind, self.eps, self.weight_offset, self.normalized_shape, weight, bias, dtype_rule, cast_parameters
+        )
 
 
 def build_replacement(norm: RecognizedNorm, training: bool) -> nn.Module:
@@ -150,13 +160,19 @@ def build_replacement(norm: RecognizedNorm, training: bool) -> nn.Module:
     new: nn.Module
     if norm.weight_offset:
         new = (AddNorm if plain else PatchedOffsetNorm)(
-            norm.normalized_shape, norm=norm.kind, eps=norm.eps, bias=norm.bias is not None,
-            weight_offset=norm.weight_offset, device="meta")
+            norm.normalized_shape,
+            norm=norm.kind,
+            eps=norm.eps,
+            bias=norm.bias is not None,
+            weight_offset=norm.weight_offset,
+            device="meta",
+        )
     elif norm.kind == "rmsnorm":
         new = (RMSNorm if plain else PatchedRMSNorm)(norm.normalized_shape, norm.eps, affine, device="meta")
     else:
         new = (LayerNorm if plain else PatchedLayerNorm)(
-            norm.normalized_shape, norm.eps, affine, norm.bias is not None, device="meta")
+            norm.normalized_shape, norm.eps, affine, norm.bias is not None, device="meta"
+        )
     if not plain:
         new.dtype_rule, new.cast_parameters = norm.dtype_rule, norm.cast_parameters
     if affine:

@@ -22,9 +22,7 @@ _ORIGINAL = "_tokennorm_original"  # on a replacement: the module it replaced (k
 _REPORT = "_tokennorm_patch_report"  # on the returned model: the last patch's report
 
 
-def patch(
-    model: nn.Module, *, norms: Union[str, Iterable[str]] = NORMS, inplace: bool = True
-) -> nn.Module:
+def patch(model: nn.Module, *, norms: Union[str, Iterable[str]] = NORMS, inplace: bool = True) -> nn.Module:
     """Replace the LayerNorm / RMSNorm modules of ``model`` with tokennorm's and return the model.
 
     Every norm-like module (a torch norm, a class named like a norm, or a leaf with an ε attribute) is probed
@@ -90,8 +88,18 @@ def patch(
         inside_replaced.update(id(m) for m in module.modules() if m is not module)
         new.__dict__[_ORIGINAL] = module
         replacements[module_id] = new
-        replaced.append(Replaced(path, cls, _class_name(new), norm.label, norm.eps, tuple(module_paths[1:]),
-                                 norm.dtype_rule, norm.cast_parameters))
+        replaced.append(
+            Replaced(
+                path,
+                cls,
+                _class_name(new),
+                norm.label,
+                norm.eps,
+                tuple(module_paths[1:]),
+                norm.dtype_rule,
+                norm.cast_parameters,
+            )
+        )
     model = _swap(model, replacements)
     model.__dict__[_REPORT] = PatchReport(tuple(replaced), tuple(left))
     return model

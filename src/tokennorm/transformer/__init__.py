@@ -14,6 +14,16 @@ from tokennorm.transformer.norms import NORM_TYPES, PLACEMENTS, SequenceBatchNor
 from tokennorm.transformer.stack import Decoder, Encoder
 
 __all__ = [
-    "TokenEmbedding", "SinusoidalPositionalEncoding", "MultiHeadAttention", "FeedForward", "EncoderLayer",
-    "DecoderLayer", "Encoder", "Decoder", "CausalLM", "SequenceBatchNorm", "NORM_TYPES", "PLACEMENTS",
+    "TokenEmbedding",
+    "SinusoidalPositionalEncoding",
+    "MultiHeadAttention",
+    "FeedForward",
+    "EncoderLayer",
+    "DecoderLayer",
+    "Encoder",
+    "Decoder",
+    "CausalLM",
+    "SequenceBatchNorm",
+    "NORM_TYPES",
+    "PLACEMENTS",
 ]

@@ -39,8 +39,16 @@ def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def merge_masks(
-    batch: int, nhead: int, tgt_len: int, src_len: int, dtype: torch.dtype, device: torch.device, *,
-    key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None, is_causal: bool = False,
+    batch: int,
+    nhead: int,
+    tgt_len: int,
+    src_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    key_padding_mask: Optional[Tensor] = None,
+    attn_mask: Optional[Tensor] = None,
+    is_causal: bool = False,
 ) -> Optional[Tensor]:
     """One additive mask ``[B, 1 or H, N, S]`` (0 = attend, -inf = blocked) from torch-style masks, or None.
 
@@ -155,8 +163,7 @@ class MultiHeadAttention(nn.Module):
         for name, t in (("query", query), ("key", key), ("value", value)):
             if t.dim() != 3 or t.shape[-1] != self.d_model:
                 raise ValueError(
-                    f"{name} must have shape [batch, seq_len, {self.d_model}], "
-                    f"but got {name} of shape {list(t.shape)}"
+                    f"{name} must have shape [batch, seq_len, {self.d_model}], but got {name} of shape {list(t.shape)}"
                 )
         if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
             raise ValueError(
@@ -173,8 +180,9 @@ class MultiHeadAttention(nn.Module):
         return t.unflatten(-1, (self.nhead, self.head_dim)).transpose(1, 2)  # [B, L, C] -> [B, H, L, D]
 
     def _parameters_of_fast_path(self) -> tuple[Optional[Tensor], ...]:
-        return tuple(p for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
-                     for p in (proj.weight, proj.bias))
+        return tuple(
+            p for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj) for p in (proj.weight, proj.bias)
+        )
 
     def forward(
         self,
@@ -206,19 +214,35 @@ class MultiHeadAttention(nn.Module):
         value = key if value is None else value
         masks = (key_padding_mask, attn_mask)
         fast_path = (
-            self_attention and self.nhead % 2 == 0 and self.q_proj.bias is not None
+            self_attention
+            and self.nhead % 2 == 0
+            and self.q_proj.bias is not None
             and query.dtype == self.q_proj.weight.dtype
             and all(m is None or m.dtype == torch.bool for m in masks)  # torch: float masks take the slow path
             and torch_takes_fast_path(self, (query, key, value, *self._parameters_of_fast_path()))
         )
         return self._attend(
-            query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
-            need_weights=need_weights, masked_rows_nan=fast_path,
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            need_weights=need_weights,
+            masked_rows_nan=fast_path,
         )
 
     def _attend(
-        self, query: Tensor, key: Tensor, value: Tensor, *, key_padding_mask: Optional[Tensor],
-        attn_mask: Optional[Tensor], is_causal: bool, need_weights: bool, masked_rows_nan: bool,
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        key_padding_mask: Optional[Tensor],
+        attn_mask: Optional[Tensor],
+        is_causal: bool,
+        need_weights: bool,
+        masked_rows_nan: bool,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """:meth:`forward` with the caller deciding what a fully masked query gets: NaN (``masked_rows_nan``,
         or ``need_weights``) or zero attention weights. The Transformer layers call this with torch's
@@ -228,9 +252,20 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
         p = self.dropout if self.training else 0.0
         only_causal = key_padding_mask is None and attn_mask is None
-        mask = None if (only_causal and not need_weights) else merge_masks(
-            batch, self.nhead, tgt_len, src_len, q.dtype, q.device,
-            key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
+        mask = (
+            None
+            if (only_causal and not need_weights)
+            else merge_masks(
+                batch,
+                self.nhead,
+                tgt_len,
+                src_len,
+                q.dtype,
+                q.device,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+            )
         )
         if need_weights:  # a softmax over no keys: NaN, as torch's need_weights=True path
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)

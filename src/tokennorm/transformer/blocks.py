@@ -43,8 +43,19 @@ class _Block(nn.Module):
     """What the encoder and decoder layers share: options, norms, and the residual chain."""
 
     def _setup(
-        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, activation: str, norm: str,
-        placement: str, eps: float, bias: bool, num_sublayers: int, factory: dict, cond_dim: Optional[int] = None,
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int,
+        dropout: float,
+        activation: str,
+        norm: str,
+        placement: str,
+        eps: float,
+        bias: bool,
+        num_sublayers: int,
+        factory: dict,
+        cond_dim: Optional[int] = None,
     ) -> None:
         check_choices(norm, placement)
         if not 0.0 <= dropout < 1.0:
@@ -60,8 +71,11 @@ class _Block(nn.Module):
         self.ff = FeedForward(d_model, dim_feedforward, dropout, activation, bias, **factory)
         self.cond_dim = cond_dim
         # conditioned: the norms have no parameters of their own (DiT); AdaLNZero's vectors modulate them
-        self.adaln = None if cond_dim is None else AdaLNZero(
-            d_model, cond_dim, num_sublayers, norm=norm, eps=eps, bias=bias, **factory)
+        self.adaln = (
+            None
+            if cond_dim is None
+            else AdaLNZero(d_model, cond_dim, num_sublayers, norm=norm, eps=eps, bias=bias, **factory)
+        )
         # norm{i} follows sublayer i (post) or precedes it (pre); in pre, norm1 has no add to fuse
         for i in range(1, num_sublayers + 1 if cond_dim is None else 1):
             if placement == "pre" and i == 1:
@@ -81,8 +95,11 @@ class _Block(nn.Module):
 
     def _check_cond(self, x: Tensor, cond: Optional[Tensor]) -> None:
         if (cond is None) != (self.adaln is None):
-            raise ValueError(f"cond is required: this {type(self).__name__} has cond_dim={self.cond_dim}"
-                             if cond is None else f"cond needs a {type(self).__name__} built with cond_dim")
+            raise ValueError(
+                f"cond is required: this {type(self).__name__} has cond_dim={self.cond_dim}"
+                if cond is None
+                else f"cond needs a {type(self).__name__} built with cond_dim"
+            )
         if cond is not None and (cond.dim() != 2 or tuple(cond.shape) != (x.shape[0], self.cond_dim)):
             raise ValueError(
                 f"{type(self).__name__} expects cond of shape [batch, cond_dim] = {[x.shape[0], self.cond_dim]}, but "
@@ -173,18 +190,34 @@ class EncoderLayer(_Block):
     """
 
     def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
-        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True,
-        cond_dim: Optional[int] = None, device=None, dtype=None,
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm: str = "layernorm",
+        placement: str = "post",
+        eps: float = 1e-5,
+        bias: bool = True,
+        cond_dim: Optional[int] = None,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self._setup(d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, 2, factory,
-                    cond_dim)
+        self._setup(
+            d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, 2, factory, cond_dim
+        )
 
     def forward(
-        self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-        is_causal: bool = False, cond: Optional[Tensor] = None,
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+        cond: Optional[Tensor] = None,
     ) -> Tensor:
         """The layer applied to ``x``.
 
@@ -206,8 +239,14 @@ class EncoderLayer(_Block):
 
         def self_attention(y: Tensor) -> Tensor:
             return self.self_attn._attend(
-                y, y, y, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
-                need_weights=False, masked_rows_nan=masked_rows_nan,
+                y,
+                y,
+                y,
+                key_padding_mask=key_padding_mask,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                need_weights=False,
+                masked_rows_nan=masked_rows_nan,
             )
 
         return self._residual_chain(x, [self_attention, self.ff], cond)
@@ -218,7 +257,9 @@ class EncoderLayer(_Block):
         attention biases, equal ε in both norms and no hooks (a conditioned layer has no torch counterpart: no).
         Masks of either dtype qualify (the layer turns them into float masks itself)."""
         return (
-            self.adaln is None and self.nhead % 2 == 0 and self.self_attn.q_proj.bias is not None
+            self.adaln is None
+            and self.nhead % 2 == 0
+            and self.self_attn.q_proj.bias is not None
             and _norm_eps(self.norm1) == _norm_eps(self.norm2)
             and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
             and torch_takes_fast_path(self, (x, *self.parameters()))
@@ -245,9 +286,17 @@ class EncoderLayer(_Block):
         _convert.check_layer(layer, nn.TransformerEncoderLayer, ("self_attn",), ("norm1", "norm2"))
         w = layer.linear1.weight
         new = cls(
-            layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features, layer.dropout.p,
-            _convert.activation_name(layer), "layernorm", "pre" if layer.norm_first else "post", layer.norm1.eps,
-            layer.linear1.bias is not None, device=w.device, dtype=w.dtype,
+            layer.self_attn.embed_dim,
+            layer.self_attn.num_heads,
+            layer.linear1.out_features,
+            layer.dropout.p,
+            _convert.activation_name(layer),
+            "layernorm",
+            "pre" if layer.norm_first else "post",
+            layer.norm1.eps,
+            layer.linear1.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
         )
         _convert.copy_attention(new.self_attn, layer.self_attn)
         _convert.copy_feedforward(new.ff, layer)
@@ -297,24 +346,52 @@ class DecoderLayer(_Block):
     """
 
     def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu",
-        norm: str = "layernorm", placement: str = "post", eps: float = 1e-5, bias: bool = True,
-        cross_attention: bool = True, cond_dim: Optional[int] = None, device=None, dtype=None,
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm: str = "layernorm",
+        placement: str = "post",
+        eps: float = 1e-5,
+        bias: bool = True,
+        cross_attention: bool = True,
+        cond_dim: Optional[int] = None,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         num_sublayers = 3 if cross_attention else 2
         self._setup(
-            d_model, nhead, dim_feedforward, dropout, activation, norm, placement, eps, bias, num_sublayers, factory,
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            norm,
+            placement,
+            eps,
+            bias,
+            num_sublayers,
+            factory,
             cond_dim,
         )
         self.cross_attention = cross_attention
         self.cross_attn = MultiHeadAttention(d_model, nhead, dropout, bias, **factory) if cross_attention else None
 
     def forward(
-        self, x: Tensor, memory: Optional[Tensor] = None, *, tgt_key_padding_mask: Optional[Tensor] = None,
-        memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
-        memory_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None,
+        self,
+        x: Tensor,
+        memory: Optional[Tensor] = None,
+        *,
+        tgt_key_padding_mask: Optional[Tensor] = None,
+        memory_key_padding_mask: Optional[Tensor] = None,
+        causal: bool = True,
+        tgt_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None,
+        cond: Optional[Tensor] = None,
     ) -> Tensor:
         """The layer applied to ``x`` (attending to ``memory``).
 
@@ -334,8 +411,9 @@ class DecoderLayer(_Block):
         """
         if self.cross_attention and memory is None:
             raise ValueError("memory is required: this DecoderLayer has cross_attention=True")
-        if not self.cross_attention and (memory is not None or memory_key_padding_mask is not None
-                                         or memory_mask is not None):
+        if not self.cross_attention and (
+            memory is not None or memory_key_padding_mask is not None or memory_mask is not None
+        ):
             raise ValueError("memory, memory_key_padding_mask and memory_mask need cross_attention=True")
         self._check_input("x", x)
         self._check_cond(x, cond)
@@ -372,9 +450,18 @@ class DecoderLayer(_Block):
         )
         w = layer.linear1.weight
         new = cls(
-            layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.out_features, layer.dropout.p,
-            _convert.activation_name(layer), "layernorm", "pre" if layer.norm_first else "post", layer.norm1.eps,
-            layer.linear1.bias is not None, cross_attention=True, device=w.device, dtype=w.dtype,
+            layer.self_attn.embed_dim,
+            layer.self_attn.num_heads,
+            layer.linear1.out_features,
+            layer.dropout.p,
+            _convert.activation_name(layer),
+            "layernorm",
+            "pre" if layer.norm_first else "post",
+            layer.norm1.eps,
+            layer.linear1.bias is not None,
+            cross_attention=True,
+            device=w.device,
+            dtype=w.dtype,
         )
         _convert.copy_attention(new.self_attn, layer.self_attn)
         _convert.copy_attention(new.cross_attn, layer.multihead_attn)

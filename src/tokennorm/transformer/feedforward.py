@@ -34,8 +34,14 @@ class FeedForward(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, dim_feedforward: int, dropout: float = 0.0, activation: str = "relu",
-        bias: bool = True, device=None, dtype=None,
+        self,
+        d_model: int,
+        dim_feedforward: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:

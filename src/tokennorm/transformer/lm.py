@@ -50,9 +50,19 @@ class CausalLM(nn.Module):
     """
 
     def __init__(
-        self, vocab_size: int, d_model: int = 128, nhead: int = 4, num_layers: int = 2,
-        dim_feedforward: Optional[int] = None, max_len: int = 512, dropout: float = 0.0, norm: str = "layernorm",
-        placement: str = "pre", activation: str = "gelu", device=None, dtype=None,
+        self,
+        vocab_size: int,
+        d_model: int = 128,
+        nhead: int = 4,
+        num_layers: int = 2,
+        dim_feedforward: Optional[int] = None,
+        max_len: int = 512,
+        dropout: float = 0.0,
+        norm: str = "layernorm",
+        placement: str = "pre",
+        activation: str = "gelu",
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
@@ -60,8 +70,15 @@ class CausalLM(nn.Module):
         self.token_embedding = TokenEmbedding(vocab_size, d_model, **factory)
         self.positions = SinusoidalPositionalEncoding(d_model, max_len, dropout)
         layer = DecoderLayer(
-            d_model, nhead, dim_feedforward or 4 * d_model, dropout, activation, norm, placement,
-            cross_attention=False, **factory,
+            d_model,
+            nhead,
+            dim_feedforward or 4 * d_model,
+            dropout,
+            activation,
+            norm,
+            placement,
+            cross_attention=False,
+            **factory,
         )
         self.decoder = Decoder(layer, num_layers)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False, **factory)

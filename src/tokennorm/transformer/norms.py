@@ -95,8 +95,14 @@ def make_add_norm(
     ResidualNorm."""
     if norm in ("layernorm", "rmsnorm"):
         return AddNorm(
-            d_model, norm=norm, placement=placement, dropout=dropout, eps=eps,
-            bias=bias and norm == "layernorm", device=device, dtype=dtype,
+            d_model,
+            norm=norm,
+            placement=placement,
+            dropout=dropout,
+            eps=eps,
+            bias=bias and norm == "layernorm",
+            device=device,
+            dtype=dtype,
         )
     if norm == "dyt":
         return AddDyT(d_model, placement, dropout, bias=bias, device=device, dtype=dtype)

@@ -54,8 +54,13 @@ class Encoder(nn.Module):
         self.norm = _final_norm(layer, final_norm)
 
     def forward(
-        self, x: Tensor, *, key_padding_mask: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-        is_causal: bool = False, cond: Optional[Tensor] = None,
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+        cond: Optional[Tensor] = None,
     ) -> Tensor:
         """Every layer, then the final norm; the arguments of :meth:`EncoderLayer.forward`."""
         for layer in self.layers:
@@ -88,14 +93,27 @@ class Decoder(nn.Module):
         self.norm = _final_norm(layer, final_norm)
 
     def forward(
-        self, x: Tensor, memory: Optional[Tensor] = None, *, tgt_key_padding_mask: Optional[Tensor] = None,
-        memory_key_padding_mask: Optional[Tensor] = None, causal: bool = True, tgt_mask: Optional[Tensor] = None,
-        memory_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None,
+        self,
+        x: Tensor,
+        memory: Optional[Tensor] = None,
+        *,
+        tgt_key_padding_mask: Optional[Tensor] = None,
+        memory_key_padding_mask: Optional[Tensor] = None,
+        causal: bool = True,
+        tgt_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None,
+        cond: Optional[Tensor] = None,
     ) -> Tensor:
         """Every layer, then the final norm; the arguments of :meth:`DecoderLayer.forward`."""
         for layer in self.layers:
             x = layer(
-                x, memory, tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
-                causal=causal, tgt_mask=tgt_mask, memory_mask=memory_mask, cond=cond,
+                x,
+                memory,
+                tgt_key_padding_mask=tgt_key_padding_mask,
+                memory_key_padding_mask=memory_key_padding_mask,
+                causal=causal,
+                tgt_mask=tgt_mask,
+                memory_mask=memory_mask,
+                cond=cond,
             )
         return x if self.norm is None else self.norm(x)

@@ -17,13 +17,30 @@ if TYPE_CHECKING:
     from tokennorm.tools.audit.measure import audit, default_tol
     from tokennorm.tools.audit.report import CHECKS, MODES, AuditReport, Finding, Measurement, ModuleLeak
 
-__all__ = ["audit", "default_tol", "AuditReport", "Finding", "Measurement", "ModuleLeak", "CHECKS", "MODES",
-           "DEMOS", "demo_model", "demo_inputs", "plot_dependency", "dependency_figure"]
+__all__ = [
+    "audit",
+    "default_tol",
+    "AuditReport",
+    "Finding",
+    "Measurement",
+    "ModuleLeak",
+    "CHECKS",
+    "MODES",
+    "DEMOS",
+    "demo_model",
+    "demo_inputs",
+    "plot_dependency",
+    "dependency_figure",
+]
 
-__getattr__, __dir__ = lazy_exports(__name__, {
-    **dict.fromkeys(("audit", "default_tol"), "tokennorm.tools.audit.measure"),
-    **dict.fromkeys(("AuditReport", "Finding", "Measurement", "ModuleLeak", "CHECKS", "MODES"),
-                    "tokennorm.tools.audit.report"),
-    **dict.fromkeys(("DEMOS", "demo_model", "demo_inputs"), "tokennorm.tools.audit.demos"),
-    **dict.fromkeys(("plot_dependency", "dependency_figure"), "tokennorm.tools.audit.heatmap"),
-})
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("audit", "default_tol"), "tokennorm.tools.audit.measure"),
+        **dict.fromkeys(
+            ("AuditReport", "Finding", "Measurement", "ModuleLeak", "CHECKS", "MODES"), "tokennorm.tools.audit.report"
+        ),
+        **dict.fromkeys(("DEMOS", "demo_model", "demo_inputs"), "tokennorm.tools.audit.demos"),
+        **dict.fromkeys(("plot_dependency", "dependency_figure"), "tokennorm.tools.audit.heatmap"),
+    },
+)

@@ -43,42 +43,84 @@ class SpecError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--demo", choices=DEMOS,
-                     help="built-in causal decoder (tokennorm.transformer.CausalLM) with this norm")
-    src.add_argument("--model", metavar="MODULE:FACTORY",
-                     help="import path of an nn.Module, or of a callable returning one (called with --model-args)")
-    parser.add_argument("--model-args", metavar="K=V,...", default="",
-                        help="keyword arguments for --model's callable, Python literals: "
-                             "d_model=32,nhead=4,batch_first=True")
+    src.add_argument(
+        "--demo", choices=DEMOS, help="built-in causal decoder (tokennorm.transformer.CausalLM) with this norm"
+    )
+    src.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="import path of an nn.Module, or of a callable returning one (called with --model-args)",
+    )
+    parser.add_argument(
+        "--model-args",
+        metavar="K=V,...",
+        default="",
+        help="keyword arguments for --model's callable, Python literals: d_model=32,nhead=4,batch_first=True",
+    )
     spec = parser.add_mutually_exclusive_group()
-    spec.add_argument("--tokens", metavar="B,N", help="token-id input of B sequences of N tokens "
-                      f"(default for demos: {DEMO_TOKENS[0]},{DEMO_TOKENS[1]})")
+    spec.add_argument(
+        "--tokens",
+        metavar="B,N",
+        help=f"token-id input of B sequences of N tokens (default for demos: {DEMO_TOKENS[0]},{DEMO_TOKENS[1]})",
+    )
     spec.add_argument("--shape", metavar="B,N,C", help="floating input of this shape (standard normal)")
-    parser.add_argument("--vocab", type=int, default=None,
-                        help="token ids are drawn below this (default: the model's vocab_size or nn.Embedding size)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="dtype of the model and floating input (float64 resolves weaker dependence)")
-    parser.add_argument("--pad", type=int, default=None,
-                        help=f"PAD positions in the last batch item (default: {DEMO_PAD} for demos, else 0)")
-    parser.add_argument("--pad-side", choices=("left", "right"), default="left",
-                        help="where the PAD positions are (left: a causal model can see them without the mask)")
-    parser.add_argument("--mask-arg", default="key_padding_mask",
-                        help="keyword the key-padding mask is passed as; 'none': not passed (the padding check "
-                             "then tests a model that ignores padding)")
-    parser.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
-                        help="the model is a causal decoder: check future leakage (output t depending on input "
-                             "s > t). On by default; --no-causal for encoders, which may look ahead")
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=None,
+        help="token ids are drawn below this (default: the model's vocab_size or nn.Embedding size)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype of the model and floating input (float64 resolves weaker dependence)",
+    )
+    parser.add_argument(
+        "--pad",
+        type=int,
+        default=None,
+        help=f"PAD positions in the last batch item (default: {DEMO_PAD} for demos, else 0)",
+    )
+    parser.add_argument(
+        "--pad-side",
+        choices=("left", "right"),
+        default="left",
+        help="where the PAD positions are (left: a causal model can see them without the mask)",
+    )
+    parser.add_argument(
+        "--mask-arg",
+        default="key_padding_mask",
+        help="keyword the key-padding mask is passed as; 'none': not passed (the padding check "
+        "then tests a model that ignores padding)",
+    )
+    parser.add_argument(
+        "--causal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the model is a causal decoder: check future leakage (output t depending on input "
+        "s > t). On by default; --no-causal for encoders, which may look ahead",
+    )
     parser.add_argument("--mode", choices=MODE_CHOICES, default="both", help="train mode, eval mode, or both")
-    parser.add_argument("--tol", type=float, default=None,
-                        help="relative dependence counted as leakage (default: 128·eps of the dtype)")
+    parser.add_argument(
+        "--tol", type=float, default=None, help="relative dependence counted as leakage (default: 128·eps of the dtype)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the input, the probes and the dropout masks")
-    parser.add_argument("--max-rows", type=int, default=None,
-                        help="output positions given a Jacobian row (default: all if causal, else 16)")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="output positions given a Jacobian row (default: all if causal, else 16)",
+    )
     parser.add_argument("--max-columns", type=int, default=16, help="input positions perturbed one at a time")
     parser.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, cuda:N)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (1: an audit's many small passes gain nothing from more, and threads "
-                             "waiting for a busy core slow each pass down; raise it for wide models)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (1: an audit's many small passes gain nothing from more, and threads "
+        "waiting for a busy core slow each pass down; raise it for wide models)",
+    )
     parser.add_argument("--png", metavar="PATH", help="write the token-to-token dependency heatmap here")
     parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
 
@@ -118,8 +160,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as e:
         raise SpecError(f"--device {name!r} is not a device: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
-                        "use --device cpu")
+        raise SpecError(
+            f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu"
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise SpecError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type not in ("cpu", "cuda"):
@@ -216,9 +259,11 @@ def print_report(report: AuditReport, console: Any) -> None:
     from rich.table import Table
 
     kind = "token ids" if report.token_ids else "floating input"
-    console.print(f"[bold]{report.model_name}[/bold] on {kind} {list(report.shape)} "
-                  f"({str(report.dtype).removeprefix('torch.')}), causal={report.causal}, "
-                  f"tolerance {report.tol:.3g} (relative), {report.seconds:.2f} s")
+    console.print(
+        f"[bold]{report.model_name}[/bold] on {kind} {list(report.shape)} "
+        f"({str(report.dtype).removeprefix('torch.')}), causal={report.causal}, "
+        f"tolerance {report.tol:.3g} (relative), {report.seconds:.2f} s"
+    )
     table = Table(title="leakage: dependence relative to the strongest measured (1 = as strong)")
     columns = ("mode", "check", "verdict", "autograd", "pairs", "perturb.", "pairs", "where (strongest first)")
     for i, col in enumerate(columns):
@@ -232,11 +277,21 @@ def print_report(report: AuditReport, console: Any) -> None:
         where = " ".join(f"({a},{b})" for a, b in m.where[:3]) + (" …" if m.count > 3 else "")
         if m.where:
             legend[f"{f.check} ({m.method})"] = WHERE[(f.check, m.method)]
-        table.add_row(f.mode, f.check, verdict, _fmt(f.autograd.magnitude), _count(f.autograd),
-                      _fmt(f.perturbation.magnitude), _count(f.perturbation), where or "-")
+        table.add_row(
+            f.mode,
+            f.check,
+            verdict,
+            _fmt(f.autograd.magnitude),
+            _count(f.autograd),
+            _fmt(f.perturbation.magnitude),
+            _count(f.perturbation),
+            where or "-",
+        )
     console.print(table)
-    console.print("[dim]autograd, perturb.: the strongest forbidden dependence each method measured; pairs: "
-                  "forbidden (output, input) pairs above the tolerance, of those the method measured[/dim]")
+    console.print(
+        "[dim]autograd, perturb.: the strongest forbidden dependence each method measured; pairs: "
+        "forbidden (output, input) pairs above the tolerance, of those the method measured[/dim]"
+    )
     for name, meaning in legend.items():
         console.print(f"[dim]where, {name}: {meaning}[/dim]")
     for check, why in report.skipped.items():
@@ -244,8 +299,10 @@ def print_report(report: AuditReport, console: Any) -> None:
     for f in report.findings:
         if f.leaks and f.first_module is not None:
             first, rest = f.first_module, len(f.modules) - 1
-            console.print(f"{f.check} ({f.mode}): first appears in the output of [bold]{first.name}[/bold] "
-                          f"({first.type}, {_fmt(first.magnitude)}), then in {rest} later module output(s)")
+            console.print(
+                f"{f.check} ({f.mode}): first appears in the output of [bold]{first.name}[/bold] "
+                f"({first.type}, {_fmt(first.magnitude)}), then in {rest} later module output(s)"
+            )
         elif f.leaks:
             console.print(f"{f.check} ({f.mode}): no module output shows it by perturbation (autograd only)")
     if report.leaks:
@@ -289,8 +346,13 @@ def run(args: argparse.Namespace) -> int:
         model = model.to(device=device, dtype=getattr(torch, args.dtype))
         inputs, mask = build_inputs(args, model)
         mask_arg = None if args.mask_arg.lower() == "none" else args.mask_arg
-        columns = (TextColumn("audit {task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("passes"), TimeElapsedColumn())
+        columns = (
+            TextColumn("audit {task.description:<20}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("passes"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=err) as bar:
             tasks: dict[str, Any] = {}
 
@@ -301,17 +363,28 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(tasks[mode], completed=done, total=total, description=stage)
 
             report = audit(
-                model, inputs, causal=args.causal, modes=MODE_CHOICES[args.mode], key_padding_mask=mask,
-                mask_arg=mask_arg, tol=args.tol, seed=args.seed, max_rows=args.max_rows,
-                max_columns=args.max_columns, progress=progress,
+                model,
+                inputs,
+                causal=args.causal,
+                modes=MODE_CHOICES[args.mode],
+                key_padding_mask=mask,
+                mask_arg=mask_arg,
+                tol=args.tol,
+                seed=args.seed,
+                max_rows=args.max_rows,
+                max_columns=args.max_columns,
+                progress=progress,
             )
     except SpecError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 2
     except (RuntimeError, ValueError, TypeError) as e:  # the model could not run on this input
         first_line = str(e).splitlines()[0] if str(e) else ""
-        err.print(f"[red]error:[/red] the model could not be audited on this input: {type(e).__name__}: "
-                  f"{escape(first_line)}", soft_wrap=True, highlight=False)
+        err.print(
+            f"[red]error:[/red] the model could not be audited on this input: {type(e).__name__}: {escape(first_line)}",
+            soft_wrap=True,
+            highlight=False,
+        )
         return 2
     finally:
         torch.set_num_threads(threads)  # run() may be called in-process (tests): leave the setting as found

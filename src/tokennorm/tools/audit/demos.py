@@ -24,8 +24,9 @@ def demo_model(norm: str, *, vocab_size: int = 64, d_model: int = 64, num_layers
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CausalLM(vocab_size, d_model=d_model, nhead=4, num_layers=num_layers, dropout=0.1, norm=norm,
-                        placement="pre")
+        return CausalLM(
+            vocab_size, d_model=d_model, nhead=4, num_layers=num_layers, dropout=0.1, norm=norm, placement="pre"
+        )
 
 
 def demo_inputs(
@@ -39,8 +40,10 @@ def demo_inputs(
     if not 0 <= pad < length:
         raise ValueError(f"pad must be in [0, length={length}), but got pad={pad}")
     if batch < 1 or vocab_size < 2 or not 0 <= pad_id < vocab_size:
-        raise ValueError(f"need batch ≥ 1, vocab_size ≥ 2 and 0 ≤ pad_id < vocab_size, but got batch={batch}, "
-                         f"vocab_size={vocab_size}, pad_id={pad_id}")
+        raise ValueError(
+            f"need batch ≥ 1, vocab_size ≥ 2 and 0 ≤ pad_id < vocab_size, but got batch={batch}, "
+            f"vocab_size={vocab_size}, pad_id={pad_id}"
+        )
     import torch
 
     gen = torch.Generator().manual_seed(seed)

@@ -64,13 +64,16 @@ def dependency_figure(report: AuditReport, title: Optional[str] = None) -> Any:
     fig.suptitle("\n".join(lines[:4]), fontsize=10)
     bar = fig.colorbar(image, ax=axes, extend="min", shrink=0.8, label="relative dependence (log)")
     bar.ax.axhline(report.tol, color="red", linewidth=1.5)
-    legend = [Patch(facecolor="white", edgecolor="black", label="exactly 0: no path from x_s to y_t"),
-              Patch(facecolor="lightgrey", edgecolor="black", label="not measured"),
-              Line2D([], [], color="red", linewidth=1.5, label=f"tolerance {report.tol:.2g} (on the colour bar)")]
+    legend = [
+        Patch(facecolor="white", edgecolor="black", label="exactly 0: no path from x_s to y_t"),
+        Patch(facecolor="lightgrey", edgecolor="black", label="not measured"),
+        Line2D([], [], color="red", linewidth=1.5, label=f"tolerance {report.tol:.2g} (on the colour bar)"),
+    ]
     if report.causal:
-        legend += [Line2D([], [], color="red", linewidth=0.8, label="staircase: right of it, s > t is the future"),
-                   Patch(facecolor="none", edgecolor="red", linewidth=1.2,
-                         label="strongest future leaks found (up to 10)")]
+        legend += [
+            Line2D([], [], color="red", linewidth=0.8, label="staircase: right of it, s > t is the future"),
+            Patch(facecolor="none", edgecolor="red", linewidth=1.2, label="strongest future leaks found (up to 10)"),
+        ]
     fig.legend(handles=legend, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
 

@@ -86,8 +86,13 @@ def _measure(method: str, rel: Tensor, leak: Tensor, tol: float) -> Measurement:
     vals = torch.where(measured, rel, torch.zeros_like(rel))
     above = (vals > tol).nonzero().tolist()
     order = sorted(above, key=lambda ij: -vals[ij[0], ij[1]].item())
-    return Measurement(method, vals.max().item() if vals.numel() else 0.0, len(above),
-                       [(int(i), int(j)) for i, j in order[:MAX_WHERE]], int(measured.sum()))
+    return Measurement(
+        method,
+        vals.max().item() if vals.numel() else 0.0,
+        len(above),
+        [(int(i), int(j)) for i, j in order[:MAX_WHERE]],
+        int(measured.sum()),
+    )
 
 
 def _moved(new: Tensor, base: Tensor) -> Tensor:
@@ -108,8 +113,9 @@ class _ModuleOutputs:
         self.batch, self.length = batch, length
         self.outputs: Optional[dict[str, Tensor]] = None
         self.types: dict[str, str] = {}
-        self.handles = [module.register_forward_hook(self._hook(name or "<model>"))
-                        for name, module in model.named_modules()]
+        self.handles = [
+            module.register_forward_hook(self._hook(name or "<model>")) for name, module in model.named_modules()
+        ]
 
     def _hook(self, name: str) -> Callable[..., None]:
         def record(module: nn.Module, args: Any, out: Any) -> None:
@@ -117,8 +123,12 @@ class _ModuleOutputs:
                 return
             items = [out] if isinstance(out, Tensor) else list(out) if isinstance(out, (tuple, list)) else []
             for i, t in enumerate(items):
-                if not (isinstance(t, Tensor) and t.is_floating_point() and t.dim() >= 2
-                        and tuple(t.shape[:2]) == (self.batch, self.length)):
+                if not (
+                    isinstance(t, Tensor)
+                    and t.is_floating_point()
+                    and t.dim() >= 2
+                    and tuple(t.shape[:2]) == (self.batch, self.length)
+                ):
                     continue
                 key = name if len(items) == 1 else f"{name}[{i}]"
                 unique, call = key, 2
@@ -145,8 +155,11 @@ class _ModuleOutputs:
 def _first_leaking(measurements: dict[str, Measurement], types: dict[str, str], tol: float) -> list[ModuleLeak]:
     """The modules (in execution order) whose output shows the forbidden dependence, strongest measurement
     each; the first one is where the leak enters."""
-    return [ModuleLeak(name, types[name], m.magnitude, m.where[0] if m.where else None)
-            for name, m in measurements.items() if m.magnitude > tol]
+    return [
+        ModuleLeak(name, types[name], m.magnitude, m.where[0] if m.where else None)
+        for name, m in measurements.items()
+        if m.magnitude > tol
+    ]
 
 
 def _vjp_norms(
@@ -207,8 +220,14 @@ def _audit_mode(
 
 
 def _audit_mode_inner(
-    model: nn.Module, inputs: Tensor, mode: str, cfg: _Config, gen: torch.Generator,
-    recorder: Optional[_ModuleOutputs], step: Callable[..., None], total: list[int],
+    model: nn.Module,
+    inputs: Tensor,
+    mode: str,
+    cfg: _Config,
+    gen: torch.Generator,
+    recorder: Optional[_ModuleOutputs],
+    step: Callable[..., None],
+    total: list[int],
 ) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float]:
     batch, length = inputs.shape[:2]
     device = inputs.device
@@ -252,8 +271,7 @@ def _audit_mode_inner(
         return _moved(new, base), modules
 
     u = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
-    norms = _vjp_norms(out, x, u, torch.cat(masks).to(out.dtype), cfg.chunk_size,
-                       lambda k: step("autograd", k))
+    norms = _vjp_norms(out, x, u, torch.cat(masks).to(out.dtype), cfg.chunk_size, lambda k: step("autograd", k))
     row_norms, item_norms = norms[: len(rows)], norms[len(rows) : len(rows) + batch]  # [R,B,N], [B,B,N]
 
     grad_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
@@ -278,31 +296,45 @@ def _audit_mode_inner(
 
     findings = []
 
-    def add(check: str, autograd: Measurement, perturbation: Measurement,
-            per_module: dict[str, Measurement]) -> None:
+    def add(check: str, autograd: Measurement, perturbation: Measurement, per_module: dict[str, Measurement]) -> None:
         f = Finding(mode, check, autograd, perturbation, tol)
         if f.leaks and recorder is not None:
             f.modules = _first_leaking(per_module, recorder.types, tol)
         findings.append(f)
 
     if cfg.causal:
-        add("future", _measure("autograd", grad_rel, future, tol), _measure("perturbation", pert_rel, future, tol),
-            {k: _measure("perturbation", _relative(m), future, tol) for k, m in module_matrix.items()})
+        add(
+            "future",
+            _measure("autograd", grad_rel, future, tol),
+            _measure("perturbation", pert_rel, future, tol),
+            {k: _measure("perturbation", _relative(m), future, tol) for k, m in module_matrix.items()},
+        )
     if batch > 1:
         other = ~eye_b.cpu()
         item_rel = _relative(item_norms.cpu())  # [i, j, s]
         per_item = [moved(eye_b[j][:, None].expand(-1, length), "perturbation") for j in range(batch)]
         pert_items = _relative(torch.stack([m.cpu() for m, _ in per_item])).amax(dim=2).T  # [j, i, t] -> [i, j]
-        add("cross_batch", _measure("autograd", item_rel.amax(dim=2), other, tol),
+        add(
+            "cross_batch",
+            _measure("autograd", item_rel.amax(dim=2), other, tol),
             _measure("perturbation", pert_items, other, tol),
-            {k: _measure("perturbation", _relative(torch.stack([mods[k] for _, mods in per_item])).amax(dim=2).T,
-                         other, tol) for k in base_modules if all(k in mods for _, mods in per_item)})
+            {
+                k: _measure(
+                    "perturbation", _relative(torch.stack([mods[k] for _, mods in per_item])).amax(dim=2).T, other, tol
+                )
+                for k in base_modules
+                if all(k in mods for _, mods in per_item)
+            },
+        )
     if has_pad:
         pad = cfg.pad.cpu()
         moves, module_moves = moved(cfg.pad, "perturbation")
-        add("padding", _measure("autograd", _relative(norms[-1].cpu()), pad, tol),
+        add(
+            "padding",
+            _measure("autograd", _relative(norms[-1].cpu()), pad, tol),
             _measure("perturbation", _relative(moves.cpu()), ~pad, tol),
-            {k: _measure("perturbation", _relative(m), ~pad, tol) for k, m in module_moves.items()})
+            {k: _measure("perturbation", _relative(m), ~pad, tol) for k, m in module_moves.items()},
+        )
     return findings, {"autograd": grad_rel, "perturbation": pert_rel}, subject.x.dtype, tol
 
 
@@ -324,73 +356,73 @@ def audit(
     progress: Optional[Progress] = None,
 ) -> AuditReport:
     r"""Measure whether ``model``'s outputs depend on inputs they must not see: future tokens, other batch
-    items, PAD tokens. Returns an :class:`AuditReport`; ``report.leaks`` is the verdict.
+        items, PAD tokens. Returns an :class:`AuditReport`; ``report.leaks`` is the verdict.
 
-    With x the input [B, N, C] (or the token embeddings, for token ids) and y = model(x) as [B, N, F], the
-    dependence of output (i, t) on input (j, s) is measured two ways, in each mode of ``modes``:
+        With x the input [B, N, C] (or the token embeddings, for token ids) and y = model(x) as [B, N, F], the
+        dependence of output (i, t) on input (j, s) is measured two ways, in each mode of ``modes``:
 
-    .. math::
-        D^{	ext{autograd}}_{t,s} = ig\lVert ig(u \odot M_tig)^	op 	frac{\partial y}{\partial x}
-        ig|_{s} ig
-Vert_2, \qquad
-        D^{	ext{perturb}}_{t,s} = ig\lVert y_t(x 	ext{ with } x_s 	ext{ replaced}) - y_t(x) ig
-Vert_2
+        .. math::
+            D^{	ext{autograd}}_{t,s} = ig\lVert ig(u \odot M_tig)^	op 	frac{\partial y}{\partial x}
+            ig|_{s} ig
+    Vert_2, \qquad
+            D^{	ext{perturb}}_{t,s} = ig\lVert y_t(x 	ext{ with } x_s 	ext{ replaced}) - y_t(x) ig
+    Vert_2
 
-    (u a fixed random cotangent, M_t the mask of output row t; norms over channels and batch items), each
-    divided by its largest measured value, so 1 is the strongest dependence in the model, legitimate ones
-    included. A check leaks when a forbidden entry exceeds ``tol``: ``future`` (s > t, causal models),
-    ``cross_batch`` (item i on item j ≠ i, B ≥ 2), ``padding`` (a non-PAD output on a PAD input). Where the
-    graph has no path both measurements are exactly 0. With ``modules=True`` every module's output of shape
-    [B, N, ...] is measured the same way (by perturbation, in the same passes), and each leaking finding names
-    the modules whose output shows the leak, in execution order: ``finding.modules[0]`` is where it enters.
+        (u a fixed random cotangent, M_t the mask of output row t; norms over channels and batch items), each
+        divided by its largest measured value, so 1 is the strongest dependence in the model, legitimate ones
+        included. A check leaks when a forbidden entry exceeds ``tol``: ``future`` (s > t, causal models),
+        ``cross_batch`` (item i on item j ≠ i, B ≥ 2), ``padding`` (a non-PAD output on a PAD input). Where the
+        graph has no path both measurements are exactly 0. With ``modules=True`` every module's output of shape
+        [B, N, ...] is measured the same way (by perturbation, in the same passes), and each leaking finding names
+        the modules whose output shows the leak, in execution order: ``finding.modules[0]`` is where it enters.
 
-    Args:
-        model: any ``nn.Module`` mapping x [B, N, C] (floating) or token ids [B, N] (int64) to [B, N, ...]
-            (a tensor, a tuple whose first element is one, or an object with ``.logits``). Its parameters,
-            buffers (BatchNorm's running statistics), train/eval flags, ``requires_grad`` flags and the global
-            RNG are left as they were.
-        inputs: floating [B, N, C] (float32 or float64 advised: bf16/fp16 roundoff hides weak leaks), or
-            integer token ids [B, N]; then x is the token embedding (``model.embed`` when the model has
-            ``embed``/``forward_embeddings``, else the output of the ``nn.Embedding`` applied to the ids).
-        causal: check future leakage (default True: the model is taken to be a causal decoder). False for
-            encoders, which may look at every position.
-        modes: any non-empty subset of ``("train", "eval")`` (default both: BatchNorm and dropout differ).
-        key_padding_mask: bool [B, N], True at PAD positions (default None: no padding check). Passed to the
-            model as the keyword ``mask_arg``.
-        mask_arg: keyword the mask is passed as (default ``"key_padding_mask"``); None: not passed.
-        tol: relative dependence counted as leakage (default :func:`default_tol` of x's dtype, 128·eps).
-        seed: seeds u, the replacement values and the RNG before every forward pass (same dropout masks).
-        max_rows: output positions given a Jacobian row, spread evenly (default: all N when ``causal``, which
-            the future check needs to be exhaustive; else 16, for the heatmap only).
-        max_columns: input positions perturbed one at a time, spread evenly (default 16), plus, when causal,
-            every position autograd found leaking into the past.
-        chunk_size: cotangents per batched backward pass (default 16; memory ∝ chunk_size · B · N · C).
-        output_fn: picks the [B, N, ...] tensor out of the model's output (default: the output, its first
-            element, or ``.logits``).
-        modules: attribute leaks to modules with forward hooks on every submodule (default True).
-        progress: called as ``progress(done, total, stage)`` after every forward or backward pass, per mode
-            (``total`` may grow once autograd has chosen extra columns to perturb).
+        Args:
+            model: any ``nn.Module`` mapping x [B, N, C] (floating) or token ids [B, N] (int64) to [B, N, ...]
+                (a tensor, a tuple whose first element is one, or an object with ``.logits``). Its parameters,
+                buffers (BatchNorm's running statistics), train/eval flags, ``requires_grad`` flags and the global
+                RNG are left as they were.
+            inputs: floating [B, N, C] (float32 or float64 advised: bf16/fp16 roundoff hides weak leaks), or
+                integer token ids [B, N]; then x is the token embedding (``model.embed`` when the model has
+                ``embed``/``forward_embeddings``, else the output of the ``nn.Embedding`` applied to the ids).
+            causal: check future leakage (default True: the model is taken to be a causal decoder). False for
+                encoders, which may look at every position.
+            modes: any non-empty subset of ``("train", "eval")`` (default both: BatchNorm and dropout differ).
+            key_padding_mask: bool [B, N], True at PAD positions (default None: no padding check). Passed to the
+                model as the keyword ``mask_arg``.
+            mask_arg: keyword the mask is passed as (default ``"key_padding_mask"``); None: not passed.
+            tol: relative dependence counted as leakage (default :func:`default_tol` of x's dtype, 128·eps).
+            seed: seeds u, the replacement values and the RNG before every forward pass (same dropout masks).
+            max_rows: output positions given a Jacobian row, spread evenly (default: all N when ``causal``, which
+                the future check needs to be exhaustive; else 16, for the heatmap only).
+            max_columns: input positions perturbed one at a time, spread evenly (default 16), plus, when causal,
+                every position autograd found leaking into the past.
+            chunk_size: cotangents per batched backward pass (default 16; memory ∝ chunk_size · B · N · C).
+            output_fn: picks the [B, N, ...] tensor out of the model's output (default: the output, its first
+                element, or ``.logits``).
+            modules: attribute leaks to modules with forward hooks on every submodule (default True).
+            progress: called as ``progress(done, total, stage)`` after every forward or backward pass, per mode
+                (``total`` may grow once autograd has chosen extra columns to perturb).
 
-    Returns:
-        :class:`AuditReport`: ``findings`` (one :class:`Finding` per check and mode, each with an autograd and
-        a perturbation :class:`Measurement`: magnitude, count of forbidden pairs above ``tol`` out of
-        ``checked`` measured, pinpoints), ``matrices[mode][method]`` (the [N, N] token-to-token dependence,
-        NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``to_dict()``.
+        Returns:
+            :class:`AuditReport`: ``findings`` (one :class:`Finding` per check and mode, each with an autograd and
+            a perturbation :class:`Measurement`: magnitude, count of forbidden pairs above ``tol`` out of
+            ``checked`` measured, pinpoints), ``matrices[mode][method]`` (the [N, N] token-to-token dependence,
+            NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``to_dict()``.
 
-    Raises:
-        ValueError: ``inputs`` not [B, N, C] / [B, N], ``modes`` empty or unknown, ``key_padding_mask`` not
-            bool [B, N], a limit below 1, or a model output that is not [B, N, ...].
-        TypeError: complex or bool ``inputs``; token ids for a model without an embedding.
+        Raises:
+            ValueError: ``inputs`` not [B, N, C] / [B, N], ``modes`` empty or unknown, ``key_padding_mask`` not
+                bool [B, N], a limit below 1, or a model output that is not [B, N, ...].
+            TypeError: complex or bool ``inputs``; token ids for a model without an embedding.
 
-    Example::
+        Example::
 
-        >>> from tokennorm.tools.audit import audit, demo_inputs, demo_model
-        >>> tokens, pad = demo_inputs()                    # [2, 16] ids, 4 left PAD tokens in item 1
-        >>> report = audit(demo_model("batchnorm"), tokens, key_padding_mask=pad)
-        >>> report.leaks, report.finding("train", "future").modules[0].name
-        (True, 'decoder.layers.0.norm1')
-        >>> audit(demo_model("layernorm"), tokens, key_padding_mask=pad).leaks
-        False
+            >>> from tokennorm.tools.audit import audit, demo_inputs, demo_model
+            >>> tokens, pad = demo_inputs()                    # [2, 16] ids, 4 left PAD tokens in item 1
+            >>> report = audit(demo_model("batchnorm"), tokens, key_padding_mask=pad)
+            >>> report.leaks, report.finding("train", "future").modules[0].name
+            (True, 'decoder.layers.0.norm1')
+            >>> audit(demo_model("layernorm"), tokens, key_padding_mask=pad).leaks
+            False
     """
     if inputs.dim() != (2 if not inputs.is_floating_point() else 3):
         want = "[B, N, C] (floating)" if inputs.is_floating_point() else "[B, N] (token ids)"
@@ -400,19 +432,22 @@ Vert_2
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"modes must be a non-empty subset of {MODES}, but got modes={list(modes)}")
-    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool
-                                         or tuple(key_padding_mask.shape) != tuple(inputs.shape[:2])):
+    if key_padding_mask is not None and (
+        key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != tuple(inputs.shape[:2])
+    ):
         raise ValueError(
             f"key_padding_mask must be bool of shape [B, N] = {list(inputs.shape[:2])}, but got "
             f"{key_padding_mask.dtype} of size {list(key_padding_mask.shape)}"
         )
     if max_columns < 1 or chunk_size < 1 or (max_rows is not None and max_rows < 1):
-        raise ValueError(f"max_rows, max_columns and chunk_size must be ≥ 1, but got {max_rows}, {max_columns}, "
-                         f"{chunk_size}")
+        raise ValueError(
+            f"max_rows, max_columns and chunk_size must be ≥ 1, but got {max_rows}, {max_columns}, {chunk_size}"
+        )
     start = time.perf_counter()
     kwargs = {} if key_padding_mask is None or mask_arg is None else {mask_arg: key_padding_mask}
-    cfg = _Config(causal, key_padding_mask, kwargs, tol, seed, max_rows, max_columns, chunk_size, output_fn,
-                  progress, modules)
+    cfg = _Config(
+        causal, key_padding_mask, kwargs, tol, seed, max_rows, max_columns, chunk_size, output_fn, progress, modules
+    )
     findings: list[Finding] = []
     matrices: dict[str, dict[str, Tensor]] = {}
     for mode in modes:
@@ -425,5 +460,15 @@ Vert_2
         skipped["cross_batch"] = "batch of one item"
     if key_padding_mask is None or not key_padding_mask.any() or key_padding_mask.all():
         skipped["padding"] = "no key_padding_mask with both PAD and non-PAD positions"
-    return AuditReport(findings, matrices, tuple(inputs.shape), dtype, not inputs.is_floating_point(), causal,
-                       used_tol, skipped, time.perf_counter() - start, type(model).__name__)
+    return AuditReport(
+        findings,
+        matrices,
+        tuple(inputs.shape),
+        dtype,
+        not inputs.is_floating_point(),
+        causal,
+        used_tol,
+        skipped,
+        time.perf_counter() - start,
+        type(model).__name__,
+    )

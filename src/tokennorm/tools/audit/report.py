@@ -118,8 +118,11 @@ class AuditReport:
         """A JSON-ready dict (NaN → null, ∞ → "inf"; matrices with 4 significant digits)."""
         return {
             "model": self.model_name,
-            "input": {"shape": list(self.shape), "dtype": str(self.dtype).removeprefix("torch."),
-                      "token_ids": self.token_ids},
+            "input": {
+                "shape": list(self.shape),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "token_ids": self.token_ids,
+            },
             "causal": self.causal,
             "tol": self.tol,
             "leaks": self.leaks,
@@ -132,12 +135,24 @@ class AuditReport:
                     "leaks": f.leaks,
                     "agree": f.agree,
                     **{
-                        m.method: {"magnitude": _json_float(m.magnitude), "count": m.count, "checked": m.checked,
-                                   "where": [list(w) for w in m.where], "where_means": WHERE[(f.check, m.method)]}
+                        m.method: {
+                            "magnitude": _json_float(m.magnitude),
+                            "count": m.count,
+                            "checked": m.checked,
+                            "where": [list(w) for w in m.where],
+                            "where_means": WHERE[(f.check, m.method)],
+                        }
                         for m in (f.autograd, f.perturbation)
                     },
-                    "modules": [{"name": m.name, "type": m.type, "magnitude": _json_float(m.magnitude),
-                                 "where": list(m.where) if m.where else None} for m in f.modules],
+                    "modules": [
+                        {
+                            "name": m.name,
+                            "type": m.type,
+                            "magnitude": _json_float(m.magnitude),
+                            "where": list(m.where) if m.where else None,
+                        }
+                        for m in f.modules
+                    ],
                 }
                 for f in self.findings
             ],

@@ -112,12 +112,16 @@ def make_subject(
         return torch.where(where, ids, inputs)
 
     if hasattr(model, "embed") and hasattr(model, "forward_embeddings"):
+
         def embed(ids: Tensor) -> Tensor:
             with torch.no_grad(), seeded(seed, device):
                 return model.embed(ids)
 
-        return Subject(embed(inputs), lambda z: model.forward_embeddings(z, **kwargs),
-                        lambda where: torch.where(where[..., None], embed(other_ids(where)), embed(inputs)))
+        return Subject(
+            embed(inputs),
+            lambda z: model.forward_embeddings(z, **kwargs),
+            lambda where: torch.where(where[..., None], embed(other_ids(where)), embed(inputs)),
+        )
 
     emb = _token_embedding(model, inputs, kwargs)
     with torch.no_grad(), seeded(seed, device):

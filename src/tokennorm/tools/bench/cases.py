@@ -52,15 +52,18 @@ ISSUE18_OPS = (
     Op("cfln", "layernorm", family="channels_first"),
 )
 
-OPS: dict[str, Op] = {op.key: op for op in (
-    Op("ln", "layernorm"),
-    Op("rms", "rmsnorm"),
-    Op("addnorm", "layernorm", add=True),
-    Op("addnorm-drop", "layernorm", add=True, dropout_p=DROPOUT_P),
-    Op("addrms", "rmsnorm", add=True),
-    Op("addrms-drop", "rmsnorm", add=True, dropout_p=DROPOUT_P),
-    *ISSUE18_OPS,
-)}
+OPS: dict[str, Op] = {
+    op.key: op
+    for op in (
+        Op("ln", "layernorm"),
+        Op("rms", "rmsnorm"),
+        Op("addnorm", "layernorm", add=True),
+        Op("addnorm-drop", "layernorm", add=True, dropout_p=DROPOUT_P),
+        Op("addrms", "rmsnorm", add=True),
+        Op("addrms-drop", "rmsnorm", add=True, dropout_p=DROPOUT_P),
+        *ISSUE18_OPS,
+    )
+}
 DEFAULT_OPS = ("ln", "rms", "addnorm", "addnorm-drop")
 
 DIRECTIONS = ("fwd", "fwdbwd")
@@ -150,11 +153,16 @@ class Sweep:
         order."""
         out = [
             Case(OPS[op], direction, dtype, max(1, self.mn // n), n)
-            for op in self.ops for direction in self.directions for dtype in self.dtypes for n in self.ns
+            for op in self.ops
+            for direction in self.directions
+            for dtype in self.dtypes
+            for n in self.ns
         ]
         out += [
             Case(OPS[op], "fwd", dtype, m, self.latency_n, kind="latency")
-            for op in self.ops for dtype in self.dtypes for m in self.latency_rows
+            for op in self.ops
+            for dtype in self.dtypes
+            for m in self.latency_rows
         ]
         return out
 
@@ -169,9 +177,16 @@ def default_sweep(device: str, quick: bool, ops: Optional[tuple[str, ...]] = Non
     ops = ops or DEFAULT_OPS
     if device == "cuda":
         dtypes = ("bf16",) if quick else ("bf16", "fp16", "fp32")
-        return Sweep(ops, DIRECTIONS, tuple(map(torch_dtype, dtypes)), GPU_QUICK_NS if quick else GPU_NS,
-                     mn=2**27, latency_rows=(1, 4096))
+        return Sweep(
+            ops,
+            DIRECTIONS,
+            tuple(map(torch_dtype, dtypes)),
+            GPU_QUICK_NS if quick else GPU_NS,
+            mn=2**27,
+            latency_rows=(1, 4096),
+        )
     if quick:
         return Sweep(ops, DIRECTIONS, (torch_dtype("fp32"),), (1 * K,), mn=2**16, latency_rows=(1,))
-    return Sweep(ops, DIRECTIONS, tuple(map(torch_dtype, ("fp32", "bf16"))), (1 * K, 4 * K), mn=2**18,
-                 latency_rows=(1,))
+    return Sweep(
+        ops, DIRECTIONS, tuple(map(torch_dtype, ("fp32", "bf16"))), (1 * K, 4 * K), mn=2**18, latency_rows=(1,)
+    )

@@ -66,41 +66,82 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="where to run (default: cuda if available, else cpu)")
-    parser.add_argument("--ops", type=_comma_list(_one_of(tuple(OPS), "op")), default=None,
-                        help=f"comma-separated, from {', '.join(OPS)} (default: ln,rms,addnorm,addnorm-drop)")
-    parser.add_argument("--dirs", type=_comma_list(_one_of(DIRECTIONS, "direction")), default=None,
-                        help="fwd, fwdbwd or both (default: both)")
-    parser.add_argument("--dtypes", type=_comma_list(_one_of(tuple(DTYPES), "dtype")),
-                        default=None, help="comma-separated, from bf16, fp16, fp32")
-    parser.add_argument("--sizes", type=_sizes, default=None,
-                        help="row lengths N of the throughput cases, e.g. 1K,4K,1M, or 'none' (default: 1K…1M on "
-                             "CUDA, 1K,4K on CPU)")
-    parser.add_argument("--mn", type=parse_count, default=None,
-                        help="total elements M·N of the throughput cases, e.g. 2^27 (default: 2^27 on CUDA, "
-                             "2^18 on CPU)")
-    parser.add_argument("--latency-rows", type=_latency_rows, default=None,
-                        help="M of the latency cases, or 'none' (default: 1,4096 on CUDA, 1 on CPU)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="where to run (default: cuda if available, else cpu)"
+    )
+    parser.add_argument(
+        "--ops",
+        type=_comma_list(_one_of(tuple(OPS), "op")),
+        default=None,
+        help=f"comma-separated, from {', '.join(OPS)} (default: ln,rms,addnorm,addnorm-drop)",
+    )
+    parser.add_argument(
+        "--dirs",
+        type=_comma_list(_one_of(DIRECTIONS, "direction")),
+        default=None,
+        help="fwd, fwdbwd or both (default: both)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        type=_comma_list(_one_of(tuple(DTYPES), "dtype")),
+        default=None,
+        help="comma-separated, from bf16, fp16, fp32",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=None,
+        help="row lengths N of the throughput cases, e.g. 1K,4K,1M, or 'none' (default: 1K…1M on CUDA, 1K,4K on CPU)",
+    )
+    parser.add_argument(
+        "--mn",
+        type=parse_count,
+        default=None,
+        help="total elements M·N of the throughput cases, e.g. 2^27 (default: 2^27 on CUDA, 2^18 on CPU)",
+    )
+    parser.add_argument(
+        "--latency-rows",
+        type=_latency_rows,
+        default=None,
+        help="M of the latency cases, or 'none' (default: 1,4096 on CUDA, 1 on CPU)",
+    )
     parser.add_argument("--latency-n", type=parse_count, default=4096, help="N of the latency cases (4096)")
-    parser.add_argument("--impls", type=_comma_list(_one_of(tuple(IMPLEMENTATIONS), "implementation")),
-                        default=None, help=f"comma-separated, from {', '.join(IMPLEMENTATIONS)} (default: all; "
-                                           "compile is opt-in on the CPU)")
+    parser.add_argument(
+        "--impls",
+        type=_comma_list(_one_of(tuple(IMPLEMENTATIONS), "implementation")),
+        default=None,
+        help=f"comma-separated, from {', '.join(IMPLEMENTATIONS)} (default: all; compile is opt-in on the CPU)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer sizes and dtypes, fewer rounds")
-    parser.add_argument("--rounds", type=parse_count, default=None,
-                        help="interleaved rounds, i.e. samples per number (default 15; 7 with --quick)")
-    parser.add_argument("--timing", choices=("graph", "profiler"), default="graph",
-                        help="CUDA device time from CUDA-graph replay (default; the profiler where a call cannot be "
-                             "captured) or from the profiler's kernel durations for every implementation (a "
-                             "cross-check)")
-    parser.add_argument("--threads", type=parse_count, default=None,
-                        help="torch CPU threads for the run (default: 1 on the CPU, where waiting for a descheduled "
-                             "worker thread costs milliseconds per op on a loaded machine; torch's own on CUDA)")
+    parser.add_argument(
+        "--rounds",
+        type=parse_count,
+        default=None,
+        help="interleaved rounds, i.e. samples per number (default 15; 7 with --quick)",
+    )
+    parser.add_argument(
+        "--timing",
+        choices=("graph", "profiler"),
+        default="graph",
+        help="CUDA device time from CUDA-graph replay (default; the profiler where a call cannot be "
+        "captured) or from the profiler's kernel durations for every implementation (a "
+        "cross-check)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=parse_count,
+        default=None,
+        help="torch CPU threads for the run (default: 1 on the CPU, where waiting for a descheduled "
+        "worker thread costs milliseconds per op on a loaded machine; torch's own on CUDA)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    parser.add_argument("--json", metavar="PATH",
-                        help="write the environment, notes, warnings and every row here (rewritten after each "
-                             "case, so a stopped run keeps what it measured); '-' prints it to standard output "
-                             "(and the tables to standard error)")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the environment, notes, warnings and every row here (rewritten after each "
+        "case, so a stopped run keeps what it measured); '-' prints it to standard output "
+        "(and the tables to standard error)",
+    )
     parser.add_argument("--csv", metavar="PATH", help="write every row here")
     parser.add_argument("--plot", metavar="PATH.png", help="plot the fraction of copy against N here")
     parser.add_argument("--markdown", metavar="PATH", help="write Markdown tables (for benchmarks/RESULTS.md) here")
@@ -128,8 +169,10 @@ def _impls_from(args: argparse.Namespace, device: str) -> tuple[list[Impl], list
     if device == "cuda":
         return list(IMPLEMENTATIONS.values()), []
     left_out = [i.name for i in IMPLEMENTATIONS.values() if not i.cpu_default]
-    notes = [f"{name}: not in the default CPU run (it compiles for seconds per case here); add it with --impls"
-             for name in left_out]
+    notes = [
+        f"{name}: not in the default CPU run (it compiles for seconds per case here); add it with --impls"
+        for name in left_out
+    ]
     return [i for i in IMPLEMENTATIONS.values() if i.cpu_default], notes
 
 
@@ -140,8 +183,9 @@ def _budget(args: argparse.Namespace):
     return dataclasses.replace(budget, rounds=args.rounds) if args.rounds else budget
 
 
-def _run_with_progress(sweep: Sweep, impls: list[Impl], device: str, args: argparse.Namespace, console,
-                       notes: list[str]):
+def _run_with_progress(
+    sweep: Sweep, impls: list[Impl], device: str, args: argparse.Namespace, console, notes: list[str]
+):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tokennorm.tools.bench import report
@@ -154,17 +198,24 @@ def _run_with_progress(sweep: Sweep, impls: list[Impl], device: str, args: argpa
         if args.json and args.json != "-":
             partial.notes = notes + partial.notes
             report.write_json(args.json, partial)
-            partial.notes = partial.notes[len(notes):]
+            partial.notes = partial.notes[len(notes) :]
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("benchmark", total=None)
 
         def on_task(done: int, total: int, description: str) -> None:
             progress.update(task, completed=done, total=total, description=description)
 
-        return run_sweep(sweep, impls, device, _budget(args), seed=args.seed, on_task=on_task, timer=timer,
-                         on_case=save)
+        return run_sweep(
+            sweep, impls, device, _budget(args), seed=args.seed, on_task=on_task, timer=timer, on_case=save
+        )
 
 
 def _fail(message: str) -> int:
@@ -176,8 +227,9 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from tokennorm.tools.bench import preflight
 
-    problem = preflight.prepare_outputs([("--json", args.json), ("--csv", args.csv), ("--plot", args.plot),
-                                         ("--markdown", args.markdown)])
+    problem = preflight.prepare_outputs(
+        [("--json", args.json), ("--csv", args.csv), ("--plot", args.plot), ("--markdown", args.markdown)]
+    )
     if problem:
         return _fail(problem)
     if args.plot:
@@ -237,8 +289,13 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         report.write_markdown(args.markdown, result)
     env = result.environment
-    copy = sorted({c.gbps for c in result.copies
-                   if c.kind == "throughput" and not any(f.startswith("implausible") for f in c.flags)})
+    copy = sorted(
+        {
+            c.gbps
+            for c in result.copies
+            if c.kind == "throughput" and not any(f.startswith("implausible") for f in c.flags)
+        }
+    )
     copy_text = f"{copy[0]:.0f}–{copy[-1]:.0f}" if len(copy) > 1 else (f"{copy[0]:.0f}" if copy else "-")
     methods = ", ".join(f"{m} {n}" for m, n in report.methods(result.results).items())
     console.print(

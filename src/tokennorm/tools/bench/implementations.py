@@ -45,8 +45,7 @@ def _issue18_extras(case: Case, x: Tensor) -> dict:
 
     if case.op.family == "adaln":
         b = case.m // _adaln_tokens(case)
-        return {"shift": randn(b, case.n, scale=0.1), "scale": randn(b, case.n, scale=0.1),
-                "gate": randn(b, case.n)}
+        return {"shift": randn(b, case.n, scale=0.1), "scale": randn(b, case.n, scale=0.1), "gate": randn(b, case.n)}
     return {"alpha": (0.5 + 0.1 * torch.randn(1, generator=g, device=x.device)).to(x.dtype).requires_grad_(grad)}
 
 
@@ -78,6 +77,7 @@ def _issue18(case: Case, adaln: Callable, dyt: Callable, add_dyt: Callable, chan
             y, h = adaln(x.view(m // tokens, tokens, n), r.view(m // tokens, tokens, n), **extras)
             return y.view(m, n), h.view(m, n)
     elif op.family == "dyt":
+
         def run(x, r, w, b):
             if not extras:
                 extras.update(_issue18_extras(case, x))
@@ -88,6 +88,7 @@ def _issue18(case: Case, adaln: Callable, dyt: Callable, add_dyt: Callable, chan
         def run(x, r, w, b):
             # the output stored channels first: what the next convolution reads (a copy after torch's permute)
             return channels_first(x.view(m // spatial, n, spatial), w, b).reshape(m, n)
+
     return run
 
 
@@ -97,6 +98,7 @@ def _torch_eager(case: Case) -> NormFn:
 
     shape, op = (case.n,), case.op
     if op.family != "norm":
+
         def adaln(x, r, shift, scale, gate):
             h = r + gate[:, None] * x
             return F.layer_norm(h, shape, eps=ADALN_EPS) * (1 + scale[:, None]) + shift[:, None], h
@@ -145,9 +147,11 @@ def _tokennorm(case: Case) -> NormFn:
     if op.family != "norm":
         return _issue18(
             case,
-            lambda x, r, shift, scale, gate: tokennorm.ada_norm(x, shift, scale, gate=gate, residual=r, eps=ADALN_EPS,
-                                                                prenorm=True),
-            tokennorm.dyt, lambda x, r, alpha, w, b: tokennorm.add_dyt(x, r, alpha, w, b, prenorm=True),
+            lambda x, r, shift, scale, gate: tokennorm.ada_norm(
+                x, shift, scale, gate=gate, residual=r, eps=ADALN_EPS, prenorm=True
+            ),
+            tokennorm.dyt,
+            lambda x, r, alpha, w, b: tokennorm.add_dyt(x, r, alpha, w, b, prenorm=True),
             lambda x, w, b: tokennorm.channels_first_layer_norm(x, w, b, EPS),
         )
     if op.add:
@@ -293,16 +297,19 @@ class Impl:
         return self.build(case)
 
 
-IMPLEMENTATIONS: dict[str, Impl] = {impl.name: impl for impl in (
-    Impl("tokennorm", _tokennorm),
-    Impl("torch", _torch_eager),
-    # Each case compiles for seconds on a CPU: opt-in there (--impls), so the default CPU run stays short.
-    Impl("compile", _torch_compile, cpu_default=False),
-    Impl("liger", _liger, ("liger_kernel.transformers.functional",), "liger-kernel", cuda_only=True),
-    Impl("quack", _quack, ("quack.rmsnorm",), "quack-kernels", cuda_only=True),
-    Impl("apex", _apex, ("apex.normalization.fused_layer_norm",), "apex (built from source)", cuda_only=True),
-    Impl("flash-attn", _flash_attn, ("flash_attn.ops.triton.layer_norm",), "flash-attn", cuda_only=True),
-    Impl("te", _transformer_engine, ("transformer_engine.pytorch",), "transformer-engine[pytorch]", cuda_only=True),
-)}
+IMPLEMENTATIONS: dict[str, Impl] = {
+    impl.name: impl
+    for impl in (
+        Impl("tokennorm", _tokennorm),
+        Impl("torch", _torch_eager),
+        # Each case compiles for seconds on a CPU: opt-in there (--impls), so the default CPU run stays short.
+        Impl("compile", _torch_compile, cpu_default=False),
+        Impl("liger", _liger, ("liger_kernel.transformers.functional",), "liger-kernel", cuda_only=True),
+        Impl("quack", _quack, ("quack.rmsnorm",), "quack-kernels", cuda_only=True),
+        Impl("apex", _apex, ("apex.normalization.fused_layer_norm",), "apex (built from source)", cuda_only=True),
+        Impl("flash-attn", _flash_attn, ("flash_attn.ops.triton.layer_norm",), "flash-attn", cuda_only=True),
+        Impl("te", _transformer_engine, ("transformer_engine.pytorch",), "transformer-engine[pytorch]", cuda_only=True),
+    )
+}
 
 REFERENCE = _torch_eager  # what every implementation's forward output is checked against

@@ -69,5 +69,7 @@ def oversized(cases: Sequence[Case], implementations: int, device: str, free: Op
     need = footprint_bytes(largest, implementations)
     if need <= free:
         return None
-    return (f"the case {largest.label} needs about {_gb(need)} with {implementations} implementation(s), more than "
-            f"the {_gb(free)} free on {device}; use smaller --sizes or --mn, or fewer --impls")
+    return (
+        f"the case {largest.label} needs about {_gb(need)} with {implementations} implementation(s), more than "
+        f"the {_gb(free)} free on {device}; use smaller --sizes or --mn, or fewer --impls"
+    )

@@ -19,7 +19,8 @@ _DEVICE_TIME = {
 }
 TITLES = {
     (kind, device): f"{kind}: {text}; host µs: wall clock per eager call"
-    for kind in ("throughput", "latency") for device, text in _DEVICE_TIME.items()
+    for kind in ("throughput", "latency")
+    for device, text in _DEVICE_TIME.items()
 }
 
 
@@ -68,8 +69,19 @@ def table(results: Sequence[Result], kind: str, device: str):
             frac = f"[bold]{frac}[/]"
         if r.flags:
             frac += " ?"
-        t.add_row(r.impl, r.op, r.direction, r.dtype, str(r.m), size_label(r.n), f"{r.median_us:.1f}",
-                  f"{r.p20_us:.1f}–{r.p80_us:.1f}", f"{r.gbps:.1f}", frac, f"{r.host_us:.1f}")
+        t.add_row(
+            r.impl,
+            r.op,
+            r.direction,
+            r.dtype,
+            str(r.m),
+            size_label(r.n),
+            f"{r.median_us:.1f}",
+            f"{r.p20_us:.1f}–{r.p80_us:.1f}",
+            f"{r.gbps:.1f}",
+            frac,
+            f"{r.host_us:.1f}",
+        )
     return t
 
 
@@ -137,8 +149,11 @@ def write_plot(path: str, sweep: SweepResult) -> None:
     for ax, (op, direction) in zip(axes, panels):
         for impl in impls:
             for dtype, style in styles.items():
-                line = sorted((r.n, r.fraction_of_copy) for r in rows
-                              if (r.op, r.direction, r.impl, r.dtype) == (op, direction, impl, dtype))
+                line = sorted(
+                    (r.n, r.fraction_of_copy)
+                    for r in rows
+                    if (r.op, r.direction, r.impl, r.dtype) == (op, direction, impl, dtype)
+                )
                 if line:
                     ax.plot(*zip(*line), style, marker="o", color=colors[impl], label=f"{impl} {dtype}")
         ax.axhline(1.0, color="gray", linewidth=0.8)
@@ -150,7 +165,7 @@ def write_plot(path: str, sweep: SweepResult) -> None:
         ax.set_ylabel("fraction of copy")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.axis("off")
     if not panels:
         axes[0].text(0.5, 0.5, "no trustworthy throughput rows in this run", ha="center", va="center")
@@ -174,16 +189,26 @@ def markdown(sweep: SweepResult) -> str:
         cells: dict[tuple, dict[str, Result]] = {}
         for r in rows:
             cells.setdefault((r.op, r.direction, r.dtype, r.m, r.n), {})[r.impl] = r
-        lines += ["", f"{TITLES[(kind, env['device'])]}. Each cell: device µs (fraction of copy) · host µs; "
-                      "? = not to be trusted (see the warnings)", "",
-                  "| op | dir | dtype | M | N | copy GB/s | " + " | ".join(impls) + " |",
-                  "|---|---|---|---:|---:|---:|" + "---:|" * len(impls)]
+        lines += [
+            "",
+            f"{TITLES[(kind, env['device'])]}. Each cell: device µs (fraction of copy) · host µs; "
+            "? = not to be trusted (see the warnings)",
+            "",
+            "| op | dir | dtype | M | N | copy GB/s | " + " | ".join(impls) + " |",
+            "|---|---|---|---:|---:|---:|" + "---:|" * len(impls),
+        ]
         for (op, direction, dtype, m, n), by_impl in cells.items():
             copy = next((r.copy_gbps for r in by_impl.values() if r.copy_gbps is not None), None)
-            row = [f"{r.median_us:.1f} ({_fraction(r)}) · {r.host_us:.1f}{' ?' if r.flags else ''}"
-                   if (r := by_impl.get(i)) else "–" for i in impls]
-            lines.append(f"| {op} | {direction} | {dtype} | {m} | {size_label(n)} | "
-                         f"{'–' if copy is None else f'{copy:.1f}'} | " + " | ".join(row) + " |")
+            row = [
+                f"{r.median_us:.1f} ({_fraction(r)}) · {r.host_us:.1f}{' ?' if r.flags else ''}"
+                if (r := by_impl.get(i))
+                else "–"
+                for i in impls
+            ]
+            lines.append(
+                f"| {op} | {direction} | {dtype} | {m} | {size_label(n)} | "
+                f"{'–' if copy is None else f'{copy:.1f}'} | " + " | ".join(row) + " |"
+            )
     if sweep.warnings:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in sweep.warnings]
     if sweep.notes:

@@ -19,8 +19,16 @@ from torch import Tensor
 
 from tokennorm.tools.bench.cases import Case, Sweep, dtype_name
 from tokennorm.tools.bench.implementations import REFERENCE, Impl, NormFn, NormOut, Unsupported
-from tokennorm.tools.bench.timing import Budget, Measurement, Stats, Timer, Workload, copy_calls, default_timer
-from tokennorm.tools.bench.timing import measure_interleaved
+from tokennorm.tools.bench.timing import (
+    Budget,
+    Measurement,
+    Stats,
+    Timer,
+    Workload,
+    copy_calls,
+    default_timer,
+    measure_interleaved,
+)
 
 # Largest accepted |out − torch| / max|torch| of a forward output: about two roundings of the dtype (bf16 has
 # 8 significant bits, fp16 11) — different reduction orders differ by that; a wrong formula (ε misplaced, a
@@ -189,8 +197,9 @@ def _reason(exc: BaseException) -> str:
     return f"failed: {type(exc).__name__}: {text[:160]}"
 
 
-def checked_calls(impl: Impl, case: Case, inputs: Sequence[Inputs], reference: Optional[NormOut],
-                  device: str) -> list[Call]:
+def checked_calls(
+    impl: Impl, case: Case, inputs: Sequence[Inputs], reference: Optional[NormOut], device: str
+) -> list[Call]:
     """One call per input set of ``impl`` on ``case``, after its first call (which compiles) has been checked
     against torch; raises Unsupported (or the implementation's own error) when it cannot run or is wrong."""
     fn = impl.prepare(case, device)
@@ -230,8 +239,9 @@ def copy_plausibility(stats: Stats, nbytes: int, gbps: float, device: str) -> tu
     kind = "cuda" if device.startswith("cuda") else "cpu"
     flags = []
     if nbytes >= MIN_COPY_BYTES[kind] and gbps < MIN_COPY_GBPS[kind]:
-        flags.append(f"implausible copy baseline: {gbps:.3g} GB/s (any {kind.upper()} copies over "
-                     f"{MIN_COPY_GBPS[kind]:g} GB/s)")
+        flags.append(
+            f"implausible copy baseline: {gbps:.3g} GB/s (any {kind.upper()} copies over {MIN_COPY_GBPS[kind]:g} GB/s)"
+        )
     if stats.spread > MAX_SPREAD:
         flags.append(f"noisy copy baseline: p20–p80 spans {stats.spread:.0%} of the median")
     return tuple(flags)
@@ -254,8 +264,15 @@ def kernels_forced(device: str) -> Iterator[str]:
             yield "triton"
 
 
-def run_case(case: Case, impls: Sequence[Impl], device: str, budget: Budget, timer: Timer, seed: int,
-             skipped: collections.Counter) -> tuple[list[Result], Optional[CopyBaseline]]:
+def run_case(
+    case: Case,
+    impls: Sequence[Impl],
+    device: str,
+    budget: Budget,
+    timer: Timer,
+    seed: int,
+    skipped: collections.Counter,
+) -> tuple[list[Result], Optional[CopyBaseline]]:
     """Every implementation and the copy on one case, measured together; failures counted in ``skipped``."""
     sets = input_sets(case, timer)
     inputs = [make_inputs(case, device, seed * MAX_INPUT_SETS + j) for j in range(sets)]
@@ -288,9 +305,21 @@ def run_case(case: Case, impls: Sequence[Impl], device: str, budget: Budget, tim
     if isinstance(copy, Measurement):
         gbps = copy_bytes / copy.device.median / 1e9
         flags = copy_plausibility(copy.device, copy_bytes, gbps, device)
-        baseline = CopyBaseline(case.op.key, case.direction, dtype_name(case.dtype), case.m, case.n, case.kind,
-                                copy_bytes, copy.device.median * 1e6, copy.device.p20 * 1e6,
-                                copy.device.p80 * 1e6, gbps, copy.method, flags)
+        baseline = CopyBaseline(
+            case.op.key,
+            case.direction,
+            dtype_name(case.dtype),
+            case.m,
+            case.n,
+            case.kind,
+            copy_bytes,
+            copy.device.median * 1e6,
+            copy.device.p20 * 1e6,
+            copy.device.p80 * 1e6,
+            gbps,
+            copy.method,
+            flags,
+        )
         if not any(f.startswith("implausible") for f in flags):
             usable_copy = gbps
     else:
@@ -302,12 +331,30 @@ def run_case(case: Case, impls: Sequence[Impl], device: str, budget: Budget, tim
             continue
         gbps = case.bytes / m.device.median / 1e9
         fraction = gbps / usable_copy if usable_copy else None
-        results.append(Result(
-            name, case.op.key, case.direction, dtype_name(case.dtype), case.m, case.n, case.kind, case.bytes,
-            m.device.median * 1e6, m.device.p20 * 1e6, m.device.p80 * 1e6, gbps,
-            baseline.gbps if baseline else None, fraction, m.host.median * 1e6, m.host.p20 * 1e6,
-            m.host.p80 * 1e6, m.method, sets, plausibility(m.device, fraction, m.host),
-        ))
+        results.append(
+            Result(
+                name,
+                case.op.key,
+                case.direction,
+                dtype_name(case.dtype),
+                case.m,
+                case.n,
+                case.kind,
+                case.bytes,
+                m.device.median * 1e6,
+                m.device.p20 * 1e6,
+                m.device.p80 * 1e6,
+                gbps,
+                baseline.gbps if baseline else None,
+                fraction,
+                m.host.median * 1e6,
+                m.host.p20 * 1e6,
+                m.host.p80 * 1e6,
+                m.method,
+                sets,
+                plausibility(m.device, fraction, m.host),
+            )
+        )
     return results, baseline
 
 
@@ -317,21 +364,27 @@ def warnings_of(result: SweepResult) -> list[str]:
     bad_copies = [c for c in result.copies if any(f.startswith("implausible") for f in c.flags)]
     if bad_copies:
         slowest = min(c.gbps for c in bad_copies)
-        lines.append(f"{len(bad_copies)} of {len(result.copies)} copy baselines are implausible (down to "
-                     f"{slowest:.3g} GB/s): is the machine busy? Their rows report no fraction of copy.")
+        lines.append(
+            f"{len(bad_copies)} of {len(result.copies)} copy baselines are implausible (down to "
+            f"{slowest:.3g} GB/s): is the machine busy? Their rows report no fraction of copy."
+        )
     noisy_copies = sum(1 for c in result.copies if any(f.startswith("noisy") for f in c.flags))
     if noisy_copies:
         lines.append(f"{noisy_copies} copy baselines are noisy (p20–p80 over {MAX_SPREAD:.0%} of the median).")
     noisy = sum(1 for r in result.results if any(f.startswith("noisy") for f in r.flags))  # device or host
     if noisy:
-        lines.append(f"{noisy} of {len(result.results)} rows are noisy (p20–p80 over {MAX_SPREAD:.0%} of the "
-                     "median): differences between them are not measurements. A quieter machine, --threads 1, "
-                     "or more rounds (drop --quick) may help.")
+        lines.append(
+            f"{noisy} of {len(result.results)} rows are noisy (p20–p80 over {MAX_SPREAD:.0%} of the "
+            "median): differences between them are not measurements. A quieter machine, --threads 1, "
+            "or more rounds (drop --quick) may help."
+        )
     fast = [r for r in result.results if any(f.startswith("implausible") for f in r.flags)]
     if fast:
         top = max(r.fraction_of_copy or 0.0 for r in fast)
-        lines.append(f"{len(fast)} rows claim more than {MAX_FRACTION}× copy speed (up to {top:.2f}×): one of the "
-                     "two timings is wrong; do not use them.")
+        lines.append(
+            f"{len(fast)} rows claim more than {MAX_FRACTION}× copy speed (up to {top:.2f}×): one of the "
+            "two timings is wrong; do not use them."
+        )
     return lines
 
 

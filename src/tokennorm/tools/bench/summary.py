@@ -39,8 +39,9 @@ def stages(work: Path) -> list[dict[str, Any]]:
     path = work / "stages.tsv"
     for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
         name, status, seconds, budget, note = (line.split("\t") + [""] * 5)[:5]
-        out.append({"stage": name, "status": status, "seconds": int(seconds or 0), "budget": int(budget or 0),
-                    "note": note})
+        out.append(
+            {"stage": name, "status": status, "seconds": int(seconds or 0), "budget": int(budget or 0), "note": note}
+        )
     return out
 
 
@@ -58,15 +59,27 @@ def bench_rows(work: Path) -> list[dict[str, Any]]:
             ours, theirs = by_impl.get("tokennorm"), by_impl.get("torch")
             others = [r for name, r in by_impl.items() if name not in ("tokennorm", "torch")]
             best = max(others, key=lambda r: r["fraction_of_copy"] or 0.0, default=None)
-            rows.append({
-                "run": path.stem, "kind": kind, "op": op, "direction": direction, "dtype": dtype, "m": m, "n": n,
-                "copy_gbps": next((r["copy_gbps"] for r in by_impl.values() if r.get("copy_gbps")), None),
-                "tokennorm": ours and ours["fraction_of_copy"], "torch": theirs and theirs["fraction_of_copy"],
-                "tokennorm_us": ours and ours["median_us"], "torch_us": theirs and theirs["median_us"],
-                "best_other": best and best["impl"], "best_other_fraction": best and best["fraction_of_copy"],
-                "tokennorm_host_us": ours and ours["host_us"], "torch_host_us": theirs and theirs["host_us"],
-                "flagged": sorted({r["impl"] for r in by_impl.values() if r.get("flags")}),
-            })
+            rows.append(
+                {
+                    "run": path.stem,
+                    "kind": kind,
+                    "op": op,
+                    "direction": direction,
+                    "dtype": dtype,
+                    "m": m,
+                    "n": n,
+                    "copy_gbps": next((r["copy_gbps"] for r in by_impl.values() if r.get("copy_gbps")), None),
+                    "tokennorm": ours and ours["fraction_of_copy"],
+                    "torch": theirs and theirs["fraction_of_copy"],
+                    "tokennorm_us": ours and ours["median_us"],
+                    "torch_us": theirs and theirs["median_us"],
+                    "best_other": best and best["impl"],
+                    "best_other_fraction": best and best["fraction_of_copy"],
+                    "tokennorm_host_us": ours and ours["host_us"],
+                    "torch_host_us": theirs and theirs["host_us"],
+                    "flagged": sorted({r["impl"] for r in by_impl.values() if r.get("flags")}),
+                }
+            )
     return rows
 
 
@@ -95,17 +108,22 @@ def render(work: Path) -> tuple[list[str], dict[str, Any]]:
 
     rows = bench_rows(work)
     if rows:
-        lines += ["", "× copy (device time; ? = flagged, see the run's warnings), ours/torch speed, host µs ours/torch",
-                  f"{'run':<12} {'op':<8} {'dir':<7} {'dtype':<5} {'M':>6} {'N':>5} {'copy GB/s':>9}  {'ours':>5} "
-                  f"{'torch':>5} {'speed':>6}  {'best other':<18} {'host µs':>13}"]
+        lines += [
+            "",
+            "× copy (device time; ? = flagged, see the run's warnings), ours/torch speed, host µs ours/torch",
+            f"{'run':<12} {'op':<8} {'dir':<7} {'dtype':<5} {'M':>6} {'N':>5} {'copy GB/s':>9}  {'ours':>5} "
+            f"{'torch':>5} {'speed':>6}  {'best other':<18} {'host µs':>13}",
+        ]
         for r in rows:
-            speed = (f"{r['torch_us'] / r['tokennorm_us']:5.2f}×" if r["tokennorm_us"] and r["torch_us"] else "   –  ")
+            speed = f"{r['torch_us'] / r['tokennorm_us']:5.2f}×" if r["tokennorm_us"] and r["torch_us"] else "   –  "
             other = f"{r['best_other']} {_frac(r['best_other_fraction']).strip()}" if r["best_other"] else "–"
             host = "/".join("–" if v is None else f"{v:.1f}" for v in (r["tokennorm_host_us"], r["torch_host_us"]))
             copy = "–" if r["copy_gbps"] is None else f"{r['copy_gbps']:.0f}"
-            lines.append(f"{r['run'][:12]:<12} {r['op']:<8} {r['direction']:<7} {r['dtype']:<5} {r['m']:>6} "
-                         f"{_size(r['n']):>5} {copy:>9}  {_frac(r['tokennorm'])} {_frac(r['torch'])} {speed}  "
-                         f"{other:<18} {host:>13}{' ?' if r['flagged'] else ''}")
+            lines.append(
+                f"{r['run'][:12]:<12} {r['op']:<8} {r['direction']:<7} {r['dtype']:<5} {r['m']:>6} "
+                f"{_size(r['n']):>5} {copy:>9}  {_frac(r['tokennorm'])} {_frac(r['torch'])} {speed}  "
+                f"{other:<18} {host:>13}{' ?' if r['flagged'] else ''}"
+            )
     blocks = block_rows(work)
     if blocks:
         lines += ["", "block (pre-LN, fwd+bwd): device ms per step"]
@@ -117,23 +135,28 @@ def render(work: Path) -> tuple[list[str], dict[str, Any]]:
             tm, om = t.get("median_ms"), o.get("median_ms")
             speed = f"{tm / om:.2f}×" if tm and om else "–"
             err = "; ".join(f"{k}: {v['error'][:60]}" for k, v in by_impl.items() if v.get("error"))
-            lines.append(f"d_model {d:<5} {norm:<9} {mode:<7} torch {tm if tm is None else round(tm, 3)}  "
-                         f"tokennorm {om if om is None else round(om, 3)}  ({speed}){'  ' + err if err else ''}")
+            lines.append(
+                f"d_model {d:<5} {norm:<9} {mode:<7} torch {tm if tm is None else round(tm, 3)}  "
+                f"tokennorm {om if om is None else round(om, 3)}  ({speed}){'  ' + err if err else ''}"
+            )
     table = _load(work / "dispatch-table.json")
     to_torch = []
     if isinstance(table, dict):
         to_torch = [e for e in table.get("entries", []) if e.get("use") == "torch"]
         lines += ["", f"dispatch table: {len(to_torch)} of {len(table.get('entries', []))} shapes go to torch"]
         for e in sorted(to_torch, key=lambda e: -(e.get("tokennorm_us", 0) / (e.get("torch_us") or 1)))[:10]:
-            lines.append(f"  {e['op']} {e['direction']} {e['dtype']} N={_size(e['n'])}: ours "
-                         f"{e.get('tokennorm_us')} µs, torch {e.get('torch_us')} µs")
+            lines.append(
+                f"  {e['op']} {e['direction']} {e['dtype']} N={_size(e['n'])}: ours "
+                f"{e.get('tokennorm_us')} µs, torch {e.get('torch_us')} µs"
+            )
     doc = {"stages": st, "bench": rows, "block": blocks, "dispatch_to_torch": to_torch}
     return lines, doc
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokennorm.tools.bench.summary",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tokennorm.tools.bench.summary", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("work", type=Path, help="the folder gpu_check.sh wrote its results to")
     parser.add_argument("--json", type=Path, default=None, help="write the summary here too")
     args = parser.parse_args(argv)

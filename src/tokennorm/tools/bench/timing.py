@@ -191,8 +191,13 @@ class GraphTimer(_HostBursts):
     activity) are parameters so that tests can drive every path of this class with stand-ins on a machine
     without a GPU."""
 
-    def __init__(self, device: Union[str, int, torch.device] = "cuda", force_profiler: bool = False,
-                 cuda: Any = None, profile: Optional[Callable[[], Any]] = None) -> None:
+    def __init__(
+        self,
+        device: Union[str, int, torch.device] = "cuda",
+        force_profiler: bool = False,
+        cuda: Any = None,
+        profile: Optional[Callable[[], Any]] = None,
+    ) -> None:
         self.cuda = cuda or torch.cuda
         self.profile = profile or _cuda_profile
         self.torch_device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
@@ -312,8 +317,9 @@ def measure_interleaved(
                 out[name] = exc
     for name in names:
         if name not in out:
-            out[name] = Measurement(summarize(device[name]), summarize(host[name]), samplers[name].method,
-                                    samplers[name].calls_per_sample)
+            out[name] = Measurement(
+                summarize(device[name]), summarize(host[name]), samplers[name].method, samplers[name].calls_per_sample
+            )
     samplers.clear()  # graphs and their memory pools go before the next case
     return out
 

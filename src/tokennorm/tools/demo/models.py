@@ -60,13 +60,23 @@ def _detach_layernorm_statistics(model: nn.Module) -> nn.Module:
 
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.LayerNorm) and not isinstance(module, DetachedStatsLayerNorm):
-            new = DetachedStatsLayerNorm(module.normalized_shape, module.eps, module.elementwise_affine,
-                                         module.bias is not None, device=module.weight.device,
-                                         dtype=module.weight.dtype)
+            new = DetachedStatsLayerNorm(
+                module.normalized_shape,
+                module.eps,
+                module.elementwise_affine,
+                module.bias is not None,
+                device=module.weight.device,
+                dtype=module.weight.dtype,
+            )
         elif isinstance(module, AddNorm) and module.norm == "layernorm":
-            norm = DetachedStatsLayerNorm(module.normalized_shape, module.eps, module.weight is not None,
-                                          module.bias is not None, device=module.weight.device,
-                                          dtype=module.weight.dtype)
+            norm = DetachedStatsLayerNorm(
+                module.normalized_shape,
+                module.eps,
+                module.weight is not None,
+                module.bias is not None,
+                device=module.weight.device,
+                dtype=module.weight.dtype,
+            )
             new = ResidualNorm(norm, module.placement, module.dropout)
         else:
             continue
@@ -92,27 +102,52 @@ class DemoNorm:
     transform: Optional[Callable[[nn.Module], nn.Module]] = None
 
 
-_COLORS = {"layernorm": "tab:blue", "rmsnorm": "tab:orange", "dyt": "tab:green", "batchnorm": "tab:red",
-           "none": "tab:gray"}
+_COLORS = {
+    "layernorm": "tab:blue",
+    "rmsnorm": "tab:orange",
+    "dyt": "tab:green",
+    "batchnorm": "tab:red",
+    "none": "tab:gray",
+}
 _LABELS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "dyt": "DyT", "batchnorm": "BatchNorm", "none": "no norm"}
 
 DEMO_NORMS: dict[str, DemoNorm] = {
-    **{name: DemoNorm(_LABELS.get(name, name), _COLORS.get(name, f"C{i + 4}"), name) for i, name in
-       enumerate(NORM_TYPES)},
-    "layernorm-detached": DemoNorm("LayerNorm, statistics detached", "tab:purple", "layernorm",
-                                   _detach_layernorm_statistics),
+    **{
+        name: DemoNorm(_LABELS.get(name, name), _COLORS.get(name, f"C{i + 4}"), name)
+        for i, name in enumerate(NORM_TYPES)
+    },
+    "layernorm-detached": DemoNorm(
+        "LayerNorm, statistics detached", "tab:purple", "layernorm", _detach_layernorm_statistics
+    ),
 }
 
 
 def build_model(
-    norm: str, placement: str, vocab_size: int, *, d_model: int, nhead: int, num_layers: int, max_len: int,
-    dropout: float, device: Optional[torch.device] = None,
+    norm: str,
+    placement: str,
+    vocab_size: int,
+    *,
+    d_model: int,
+    nhead: int,
+    num_layers: int,
+    max_len: int,
+    dropout: float,
+    device: Optional[torch.device] = None,
 ) -> nn.Module:
     """``CausalLM`` with the norm ``norm`` (a :data:`DEMO_NORMS` name) at ``placement`` (``"post"``/``"pre"``).
 
     Draws its initial weights from torch's global RNG like ``CausalLM`` does: seed it first for repeatable runs.
     """
     spec = DEMO_NORMS[norm]
-    model = CausalLM(vocab_size, d_model=d_model, nhead=nhead, num_layers=num_layers, max_len=max_len,
-                     dropout=dropout, norm=spec.base, placement=placement, device=device)
+    model = CausalLM(
+        vocab_size,
+        d_model=d_model,
+        nhead=nhead,
+        num_layers=num_layers,
+        max_len=max_len,
+        dropout=dropout,
+        norm=spec.base,
+        placement=placement,
+        device=device,
+    )
     return spec.transform(model) if spec.transform else model

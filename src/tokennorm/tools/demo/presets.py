@@ -12,8 +12,17 @@ from typing import Any
 
 # The training settings every run has, and their values unless a preset or an option says otherwise.
 BASE: dict[str, Any] = {
-    "steps": 300, "d_model": 64, "layers": 2, "heads": 4, "seq_len": 64, "batch_size": 32, "lr": 3e-3,
-    "warmup": None, "dropout": 0.0, "eval_interval": 50, "eval_batches": 4,
+    "steps": 300,
+    "d_model": 64,
+    "layers": 2,
+    "heads": 4,
+    "seq_len": 64,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "warmup": None,
+    "dropout": 0.0,
+    "eval_interval": 50,
+    "eval_batches": 4,
 }
 
 
@@ -40,9 +49,9 @@ PRESETS: dict[str, Preset] = {
             ("layernorm-post", "layernorm-pre", "none-pre"),
             {"layers": 8, "lr": 1e-2},
             note="post-LN normalizes the residual stream after every layer, so gradients to the early layers pass "
-                 "through 16 norms and the run stalls at this learning rate; pre-LN keeps an identity path from "
-                 "the loss to every layer and trains; without any norm the residual stream grows until the loss "
-                 "diverges.",
+            "through 16 norms and the run stalls at this learning rate; pre-LN keeps an identity path from "
+            "the loss to every layer and trains; without any norm the residual stream grows until the loss "
+            "diverges.",
         ),
         Preset(
             "batchnorm",
@@ -51,10 +60,10 @@ PRESETS: dict[str, Preset] = {
             {"batch_size": 1, "seq_len": 16, "steps": 2000, "eval_interval": 100, "eval_batches": 32},
             plot="leak",
             note="one sequence of 16 characters per batch, so BatchNorm's training-mode statistics are a summary of "
-                 "that sequence, future characters included; the model learns to read the next character from "
-                 "them. Its training-mode loss falls below anything LayerNorm reaches, and in eval mode (running "
-                 "statistics: causal, as at inference) the same model is worse than LayerNorm. LayerNorm's two "
-                 "curves coincide: nothing to read.",
+            "that sequence, future characters included; the model learns to read the next character from "
+            "them. Its training-mode loss falls below anything LayerNorm reaches, and in eval mode (running "
+            "statistics: causal, as at inference) the same model is worse than LayerNorm. LayerNorm's two "
+            "curves coincide: nothing to read.",
         ),
         Preset(
             "detach",
@@ -62,10 +71,10 @@ PRESETS: dict[str, Preset] = {
             ("layernorm-post", "layernorm-detached-post", "none-post"),
             {"layers": 4},
             note="layernorm-detached has LayerNorm's forward but passes no gradient through μ and σ (DetachNorm "
-                 "in Xu et al., 2019). Same forward, different backward: it ends far above LayerNorm, and above no "
-                 "norm at all, so normalizing without the gradient through the statistics is worse than not "
-                 "normalizing, as article 002 claims. At this depth no norm trains well; the depth preset shows "
-                 "where it does not.",
+            "in Xu et al., 2019). Same forward, different backward: it ends far above LayerNorm, and above no "
+            "norm at all, so normalizing without the gradient through the statistics is worse than not "
+            "normalizing, as article 002 claims. At this depth no norm trains well; the depth preset shows "
+            "where it does not.",
         ),
     )
 }

@@ -29,9 +29,18 @@ def loss_axis_top(results: Sequence[ConfigResult], vocab_size: int) -> float:
     did not blow up reached after it started training, whichever is higher. The untrained model's first loss
     and a diverging run cannot stretch it (they are drawn along the top edge)."""
     chance = math.log(vocab_size)
-    highest = max((v for r in results if r.diverged_at is None
-                   for step, *values in zip(r.eval_steps, r.eval_val, r.eval_val_train_mode) if step > 0
-                   for v in values if math.isfinite(v) and v < 4 * chance), default=chance)
+    highest = max(
+        (
+            v
+            for r in results
+            if r.diverged_at is None
+            for step, *values in zip(r.eval_steps, r.eval_val, r.eval_val_train_mode)
+            if step > 0
+            for v in values
+            if math.isfinite(v) and v < 4 * chance
+        ),
+        default=chance,
+    )
     return max(chance, highest) * 1.08
 
 
@@ -52,13 +61,19 @@ def _mark_divergence(ax: Any, r: ConfigResult, top: float, color: str) -> None:
     if r.diverged_at is None:
         return
     ax.plot([r.diverged_at], [top], marker="X", markersize=9, color=color, clip_on=False, linestyle="none")
-    ax.annotate(f"{DEMO_NORMS[r.norm].label} ({r.placement}) diverged at step {r.diverged_at}",
-                xy=(r.diverged_at, top), xytext=(4, -12), textcoords="offset points", fontsize=8, color=color,
-                ha="left", va="top")
+    ax.annotate(
+        f"{DEMO_NORMS[r.norm].label} ({r.placement}) diverged at step {r.diverged_at}",
+        xy=(r.diverged_at, top),
+        xytext=(4, -12),
+        textcoords="offset points",
+        fontsize=8,
+        color=color,
+        ha="left",
+        va="top",
+    )
 
 
-def write_plot(path: Path, results: list[ConfigResult], title: str, kind: str = "curves",
-               vocab_size: int = 65) -> None:
+def write_plot(path: Path, results: list[ConfigResult], title: str, kind: str = "curves", vocab_size: int = 65) -> None:
     """Save :func:`loss_figure` at ``path`` (PNG)."""
     loss_figure(results, title, kind, vocab_size).savefig(path, dpi=100)
 
@@ -84,23 +99,35 @@ def loss_figure(results: list[ConfigResult], title: str, kind: str = "curves", v
         _mark_divergence(ax_train, r, top, spec.color)
         if kind == "leak":
             _plot(ax_val, r.eval_steps, r.eval_val, top, {**style, "label": f"{label}, eval mode"}, ".")
-            _plot(ax_val, r.eval_steps, r.eval_val_train_mode, top,
-                  {**style, "linestyle": ":", "label": f"{label}, training mode"}, ".")
+            _plot(
+                ax_val,
+                r.eval_steps,
+                r.eval_val_train_mode,
+                top,
+                {**style, "linestyle": ":", "label": f"{label}, training mode"},
+                ".",
+            )
         else:
             _plot(ax_val, r.eval_steps, r.eval_val, top, style, ".")
         _mark_divergence(ax_val, r, top, spec.color)
     for ax in (ax_train, ax_val):
         ax.axhline(chance, color="black", linewidth=0.8, linestyle=(0, (1, 3)))
-        ax.text(0.99, chance, f"chance: ln {vocab_size} = {chance:.2f}", transform=ax.get_yaxis_transform(),
-                ha="right", va="bottom", fontsize=7.5)
+        ax.text(
+            0.99,
+            chance,
+            f"chance: ln {vocab_size} = {chance:.2f}",
+            transform=ax.get_yaxis_transform(),
+            ha="right",
+            va="bottom",
+            fontsize=7.5,
+        )
         ax.set_ylim(top=top)
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats/char)")
         ax.grid(alpha=0.3)
     ax_train.set_title("training loss as the loop sees it (minibatch, training mode, EMA 0.9)", fontsize=10)
     if kind == "leak":
-        ax_val.set_title("validation loss: training mode (dotted, batch statistics) vs eval mode (solid)",
-                         fontsize=10)
+        ax_val.set_title("validation loss: training mode (dotted, batch statistics) vs eval mode (solid)", fontsize=10)
     else:
         ax_val.set_title("validation loss (eval mode)", fontsize=10)
     handles, labels = ax_val.get_legend_handles_labels()
@@ -119,8 +146,7 @@ def results_table(results: list[ConfigResult], title: str):
     columns = ["config", "params", "train loss", "val loss", "val (train mode)", "best val", "time (s)"]
     for col in columns:
         table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config")
-    best = min((r.final_val for r in results if math.isfinite(r.final_val) and r.diverged_at is None),
-               default=math.nan)
+    best = min((r.final_val for r in results if math.isfinite(r.final_val) and r.diverged_at is None), default=math.nan)
     for r in results:
         train, val = f"{r.final_train:.4f}", f"{r.final_val:.4f}"
         val_train_mode = f"{r.eval_val_train_mode[-1]:.4f}" if r.eval_val_train_mode else "-"

@@ -106,15 +106,27 @@ def evaluate(model, batches: list[tuple[Tensor, Tensor]], device: torch.device, 
 
 
 def train_one(
-    cfg: RunConfig, args: argparse.Namespace, data: CharData, eval_sets: dict, device: torch.device,
-    progress, task,
+    cfg: RunConfig,
+    args: argparse.Namespace,
+    data: CharData,
+    eval_sets: dict,
+    device: torch.device,
+    progress,
+    task,
 ) -> tuple[ConfigResult, torch.nn.Module]:
     from tokennorm.tools.demo.models import build_model
 
     torch.manual_seed(args.seed)  # the same initial weights wherever the configs have the same parameters
     model = build_model(
-        cfg.norm, cfg.placement, len(data.vocab), d_model=args.d_model, nhead=args.heads, num_layers=args.layers,
-        max_len=args.seq_len, dropout=args.dropout, device=device,
+        cfg.norm,
+        cfg.placement,
+        len(data.vocab),
+        d_model=args.d_model,
+        nhead=args.heads,
+        num_layers=args.layers,
+        max_len=args.seq_len,
+        dropout=args.dropout,
+        device=device,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     batches = torch.Generator().manual_seed(args.seed + 1)  # the same batch sequence for every config

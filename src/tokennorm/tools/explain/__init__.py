@@ -16,12 +16,27 @@ if TYPE_CHECKING:
     from tokennorm.tools.explain.groups import NORM_TITLES, NORMS, normalize_by_groups, stat_groups, torch_norm
     from tokennorm.tools.explain.steps import PitfallError, Walkthrough, walkthrough
 
-__all__ = ["NORMS", "NORM_TITLES", "stat_groups", "normalize_by_groups", "torch_norm", "draw_groups", "draw_cube",
-           "Walkthrough", "PitfallError", "walkthrough"]
+__all__ = [
+    "NORMS",
+    "NORM_TITLES",
+    "stat_groups",
+    "normalize_by_groups",
+    "torch_norm",
+    "draw_groups",
+    "draw_cube",
+    "Walkthrough",
+    "PitfallError",
+    "walkthrough",
+]
 
-__getattr__, __dir__ = lazy_exports(__name__, {
-    **dict.fromkeys(("NORMS", "NORM_TITLES", "stat_groups", "normalize_by_groups", "torch_norm"),
-                    "tokennorm.tools.explain.groups"),
-    **dict.fromkeys(("draw_groups", "draw_cube"), "tokennorm.tools.explain.figures"),
-    **dict.fromkeys(("Walkthrough", "PitfallError", "walkthrough"), "tokennorm.tools.explain.steps"),
-})
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("NORMS", "NORM_TITLES", "stat_groups", "normalize_by_groups", "torch_norm"),
+            "tokennorm.tools.explain.groups",
+        ),
+        **dict.fromkeys(("draw_groups", "draw_cube"), "tokennorm.tools.explain.figures"),
+        **dict.fromkeys(("Walkthrough", "PitfallError", "walkthrough"), "tokennorm.tools.explain.steps"),
+    },
+)

@@ -37,8 +37,9 @@ class Node:
 
 def layer_nodes(decoder: bool, placement: str) -> list[Node]:
     """The steps of an encoder or decoder layer in ``placement`` ("post" or "pre"), bottom to top."""
-    sublayers = [Node("attn", "masked self-attention\n(causal: token t sees s ≤ t)" if decoder else
-                      "multi-head self-attention")]
+    sublayers = [
+        Node("attn", "masked self-attention\n(causal: token t sees s ≤ t)" if decoder else "multi-head self-attention")
+    ]
     if decoder:
         sublayers.append(Node("attn", "cross-attention\n(keys, values: encoder output)", memory=True))
     sublayers.append(Node("ffn", "feed-forward\n(each token alone)"))
@@ -81,16 +82,39 @@ def _draw_layer(ax: Any, nodes: list[Node], norm: str, title: str) -> None:
             ax.text(cx, y, "+", ha="center", va="center", fontsize=12, fontweight="bold")
         else:
             face = COLORS["bad"] if node.kind == "norm" and bad else COLORS[node.kind]
-            ax.add_patch(FancyBboxPatch((cx - box_w / 2, y - box_h / 2), box_w, box_h,
-                                        boxstyle="round,pad=0.02,rounding_size=0.15", facecolor=face,
-                                        edgecolor="#333333", linewidth=1.1, linestyle="--" if node.dashed else "-"))
+            ax.add_patch(
+                FancyBboxPatch(
+                    (cx - box_w / 2, y - box_h / 2),
+                    box_w,
+                    box_h,
+                    boxstyle="round,pad=0.02,rounding_size=0.15",
+                    facecolor=face,
+                    edgecolor="#333333",
+                    linewidth=1.1,
+                    linestyle="--" if node.dashed else "-",
+                )
+            )
             if node.kind == "norm":
                 ax.text(cx, y + 0.17, spec.title, ha="center", va="center", fontsize=9.5, fontweight="bold")
-                ax.text(cx, y - 0.18, spec.over, ha="center", va="center", fontsize=8.5,
-                        color="#5a0000" if bad else "#333333")
+                ax.text(
+                    cx,
+                    y - 0.18,
+                    spec.over,
+                    ha="center",
+                    va="center",
+                    fontsize=8.5,
+                    color="#5a0000" if bad else "#333333",
+                )
                 if node.dashed:
-                    ax.text(cx + box_w / 2 + 0.15, y, "after the\nlast layer\nonly", ha="left", va="center",
-                            fontsize=7.5, style="italic")
+                    ax.text(
+                        cx + box_w / 2 + 0.15,
+                        y,
+                        "after the\nlast layer\nonly",
+                        ha="left",
+                        va="center",
+                        fontsize=7.5,
+                        style="italic",
+                    )
             else:
                 ax.text(cx, y, node.label, ha="center", va="center", fontsize=8.8, linespacing=1.15)
             if node.memory:
@@ -104,8 +128,16 @@ def _draw_layer(ax: Any, nodes: list[Node], norm: str, title: str) -> None:
             ax.plot([cx, res_x, res_x], [y0, y0, y], color="#555555", linewidth=1.1)
             ax.annotate("", xy=(cx + 0.28, y), xytext=(res_x, y), arrowprops=arrow)
             ax.plot([cx], [y0], marker="o", markersize=3, color="#333333")
-    ax.text(res_x + 0.12, (ys[0] + ys[3]) / 2, "residual", rotation=90, ha="left", va="center", fontsize=7.5,
-            color="#555555")
+    ax.text(
+        res_x + 0.12,
+        (ys[0] + ys[3]) / 2,
+        "residual",
+        rotation=90,
+        ha="left",
+        va="center",
+        fontsize=7.5,
+        color="#555555",
+    )
     ax.set_xlim(0, 9.6)
     ax.set_ylim(0, 0.6 + 12 * step)
     ax.set_axis_off()
@@ -120,8 +152,14 @@ def _draw_norm_axis(ax: Any, norm: str, num_groups: int) -> None:
     spec = NORM_SPECS[norm]
     b_n, n_n, c_n = 2, 4, 6
     groups = 2 if num_groups < 1 or c_n % num_groups else num_groups
-    ids = group_ids(norm, (b_n, n_n, c_n), torch.arange(b_n).view(-1, 1, 1), torch.arange(n_n).view(1, -1, 1),
-                    torch.arange(c_n).view(1, 1, -1), groups)
+    ids = group_ids(
+        norm,
+        (b_n, n_n, c_n),
+        torch.arange(b_n).view(-1, 1, 1),
+        torch.arange(n_n).view(1, -1, 1),
+        torch.arange(c_n).view(1, 1, -1),
+        groups,
+    )
     chosen = ids == ids[0, 0, 0]
     bad_tokens, bad_seqs = mixes(norm, groups)
     cell, top = 0.55, 12.4
@@ -134,11 +172,27 @@ def _draw_norm_axis(ax: Any, norm: str, num_groups: int) -> None:
                 ax.text(0.8, y + cell / 2, f"token {n}", ha="right", va="center", fontsize=7.5)
             for c in range(c_n):
                 on = bool(chosen[b, n, c])
-                ax.add_patch(Rectangle((x0 + c * cell, y), cell, cell, linewidth=0.8, edgecolor="white",
-                                       facecolor=(COLORS["bad"] if bad_tokens else "#e6a800") if on else "#dddddd"))
+                ax.add_patch(
+                    Rectangle(
+                        (x0 + c * cell, y),
+                        cell,
+                        cell,
+                        linewidth=0.8,
+                        edgecolor="white",
+                        facecolor=(COLORS["bad"] if bad_tokens else "#e6a800") if on else "#dddddd",
+                    )
+                )
         for c in range(c_n):  # γ, β: one per channel, the same for every token
-            ax.add_patch(Rectangle((x0 + c * cell, top - (n_n + 1) * cell - 0.35), cell, cell * 0.7,
-                                   facecolor="#b9e3b0", edgecolor="white", linewidth=0.8))
+            ax.add_patch(
+                Rectangle(
+                    (x0 + c * cell, top - (n_n + 1) * cell - 0.35),
+                    cell,
+                    cell * 0.7,
+                    facecolor="#b9e3b0",
+                    edgecolor="white",
+                    linewidth=0.8,
+                )
+            )
         ax.text(x0 + c_n * cell / 2, top - n_n * cell - 0.2, "channels c →", ha="center", va="top", fontsize=7)
     ax.text(0.8, top - (n_n + 1) * cell - 0.35 + cell * 0.35, "γ, β", ha="right", va="center", fontsize=7.5)
     lines = [
@@ -150,21 +204,35 @@ def _draw_norm_axis(ax: Any, norm: str, num_groups: int) -> None:
         *((f"  {line}", None, "black") for line in textwrap.wrap(spec.affine + ".", 44)),
     ]
     if bad_tokens:
-        lines += [("✗ Statistics mix tokens" + (" and sequences" if bad_seqs else "") + ":", None, "#8b0000"),
-                  ("in a decoder the future and PAD tokens leak", None, "#8b0000"),
-                  ("into every output (in training mode).", None, "#8b0000")]
+        lines += [
+            ("✗ Statistics mix tokens" + (" and sequences" if bad_seqs else "") + ":", None, "#8b0000"),
+            ("in a decoder the future and PAD tokens leak", None, "#8b0000"),
+            ("into every output (in training mode).", None, "#8b0000"),
+        ]
     else:
-        lines += [("✓ No token sees another token's statistics:", None, "#1a6b1a"),
-                  ("B·N separate (μ, σ²) pairs, so the causal", None, "#1a6b1a"),
-                  ("mask holds and PAD cannot move real tokens.", None, "#1a6b1a")]
-    lines += [("", None, "black"),
-              ("post-LN: a norm after each residual add.", None, "black"),
-              ("pre-LN: a norm before each sublayer; the", None, "black"),
-              ("residual stream itself is normalized only", None, "black"),
-              ("once, after the last layer.", None, "black")]
+        lines += [
+            ("✓ No token sees another token's statistics:", None, "#1a6b1a"),
+            ("B·N separate (μ, σ²) pairs, so the causal", None, "#1a6b1a"),
+            ("mask holds and PAD cannot move real tokens.", None, "#1a6b1a"),
+        ]
+    lines += [
+        ("", None, "black"),
+        ("post-LN: a norm after each residual add.", None, "black"),
+        ("pre-LN: a norm before each sublayer; the", None, "black"),
+        ("residual stream itself is normalized only", None, "black"),
+        ("once, after the last layer.", None, "black"),
+    ]
     for i, (text, weight, color) in enumerate(lines):
-        ax.text(0.1, 8.7 - i * 0.42, text, ha="left", va="top", fontsize=8.8 if weight else 8.5,
-                fontweight=weight, color=color)
+        ax.text(
+            0.1,
+            8.7 - i * 0.42,
+            text,
+            ha="left",
+            va="top",
+            fontsize=8.8 if weight else 8.5,
+            fontweight=weight,
+            color=color,
+        )
     ax.set_xlim(0, 9)
     ax.set_ylim(0, 0.6 + 12 * 1.22)
     ax.set_axis_off()
@@ -182,15 +250,20 @@ def draw_block(norm: str = "layernorm", path: Optional[Union[str, Path]] = None,
     widths = [1, 1, 1, 1, 1.0]
     axes = fig.subplots(1, 5, gridspec_kw={"width_ratios": widths})
     name = NORM_SPECS[norm].title
-    panels = [(False, "post", f"Encoder layer, post-{name}\n(original Transformer; torch norm_first=False)"),
-              (False, "pre", f"Encoder layer, pre-{name}\n(GPT-2 style; torch norm_first=True)"),
-              (True, "post", f"Decoder layer, post-{name}\n(original Transformer)"),
-              (True, "pre", f"Decoder layer, pre-{name}\n(GPT-style decoder-only LMs drop the cross-attention)")]
+    panels = [
+        (False, "post", f"Encoder layer, post-{name}\n(original Transformer; torch norm_first=False)"),
+        (False, "pre", f"Encoder layer, pre-{name}\n(GPT-2 style; torch norm_first=True)"),
+        (True, "post", f"Decoder layer, post-{name}\n(original Transformer)"),
+        (True, "pre", f"Decoder layer, pre-{name}\n(GPT-style decoder-only LMs drop the cross-attention)"),
+    ]
     for ax, (decoder, placement, title) in zip(axes, panels):
         _draw_layer(ax, layer_nodes(decoder, placement), norm, title)
     _draw_norm_axis(axes[4], norm, num_groups)
-    fig.suptitle(f"Where {name} sits in a Transformer layer, and what it normalizes: every arrow carries x "
-                 f"[B, N, C] (B sequences, N tokens, C channels)", fontsize=11)
+    fig.suptitle(
+        f"Where {name} sits in a Transformer layer, and what it normalizes: every arrow carries x "
+        f"[B, N, C] (B sequences, N tokens, C channels)",
+        fontsize=11,
+    )
     fig.subplots_adjust(left=0.005, right=0.995, top=0.9, bottom=0.01, wspace=0.04)
     if path is not None:
         path = Path(path)

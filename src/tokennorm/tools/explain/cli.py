@@ -38,14 +38,23 @@ DEFAULT_BLOCK_OUT = "tokennorm-explain"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     view = parser.add_mutually_exclusive_group()
-    view.add_argument("--block", action="store_true",
-                      help="draw the Transformer block (encoder/decoder, post-LN/pre-LN) with each norm where it acts "
-                           f"and the axis it normalizes (figures into --out, default {DEFAULT_BLOCK_OUT}/)")
-    view.add_argument("--padding", action="store_true",
-                      help="article 003's padded batch through LayerNorm and BatchNorm, and its z-score example")
-    parser.add_argument("--norm", default="layernorm",
-                        help="the norm drawn by --block: layernorm (default), rmsnorm, batchnorm, instancenorm, "
-                             "groupnorm, or any other of tokennorm.tools.explain.groups.NORM_SPECS")
+    view.add_argument(
+        "--block",
+        action="store_true",
+        help="draw the Transformer block (encoder/decoder, post-LN/pre-LN) with each norm where it acts "
+        f"and the axis it normalizes (figures into --out, default {DEFAULT_BLOCK_OUT}/)",
+    )
+    view.add_argument(
+        "--padding",
+        action="store_true",
+        help="article 003's padded batch through LayerNorm and BatchNorm, and its z-score example",
+    )
+    parser.add_argument(
+        "--norm",
+        default="layernorm",
+        help="the norm drawn by --block: layernorm (default), rmsnorm, batchnorm, instancenorm, "
+        "groupnorm, or any other of tokennorm.tools.explain.groups.NORM_SPECS",
+    )
     parser.add_argument("--shape", metavar="B,N,C", help="shape of x (default: a random small shape from --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of x (and of the shape when --shape is not given)")
     parser.add_argument("--scale", type=float, default=1.0, help="x = scale · randn (try 0.001: ε starts to matter)")
@@ -93,9 +102,14 @@ def print_groups(shape: tuple[int, int, int], num_groups: int, console: Any) -> 
     for norm in NORMS:
         k, each = group_count(norm, shape, num_groups)
         mixes_tokens, mixes_seqs = mixes(norm, num_groups)
-        table.add_row(title(norm, num_groups), NORM_SPECS[norm].over, str(k), str(each),
-                      "[red]yes[/red]" if mixes_tokens else "[green]no[/green]",
-                      "[red]yes[/red]" if mixes_seqs else "[green]no[/green]")
+        table.add_row(
+            title(norm, num_groups),
+            NORM_SPECS[norm].over,
+            str(k),
+            str(each),
+            "[red]yes[/red]" if mixes_tokens else "[green]no[/green]",
+            "[red]yes[/red]" if mixes_seqs else "[green]no[/green]",
+        )
     console.print(table)
 
 
@@ -108,9 +122,15 @@ def print_walkthrough(w: Walkthrough, console: Any) -> None:
         steps.add_column(col, justify="left" if col in ("token", "x") else "right")
     for bi in range(b):
         for ni in range(n):
-            steps.add_row(f"[{bi},{ni}]", _vec(w.x[bi, ni].double()), f"{w.mean[bi, ni]:+.6f}",
-                          f"{w.torch_mean[bi, ni]:+.6f}", f"{w.var[bi, ni]:.6f}", f"{w.rstd[bi, ni]:.6f}",
-                          f"{w.torch_rstd[bi, ni]:.6f}")
+            steps.add_row(
+                f"[{bi},{ni}]",
+                _vec(w.x[bi, ni].double()),
+                f"{w.mean[bi, ni]:+.6f}",
+                f"{w.torch_mean[bi, ni]:+.6f}",
+                f"{w.var[bi, ni]:.6f}",
+                f"{w.rstd[bi, ni]:.6f}",
+                f"{w.torch_rstd[bi, ni]:.6f}",
+            )
     console.print(steps)
     affine = "x̂·γ + β" if w.weight is not None else "x̂ (γ = 1, β = 0)"
     outs = Table(title=f"x̂ = (x − μ)·rstd and y = {affine}, vs torch's F.layer_norm")
@@ -119,23 +139,30 @@ def print_walkthrough(w: Walkthrough, console: Any) -> None:
     for bi in range(b):
         for ni in range(n):
             diff = (w.y[bi, ni] - w.torch_y[bi, ni].double()).abs().max().item()
-            outs.add_row(f"[{bi},{ni}]", _vec(w.xhat[bi, ni]), _vec(w.y[bi, ni]), _vec(w.torch_y[bi, ni].double()),
-                         f"{diff:.2e}")
+            outs.add_row(
+                f"[{bi},{ni}]", _vec(w.xhat[bi, ni]), _vec(w.y[bi, ni]), _vec(w.torch_y[bi, ni].double()), f"{diff:.2e}"
+            )
     console.print(outs)
     if w.weight is not None:
         console.print(f"γ = {_vec(w.weight.double())}\nβ = {_vec(w.bias.double())}")
     ok = w.max_abs_diff <= w.tolerance()
     verdict = "[green]equal to torch[/green]" if ok else "[red]DIFFERENT from torch[/red]"
-    console.print(f"max |y − torch y| = {w.max_abs_diff:.3g} (allowed: {w.tolerance():.3g}, torch's rounding in "
-                  f"{str(w.x.dtype)[6:]}): {verdict}")
+    console.print(
+        f"max |y − torch y| = {w.max_abs_diff:.3g} (allowed: {w.tolerance():.3g}, torch's rounding in "
+        f"{str(w.x.dtype)[6:]}): {verdict}"
+    )
     mistakes = Table(title="the classic mistakes on this x (tokennorm.tools.explain.pitfalls), error vs the right y")
     for col in ("mistake", "right", "wrong", "max |error|", "relative", "moves other tokens by"):
-        mistakes.add_column(col, justify="right" if col in ("max |error|", "relative", "moves other tokens by")
-                            else "left", no_wrap=col == "mistake",
-                            min_width=max(len(p.name) for p in w.pitfalls) if col == "mistake" else None)
+        mistakes.add_column(
+            col,
+            justify="right" if col in ("max |error|", "relative", "moves other tokens by") else "left",
+            no_wrap=col == "mistake",
+            min_width=max(len(p.name) for p in w.pitfalls) if col == "mistake" else None,
+        )
     for p in w.pitfalls:
-        mistakes.add_row(p.name, p.right, p.wrong, f"{p.max_abs_error:.3g}", f"{p.relative_error:.3g}",
-                         f"{p.other_token_change:.3g}")
+        mistakes.add_row(
+            p.name, p.right, p.wrong, f"{p.max_abs_error:.3g}", f"{p.relative_error:.3g}", f"{p.other_token_change:.3g}"
+        )
     console.print(mistakes)
 
 
@@ -148,10 +175,12 @@ def print_padding(console: Any) -> None:
 
     ex = padding_example()
     c = ex.x.shape[-1]
-    views = (("x (article 003's embeddings)", ex.x),
-             ("LayerNorm(x): μ, σ² per token, over its 8 channels", ex.layernorm),
-             ("BatchNorm(x): μ, σ² per channel, over all 8 tokens (PAD included)", ex.batchnorm),
-             ("BatchNorm with μ, σ² over the 7 real tokens only", ex.batchnorm_without_pad))
+    views = (
+        ("x (article 003's embeddings)", ex.x),
+        ("LayerNorm(x): μ, σ² per token, over its 8 channels", ex.layernorm),
+        ("BatchNorm(x): μ, σ² per channel, over all 8 tokens (PAD included)", ex.batchnorm),
+        ("BatchNorm with μ, σ² over the 7 real tokens only", ex.batchnorm_without_pad),
+    )
     for name, data in views:
         table = Table(title=name, box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("token", no_wrap=True)
@@ -160,25 +189,33 @@ def print_padding(console: Any) -> None:
         for b, sentence in enumerate(ex.tokens):
             for ni, token in enumerate(sentence):
                 row = data[b, ni].tolist()
-                table.add_row(token, *("-" if v != v else f"{v:+.2f}" for v in row),
-                              end_section=ni == len(sentence) - 1)
+                table.add_row(
+                    token, *("-" if v != v else f"{v:+.2f}" for v in row), end_section=ni == len(sentence) - 1
+                )
         console.print(table)
-    console.print("BatchNorm's channel means, PAD included: "
-                  + " ".join(f"{v:.3f}" for v in ex.batchnorm_mean.tolist())
-                  + "\n                 over the real tokens: "
-                  + " ".join(f"{v:.3f}" for v in ex.batchnorm_mean_without_pad.tolist()), soft_wrap=True)
-    console.print(f"Replace the PAD embedding by [{', '.join(f'{v:.2f}' for v in ex.pad_probe.tolist())}]:",
-                  soft_wrap=True)
+    console.print(
+        "BatchNorm's channel means, PAD included: "
+        + " ".join(f"{v:.3f}" for v in ex.batchnorm_mean.tolist())
+        + "\n                 over the real tokens: "
+        + " ".join(f"{v:.3f}" for v in ex.batchnorm_mean_without_pad.tolist()),
+        soft_wrap=True,
+    )
+    console.print(
+        f"Replace the PAD embedding by [{', '.join(f'{v:.2f}' for v in ex.pad_probe.tolist())}]:", soft_wrap=True
+    )
     for norm, shift in ex.pad_shift.items():
         verdict = "[green]untouched[/green]" if shift == 0 else "[red]moved[/red]"
         console.print(f"  real tokens under {norm} move by at most {shift:.3g} ({verdict})", soft_wrap=True)
     z = z_score_example()
     values = ", ".join(f"{v:g}" for v in z.x.tolist())
-    console.print(f"\nz-score (article 003): x = [{values}], μ = {z.mean:g}, σ = sqrt(Σ(x − μ)²/n) = {z.std:.3f}, "
-                  f"z = (x − μ)/σ = [{', '.join(f'{v:.3f}' for v in z.z.tolist())}]"
-                  f"\n  with the unbiased σ (÷ (n − 1), torch.std's default) = {z.std_unbiased:.3f}, z would be "
-                  f"[{', '.join(f'{v:.3f}' for v in z.z_unbiased.tolist())}]: LayerNorm divides by n, as the "
-                  f"article's 2.16 does", soft_wrap=True)
+    console.print(
+        f"\nz-score (article 003): x = [{values}], μ = {z.mean:g}, σ = sqrt(Σ(x − μ)²/n) = {z.std:.3f}, "
+        f"z = (x − μ)/σ = [{', '.join(f'{v:.3f}' for v in z.z.tolist())}]"
+        f"\n  with the unbiased σ (÷ (n − 1), torch.std's default) = {z.std_unbiased:.3f}, z would be "
+        f"[{', '.join(f'{v:.3f}' for v in z.z_unbiased.tolist())}]: LayerNorm divides by n, as the "
+        f"article's 2.16 does",
+        soft_wrap=True,
+    )
 
 
 def _write(draw: Any, out: Path, name: str, fmt: str, console: Any) -> None:
@@ -208,16 +245,21 @@ def run(args: argparse.Namespace) -> int:
     console, err = Console(), Console(stderr=True)
     out = Path(args.out) if args.out else (Path(DEFAULT_BLOCK_OUT) if args.block else None)
     if out is not None and _matplotlib_missing():
-        err.print("[red]error:[/red] the figures need matplotlib (pip install matplotlib); run without --out and "
-                  "--block for the tables only", soft_wrap=True)
+        err.print(
+            "[red]error:[/red] the figures need matplotlib (pip install matplotlib); run without --out and "
+            "--block for the tables only",
+            soft_wrap=True,
+        )
         return 2
     if args.block:
         from tokennorm.tools.explain.block import draw_block
         from tokennorm.tools.explain.groups import NORMS
 
         if args.norm not in NORMS:
-            err.print(f"[red]error:[/red] --norm must be one of {', '.join(NORMS)}, but got --norm {args.norm}",
-                      soft_wrap=True)
+            err.print(
+                f"[red]error:[/red] --norm must be one of {', '.join(NORMS)}, but got --norm {args.norm}",
+                soft_wrap=True,
+            )
             return 2
         if args.groups < 1:
             err.print(f"[red]error:[/red] --groups must be positive, but got --groups {args.groups}", soft_wrap=True)

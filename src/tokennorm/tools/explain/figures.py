@@ -85,9 +85,14 @@ def draw_groups(
     many = False
     for i, norm in enumerate(norms):
         row, column = divmod(i, columns)
-        ax = fig.add_axes((column * width_cells * CELL / fig_w,
-                           1 - (head + (row + 1) * height_cells * CELL) / fig_h,
-                           width_cells * CELL / fig_w, height_cells * CELL / fig_h))
+        ax = fig.add_axes(
+            (
+                column * width_cells * CELL / fig_w,
+                1 - (head + (row + 1) * height_cells * CELL) / fig_h,
+                width_cells * CELL / fig_w,
+                height_cells * CELL / fig_h,
+            )
+        )
         ax.set_xlim(0, width_cells)
         ax.set_ylim(len(ns) + bottom, -top)  # y grows downwards: row 0 on top
         ax.set_axis_off()
@@ -95,43 +100,72 @@ def draw_groups(
         many |= k > PALETTE_SIZE
         colors = _group_colors(min(k, PALETTE_SIZE))
         ids = group_ids(norm, shape, b_idx.view(-1, 1, 1), n_idx.view(1, -1, 1), c_idx.view(1, 1, -1), num_groups)
-        ax.text(width_cells / 2, -top + 0.2, _panel_title(norm, shape, num_groups), ha="center", va="top",
-                fontsize=8)
+        ax.text(width_cells / 2, -top + 0.2, _panel_title(norm, shape, num_groups), ha="center", va="top", fontsize=8)
         x0 = label_w + (width_cells - content_cells) / 2  # the blocks centred in the panel
         left = x0
         for bi, (b, w) in enumerate(zip(bs, block_w)):
             if b is None:  # the sequences left out
-                ax.text(x0 + w / 2, len(ns) / 2, f"⋯\n{shape[0] - len(bs) + 1:,}\nmore", ha="center",
-                        va="center", fontsize=6.5, color="dimgray")
+                ax.text(
+                    x0 + w / 2,
+                    len(ns) / 2,
+                    f"⋯\n{shape[0] - len(bs) + 1:,}\nmore",
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="dimgray",
+                )
                 x0 += w + 1
                 continue
             ax.text(x0 + w / 2, -0.55, f"sequence b = {b}", ha="center", va="center", fontsize=7.5)
             for col, c in enumerate(cs):
-                ax.text(x0 + col + 0.5, len(ns) + 0.45, "⋯" if c is None else str(c), ha="center", va="center",
-                        fontsize=5.5 if c is not None and c >= 1000 else 6, color="dimgray")
+                ax.text(
+                    x0 + col + 0.5,
+                    len(ns) + 0.45,
+                    "⋯" if c is None else str(c),
+                    ha="center",
+                    va="center",
+                    fontsize=5.5 if c is not None and c >= 1000 else 6,
+                    color="dimgray",
+                )
             for r, n in enumerate(ns):
                 for col, c in enumerate(cs):
                     if n is None or c is None:
-                        ax.text(x0 + col + 0.5, r + 0.5, "⋮" if n is None else "⋯", ha="center", va="center",
-                                fontsize=8, color="dimgray")
+                        ax.text(
+                            x0 + col + 0.5,
+                            r + 0.5,
+                            "⋮" if n is None else "⋯",
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="dimgray",
+                        )
                         continue
                     g = int(ids[bi, r, col])
-                    ax.add_patch(Rectangle((x0 + col, r), 1, 1, facecolor=colors[g % PALETTE_SIZE],
-                                           edgecolor="white", linewidth=0.8))
-                    ax.text(x0 + col + 0.5, r + 0.5, str(g), ha="center", va="center",
-                            fontsize=min(6.5, 28 / len(str(g))))
+                    ax.add_patch(
+                        Rectangle(
+                            (x0 + col, r), 1, 1, facecolor=colors[g % PALETTE_SIZE], edgecolor="white", linewidth=0.8
+                        )
+                    )
+                    ax.text(
+                        x0 + col + 0.5, r + 0.5, str(g), ha="center", va="center", fontsize=min(6.5, 28 / len(str(g)))
+                    )
             x0 += w + 1
         for r, n in enumerate(ns):
-            ax.text(left - 0.2, r + 0.5, "⋮" if n is None else f"token {n}", ha="right", va="center",
-                    fontsize=7)
-        ax.text((left + x0 - 1) / 2, len(ns) + 1.25, "channel c", ha="center", va="center", fontsize=7,
-                color="dimgray")
+            ax.text(left - 0.2, r + 0.5, "⋮" if n is None else f"token {n}", ha="right", va="center", fontsize=7)
+        ax.text((left + x0 - 1) / 2, len(ns) + 1.25, "channel c", ha="center", va="center", fontsize=7, color="dimgray")
     b, n, c = shape
-    how = ("colours repeat after 20 groups: the numbers tell the groups apart" if many
-           else "same number (and colour) = same group")
-    fig.suptitle(f"Which elements of x [B={b:,}, N={n:,}, C={c:,}] share one mean and variance?\n"
-                 f"Each cell is one element, its number the statistics group ({how})", fontsize=9.5,
-                 y=1 - 0.08 / fig_h, va="top")
+    how = (
+        "colours repeat after 20 groups: the numbers tell the groups apart"
+        if many
+        else "same number (and colour) = same group"
+    )
+    fig.suptitle(
+        f"Which elements of x [B={b:,}, N={n:,}, C={c:,}] share one mean and variance?\n"
+        f"Each cell is one element, its number the statistics group ({how})",
+        fontsize=9.5,
+        y=1 - 0.08 / fig_h,
+        va="top",
+    )
     _save(fig, path)
     return fig
 
@@ -157,8 +191,14 @@ def draw_cube(
     fig = Figure(figsize=(3.0 * len(norms), 3.9))
     for i, norm in enumerate(norms):
         ax = fig.add_subplot(1, len(norms), i + 1, projection="3d")
-        ids = group_ids(norm, shape, torch.arange(b_n).view(b_n, 1, 1), torch.arange(n_n).view(1, n_n, 1),
-                        torch.arange(c_n).view(1, 1, c_n), num_groups)
+        ids = group_ids(
+            norm,
+            shape,
+            torch.arange(b_n).view(b_n, 1, 1),
+            torch.arange(n_n).view(1, n_n, 1),
+            torch.arange(c_n).view(1, 1, c_n),
+            num_groups,
+        )
         chosen = (ids == ids[0, 0, 0]).numpy()  # [b, n, c]
         # voxel axes: x = token n, y = depth (sequence b, one empty slice between slabs), z = channel (c = 0 on top)
         depth = 2 * b_n - 1
@@ -175,13 +215,24 @@ def draw_cube(
         ax.text(-0.3, -0.5, c_n / 2, "C ↓", ha="right", va="center", fontsize=8)
         ax.text(n_n + 0.2, depth / 2, 0, "B ↗", ha="left", va="center", fontsize=8)
         k, each = group_count(norm, shape, num_groups)
-        ax.set_title(f"{title(norm, num_groups)}\n{NORM_SPECS[norm].over}\nblue: {each:,} elements, one statistic",
-                     fontsize=8)
+        ax.set_title(
+            f"{title(norm, num_groups)}\n{NORM_SPECS[norm].over}\nblue: {each:,} elements, one statistic", fontsize=8
+        )
     drawn = "" if (b_n, n_n, c_n) == shape else f"; drawn: the corner b < {b_n}, n < {n_n}, c < {c_n}"
-    fig.suptitle(f"x [B={shape[0]:,}, N={shape[1]:,}, C={shape[2]:,}]{drawn}. Blue: the elements that share "
-                 f"element [0,0,0]'s mean and variance", fontsize=9)
-    fig.text(0.5, 0.02, "N →: tokens, left to right.   C ↓: channels, c = 0 on top.   B ↗: sequences, b = 0 in front "
-             "(slabs pulled apart).", ha="center", va="bottom", fontsize=8)
+    fig.suptitle(
+        f"x [B={shape[0]:,}, N={shape[1]:,}, C={shape[2]:,}]{drawn}. Blue: the elements that share "
+        f"element [0,0,0]'s mean and variance",
+        fontsize=9,
+    )
+    fig.text(
+        0.5,
+        0.02,
+        "N →: tokens, left to right.   C ↓: channels, c = 0 on top.   B ↗: sequences, b = 0 in front "
+        "(slabs pulled apart).",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+    )
     fig.subplots_adjust(left=0.02, right=0.98, top=0.84, bottom=0.06, wspace=0.05)
     _save(fig, path)
     return fig

@@ -72,26 +72,58 @@ class NormSpec:
 NORM_SPECS: dict[str, NormSpec] = {
     spec.name: spec
     for spec in (
-        NormSpec("layernorm", "LayerNorm", "per token, over C", "μ[b,n], σ²[b,n] over c of x[b,n,c]",
-                 "γ, β: one per channel, shared by every token",
-                 lambda b, n, c, shape, G: b * shape[1] + n, lambda shape, G: shape[0] * shape[1],
-                 lambda x, eps, G: F.layer_norm(x, x.shape[-1:], eps=eps)),
-        NormSpec("rmsnorm", "RMSNorm", "per token, over C (mean square only)", "mean of x[b,n,c]² over c",
-                 "γ: one per channel, shared by every token",
-                 lambda b, n, c, shape, G: b * shape[1] + n, lambda shape, G: shape[0] * shape[1],
-                 lambda x, eps, G: F.rms_norm(x, x.shape[-1:], eps=eps), centered=False),
-        NormSpec("batchnorm", "BatchNorm", "per channel, over B·N tokens", "μ[c], σ²[c] over b and n of x[b,n,c]",
-                 "γ, β: one per channel; eval mode uses running statistics",
-                 lambda b, n, c, shape, G: c, lambda shape, G: shape[2],
-                 _channels_first(lambda x, eps, G: F.batch_norm(x, None, None, training=True, eps=eps))),
-        NormSpec("instancenorm", "InstanceNorm", "per (sequence, channel), over N",
-                 "μ[b,c], σ²[b,c] over n of x[b,n,c]", "none by default",
-                 lambda b, n, c, shape, G: b * shape[2] + c, lambda shape, G: shape[0] * shape[2],
-                 _channels_first(lambda x, eps, G: F.instance_norm(x, eps=eps))),
-        NormSpec("groupnorm", "GroupNorm", "per (sequence, group), over N·C/G",
-                 "μ[b,g], σ²[b,g] over n and the C/G channels c of group g", "γ, β: one per channel",
-                 lambda b, n, c, shape, G: b * G + c // (shape[2] // G), lambda shape, G: shape[0] * G,
-                 _channels_first(lambda x, eps, G: F.group_norm(x, G, eps=eps)), uses_groups=True),
+        NormSpec(
+            "layernorm",
+            "LayerNorm",
+            "per token, over C",
+            "μ[b,n], σ²[b,n] over c of x[b,n,c]",
+            "γ, β: one per channel, shared by every token",
+            lambda b, n, c, shape, G: b * shape[1] + n,
+            lambda shape, G: shape[0] * shape[1],
+            lambda x, eps, G: F.layer_norm(x, x.shape[-1:], eps=eps),
+        ),
+        NormSpec(
+            "rmsnorm",
+            "RMSNorm",
+            "per token, over C (mean square only)",
+            "mean of x[b,n,c]² over c",
+            "γ: one per channel, shared by every token",
+            lambda b, n, c, shape, G: b * shape[1] + n,
+            lambda shape, G: shape[0] * shape[1],
+            lambda x, eps, G: F.rms_norm(x, x.shape[-1:], eps=eps),
+            centered=False,
+        ),
+        NormSpec(
+            "batchnorm",
+            "BatchNorm",
+            "per channel, over B·N tokens",
+            "μ[c], σ²[c] over b and n of x[b,n,c]",
+            "γ, β: one per channel; eval mode uses running statistics",
+            lambda b, n, c, shape, G: c,
+            lambda shape, G: shape[2],
+            _channels_first(lambda x, eps, G: F.batch_norm(x, None, None, training=True, eps=eps)),
+        ),
+        NormSpec(
+            "instancenorm",
+            "InstanceNorm",
+            "per (sequence, channel), over N",
+            "μ[b,c], σ²[b,c] over n of x[b,n,c]",
+            "none by default",
+            lambda b, n, c, shape, G: b * shape[2] + c,
+            lambda shape, G: shape[0] * shape[2],
+            _channels_first(lambda x, eps, G: F.instance_norm(x, eps=eps)),
+        ),
+        NormSpec(
+            "groupnorm",
+            "GroupNorm",
+            "per (sequence, group), over N·C/G",
+            "μ[b,g], σ²[b,g] over n and the C/G channels c of group g",
+            "γ, β: one per channel",
+            lambda b, n, c, shape, G: b * G + c // (shape[2] // G),
+            lambda shape, G: shape[0] * G,
+            _channels_first(lambda x, eps, G: F.group_norm(x, G, eps=eps)),
+            uses_groups=True,
+        ),
     )
 }
 NORMS = tuple(NORM_SPECS)
@@ -159,8 +191,14 @@ def stat_groups(norm: str, shape: Sequence[int], num_groups: int = 2) -> Tensor:
     give equal tensors.
     """
     b, n, c = check_shape(shape)
-    ids = group_ids(norm, (b, n, c), torch.arange(b).view(b, 1, 1), torch.arange(n).view(1, n, 1),
-                    torch.arange(c).view(1, 1, c), num_groups)
+    ids = group_ids(
+        norm,
+        (b, n, c),
+        torch.arange(b).view(b, 1, 1),
+        torch.arange(n).view(1, n, 1),
+        torch.arange(c).view(1, 1, c),
+        num_groups,
+    )
     return ids.contiguous()
 
 

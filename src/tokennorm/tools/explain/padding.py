@@ -27,10 +27,18 @@ from torch import Tensor
 
 SENTENCES = (("I", "love", "AI", "PAD"), ("Transformers", "are", "powerful", "models"))
 EMBEDDINGS = (
-    ((0.1, 0.2, 0.3, 0.4, 0, 0, 0, 0), (0.5, 0.6, 0.7, 0.8, 0, 0, 0, 0), (0.9, 1.0, 1.1, 1.2, 0, 0, 0, 0),
-     (0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0)),
-    ((0.3, 0.2, 0.1, 0.4, 0.5, 0.6, 0.7, 0.8), (0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6),
-     (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4), (0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0)),
+    (
+        (0.1, 0.2, 0.3, 0.4, 0, 0, 0, 0),
+        (0.5, 0.6, 0.7, 0.8, 0, 0, 0, 0),
+        (0.9, 1.0, 1.1, 1.2, 0, 0, 0, 0),
+        (0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0),
+    ),
+    (
+        (0.3, 0.2, 0.1, 0.4, 0.5, 0.6, 0.7, 0.8),
+        (0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6),
+        (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4),
+        (0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0),
+    ),
 )
 Z_SCORE_INPUT = (4.0, 8.0, 3.0)
 
@@ -80,8 +88,19 @@ def padding_example(eps: float = 1e-5) -> PaddingExample:
         "LayerNorm": (layernorm(x_probe) - layernorm(x))[real].abs().max().item(),
         "BatchNorm": (batchnorm(x_probe) - batchnorm(x))[real].abs().max().item(),
     }
-    return PaddingExample(SENTENCES, x, pad, eps, layernorm(x), batchnorm(x), without_pad,
-                          x.reshape(-1, x.shape[-1]).mean(0), mean_real, probe, shift)
+    return PaddingExample(
+        SENTENCES,
+        x,
+        pad,
+        eps,
+        layernorm(x),
+        batchnorm(x),
+        without_pad,
+        x.reshape(-1, x.shape[-1]).mean(0),
+        mean_real,
+        probe,
+        shift,
+    )
 
 
 @dataclass
@@ -135,20 +154,39 @@ def draw_padding(example: Optional[PaddingExample] = None, path: Optional[Union[
             for ni in range(n):
                 is_pad = bool(ex.pad[bi, ni])
                 if i == 0:
-                    ax.text(-0.2, y0 + ni + 0.5, ex.tokens[bi][ni], ha="right", va="center", fontsize=8,
-                            color="dimgray" if is_pad else "black", style="italic" if is_pad else "normal")
+                    ax.text(
+                        -0.2,
+                        y0 + ni + 0.5,
+                        ex.tokens[bi][ni],
+                        ha="right",
+                        va="center",
+                        fontsize=8,
+                        color="dimgray" if is_pad else "black",
+                        style="italic" if is_pad else "normal",
+                    )
                 for ci in range(c):
                     v = data[bi, ni, ci].item()
                     if v != v:  # NaN: a PAD row that the panel does not define
-                        ax.add_patch(Rectangle((ci, y0 + ni), 1, 1, facecolor="white", edgecolor="#bbbbbb",
-                                               hatch="///", linewidth=0.5))
+                        ax.add_patch(
+                            Rectangle(
+                                (ci, y0 + ni), 1, 1, facecolor="white", edgecolor="#bbbbbb", hatch="///", linewidth=0.5
+                            )
+                        )
                         continue
                     face = cmaps[kind](v / lim) if scale is None else cmaps[kind](scale(v))
                     ax.add_patch(Rectangle((ci, y0 + ni), 1, 1, facecolor=face, edgecolor="white", linewidth=0.6))
                     dark = scale(v) if scale is not None else v / lim
-                    ax.text(ci + 0.5, y0 + ni + 0.5, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                            color="white" if (kind != "values" and abs(dark - 0.5) > 0.35) or
-                            (kind == "values" and dark > 0.7) else "black")
+                    ax.text(
+                        ci + 0.5,
+                        y0 + ni + 0.5,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6.5,
+                        color="white"
+                        if (kind != "values" and abs(dark - 0.5) > 0.35) or (kind == "values" and dark > 0.7)
+                        else "black",
+                    )
         ax.set_xlim(-0.05, c + 0.05)
         ax.set_ylim(b * (n + 1.2) - 0.9, -0.8)
         ax.set_aspect(cell_h / cell_w * 1.45)
@@ -156,9 +194,12 @@ def draw_padding(example: Optional[PaddingExample] = None, path: Optional[Union[
         ax.set_title(name, fontsize=9)
         for ci in range(c):
             ax.text(ci + 0.5, -0.35, f"c{ci + 1}", ha="center", va="center", fontsize=6.5, color="dimgray")
-    fig.suptitle("Article 003's padded batch: LayerNorm leaves real tokens alone, BatchNorm lets PAD in. "
-                 f"Replacing the PAD embedding moves real tokens by {ex.pad_shift['LayerNorm']:.3g} under LayerNorm "
-                 f"and by {ex.pad_shift['BatchNorm']:.3g} under BatchNorm.", fontsize=9.5)
+    fig.suptitle(
+        "Article 003's padded batch: LayerNorm leaves real tokens alone, BatchNorm lets PAD in. "
+        f"Replacing the PAD embedding moves real tokens by {ex.pad_shift['LayerNorm']:.3g} under LayerNorm "
+        f"and by {ex.pad_shift['BatchNorm']:.3g} under BatchNorm.",
+        fontsize=9.5,
+    )
     fig.subplots_adjust(left=0.075, right=0.995, top=0.8, bottom=0.02, wspace=0.08)
     if path is not None:
         path = Path(path)

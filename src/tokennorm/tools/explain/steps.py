@@ -68,8 +68,9 @@ def walkthrough(
     tokens), each run with the same γ, β.
     """
     if x.dim() != 3 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating [B, N, C] tensor, but got x of size {list(x.shape)} and "
-                         f"dtype {x.dtype}")
+        raise ValueError(
+            f"x must be a floating [B, N, C] tensor, but got x of size {list(x.shape)} and dtype {x.dtype}"
+        )
     c = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (c,):
@@ -96,7 +97,30 @@ def walkthrough(
             m = pitfalls.measure(p, xd, (c,), eps=eps)  # reuse: the same measurement docs/pitfalls.md reports
             wrong = p.function(xd, (c,), wd, bd, eps=eps)
         diff = (wrong - y).abs().max().item()
-        errors.append(PitfallError(p.name, p.description, p.right, p.wrong, wrong, diff,
-                                   pitfalls.relative(diff, y.abs().max().item()), m.other_token_change))
-    return Walkthrough(x.detach(), weight, bias, eps, mean, var, rstd, xhat, y, torch_y,
-                       torch_mean.view(mean.shape), torch_rstd.view(rstd.shape), errors)
+        errors.append(
+            PitfallError(
+                p.name,
+                p.description,
+                p.right,
+                p.wrong,
+                wrong,
+                diff,
+                pitfalls.relative(diff, y.abs().max().item()),
+                m.other_token_change,
+            )
+        )
+    return Walkthrough(
+        x.detach(),
+        weight,
+        bias,
+        eps,
+        mean,
+        var,
+        rstd,
+        xhat,
+        y,
+        torch_y,
+        torch_mean.view(mean.shape),
+        torch_rstd.view(rstd.shape),
+        errors,
+    )

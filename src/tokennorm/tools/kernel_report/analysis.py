@@ -54,9 +54,10 @@ _BRANCH_TARGET = re.compile(r"0x([0-9a-f]+)")
 
 def parse_sass(text: str) -> list[SassInstruction]:
     """The instructions of cuobjdump's SASS listing, in address order."""
-    return [SassInstruction(int(m.group(1), 16), m.group(2).strip() if m.group(2) else None, m.group(3),
-                            m.group(4).strip())
-            for m in _SASS_LINE.finditer(text)]
+    return [
+        SassInstruction(int(m.group(1), 16), m.group(2).strip() if m.group(2) else None, m.group(3), m.group(4).strip())
+        for m in _SASS_LINE.finditer(text)
+    ]
 
 
 def _target(ins: SassInstruction) -> Optional[int]:
@@ -127,6 +128,8 @@ _DATA_MEMORY = ("LDG", "STG", "LDGSTS")
 
 def _moves_data(opcode: str) -> bool:
     return opcode.split(".")[0] in _DATA_MEMORY and ".STRONG" not in opcode
+
+
 _COLD_BLOCK_MAX = 12  # the call setups seen are 4-6 instructions (argument moves, return address, CALL, result move)
 
 
@@ -145,17 +148,25 @@ def sass_structure(text: str) -> SassStructure:
     for i, ins in enumerate(body):
         target = _target(ins) if ins.opcode.startswith("BRA") and ins.predicate else None
         if target is not None and target > ins.address:
-            skipped = [s for s in body[i + 1:] if s.address < target]
-            if (len(skipped) <= _COLD_BLOCK_MAX and any(s.opcode.startswith("CALL") for s in skipped)
-                    and not any(s.opcode.split(".")[0] in _GLOBAL_MEMORY + ("BAR",) for s in skipped)):
+            skipped = [s for s in body[i + 1 :] if s.address < target]
+            if (
+                len(skipped) <= _COLD_BLOCK_MAX
+                and any(s.opcode.startswith("CALL") for s in skipped)
+                and not any(s.opcode.split(".")[0] in _GLOBAL_MEMORY + ("BAR",) for s in skipped)
+            ):
                 cold_ranges.append((ins.address, target))
     is_cold = lambda a: any(lo < a < hi for lo, hi in cold_ranges)  # noqa: E731
     main = [ins for ins in body if not is_cold(ins.address)]
     cold = [ins for ins in body if is_cold(ins.address)]
 
-    loops = sorted({Loop(t, ins.address) for ins in main
-                    if ins.opcode.startswith("BRA") and (t := _target(ins)) is not None and t < ins.address},
-                   key=lambda loop: (loop.start, loop.end))
+    loops = sorted(
+        {
+            Loop(t, ins.address)
+            for ins in main
+            if ins.opcode.startswith("BRA") and (t := _target(ins)) is not None and t < ins.address
+        },
+        key=lambda loop: (loop.start, loop.end),
+    )
     touches_memory = {loop: any(ins.address in loop and _moves_data(ins.opcode) for ins in main) for loop in loops}
     memory_loops = [loop for loop in loops if touches_memory[loop]]
     hot = [loop for loop in memory_loops if not any(loop.contains(inner) for inner in memory_loops)]
@@ -180,10 +191,40 @@ class Access:
 _PTX_STATEMENT = re.compile(r"^\s*(@!?%\w+\s+)?([a-z][\w.:]*)\s*(.*?);\s*$")
 _REG = re.compile(r"%[\w]+")
 _PARAM = re.compile(r"\[\s*(\w+_param_(\d+))\s*\]")
-_TYPE_BYTES = {"b8": 1, "u8": 1, "s8": 1, "b16": 2, "u16": 2, "s16": 2, "f16": 2, "bf16": 2, "b32": 4, "u32": 4,
-               "s32": 4, "f32": 4, "b64": 8, "u64": 8, "s64": 8, "f64": 8, "b128": 16}
-_NO_DESTINATION = ("st.", "bar", "barrier", "bra", "ret", "exit", "membar", "fence", "cp.async", "red.", "prefetch",
-                   "call", "trap")
+_TYPE_BYTES = {
+    "b8": 1,
+    "u8": 1,
+    "s8": 1,
+    "b16": 2,
+    "u16": 2,
+    "s16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "b32": 4,
+    "u32": 4,
+    "s32": 4,
+    "f32": 4,
+    "b64": 8,
+    "u64": 8,
+    "s64": 8,
+    "f64": 8,
+    "b128": 16,
+}
+_NO_DESTINATION = (
+    "st.",
+    "bar",
+    "barrier",
+    "bra",
+    "ret",
+    "exit",
+    "membar",
+    "fence",
+    "cp.async",
+    "red.",
+    "prefetch",
+    "call",
+    "trap",
+)
 
 
 def _split_operands(text: str) -> list[str]:
@@ -345,8 +386,7 @@ class KernelAnalysis:
 def pointer_params(compiled: Any) -> list[str]:
     """The PTX parameters of a compiled kernel (its non-constexpr arguments, in order), by name for pointers and
     as "" for scalars (an address computed from a stride is still attributed to the pointer alone)."""
-    return [name if str(ty).startswith("*") else "" for name, ty in compiled.src.signature.items()
-            if ty != "constexpr"]
+    return [name if str(ty).startswith("*") else "" for name, ty in compiled.src.signature.items() if ty != "constexpr"]
 
 
 def sass_per_element(structure: SassStructure, num_warps: int, tiling: Tiling) -> float:
@@ -354,8 +394,11 @@ def sass_per_element(structure: SassStructure, num_warps: int, tiling: Tiling) -
     if not structure.hot_loops:
         return structure.count() * threads / tiling.per_program
     hot, row = structure.hot, structure.row
-    return (hot * threads / tiling.per_iteration + (row - hot) * threads / tiling.per_row
-            + (structure.count() - row) * threads / tiling.per_program)
+    return (
+        hot * threads / tiling.per_iteration
+        + (row - hot) * threads / tiling.per_row
+        + (structure.count() - row) * threads / tiling.per_program
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -371,15 +414,29 @@ def analyze(compiled: Any, grid: tuple[int, int, int], tiling: Tiling) -> Kernel
     shared = meta.shared  # cuobjdump's static SHARED is the system's 1 KB reservation, which occupancy() adds
     main_ops = collections.Counter(ins.opcode for ins in structure.main)
     return KernelAnalysis(
-        name=meta.name, grid=tuple(grid), num_warps=meta.num_warps, num_stages=meta.num_stages,
-        registers=used.registers, spill_bytes=used.stack + used.local,
-        spill_instructions=structure.opcodes("STL") + structure.opcodes("LDL"), shared=shared,
+        name=meta.name,
+        grid=tuple(grid),
+        num_warps=meta.num_warps,
+        num_stages=meta.num_stages,
+        registers=used.registers,
+        spill_bytes=used.stack + used.local,
+        spill_instructions=structure.opcodes("STL") + structure.opcodes("LDL"),
+        shared=shared,
         occupancy=hopper.occupancy(used.registers, meta.num_warps, shared),
         accesses=ptx_accesses(compiled.asm["ptx"], pointer_params(compiled)),
-        bar_sync=structure.opcodes("BAR.SYNC"), shuffles=structure.opcodes("SHFL"), math=ptx_math(compiled.asm["ptx"]),
+        bar_sync=structure.opcodes("BAR.SYNC"),
+        shuffles=structure.opcodes("SHFL"),
+        math=ptx_math(compiled.asm["ptx"]),
         mufu={k: v for k, v in sorted(main_ops.items()) if k.startswith("MUFU")},
-        cp_async=structure.opcodes("LDGSTS"), sass_main=structure.count(), sass_hot=structure.hot,
-        sass_row=structure.row, sass_cold=len(structure.cold), sass_subroutines=len(structure.subroutines),
-        ldg_widths=structure.widths("LDG"), stg_widths=structure.widths("STG"), tiling=tiling,
-        sass_per_element=sass_per_element(structure, meta.num_warps, tiling), opcodes=dict(main_ops.most_common()),
+        cp_async=structure.opcodes("LDGSTS"),
+        sass_main=structure.count(),
+        sass_hot=structure.hot,
+        sass_row=structure.row,
+        sass_cold=len(structure.cold),
+        sass_subroutines=len(structure.subroutines),
+        ldg_widths=structure.widths("LDG"),
+        stg_widths=structure.widths("STG"),
+        tiling=tiling,
+        sass_per_element=sass_per_element(structure, meta.num_warps, tiling),
+        opcodes=dict(main_ops.most_common()),
     )

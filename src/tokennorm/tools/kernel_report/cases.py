@@ -76,8 +76,9 @@ def tiling(args: dict[str, Any], grid: tuple[int, int, int], m: int, n: int) -> 
 def _capture(launch: fakecuda.Launch, m: int, n: int) -> Captured:
     args = launch.named_args
     label, t = tiling(args, launch.grid, m, n)
-    data = tuple(name for name, v in args.items()
-                 if torch.is_tensor(v) and (tuple(v.shape) == (m, n) or tuple(v.shape) == (n,)))
+    data = tuple(
+        name for name, v in args.items() if torch.is_tensor(v) and (tuple(v.shape) == (m, n) or tuple(v.shape) == (n,))
+    )
     kernel = launch.kernel
     if kernel is None:
         raise RuntimeError(f"launch of {launch.name} is not in its JITFunction's cache")
@@ -148,8 +149,12 @@ def run_case(impl: str, op: str, direction: str, dtype: str, n: int) -> CaseResu
     def empty(*shape: int) -> torch.Tensor:
         return torch.empty(shape, dtype=dt).requires_grad_(grad)
 
-    args = (empty(m, n), empty(m, n) if OPS[op].add else None, empty(n),
-            empty(n) if OPS[op].norm == "layernorm" else None)
+    args = (
+        empty(m, n),
+        empty(m, n) if OPS[op].add else None,
+        empty(n),
+        empty(n) if OPS[op].norm == "layernorm" else None,
+    )
     call: Callable[[], Any] = lambda: fn(*args)  # noqa: E731
     with contextlib.ExitStack() as stack:
         if impl == "tokennorm":
@@ -164,7 +169,9 @@ def run_case(impl: str, op: str, direction: str, dtype: str, n: int) -> CaseResu
                 torch.autograd.backward(outs, [torch.empty_like(o) for o in outs])
         launches = backward_launches if direction == "bwd" else forward_launches
         if not launches:
-            raise RuntimeError(f"{impl} {op} {direction} N={n} launched no Triton kernel under the fake driver "
-                               "(its backend selection changed? see kernel_report.cases.tokennorm_on_fake_gpu)")
+            raise RuntimeError(
+                f"{impl} {op} {direction} N={n} launched no Triton kernel under the fake driver "
+                "(its backend selection changed? see kernel_report.cases.tokennorm_on_fake_gpu)"
+            )
         result.launches = [_capture(launch, m, n) for launch in launches]
     return result

@@ -44,9 +44,11 @@ def _choices(allowed: Sequence[str], what: str):
         items = tuple(t.strip() for t in text.split(",") if t.strip())
         bad = [t for t in items if t not in allowed]
         if bad or not items:
-            raise argparse.ArgumentTypeError(f"invalid {what} {', '.join(bad) or repr(text)} (choose from "
-                                             f"{', '.join(allowed)})")
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {', '.join(bad) or repr(text)} (choose from {', '.join(allowed)})"
+            )
         return items
+
     return parse
 
 
@@ -59,13 +61,26 @@ def _lengths(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
-    p.add_argument("--ops", type=_choices(tuple(cases.OPS), "op"), default=cases.DEFAULT_OPS,
-                   help=f"comma-separated, from {', '.join(cases.OPS)} (default: {','.join(cases.DEFAULT_OPS)})")
-    p.add_argument("--directions", type=_choices(cases.DIRECTIONS, "direction"), default=cases.DEFAULT_DIRECTIONS,
-                   help="fwd (under autograd), bwd, infer (no autograd) (default: fwd,bwd)")
+    p.add_argument(
+        "--ops",
+        type=_choices(tuple(cases.OPS), "op"),
+        default=cases.DEFAULT_OPS,
+        help=f"comma-separated, from {', '.join(cases.OPS)} (default: {','.join(cases.DEFAULT_OPS)})",
+    )
+    p.add_argument(
+        "--directions",
+        type=_choices(cases.DIRECTIONS, "direction"),
+        default=cases.DEFAULT_DIRECTIONS,
+        help="fwd (under autograd), bwd, infer (no autograd) (default: fwd,bwd)",
+    )
     p.add_argument("--dtype", choices=tuple(cases.DTYPES), default="bf16")
-    p.add_argument("--n", type=_lengths, default=cases.DEFAULT_NS, metavar="N[,N...]",
-                   help="row lengths, e.g. 1K,4K,1M (default: 1K to 1M as the GPU sweep)")
+    p.add_argument(
+        "--n",
+        type=_lengths,
+        default=cases.DEFAULT_NS,
+        metavar="N[,N...]",
+        help="row lengths, e.g. 1K,4K,1M (default: 1K to 1M as the GPU sweep)",
+    )
     p.add_argument("--no-liger", action="store_true", help="leave Liger's kernels out even when installed")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON ('-': stdout, no table)")
     p.add_argument("--markdown", metavar="PATH", help="write a markdown table for RESULTS.md ('-': stdout, no table)")
@@ -75,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        print(f"{PROG}: error: unset TRITON_INTERPRET: the report compiles kernels for sm_90, which the "
-              "interpreter never does", file=sys.stderr)
+        print(
+            f"{PROG}: error: unset TRITON_INTERPRET: the report compiles kernels for sm_90, which the "
+            "interpreter never does",
+            file=sys.stderr,
+        )
         return 2
     from rich.console import Console
 
@@ -84,8 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     fakecuda.install()
     impls = ("tokennorm",) if args.no_liger else cases.IMPLS
-    plan = [(impl, op, direction, n) for op in args.ops for direction in args.directions for n in args.n
-            for impl in impls]
+    plan = [
+        (impl, op, direction, n) for op in args.ops for direction in args.directions for n in args.n for impl in impls
+    ]
     err = Console(stderr=True)
     rows, failures = [], 0
     with err.status("") as status:
@@ -99,12 +118,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except Exception as exc:  # a kernel that does not compile is a finding: report it, go on, exit 1
                 failures += 1
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                failed = cases.CaseResult(impl, op, direction, args.dtype, n, 0, [],
-                                          skipped=f"failed: {type(exc).__name__}: {text[:200]}")
+                failed = cases.CaseResult(
+                    impl, op, direction, args.dtype, n, 0, [], skipped=f"failed: {type(exc).__name__}: {text[:200]}"
+                )
                 rows.extend(report.rows_for(failed))
     meta = report.metadata()
-    outputs = {"json": lambda: json.dumps(report.to_json(rows, meta), indent=1) + "\n",
-               "markdown": lambda: report.to_markdown(rows, meta)}
+    outputs = {
+        "json": lambda: json.dumps(report.to_json(rows, meta), indent=1) + "\n",
+        "markdown": lambda: report.to_markdown(rows, meta),
+    }
     to_stdout = False
     for kind, render in outputs.items():
         path = getattr(args, kind)

@@ -7,8 +7,8 @@ on, and issue 18's (AdaLN's gate and modulation in those, DyT, channels-first La
 and checks what the design claims of the PTX: 16-byte loads and stores of x, γ, β and y in the bf16 rows,
 DyT and channels-first kernels, cp.async where a loop prefetches, the cooperative long-row kernels' atomics.
 
-    python -m tokennorm.tools.kernel_report.compile_check             # one line per variant; exit 1 on any failure
-    python -m tokennorm.tools.kernel_report.compile_check --configs   # the default configs: registers, spills, occupancy
+    python -m tokennorm.tools.kernel_report.compile_check            # one line per variant; exit 1 on any failure
+    python -m tokennorm.tools.kernel_report.compile_check --configs  # default configs: registers, spills, occupancy
 
 ``--configs`` reports, for the configurations tokennorm picks at each row length of the benchmark sweep (bf16
 LayerNorm on an H100-sized machine; then issue 18's kernels at their models' widths, ``ISSUE18_WIDTHS``), the
@@ -46,12 +46,53 @@ from tokennorm.kernels.segment import segment_backward_kernel, segment_forward_k
 
 TARGET = GPUTarget("cuda", 90, 32)
 # Arguments Triton specializes as multiples of 16 at a typical launch (aligned pointers, row lengths, strides).
-_ALIGNED = {"X", "RES", "W", "B", "Y", "H", "DY", "DH_IN", "DX", "DRES", "N", "seg_n",
-            "stride_x", "stride_res", "stride_y", "stride_h", "stride_dy", "stride_dh_in", "stride_dx", "stride_dres",
-            "GATE", "SHIFT", "SCALE", "stride_gate", "stride_shift", "stride_scale", "C", "S", "stride_item"}
+_ALIGNED = {
+    "X",
+    "RES",
+    "W",
+    "B",
+    "Y",
+    "H",
+    "DY",
+    "DH_IN",
+    "DX",
+    "DRES",
+    "N",
+    "seg_n",
+    "stride_x",
+    "stride_res",
+    "stride_y",
+    "stride_h",
+    "stride_dy",
+    "stride_dh_in",
+    "stride_dx",
+    "stride_dres",
+    "GATE",
+    "SHIFT",
+    "SCALE",
+    "stride_gate",
+    "stride_shift",
+    "stride_scale",
+    "C",
+    "S",
+    "stride_item",
+}
 # Pointers to statistics, partials and sums: the accumulation dtype.
-_ACC_POINTERS = {"MEAN", "RSTD", "SEG_MEAN", "SEG_M2", "DW_PARTIAL", "DB_PARTIAL", "PARTIALS", "ROW_SUMS",
-                 "ROW_MEANS", "DSHIFT", "DSCALE", "DGATE", "DALPHA_PARTIAL"}
+_ACC_POINTERS = {
+    "MEAN",
+    "RSTD",
+    "SEG_MEAN",
+    "SEG_M2",
+    "DW_PARTIAL",
+    "DB_PARTIAL",
+    "PARTIALS",
+    "ROW_SUMS",
+    "ROW_MEANS",
+    "DSHIFT",
+    "DSCALE",
+    "DGATE",
+    "DALPHA_PARTIAL",
+}
 _FLOAT_SCALARS = {"eps", "eps_lo", "dropout_p", "alpha", "alpha_lo"}
 _INT_NAMES = {"M", "N", "C", "S"}  # upper-case names that are not pointers
 # Hopper SM limits
@@ -87,21 +128,41 @@ def compile_kernel(kernel: Any, dtype: str, constexprs: dict, num_warps: int, ma
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
-             if name in _ALIGNED and name not in constexprs}
-    src = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()},
-                    attrs=attrs)
+    attrs = {
+        (i,): [["tt.divisibility", 16]] for i, name in enumerate(names) if name in _ALIGNED and name not in constexprs
+    }
+    src = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
     options = {"num_warps": num_warps}
     if maxnreg:
         options["maxnreg"] = maxnreg
     return triton.compile(src, target=TARGET, options=options)
 
 
-_FWD_SWITCHES = dict(IS_RMS=False, WEIGHT_OFFSET=1.0, HAS_WEIGHT=True, HAS_BIAS=True, HAS_RESIDUAL=True,
-                     HAS_DROPOUT=True, STORE_H=True, STORE_STATS=True, HAS_GATE=False, HAS_MOD=False)
-_BWD_SWITCHES = dict(IS_RMS=False, WEIGHT_OFFSET=1.0, HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True,
-                     HAS_DH_IN=True, HAS_DROPOUT=True, STORE_DRES=True, HAS_BIAS=False, HAS_MOD=False,
-                     HAS_GATE=False)
+_FWD_SWITCHES = dict(
+    IS_RMS=False,
+    WEIGHT_OFFSET=1.0,
+    HAS_WEIGHT=True,
+    HAS_BIAS=True,
+    HAS_RESIDUAL=True,
+    HAS_DROPOUT=True,
+    STORE_H=True,
+    STORE_STATS=True,
+    HAS_GATE=False,
+    HAS_MOD=False,
+)
+_BWD_SWITCHES = dict(
+    IS_RMS=False,
+    WEIGHT_OFFSET=1.0,
+    HAS_WEIGHT=True,
+    COMPUTE_DW=True,
+    COMPUTE_DB=True,
+    HAS_DH_IN=True,
+    HAS_DROPOUT=True,
+    STORE_DRES=True,
+    HAS_BIAS=False,
+    HAS_MOD=False,
+    HAS_GATE=False,
+)
 # AdaLN's inputs and outputs, left out (None) where its switches are off
 _NO_FWD_MODULATION = dict(GATE=None, SHIFT=None, SCALE=None)
 _NO_BWD_MODULATION = dict(X=None, B=None, SCALE=None, GATE=None, DSCALE=None, DGATE=None)
@@ -117,30 +178,75 @@ def variants() -> list[Variant]:
             norm = "rms" if is_rms else "ln"
             fwd = dict(_FWD_SWITCHES, IS_RMS=is_rms, HAS_BIAS=not is_rms)
             bwd = dict(_BWD_SWITCHES, IS_RMS=is_rms, COMPUTE_DB=not is_rms)
-            for stages in ((1, 2) if main else (1,)):
+            for stages in (1, 2) if main else (1,):
                 pipelined = ("cp.async",) if stages > 1 else ()
-                out.append(Variant(f"rows fwd {dtype} {norm} stages={stages}", rows_forward_kernel, dtype,
-                                   dict(fwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=stages), 4,
-                                   (("v4 loads", "v4 stores") if main else ()) + pipelined))
-                out.append(Variant(f"rows bwd {dtype} {norm} stages={stages}", rows_backward_kernel, dtype,
-                                   dict(bwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=stages, MOD_SUMS=False), 4,
-                                   (("v4 loads",) if main else ()) + pipelined))
-            out.append(Variant(f"chunked fwd {dtype} {norm}", chunked_forward_kernel, dtype,
-                               dict(fwd, BLOCK_N=1024), 4))
-            for exchange in (("cooperative", "publish", "finish") if main else ("cooperative",)):
+                out.append(
+                    Variant(
+                        f"rows fwd {dtype} {norm} stages={stages}",
+                        rows_forward_kernel,
+                        dtype,
+                        dict(fwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=stages),
+                        4,
+                        (("v4 loads", "v4 stores") if main else ()) + pipelined,
+                    )
+                )
+                out.append(
+                    Variant(
+                        f"rows bwd {dtype} {norm} stages={stages}",
+                        rows_backward_kernel,
+                        dtype,
+                        dict(bwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=stages, MOD_SUMS=False),
+                        4,
+                        (("v4 loads",) if main else ()) + pipelined,
+                    )
+                )
+            out.append(
+                Variant(f"chunked fwd {dtype} {norm}", chunked_forward_kernel, dtype, dict(fwd, BLOCK_N=1024), 4)
+            )
+            for exchange in ("cooperative", "publish", "finish") if main else ("cooperative",):
                 atomics = ("atomics",) if exchange == "cooperative" else ()
-                out.append(Variant(f"long_rows fwd {dtype} {norm} {exchange}", long_rows_forward_kernel, dtype,
-                                   dict(fwd, EXCHANGE=exchange, BLOCK_N=1024, S_BLOCK=8), 4, atomics))
-                out.append(Variant(f"long_rows bwd {dtype} {norm} {exchange}", long_rows_backward_kernel, dtype,
-                                   dict(bwd, EXCHANGE=exchange, BLOCK_N=1024, S_BLOCK=8), 4, atomics))
+                out.append(
+                    Variant(
+                        f"long_rows fwd {dtype} {norm} {exchange}",
+                        long_rows_forward_kernel,
+                        dtype,
+                        dict(fwd, EXCHANGE=exchange, BLOCK_N=1024, S_BLOCK=8),
+                        4,
+                        atomics,
+                    )
+                )
+                out.append(
+                    Variant(
+                        f"long_rows bwd {dtype} {norm} {exchange}",
+                        long_rows_backward_kernel,
+                        dtype,
+                        dict(bwd, EXCHANGE=exchange, BLOCK_N=1024, S_BLOCK=8),
+                        4,
+                        atomics,
+                    )
+                )
             if main or dtype == "fp64":
                 seg = dict(IS_RMS=is_rms, WEIGHT_OFFSET=1.0, BLOCK_M=2, BLOCK_N=512)
                 for pass_ in ("moments", "apply"):
-                    out.append(Variant(f"segment fwd {dtype} {norm} {pass_}", segment_forward_kernel, dtype,
-                                       dict(seg, PASS=pass_, HAS_WEIGHT=True, HAS_BIAS=not is_rms), 4))
+                    out.append(
+                        Variant(
+                            f"segment fwd {dtype} {norm} {pass_}",
+                            segment_forward_kernel,
+                            dtype,
+                            dict(seg, PASS=pass_, HAS_WEIGHT=True, HAS_BIAS=not is_rms),
+                            4,
+                        )
+                    )
                 for pass_ in ("sums", "dx"):
-                    out.append(Variant(f"segment bwd {dtype} {norm} {pass_}", segment_backward_kernel, dtype,
-                                       dict(bwd, **seg, PASS=pass_), 4))
+                    out.append(
+                        Variant(
+                            f"segment bwd {dtype} {norm} {pass_}",
+                            segment_backward_kernel,
+                            dtype,
+                            dict(bwd, **seg, PASS=pass_),
+                            4,
+                        )
+                    )
     return out + issue18_variants()
 
 
@@ -153,37 +259,120 @@ def issue18_variants() -> list[Variant]:
         norm = "rms" if is_rms else "ln"
         fwd = dict(_FWD_SWITCHES, IS_RMS=is_rms, HAS_GATE=True, HAS_MOD=True, HAS_DROPOUT=False)
         bwd = dict(_BWD_SWITCHES, IS_RMS=is_rms, HAS_BIAS=True, HAS_MOD=True, HAS_GATE=True, HAS_DROPOUT=False)
-        out.append(Variant(f"ada rows fwd bf16 {norm}", rows_forward_kernel, "bf16",
-                           dict(fwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=2), 4, ("v4 loads", "v4 stores", "cp.async")))
+        out.append(
+            Variant(
+                f"ada rows fwd bf16 {norm}",
+                rows_forward_kernel,
+                "bf16",
+                dict(fwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=2),
+                4,
+                ("v4 loads", "v4 stores", "cp.async"),
+            )
+        )
         for sums in (True, False):
-            out.append(Variant(f"ada rows bwd bf16 {norm} {'per-sample' if sums else 'per-token'}",
-                               rows_backward_kernel, "bf16",
-                               dict(bwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=2, MOD_SUMS=sums), 4,
-                               ("v4 loads", "cp.async")))
+            out.append(
+                Variant(
+                    f"ada rows bwd bf16 {norm} {'per-sample' if sums else 'per-token'}",
+                    rows_backward_kernel,
+                    "bf16",
+                    dict(bwd, BLOCK_M=1, BLOCK_N=1024, NUM_STAGES=2, MOD_SUMS=sums),
+                    4,
+                    ("v4 loads", "cp.async"),
+                )
+            )
         out.append(Variant(f"ada chunked fwd bf16 {norm}", chunked_forward_kernel, "bf16", dict(fwd, BLOCK_N=1024), 4))
-        out.append(Variant(f"ada long_rows fwd bf16 {norm}", long_rows_forward_kernel, "bf16",
-                           dict(fwd, EXCHANGE="cooperative", BLOCK_N=1024, S_BLOCK=8), 4, ("atomics",)))
-        out.append(Variant(f"ada long_rows bwd bf16 {norm}", long_rows_backward_kernel, "bf16",
-                           dict(bwd, EXCHANGE="cooperative", BLOCK_N=1024, S_BLOCK=8), 4, ("atomics",)))
+        out.append(
+            Variant(
+                f"ada long_rows fwd bf16 {norm}",
+                long_rows_forward_kernel,
+                "bf16",
+                dict(fwd, EXCHANGE="cooperative", BLOCK_N=1024, S_BLOCK=8),
+                4,
+                ("atomics",),
+            )
+        )
+        out.append(
+            Variant(
+                f"ada long_rows bwd bf16 {norm}",
+                long_rows_backward_kernel,
+                "bf16",
+                dict(bwd, EXCHANGE="cooperative", BLOCK_N=1024, S_BLOCK=8),
+                4,
+                ("atomics",),
+            )
+        )
         for pass_ in ("sums", "dx"):
-            out.append(Variant(f"ada segment bwd bf16 {norm} {pass_}", segment_backward_kernel, "bf16",
-                               dict(bwd, IS_RMS=is_rms, WEIGHT_OFFSET=1.0, BLOCK_M=2, BLOCK_N=512, PASS=pass_), 4))
+            out.append(
+                Variant(
+                    f"ada segment bwd bf16 {norm} {pass_}",
+                    segment_backward_kernel,
+                    "bf16",
+                    dict(bwd, IS_RMS=is_rms, WEIGHT_OFFSET=1.0, BLOCK_M=2, BLOCK_N=512, PASS=pass_),
+                    4,
+                )
+            )
     for dtype in ("bf16", "fp16", "fp32", "fp64"):
         main = dtype == "bf16"
-        out.append(Variant(f"dyt fwd {dtype}", dyt_forward_kernel, dtype,
-                           dict(HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=True, ALPHA_TENSOR=True, STORE_H=True,
-                                BLOCK_M=4, BLOCK_N=1024, NUM_STAGES=2), 8,
-                           ("v4 loads", "v4 stores", "cp.async") if main else ()))
-        out.append(Variant(f"dyt bwd {dtype}", dyt_backward_kernel, dtype,
-                           dict(HAS_WEIGHT=True, ALPHA_TENSOR=True, HAS_DH_IN=True, STORE_DRES=True,
-                                COMPUTE_DALPHA=True, COMPUTE_DW=True, COMPUTE_DB=True, BLOCK_M=2, BLOCK_N=1024,
-                                NUM_STAGES=2), 8, ("v4 loads", "v4 stores", "cp.async") if main else ()))
-        out.append(Variant(f"channels_first fwd {dtype}", channels_first_forward_kernel, dtype,
-                           dict(HAS_WEIGHT=True, HAS_BIAS=True, STORE_STATS=True, BLOCK_T=32, BLOCK_C=128,
-                                NUM_STAGES=2), 8, ("v4 loads", "v4 stores", "cp.async") if main else ()))
-        out.append(Variant(f"channels_first bwd {dtype}", channels_first_backward_kernel, dtype,
-                           dict(HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, BLOCK_T=16, BLOCK_C=128,
-                                NUM_STAGES=2), 4, ("v4 loads", "v4 stores", "cp.async") if main else ()))
+        out.append(
+            Variant(
+                f"dyt fwd {dtype}",
+                dyt_forward_kernel,
+                dtype,
+                dict(
+                    HAS_RESIDUAL=True,
+                    HAS_WEIGHT=True,
+                    HAS_BIAS=True,
+                    ALPHA_TENSOR=True,
+                    STORE_H=True,
+                    BLOCK_M=4,
+                    BLOCK_N=1024,
+                    NUM_STAGES=2,
+                ),
+                8,
+                ("v4 loads", "v4 stores", "cp.async") if main else (),
+            )
+        )
+        out.append(
+            Variant(
+                f"dyt bwd {dtype}",
+                dyt_backward_kernel,
+                dtype,
+                dict(
+                    HAS_WEIGHT=True,
+                    ALPHA_TENSOR=True,
+                    HAS_DH_IN=True,
+                    STORE_DRES=True,
+                    COMPUTE_DALPHA=True,
+                    COMPUTE_DW=True,
+                    COMPUTE_DB=True,
+                    BLOCK_M=2,
+                    BLOCK_N=1024,
+                    NUM_STAGES=2,
+                ),
+                8,
+                ("v4 loads", "v4 stores", "cp.async") if main else (),
+            )
+        )
+        out.append(
+            Variant(
+                f"channels_first fwd {dtype}",
+                channels_first_forward_kernel,
+                dtype,
+                dict(HAS_WEIGHT=True, HAS_BIAS=True, STORE_STATS=True, BLOCK_T=32, BLOCK_C=128, NUM_STAGES=2),
+                8,
+                ("v4 loads", "v4 stores", "cp.async") if main else (),
+            )
+        )
+        out.append(
+            Variant(
+                f"channels_first bwd {dtype}",
+                channels_first_backward_kernel,
+                dtype,
+                dict(HAS_WEIGHT=True, COMPUTE_DW=True, COMPUTE_DB=True, BLOCK_T=16, BLOCK_C=128, NUM_STAGES=2),
+                4,
+                ("v4 loads", "v4 stores", "cp.async") if main else (),
+            )
+        )
     return out
 
 
@@ -192,8 +381,9 @@ def ptx_counts(ptx: str) -> dict:
     shared memory), barriers, atomics."""
     v4_loads = len(re.findall(r"ld\.global(?:\.[a-z0-9:]+)*\.v4\.(?:b32|f32|u32)", ptx))
     cp_async = len(re.findall(r"cp\.async\.(?:ca|cg)\.shared\.global", ptx))
-    cp_async16 = len(re.findall(
-        r"cp\.async\.(?:ca|cg)\.shared\.global(?:\.[a-z0-9:]+)* \[[^\]]+\], \[[^\]]+\], (?:0x10|16)\b", ptx))
+    cp_async16 = len(
+        re.findall(r"cp\.async\.(?:ca|cg)\.shared\.global(?:\.[a-z0-9:]+)* \[[^\]]+\], \[[^\]]+\], (?:0x10|16)\b", ptx)
+    )
     return dict(
         v4_loads=v4_loads + cp_async16,
         v4_stores=len(re.findall(r"st\.global(?:\.[a-z0-9:]+)*\.v4\.(?:b32|f32|u32)", ptx)),
@@ -215,10 +405,12 @@ def check_variant(v: Variant) -> tuple[bool, str]:
         missing.append("loop not pipelined (no cp.async)")
     if "atomics" in v.expect and counts["atomics"] == 0:
         missing.append("no atomics")
-    notes = [f"{counts['v4_loads']} × 16-byte loads" if "v4 loads" in v.expect else "",
-             f"{counts['v4_stores']} × 16-byte stores" if "v4 stores" in v.expect else "",
-             f"{counts['cp_async']} × cp.async" if "cp.async" in v.expect else "",
-             f"{counts['atomics']} × atomics" if "atomics" in v.expect else ""]
+    notes = [
+        f"{counts['v4_loads']} × 16-byte loads" if "v4 loads" in v.expect else "",
+        f"{counts['v4_stores']} × 16-byte stores" if "v4 stores" in v.expect else "",
+        f"{counts['cp_async']} × cp.async" if "cp.async" in v.expect else "",
+        f"{counts['atomics']} × atomics" if "atomics" in v.expect else "",
+    ]
     return (False, "; ".join(missing)) if missing else (True, "  ".join(n for n in notes if n))
 
 
@@ -254,31 +446,73 @@ def default_launches(n: int, facts: kconfig.DeviceFacts = H100) -> list[tuple[st
     elements (no residual, forward storing statistics, backward with dγ and dβ)."""
     fwd_cfg = kconfig.forward_config(n, 2, 4, facts)
     bwd_cfg = kconfig.backward_config(n, 4, facts)
-    fwd = dict(_FWD_SWITCHES, WEIGHT_OFFSET=0.0, HAS_RESIDUAL=False, HAS_DROPOUT=False, STORE_H=False,
-               BLOCK_N=fwd_cfg.block_n, RES=None, SEED=None, H=None, tokens=1, **_NO_FWD_MODULATION)
-    bwd = dict(_BWD_SWITCHES, WEIGHT_OFFSET=0.0, HAS_DH_IN=False, HAS_DROPOUT=False, STORE_DRES=False,
-               BLOCK_N=bwd_cfg.block_n, DH_IN=None, SEED=None, DRES=None, tokens=1, **_NO_BWD_MODULATION)
+    fwd = dict(
+        _FWD_SWITCHES,
+        WEIGHT_OFFSET=0.0,
+        HAS_RESIDUAL=False,
+        HAS_DROPOUT=False,
+        STORE_H=False,
+        BLOCK_N=fwd_cfg.block_n,
+        RES=None,
+        SEED=None,
+        H=None,
+        tokens=1,
+        **_NO_FWD_MODULATION,
+    )
+    bwd = dict(
+        _BWD_SWITCHES,
+        WEIGHT_OFFSET=0.0,
+        HAS_DH_IN=False,
+        HAS_DROPOUT=False,
+        STORE_DRES=False,
+        BLOCK_N=bwd_cfg.block_n,
+        DH_IN=None,
+        SEED=None,
+        DRES=None,
+        tokens=1,
+        **_NO_BWD_MODULATION,
+    )
     out = []
     if fwd_cfg.mode == kconfig.ROWS:
-        out.append(("fwd rows", rows_forward_kernel, fwd_cfg,
-                    dict(fwd, BLOCK_M=fwd_cfg.block_m, NUM_STAGES=fwd_cfg.num_stages)))
+        out.append(
+            (
+                "fwd rows",
+                rows_forward_kernel,
+                fwd_cfg,
+                dict(fwd, BLOCK_M=fwd_cfg.block_m, NUM_STAGES=fwd_cfg.num_stages),
+            )
+        )
     elif fwd_cfg.mode == kconfig.CHUNKED:
         out.append(("fwd chunked", chunked_forward_kernel, fwd_cfg, fwd))
     else:
         s_block = kconfig.pow2(kconfig.long_rows_segments(n, fwd_cfg))
-        out.append(("fwd long_rows", long_rows_forward_kernel, fwd_cfg,
-                    dict(fwd, EXCHANGE="cooperative", S_BLOCK=s_block)))
+        out.append(
+            ("fwd long_rows", long_rows_forward_kernel, fwd_cfg, dict(fwd, EXCHANGE="cooperative", S_BLOCK=s_block))
+        )
     if bwd_cfg.mode == kconfig.ROWS:
-        out.append(("bwd rows", rows_backward_kernel, bwd_cfg,
-                    dict(bwd, BLOCK_M=bwd_cfg.block_m, NUM_STAGES=bwd_cfg.num_stages, MOD_SUMS=False, DSHIFT=None)))
+        out.append(
+            (
+                "bwd rows",
+                rows_backward_kernel,
+                bwd_cfg,
+                dict(bwd, BLOCK_M=bwd_cfg.block_m, NUM_STAGES=bwd_cfg.num_stages, MOD_SUMS=False, DSHIFT=None),
+            )
+        )
     elif bwd_cfg.mode == kconfig.LONG_ROWS:
         s_block = kconfig.pow2(kconfig.long_rows_segments(n, bwd_cfg))
-        out.append(("bwd long_rows", long_rows_backward_kernel, bwd_cfg,
-                    dict(bwd, EXCHANGE="cooperative", S_BLOCK=s_block)))
+        out.append(
+            ("bwd long_rows", long_rows_backward_kernel, bwd_cfg, dict(bwd, EXCHANGE="cooperative", S_BLOCK=s_block))
+        )
     else:
         for pass_ in ("sums", "dx"):
-            out.append((f"bwd segment {pass_}", segment_backward_kernel, bwd_cfg,
-                        dict(bwd, PASS=pass_, BLOCK_M=bwd_cfg.block_m)))
+            out.append(
+                (
+                    f"bwd segment {pass_}",
+                    segment_backward_kernel,
+                    bwd_cfg,
+                    dict(bwd, PASS=pass_, BLOCK_M=bwd_cfg.block_m),
+                )
+            )
     return out
 
 
@@ -302,10 +536,12 @@ def issue18_launches(facts: kconfig.DeviceFacts = H100) -> list[tuple[int, str, 
     for n in ISSUE18_WIDTHS["ada"]:
         fwd_cfg, bwd_cfg = kconfig.ada_forward_config(n, 2, 4, facts), kconfig.ada_backward_config(n, 4, facts)
         assert fwd_cfg.mode == bwd_cfg.mode == kconfig.ROWS, n  # the widths listed are whole-row tiles
-        fwd = kplan.forward_plan(n, bf16, False, False, bf16, bf16, 1e-6, 0.0, 0.0, False, True, cpu, fwd_cfg,
-                                 True, True)
-        bwd = kplan.backward_plan(n, bf16, bf16, bf16, False, True, 0.0, 0.0, False, False, False, cpu, bwd_cfg,
-                                  False, True, True, True)
+        fwd = kplan.forward_plan(
+            n, bf16, False, False, bf16, bf16, 1e-6, 0.0, 0.0, False, True, cpu, fwd_cfg, True, True
+        )
+        bwd = kplan.backward_plan(
+            n, bf16, bf16, bf16, False, True, 0.0, 0.0, False, False, False, cpu, bwd_cfg, False, True, True, True
+        )
         out.append((n, "fwd adaln-rows", rows_forward_kernel, fwd_cfg, switches(fwd, W=None, B=None, SEED=None)))
         out.append((n, "bwd adaln-rows", rows_backward_kernel, bwd_cfg, switches(bwd, W=None, B=None, SEED=None)))
     for n in ISSUE18_WIDTHS["dyt"]:
@@ -335,9 +571,12 @@ def _report_line(n: int, label: str, kernel: Any, cfg: kconfig.KernelConfig, con
     launched = cfg.programs_per_sm if cfg.mode != kconfig.SEGMENT else 0
     bad = launched > fit
     tile = f"{cfg.block_m}×{cfg.block_n}"
-    print(f"{n:>8}  {label:17}  {tile:>12}  {cfg.num_warps:5d}  {regs:4d}  {stack:5d}  "
-          f"{compiled.metadata.shared / 1024:7.1f}  {fit:6d}  {launched or '–':>11}  {counts['v4_loads']:6d}  "
-          f"{counts['v4_stores']:6d}  {counts['bar_sync']:8d}{'  FAIL: does not fit' if bad else ''}", flush=True)
+    print(
+        f"{n:>8}  {label:17}  {tile:>12}  {cfg.num_warps:5d}  {regs:4d}  {stack:5d}  "
+        f"{compiled.metadata.shared / 1024:7.1f}  {fit:6d}  {launched or '–':>11}  {counts['v4_loads']:6d}  "
+        f"{counts['v4_stores']:6d}  {counts['bar_sync']:8d}{'  FAIL: does not fit' if bad else ''}",
+        flush=True,
+    )
     return not bad
 
 
@@ -345,8 +584,10 @@ def report_configs() -> int:
     """Registers, spills, shared memory and occupancy of the default configs over the benchmark's row lengths
     (bf16 LayerNorm, H100-sized machine), then of issue 18's kernels at their models' widths; exit 1 if a config
     launches more programs per SM than fit."""
-    print(f"{'N':>8}  {'kernel':17}  {'tile':>12}  warps  regs  stack  smem KB  fit/SM  launched/SM  "
-          f"16B ld  16B st  bar.sync")
+    print(
+        f"{'N':>8}  {'kernel':17}  {'tile':>12}  warps  regs  stack  smem KB  fit/SM  launched/SM  "
+        f"16B ld  16B st  bar.sync"
+    )
     failures = 0
     launches = [(n, *launch) for n in CONFIG_LENGTHS for launch in default_launches(n)] + issue18_launches()
     for n, label, kernel, cfg, consts in launches:
@@ -358,10 +599,12 @@ def report_configs() -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tokennorm.tools.kernel_report.compile_check",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", action="store_true",
-                        help="report registers, spills and occupancy of the default configs instead")
+    parser = argparse.ArgumentParser(
+        prog="python -m tokennorm.tools.kernel_report.compile_check", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--configs", action="store_true", help="report registers, spills and occupancy of the default configs instead"
+    )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_check compiles for a GPU: run it without TRITON_INTERPRET=1", file=sys.stderr)

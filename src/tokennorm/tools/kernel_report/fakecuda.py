@@ -42,8 +42,18 @@ from triton.runtime.driver import driver
 
 from tokennorm.tools.kernel_report import cubin, hopper
 
-__all__ = ["Launch", "install", "uninstall", "is_installed", "installed_device", "launches", "clear", "capture",
-           "recording", "LOG_LIMIT"]
+__all__ = [
+    "Launch",
+    "install",
+    "uninstall",
+    "is_installed",
+    "installed_device",
+    "launches",
+    "clear",
+    "capture",
+    "recording",
+    "LOG_LIMIT",
+]
 
 LOG_LIMIT = 4096  # launches kept by the log: it holds their arguments (tensors), so it must not grow per call
 
@@ -164,9 +174,13 @@ class _Utils:
     def get_device_properties(self, device: int) -> dict[str, int]:
         d = self._device
         return {
-            "max_shared_mem": hopper.SHARED_PER_BLOCK_MAX, "max_num_regs": hopper.REGISTERS_PER_SM,
-            "multiprocessor_count": d.sms, "warpSize": hopper.WARP_SIZE, "sm_clock_rate": int(d.sm_clock_hz / 1e3),
-            "mem_clock_rate": d.mem_clock_khz, "mem_bus_width": d.mem_bus_bits,
+            "max_shared_mem": hopper.SHARED_PER_BLOCK_MAX,
+            "max_num_regs": hopper.REGISTERS_PER_SM,
+            "multiprocessor_count": d.sms,
+            "warpSize": hopper.WARP_SIZE,
+            "sm_clock_rate": int(d.sm_clock_hz / 1e3),
+            "mem_clock_rate": d.mem_clock_khz,
+            "mem_bus_width": d.mem_bus_bits,
         }
 
 
@@ -216,8 +230,10 @@ def install(device: hopper.Device = hopper.H100) -> FakeCudaDriver:
     ``triton.jit`` builds interpreted functions, which never reach a driver)."""
     global _installed, _previous_driver
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("the fake CUDA driver needs a process without TRITON_INTERPRET=1 "
-                           "(triton.jit then returns interpreted kernels that never reach a driver)")
+        raise RuntimeError(
+            "the fake CUDA driver needs a process without TRITON_INTERPRET=1 "
+            "(triton.jit then returns interpreted kernels that never reach a driver)"
+        )
     if _installed is None:
         _previous_driver = driver._active  # None unless a driver was already made active
     _installed = FakeCudaDriver(device)

@@ -50,16 +50,28 @@ class Device:
 
 
 H100 = Device(
-    name="H100 SXM5 80GB HBM3", sms=132, sm_clock_hz=1.98e9, hbm_bytes_per_s=3.35e12,
-    copy_bytes_per_s=3.0e12, copy_measured=True,
+    name="H100 SXM5 80GB HBM3",
+    sms=132,
+    sm_clock_hz=1.98e9,
+    hbm_bytes_per_s=3.35e12,
+    copy_bytes_per_s=3.0e12,
+    copy_measured=True,
     copy_source="docs/design.md: 3004 GB/s device copy, H100 80GB HBM3, torch 2.11, M·N = 2^27",
-    mem_clock_khz=2_619_000, mem_bus_bits=5120, l2_bytes=50 << 20,
+    mem_clock_khz=2_619_000,
+    mem_bus_bits=5120,
+    l2_bytes=50 << 20,
 )
 H200 = Device(
-    name="H200 SXM 141GB HBM3e", sms=132, sm_clock_hz=1.98e9, hbm_bytes_per_s=4.8e12,
-    copy_bytes_per_s=4.3e12, copy_measured=True,
+    name="H200 SXM 141GB HBM3e",
+    sms=132,
+    sm_clock_hz=1.98e9,
+    hbm_bytes_per_s=4.8e12,
+    copy_bytes_per_s=4.3e12,
+    copy_measured=True,
     copy_source="device tool's KINDS.md: ~4.3 TB/s device-to-device copy through PyTorch on an H200, 2026-10-28",
-    mem_clock_khz=3_201_000, mem_bus_bits=6144, l2_bytes=60 << 20,
+    mem_clock_khz=3_201_000,
+    mem_bus_bits=6144,
+    l2_bytes=60 << 20,
 )
 DEVICES = {"h100": H100, "h200": H200}
 
@@ -76,8 +88,12 @@ class Occupancy:
 
     @property
     def limited_by(self) -> str:
-        limits = {"registers": self.by_registers, "warps": self.by_warps, "shared": self.by_shared,
-                  "blocks": self.by_blocks}
+        limits = {
+            "registers": self.by_registers,
+            "warps": self.by_warps,
+            "shared": self.by_shared,
+            "blocks": self.by_blocks,
+        }
         return min(limits, key=limits.__getitem__)
 
 

@@ -45,8 +45,10 @@ class HostTime:
     calls_per_repeat: int
 
     def __str__(self) -> str:
-        return (f"{self.median_us:.1f} µs per call (p20–p80 {self.p20_us:.1f}–{self.p80_us:.1f}, "
-                f"{self.repeats} × {self.calls_per_repeat:,} calls)")
+        return (
+            f"{self.median_us:.1f} µs per call (p20–p80 {self.p20_us:.1f}–{self.p80_us:.1f}, "
+            f"{self.repeats} × {self.calls_per_repeat:,} calls)"
+        )
 
 
 @contextlib.contextmanager
@@ -74,8 +76,10 @@ def _batch_seconds(fn: Callable[[], Any], calls: int) -> float:
 def measure(fn: Callable[[], Any], *, repeats: int = 30, warmup: int = 20, min_batch_s: float = 0.005) -> HostTime:
     """Host time per call of ``fn`` (see the module's docstring)."""
     if repeats < 1 or warmup < 0 or min_batch_s <= 0:
-        raise ValueError(f"measure needs repeats ≥ 1, warmup ≥ 0 and min_batch_s > 0, but got repeats={repeats}, "
-                         f"warmup={warmup}, min_batch_s={min_batch_s}")
+        raise ValueError(
+            f"measure needs repeats ≥ 1, warmup ≥ 0 and min_batch_s > 0, but got repeats={repeats}, "
+            f"warmup={warmup}, min_batch_s={min_batch_s}"
+        )
     with quiet_host():
         for _ in range(warmup):
             fn()

@@ -43,8 +43,10 @@ def rows_for(result: cases.CaseResult) -> list[Row]:
     if result.skipped is not None:
         return [Row(result, "")]
     count = len(result.launches)
-    return [Row(result, f"{i + 1}/{count}" if count > 1 else "", c, analysis.analyze(c.kernel, c.grid, c.tiling))
-            for i, c in enumerate(result.launches)]
+    return [
+        Row(result, f"{i + 1}/{count}" if count > 1 else "", c, analysis.analyze(c.kernel, c.grid, c.tiling))
+        for i, c in enumerate(result.launches)
+    ]
 
 
 def metadata() -> dict[str, Any]:
@@ -55,9 +57,14 @@ def metadata() -> dict[str, Any]:
             return None
 
     return {
-        "date": datetime.date.today().isoformat(), "target": f"sm_{hopper.ARCH}", "triton": triton.__version__,
-        "torch": torch.__version__, "tokennorm": version("tokennorm"), "liger_kernel": version("liger-kernel"),
-        "host": platform.machine(), "elements_per_case": cases.ELEMENTS,
+        "date": datetime.date.today().isoformat(),
+        "target": f"sm_{hopper.ARCH}",
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "tokennorm": version("tokennorm"),
+        "liger_kernel": version("liger-kernel"),
+        "host": platform.machine(),
+        "elements_per_case": cases.ELEMENTS,
         "issue_per_sm_per_cycle": hopper.ISSUE_PER_SM_PER_CYCLE,
         "model": {d.name: dataclasses.asdict(d) for d in MODELLED},
     }
@@ -116,8 +123,10 @@ COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
     ("cp.async", lambda r: str(r.kernel.cp_async)),
     ("SASS / loop", lambda r: f"{r.kernel.sass_main} / {r.kernel.sass_hot or '–'}"),
     ("SASS/elem", lambda r: f"{r.kernel.sass_per_element:.1f}"),
-    ("issue " + " / ".join(d.name.split()[0] for d in MODELLED),
-     lambda r: " / ".join(f"{100 * r.issue_share(d):.0f}%" for d in MODELLED)),
+    (
+        "issue " + " / ".join(d.name.split()[0] for d in MODELLED),
+        lambda r: " / ".join(f"{100 * r.issue_share(d):.0f}%" for d in MODELLED),
+    ),
 ]
 CASE_COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
     ("impl", lambda r: r.case.impl),
@@ -139,8 +148,10 @@ LEGEND = (
 
 
 def legend() -> str:
-    copies = ", ".join(f"{d.name.split()[0]} {d.copy_bytes_per_s / 1e12:.2f} TB/s "
-                       f"{'measured' if d.copy_measured else 'assumed'}" for d in MODELLED)
+    copies = ", ".join(
+        f"{d.name.split()[0]} {d.copy_bytes_per_s / 1e12:.2f} TB/s {'measured' if d.copy_measured else 'assumed'}"
+        for d in MODELLED
+    )
     return LEGEND.format(elements=cases.ELEMENTS, clock=hopper.H100.sm_clock_hz / 1e9, copies=copies)
 
 
@@ -170,10 +181,14 @@ def headers() -> list[str]:
 
 def to_markdown(rows: Iterable[Row], meta: dict[str, Any]) -> str:
     rows = list(rows)
-    lines = [f"{meta['date']}, triton {meta['triton']}, torch {meta['torch']}, compiled for {meta['target']} on a "
-             f"CPU (fake CUDA driver; nothing ran), liger-kernel {meta['liger_kernel'] or 'not installed'}, "
-             f"{'/'.join(sorted({r.case.dtype for r in rows}))}.", "",
-             "| " + " | ".join(headers()) + " |", "|" + "---|" * len(headers())]
+    lines = [
+        f"{meta['date']}, triton {meta['triton']}, torch {meta['torch']}, compiled for {meta['target']} on a "
+        f"CPU (fake CUDA driver; nothing ran), liger-kernel {meta['liger_kernel'] or 'not installed'}, "
+        f"{'/'.join(sorted({r.case.dtype for r in rows}))}.",
+        "",
+        "| " + " | ".join(headers()) + " |",
+        "|" + "---|" * len(headers()),
+    ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |" for r in rows if r.kernel]
     skipped = [f"Not run: {line}." for line in not_run(rows)]
     return "\n".join(lines + [""] + ([" ".join(skipped), ""] if skipped else []) + [legend()]) + "\n"
@@ -184,10 +199,21 @@ def to_rich(rows: Iterable[Row], meta: dict[str, Any]) -> Any:
 
     rows = list(rows)
     caption = "\n".join([*(f"Not run: {line}." for line in not_run(rows)), legend()])
-    table = Table(title=f"What each launch compiles to ({meta['target']}, triton {meta['triton']})",
-                  caption=caption, caption_justify="left")
-    numeric = {"N", "regs / spill B", "smem KB", "bar.sync / shfl", "cp.async", "SASS / loop", "SASS/elem",
-               *(h for h in headers() if h.startswith("issue"))}
+    table = Table(
+        title=f"What each launch compiles to ({meta['target']}, triton {meta['triton']})",
+        caption=caption,
+        caption_justify="left",
+    )
+    numeric = {
+        "N",
+        "regs / spill B",
+        "smem KB",
+        "bar.sync / shfl",
+        "cp.async",
+        "SASS / loop",
+        "SASS/elem",
+        *(h for h in headers() if h.startswith("issue")),
+    }
     for h in headers():
         table.add_column(h, justify="right" if h in numeric else "left")
     for row in rows:
@@ -199,16 +225,26 @@ def to_rich(rows: Iterable[Row], meta: dict[str, Any]) -> Any:
 def to_json(rows: Iterable[Row], meta: dict[str, Any]) -> dict[str, Any]:
     out = []
     for row in rows:
-        entry: dict[str, Any] = {"impl": row.case.impl, "op": row.case.op, "direction": row.case.direction,
-                                 "dtype": row.case.dtype, "n": row.case.n, "m": row.case.m, "part": row.part}
+        entry: dict[str, Any] = {
+            "impl": row.case.impl,
+            "op": row.case.op,
+            "direction": row.case.direction,
+            "dtype": row.case.dtype,
+            "n": row.case.n,
+            "m": row.case.m,
+            "part": row.part,
+        }
         if row.kernel is None:
             entry["skipped"] = row.case.skipped
         else:
             k = row.kernel
             entry.update(
-                dataclasses.asdict(k), tile=row.launch.tile, data_tensors=list(row.launch.data_tensors),
+                dataclasses.asdict(k),
+                tile=row.launch.tile,
+                data_tensors=list(row.launch.data_tensors),
                 occupancy=dict(dataclasses.asdict(k.occupancy), limited_by=k.occupancy.limited_by),
-                warps_per_sm=k.warps_per_sm, bytes_per_element=row.bytes_per_element,
+                warps_per_sm=k.warps_per_sm,
+                bytes_per_element=row.bytes_per_element,
                 issue_share={d.name: row.issue_share(d) for d in MODELLED},
             )
         out.append(entry)

@@ -35,8 +35,15 @@ H200 = DeviceFacts(sms=132, l2_bytes=60 << 20)
 COUNTER_BYTES = 4
 
 
-def forward_bytes(m: int, n: int, itemsize: int, cfg: KernelConfig, facts: DeviceFacts = H100,
-                  store_stats: bool = True, acc_itemsize: int = 4) -> int:
+def forward_bytes(
+    m: int,
+    n: int,
+    itemsize: int,
+    cfg: KernelConfig,
+    facts: DeviceFacts = H100,
+    store_stats: bool = True,
+    acc_itemsize: int = 4,
+) -> int:
     """Bytes a forward plan moves for LayerNorm/RMSNorm of an [m, n] input (no residual)."""
     reads = 1
     if cfg.mode == kconfig.CHUNKED and not kconfig.chunked_fits_l2(n, itemsize, cfg, facts):
@@ -59,8 +66,15 @@ def backward_programs(m: int, n: int, cfg: KernelConfig, facts: DeviceFacts = H1
     return row_groups(m, 2 * facts.sms, segments)[0]
 
 
-def backward_bytes(m: int, n: int, itemsize: int, cfg: KernelConfig, facts: DeviceFacts = H100,
-                   has_bias: bool = True, acc_itemsize: int = 4) -> int:
+def backward_bytes(
+    m: int,
+    n: int,
+    itemsize: int,
+    cfg: KernelConfig,
+    facts: DeviceFacts = H100,
+    has_bias: bool = True,
+    acc_itemsize: int = 4,
+) -> int:
     """Bytes a backward plan and the final partial sum move for an [m, n] input."""
     reads = 2 if cfg.mode == kconfig.SEGMENT else 1
     gradient = (2 * reads + 1) * m * n * itemsize + 2 * m * acc_itemsize  # h, dy per pass; dx; mean, rstd
@@ -74,18 +88,24 @@ def backward_bytes(m: int, n: int, itemsize: int, cfg: KernelConfig, facts: Devi
     return gradient + partials + extra
 
 
-def default_bytes(m: int, n: int, itemsize: int, facts: DeviceFacts = H100,
-                  has_bias: bool = True) -> tuple[KernelConfig, int, KernelConfig, int]:
+def default_bytes(
+    m: int, n: int, itemsize: int, facts: DeviceFacts = H100, has_bias: bool = True
+) -> tuple[KernelConfig, int, KernelConfig, int]:
     """(forward config, forward bytes, backward config, backward bytes) of tokennorm's default plans on a GPU
     like ``facts`` (forward without storing statistics, as inference runs it)."""
     fwd = kconfig.forward_config(n, itemsize, 4, facts)
     bwd = kconfig.backward_config(n, 4, facts)
-    return (fwd, forward_bytes(m, n, itemsize, fwd, facts, store_stats=False),
-            bwd, backward_bytes(m, n, itemsize, bwd, facts, has_bias))
+    return (
+        fwd,
+        forward_bytes(m, n, itemsize, fwd, facts, store_stats=False),
+        bwd,
+        backward_bytes(m, n, itemsize, bwd, facts, has_bias),
+    )
 
 
-def _legacy_bytes(direction: str, m: int, n: int, size: int, cfg: dict, per_sm: Optional[int], sms: int,
-                  bias: bool) -> tuple[int, Optional[int]]:
+def _legacy_bytes(
+    direction: str, m: int, n: int, size: int, cfg: dict, per_sm: Optional[int], sms: int, bias: bool
+) -> tuple[int, Optional[int]]:
     """(bytes moved, row groups) of a candidate recorded with the first kernels' tilings (2026-11-23)."""
     split = cfg.get("segments", 1)
     segments = cdiv(n, cdiv(cdiv(n, split), cfg["block_n"]) * cfg["block_n"]) if split > 1 else 1
@@ -123,9 +143,19 @@ def analyse(runs: list[dict], sms: int, has_bias: Optional[bool] = None, itemsiz
                     moved, groups = _legacy_bytes(direction, m, n, size, cfg, e.get("per_sm"), sms, bias)
                 needed = (2 if direction == "fwd" else 3) * m * n * size
                 seconds = e["ms"] * 1e-3
-                out.append({"dir": direction, "n": n, "m": m, "cfg": cfg, "per_sm": e.get("per_sm"),
-                            "groups": groups, "needed_frac": needed / seconds / 1e9 / copy,
-                            "moved_per_needed": moved / needed, "moved_frac": moved / seconds / 1e9 / copy})
+                out.append(
+                    {
+                        "dir": direction,
+                        "n": n,
+                        "m": m,
+                        "cfg": cfg,
+                        "per_sm": e.get("per_sm"),
+                        "groups": groups,
+                        "needed_frac": needed / seconds / 1e9 / copy,
+                        "moved_per_needed": moved / needed,
+                        "moved_frac": moved / seconds / 1e9 / copy,
+                    }
+                )
     return out
 
 
@@ -142,8 +172,10 @@ def describe(cfg) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tokennorm.tools.kernel_report.traffic",
-                                description="Bytes moved vs bytes needed: the default plans, or a tune_kernels.py run")
+    p = argparse.ArgumentParser(
+        prog="python -m tokennorm.tools.kernel_report.traffic",
+        description="Bytes moved vs bytes needed: the default plans, or a tune_kernels.py run",
+    )
     p.add_argument("runs", nargs="*", help="tune_kernels.py --json output(s); none: the default plans at every N")
     p.add_argument("--sms", type=int, default=132, help="SMs of the GPU that ran it (H100 SXM: 132)")
     p.add_argument("--itemsize", type=int, default=2, help="bytes per element, for runs that did not record it")
@@ -152,16 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs:
         default_plans_table(args.itemsize)
         return 0
-    print("| run | dir | N | M | config | per SM | row groups | × copy (bytes needed) | bytes moved / needed "
-          "| × copy (bytes moved) |")
+    print(
+        "| run | dir | N | M | config | per SM | row groups | × copy (bytes needed) | bytes moved / needed "
+        "| × copy (bytes moved) |"
+    )
     print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for path in args.runs:
         with open(path) as f:
             runs = json.load(f)
         # Runs that did not record the op are named after it (tune_ln.json, tune_rms.json).
         legacy = "is_rms" not in runs[0]
-        rows = analyse(runs, args.sms, ("rms" not in path.rsplit("/", 1)[-1]) if legacy else None,
-                       args.itemsize if legacy else None)
+        rows = analyse(
+            runs,
+            args.sms,
+            ("rms" not in path.rsplit("/", 1)[-1]) if legacy else None,
+            args.itemsize if legacy else None,
+        )
         if args.best:
             best: dict[tuple[str, int], dict] = {}
             for r in rows:
@@ -170,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                     best[key] = r
             rows = list(best.values())
         for r in rows:
-            print(f"| {path.rsplit('/', 1)[-1]} | {r['dir']} | {r['n']:,} | {r['m']:,} | {describe(r['cfg'])} "
-                  f"| {r['per_sm'] or '–'} | {r['groups'] or '–'} | {r['needed_frac']:.2f} "
-                  f"| {r['moved_per_needed']:.2f} | {r['moved_frac']:.2f} |")
+            print(
+                f"| {path.rsplit('/', 1)[-1]} | {r['dir']} | {r['n']:,} | {r['m']:,} | {describe(r['cfg'])} "
+                f"| {r['per_sm'] or '–'} | {r['groups'] or '–'} | {r['needed_frac']:.2f} "
+                f"| {r['moved_per_needed']:.2f} | {r['moved_frac']:.2f} |"
+            )
     print("\nToday's default plans on the same shapes (bytes moved / needed; H100-sized L2; LayerNorm):\n")
     print("| N | M | forward | fwd | backward | bwd |")
     print("|---:|---:|---|---:|---|---:|")
@@ -181,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     facts = DeviceFacts(args.sms, H100.l2_bytes)
     for m, n in shapes:
         fwd, f_bytes, bwd, b_bytes = default_bytes(m, n, args.itemsize, facts)
-        print(f"| {n:,} | {m:,} | {describe(fwd)} | {f_bytes / (2 * m * n * args.itemsize):.3f} | {describe(bwd)} "
-              f"| {b_bytes / (3 * m * n * args.itemsize):.3f} |")
+        print(
+            f"| {n:,} | {m:,} | {describe(fwd)} | {f_bytes / (2 * m * n * args.itemsize):.3f} | {describe(bwd)} "
+            f"| {b_bytes / (3 * m * n * args.itemsize):.3f} |"
+        )
     return 0
 
 
@@ -197,8 +239,10 @@ def default_plans_table(itemsize: int, elements: int = 1 << 27) -> None:
         for n in DEFAULT_PLAN_NS:
             m = elements // n
             fwd, f_bytes, bwd, b_bytes = default_bytes(m, n, itemsize, facts)
-            print(f"| {name} | {n:,} | {m:,} | {describe(fwd)} | {f_bytes / (2 * m * n * itemsize):.3f} "
-                  f"| {describe(bwd)} | {b_bytes / (3 * m * n * itemsize):.3f} |")
+            print(
+                f"| {name} | {n:,} | {m:,} | {describe(fwd)} | {f_bytes / (2 * m * n * itemsize):.3f} "
+                f"| {describe(bwd)} | {b_bytes / (3 * m * n * itemsize):.3f} |"
+            )
 
 
 if __name__ == "__main__":

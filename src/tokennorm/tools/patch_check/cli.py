@@ -23,16 +23,26 @@ DEFAULT_RTOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_DIR_OR_PACKAGE",
-                        help="a directory with config.json and weights, or an installed package shipping one")
+    parser.add_argument(
+        "model",
+        metavar="MODEL_DIR_OR_PACKAGE",
+        help="a directory with config.json and weights, or an installed package shipping one",
+    )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype to load the model in")
     parser.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, ...)")
-    parser.add_argument("--interpret", action="store_true",
-                        help="run tokennorm's Triton kernels on the CPU, in Triton's interpreter (a subprocess "
-                             "with TRITON_INTERPRET=1; slow)")
+    parser.add_argument(
+        "--interpret",
+        action="store_true",
+        help="run tokennorm's Triton kernels on the CPU, in Triton's interpreter (a subprocess "
+        "with TRITON_INTERPRET=1; slow)",
+    )
     parser.add_argument("--tokens", type=int, default=16, help="tokens per sequence of the probe batch")
-    parser.add_argument("--rtol", type=float, default=None,
-                        help="accepted max output difference relative to the output's scale (default: per dtype)")
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="accepted max output difference relative to the output's scale (default: per dtype)",
+    )
 
 
 def _interpreted_argv(args: argparse.Namespace) -> list[str]:
@@ -59,10 +69,15 @@ def _kernels(device, runs_triton: bool) -> str:
     from tokennorm.backend import get_backend
 
     if not runs_triton:
-        hint = ("; run them with --interpret (Triton's interpreter on the CPU)" if device.type == "cpu"
-                else "; TOKENNORM_BACKEND=triton runs them")
-        return (f"tokennorm's norms ran torch's own kernels (backend {get_backend()} on {device.type}): the "
-                f"difference shows that the swap is exact, not how tokennorm's Triton kernels compute{hint}")
+        hint = (
+            "; run them with --interpret (Triton's interpreter on the CPU)"
+            if device.type == "cpu"
+            else "; TOKENNORM_BACKEND=triton runs them"
+        )
+        return (
+            f"tokennorm's norms ran torch's own kernels (backend {get_backend()} on {device.type}): the "
+            f"difference shows that the swap is exact, not how tokennorm's Triton kernels compute{hint}"
+        )
     where = "in Triton's interpreter on the CPU" if device.type == "cpu" else f"on {device.type}"
     return f"tokennorm's norms ran its Triton kernels {where} (backend {get_backend()})"
 
@@ -132,8 +147,10 @@ def _check(args: argparse.Namespace, fail) -> int:
     diff = (after.double() - before.double()).abs().max().item()
     rtol = DEFAULT_RTOL[args.dtype] if args.rtol is None else args.rtol
     ok = diff <= rtol * scale
-    console.print(f"{summary}; max |output after − before| = {diff:.3e} (output scale {scale:.3e}, tolerance "
-                  f"{rtol:g} × scale): " + ("[green]OK[/green]" if ok else "[red]TOO LARGE[/red]"))
+    console.print(
+        f"{summary}; max |output after − before| = {diff:.3e} (output scale {scale:.3e}, tolerance "
+        f"{rtol:g} × scale): " + ("[green]OK[/green]" if ok else "[red]TOO LARGE[/red]")
+    )
     return 0 if ok else 1
 
 

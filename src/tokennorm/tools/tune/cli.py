@@ -39,19 +39,40 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--show", action="store_true",
-                        help="print the table in use on each GPU here and where it came from (measures nothing)")
-    parser.add_argument("--device", type=int, default=None, metavar="INDEX",
-                        help="CUDA device index to measure or show (default: the current device)")
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="print the table in use on each GPU here and where it came from (measures nothing)",
+    )
+    parser.add_argument(
+        "--device",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="CUDA device index to measure or show (default: the current device)",
+    )
     parser.add_argument("--quick", action="store_true", help="bf16 at N = 1K, 4K, 16K, 64K, fewer rounds")
     parser.add_argument("--dtypes", type=_dtypes, default=None, help="comma-separated, from bf16, fp16, fp32")
-    parser.add_argument("--sizes", type=_sizes, default=None,
-                        help="row lengths N, e.g. 1K,4K,64K (default: every power of two from 256 to 1M)")
-    parser.add_argument("--out", metavar="PATH", default=None,
-                        help="write the table here instead of the cache folder (auto then does not use it)")
-    parser.add_argument("--from-bench", nargs="+", metavar="JSON", default=None,
-                        help="measure nothing: build the table from `tokennorm bench --json` results of one GPU "
-                             "(their tokennorm and torch rows), e.g. those of scripts/gpu_check.sh; needs --out")
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=None,
+        help="row lengths N, e.g. 1K,4K,64K (default: every power of two from 256 to 1M)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        default=None,
+        help="write the table here instead of the cache folder (auto then does not use it)",
+    )
+    parser.add_argument(
+        "--from-bench",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="measure nothing: build the table from `tokennorm bench --json` results of one GPU "
+        "(their tokennorm and torch rows), e.g. those of scripts/gpu_check.sh; needs --out",
+    )
 
 
 def _fail(message: str) -> int:
@@ -74,8 +95,9 @@ def render(table: Any, console: Any) -> None:
     from tokennorm.tools.bench.report import size_label
 
     prov = table.provenance
-    console.print(f"[bold]{table.device.name}[/] ({table.device.arch}), matched by {table.match}: {table.source}",
-                  highlight=False)
+    console.print(
+        f"[bold]{table.device.name}[/] ({table.device.arch}), matched by {table.match}: {table.source}", highlight=False
+    )
     facts = ", ".join(f"{k} {prov[k]}" for k in ("date", "torch", "triton", "tokennorm", "command") if prov.get(k))
     if facts:
         console.print(f"  measured: {facts}", highlight=False)
@@ -113,8 +135,11 @@ def show(args: argparse.Namespace, console: Any) -> int:
         table = dispatch.table_for(identity)
         console.print(f"cuda:{index} {identity.name} ({identity.arch}): ", end="", highlight=False)
         if table is None:
-            console.print("no measured table: auto runs tokennorm's kernels for every shape "
-                          f"(`tokennorm tune` writes {dispatch.cache_path(identity)})", highlight=False)
+            console.print(
+                "no measured table: auto runs tokennorm's kernels for every shape "
+                f"(`tokennorm tune` writes {dispatch.cache_path(identity)})",
+                highlight=False,
+            )
             continue
         console.print("auto follows this table", highlight=False)
         render(table, console)
@@ -157,17 +182,23 @@ def summary(doc: dict[str, Any]) -> list[str]:
     total = len(doc["entries"])
     if not lost:
         return [f"tokennorm's kernels were at least as fast as torch's on all {total} shapes measured."]
-    lines = [f"{len(lost)} of {total} shapes go to torch; tokennorm's kernels were slower there by "
-             f"{min(e['slower'] for e in lost):.2f}–{max(e['slower'] for e in lost):.2f}× (slowest first):"]
-    lines += [f"  {e['op']} {e['direction']} {e['dtype']} N={e['n']}: {e['tokennorm_us']:.1f} µs vs torch "
-              f"{e['torch_us']:.1f} µs ({e['slower']:.2f}×)" for e in lost[:12]]
+    lines = [
+        f"{len(lost)} of {total} shapes go to torch; tokennorm's kernels were slower there by "
+        f"{min(e['slower'] for e in lost):.2f}–{max(e['slower'] for e in lost):.2f}× (slowest first):"
+    ]
+    lines += [
+        f"  {e['op']} {e['direction']} {e['dtype']} N={e['n']}: {e['tokennorm_us']:.1f} µs vs torch "
+        f"{e['torch_us']:.1f} µs ({e['slower']:.2f}×)"
+        for e in lost[:12]
+    ]
     if len(lost) > 12:
         lines.append(f"  … and {len(lost) - 12} more (tokennorm tune --show)")
     return lines
 
 
-def measure_and_write(args: argparse.Namespace, device: str, identity: Any, timer: Optional[Any], console: Any,
-                      command: str) -> int:
+def measure_and_write(
+    args: argparse.Namespace, device: str, identity: Any, timer: Optional[Any], console: Any, command: str
+) -> int:
     """Measure the grid the options ask for, write the table, print it and what goes to torch."""
     from tokennorm import dispatch
     from tokennorm.tools.tune import measure
@@ -177,15 +208,20 @@ def measure_and_write(args: argparse.Namespace, device: str, identity: Any, time
     start = time.perf_counter()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("tune", total=grid.size)
 
         def on_task(done: int, total: int, description: str) -> None:
             progress.update(task, completed=done, total=total, description=description)
 
-        doc = measure.tune(identity, grid, measure.BUDGET, device=device, timer=timer, command=command,
-                           on_task=on_task)
+        doc = measure.tune(identity, grid, measure.BUDGET, device=device, timer=timer, command=command, on_task=on_task)
     path = Path(args.out) if args.out else dispatch.cache_path(identity)
     write_table(path, doc)
     dispatch.reload()
@@ -197,8 +233,9 @@ def measure_and_write(args: argparse.Namespace, device: str, identity: Any, time
     for warning in doc["provenance"]["warnings"]:
         console.print(f"[bold yellow]warning[/] {warning}", highlight=False)
     used = "auto uses it from now on" if not args.out else "auto does not read it there (see --show)"
-    console.print(f"wrote {path} ({len(doc['entries'])} shapes, {time.perf_counter() - start:.0f} s); {used}",
-                  highlight=False)
+    console.print(
+        f"wrote {path} ({len(doc['entries'])} shapes, {time.perf_counter() - start:.0f} s); {used}", highlight=False
+    )
     return 0 if doc["entries"] else 1
 
 
@@ -252,5 +289,4 @@ def run(args: argparse.Namespace) -> int:
     from tokennorm.tools.bench.timing import GraphTimer
 
     command = "tokennorm tune " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["tune"] else "tokennorm tune"
-    return measure_and_write(args, "cuda", dispatch.device_identity(index), GraphTimer(index), console,
-                             command.strip())
+    return measure_and_write(args, "cuda", dispatch.device_identity(index), GraphTimer(index), console, command.strip())

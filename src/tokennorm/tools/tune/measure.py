@@ -42,8 +42,14 @@ class Grid:
     mn: int = 2**25  # 64 MB of bf16 per input: beyond the L2, a few tens of µs per call
 
     def sweep(self) -> Sweep:
-        return Sweep(tuple(BENCH_OP[op] for op in self.ops), tuple(BENCH_DIRECTION[d] for d in self.directions),
-                     tuple(map(torch_dtype, self.dtypes)), self.ns, self.mn, latency_rows=())
+        return Sweep(
+            tuple(BENCH_OP[op] for op in self.ops),
+            tuple(BENCH_DIRECTION[d] for d in self.directions),
+            tuple(map(torch_dtype, self.dtypes)),
+            self.ns,
+            self.mn,
+            latency_rows=(),
+        )
 
     @property
     def size(self) -> int:
@@ -78,13 +84,24 @@ def entries(results: Sequence[Result]) -> list[dict[str, Any]]:
         use = decide(ours and ours.median_us, theirs and theirs.median_us)
         if use is None:
             continue
-        entry: dict[str, Any] = {"op": op_name[op], "direction": direction_name[direction], "dtype": dtype,
-                                 "n": n, "m": m}
+        entry: dict[str, Any] = {
+            "op": op_name[op],
+            "direction": direction_name[direction],
+            "dtype": dtype,
+            "n": n,
+            "m": m,
+        }
         for name, r in (("tokennorm", ours), ("torch", theirs)):
             if r is not None:
-                entry.update({f"{name}_us": round(r.median_us, 3), f"{name}_host_us": round(r.host_us, 3),
-                              f"{name}_fraction_of_copy": None if r.fraction_of_copy is None
-                              else round(r.fraction_of_copy, 4)})
+                entry.update(
+                    {
+                        f"{name}_us": round(r.median_us, 3),
+                        f"{name}_host_us": round(r.host_us, 3),
+                        f"{name}_fraction_of_copy": None
+                        if r.fraction_of_copy is None
+                        else round(r.fraction_of_copy, 4),
+                    }
+                )
         entry["use"] = use
         out.append(entry)
     return out
@@ -97,8 +114,14 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
-def provenance(env: dict[str, Any], results: Sequence[Result], notes: Sequence[str], warnings: Sequence[str],
-               command: str, rounds: Optional[int] = None) -> dict[str, Any]:
+def provenance(
+    env: dict[str, Any],
+    results: Sequence[Result],
+    notes: Sequence[str],
+    warnings: Sequence[str],
+    command: str,
+    rounds: Optional[int] = None,
+) -> dict[str, Any]:
     """Where, when and how the table was measured (``env``: a benchmark run's environment)."""
     methods: dict[str, int] = {}
     for r in results:
@@ -113,16 +136,22 @@ def provenance(env: dict[str, Any], results: Sequence[Result], notes: Sequence[s
         "triton": env.get("triton"),
         "python": env.get("python") or platform.python_version(),
         "method": "tokennorm.tools.bench harness: median device time per call over interleaved rounds"
-                  f"{f' ({rounds})' if rounds else ''}; rows timed by {how}",
+        f"{f' ({rounds})' if rounds else ''}; rows timed by {how}",
         "tie_margin": TIE_MARGIN,
         "skipped": list(notes),
         "warnings": list(warnings),
     }
 
 
-def tune(identity: dispatch.DeviceIdentity, grid: Grid, budget: Budget, device: str = "cuda",
-         timer: Optional[Timer] = None, command: str = "tokennorm tune",
-         on_task: Optional[Callable[[int, int, str], None]] = None) -> dict[str, Any]:
+def tune(
+    identity: dispatch.DeviceIdentity,
+    grid: Grid,
+    budget: Budget,
+    device: str = "cuda",
+    timer: Optional[Timer] = None,
+    command: str = "tokennorm tune",
+    on_task: Optional[Callable[[int, int, str], None]] = None,
+) -> dict[str, Any]:
     """Measure ``grid`` on ``device`` and return the table document for ``identity``."""
     impls = [IMPLEMENTATIONS[name] for name in IMPLS]
     result = run_sweep(grid.sweep(), impls, device, budget, timer=timer, on_task=on_task)
@@ -140,27 +169,33 @@ def from_bench(docs: Sequence[dict[str, Any]], command: str) -> dict[str, Any]:
     names = {(e.get("device_name"), tuple(e.get("capability") or ())) for e in envs}
     if len(names) != 1 or any(e.get("device") != "cuda" for e in envs):
         raise ValueError(f"the results must come from one CUDA GPU, got {sorted(map(str, names))}")
-    (name, capability), = names
+    ((name, capability),) = names
     if len(capability) != 2:
-        raise ValueError("the results do not record the GPU's compute capability (a benchmark from before "
-                         "2026-11-30?)")
+        raise ValueError("the results do not record the GPU's compute capability (a benchmark from before 2026-11-30?)")
     fields_ = {f.name for f in dataclasses.fields(Result)}
     try:
-        results = [Result(**{k: (tuple(v) if k == "flags" else v) for k, v in row.items() if k in fields_})
-                   for d in docs for row in d.get("results", []) if row.get("impl") in IMPLS
-                   and row.get("op") in BENCH_OP.values() and row.get("kind") == "throughput"]
+        results = [
+            Result(**{k: (tuple(v) if k == "flags" else v) for k, v in row.items() if k in fields_})
+            for d in docs
+            for row in d.get("results", [])
+            if row.get("impl") in IMPLS and row.get("op") in BENCH_OP.values() and row.get("kind") == "throughput"
+        ]
     except TypeError as exc:
         raise ValueError(f"not the rows of this version's benchmark: {exc}") from None
     notes = [n for d in docs for n in d.get("notes", [])]
     warnings = [w for d in docs for w in d.get("warnings", [])]
     prov = provenance(envs[0], results, notes, warnings, command)
-    return dispatch.table_document(dispatch.DeviceIdentity(name, (capability[0], capability[1])), prov,
-                                   entries(results))
+    return dispatch.table_document(
+        dispatch.DeviceIdentity(name, (capability[0], capability[1])), prov, entries(results)
+    )
 
 
 def losses(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The entries that go to torch, slowest-for-tokennorm first, each with ``slower``: tokennorm's time over
     torch's."""
-    lost = [dict(e, slower=e["tokennorm_us"] / e["torch_us"]) for e in doc["entries"]
-            if e["use"] == dispatch.TORCH and e.get("tokennorm_us") and e.get("torch_us")]
+    lost = [
+        dict(e, slower=e["tokennorm_us"] / e["torch_us"])
+        for e in doc["entries"]
+        if e["use"] == dispatch.TORCH and e.get("tokennorm_us") and e.get("torch_us")
+    ]
     return sorted(lost, key=lambda e: -e["slower"])

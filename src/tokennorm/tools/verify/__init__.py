@@ -15,11 +15,25 @@ if TYPE_CHECKING:
     from tokennorm.tools.verify.checks import Check, check_op, run_checks, supported_dtypes
     from tokennorm.tools.verify.tolerance import ROUNDOFFS, tolerance
 
-__all__ = ["run_checks", "check_op", "supported_dtypes", "Check", "Op", "OPS", "Case", "CASES", "QUICK_CASES",
-           "tolerance", "ROUNDOFFS"]
+__all__ = [
+    "run_checks",
+    "check_op",
+    "supported_dtypes",
+    "Check",
+    "Op",
+    "OPS",
+    "Case",
+    "CASES",
+    "QUICK_CASES",
+    "tolerance",
+    "ROUNDOFFS",
+]
 
-__getattr__, __dir__ = lazy_exports(__name__, {
-    **dict.fromkeys(("Op", "OPS", "Case", "CASES", "QUICK_CASES"), "tokennorm.tools.verify.cases"),
-    **dict.fromkeys(("Check", "check_op", "run_checks", "supported_dtypes"), "tokennorm.tools.verify.checks"),
-    **dict.fromkeys(("tolerance", "ROUNDOFFS"), "tokennorm.tools.verify.tolerance"),
-})
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("Op", "OPS", "Case", "CASES", "QUICK_CASES"), "tokennorm.tools.verify.cases"),
+        **dict.fromkeys(("Check", "check_op", "run_checks", "supported_dtypes"), "tokennorm.tools.verify.checks"),
+        **dict.fromkeys(("tolerance", "ROUNDOFFS"), "tokennorm.tools.verify.tolerance"),
+    },
+)

@@ -107,8 +107,9 @@ def _run_tokennorm(op: Op, inp: Inputs, ns: tuple[int, ...], device: str) -> tup
         outs = {"y": functional.rms_norm(x, ns, w)}
     for name, t in outs.items():  # a drop-in returns the input's dtype and shape
         if t.dtype != inp.x.dtype or t.shape != inp.x.shape:
-            raise TypeError(f"{name} is {t.dtype} of shape {list(t.shape)}, expected {inp.x.dtype} of "
-                            f"shape {list(inp.x.shape)}")
+            raise TypeError(
+                f"{name} is {t.dtype} of shape {list(t.shape)}, expected {inp.x.dtype} of shape {list(inp.x.shape)}"
+            )
     upstream = [inp.dy.to(device)] + ([inp.dh.to(device)] if "h" in outs else [])
     torch.autograd.backward(list(outs.values()), upstream)
     as64 = {name: t.detach().cpu().double() for name, t in outs.items()}
@@ -142,8 +143,13 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def check_op(op: Op, case: Case, dtype: torch.dtype, device: str, seed: int) -> list[Check]:
     """Every output and gradient of ``op`` on ``case`` in ``dtype``, compared with the float64 reference."""
-    base = dict(op=op.name, dtype=dtype_name(dtype), shape=list(case.shape),
-                normalized_shape=list(case.normalized_shape), scale=case.scale)
+    base = dict(
+        op=op.name,
+        dtype=dtype_name(dtype),
+        shape=list(case.shape),
+        normalized_shape=list(case.normalized_shape),
+        scale=case.scale,
+    )
     if op.family != "norm":
         return _check_extended(op, case, dtype, device, seed, base)
     inp = make_inputs(op, case, dtype, seed)
@@ -152,8 +158,18 @@ def check_op(op: Op, case: Case, dtype: torch.dtype, device: str, seed: int) -> 
         got = _run_tokennorm(op, inp, ns, device)
     except Exception as exc:  # a raising op is a failed check, reported with its message
         return [
-            Check(**base, direction=d, tensor="-", max_abs_error=None, max_abs_reference=None, max_rel_error=None,
-                  term_magnitude=None, tolerance=math.nan, passed=False, error=f"{type(exc).__name__}: {exc}")
+            Check(
+                **base,
+                direction=d,
+                tensor="-",
+                max_abs_error=None,
+                max_abs_reference=None,
+                max_rel_error=None,
+                term_magnitude=None,
+                tolerance=math.nan,
+                passed=False,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             for d in DIRECTIONS
         ]
     want = _run_reference(op, inp, ns, dtype)
@@ -166,11 +182,19 @@ def check_op(op: Op, case: Case, dtype: torch.dtype, device: str, seed: int) -> 
             err = (got_t[name] - ref).abs().max().item()
             ref_max = ref.abs().max().item()
             bound = tolerance(dtype, direction, magnitudes[name])
-            checks.append(Check(
-                **base, direction=direction, tensor=name, max_abs_error=err, max_abs_reference=ref_max,
-                max_rel_error=err / ref_max if ref_max > 0 else (0.0 if err == 0 else math.inf),
-                term_magnitude=magnitudes[name], tolerance=bound, passed=bool(err <= bound),
-            ))
+            checks.append(
+                Check(
+                    **base,
+                    direction=direction,
+                    tensor=name,
+                    max_abs_error=err,
+                    max_abs_reference=ref_max,
+                    max_rel_error=err / ref_max if ref_max > 0 else (0.0 if err == 0 else math.inf),
+                    term_magnitude=magnitudes[name],
+                    tolerance=bound,
+                    passed=bool(err <= bound),
+                )
+            )
     return checks
 
 
@@ -181,19 +205,37 @@ def _check_extended(op: Op, case: Case, dtype: torch.dtype, device: str, seed: i
         rows = extended.compare(op, case, dtype, device, seed)
     except Exception as exc:  # a raising op is a failed check, reported with its message
         return [
-            Check(**base, direction=d, tensor="-", max_abs_error=None, max_abs_reference=None, max_rel_error=None,
-                  term_magnitude=None, tolerance=math.nan, passed=False, error=f"{type(exc).__name__}: {exc}")
+            Check(
+                **base,
+                direction=d,
+                tensor="-",
+                max_abs_error=None,
+                max_abs_reference=None,
+                max_rel_error=None,
+                term_magnitude=None,
+                tolerance=math.nan,
+                passed=False,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             for d in DIRECTIONS
         ]
     checks = []
     for direction, name, got, ref, magnitude, bound in rows:
         err = (got - ref).abs().max().item() if ref.numel() else 0.0
         ref_max = ref.abs().max().item() if ref.numel() else 0.0
-        checks.append(Check(
-            **base, direction=direction, tensor=name, max_abs_error=err, max_abs_reference=ref_max,
-            max_rel_error=err / ref_max if ref_max > 0 else (0.0 if err == 0 else math.inf),
-            term_magnitude=magnitude, tolerance=bound, passed=bool(err <= bound),
-        ))
+        checks.append(
+            Check(
+                **base,
+                direction=direction,
+                tensor=name,
+                max_abs_error=err,
+                max_abs_reference=ref_max,
+                max_rel_error=err / ref_max if ref_max > 0 else (0.0 if err == 0 else math.inf),
+                term_magnitude=magnitude,
+                tolerance=bound,
+                passed=bool(err <= bound),
+            )
+        )
     return checks
 
 

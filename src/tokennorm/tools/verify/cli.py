@@ -16,18 +16,34 @@ from tokennorm.tools.verify import cases
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="where the ops run (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
-                        help="the backend for this run (default: the current one, TOKENNORM_BACKEND at start-up)")
-    parser.add_argument("--interpret", action="store_true",
-                        help="check tokennorm's Triton kernels on the CPU, in Triton's interpreter (a subprocess "
-                             "with TRITON_INTERPRET=1; slow: add --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{len(cases.QUICK_CASES)} shapes instead of {len(cases.CASES)}")
-    parser.add_argument("--json", metavar="PATH", default=None,
-                        help="write every check and the environment to PATH (folders created), or to stdout with "
-                             "'-' (the table then goes to stderr)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="where the ops run (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "triton"),
+        default=None,
+        help="the backend for this run (default: the current one, TOKENNORM_BACKEND at start-up)",
+    )
+    parser.add_argument(
+        "--interpret",
+        action="store_true",
+        help="check tokennorm's Triton kernels on the CPU, in Triton's interpreter (a subprocess "
+        "with TRITON_INTERPRET=1; slow: add --quick)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{len(cases.QUICK_CASES)} shapes instead of {len(cases.CASES)}"
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        default=None,
+        help="write every check and the environment to PATH (folders created), or to stdout with "
+        "'-' (the table then goes to stderr)",
+    )
     parser.add_argument("--all", action="store_true", help="list every check, not the worst per op/direction/dtype")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
 
@@ -80,10 +96,15 @@ def _what_was_checked(device: str, backend_used: str) -> Optional[str]:
     """A note when the ops checked were torch's own kernels (tokennorm's torch backend), not tokennorm's."""
     if backend_used != "torch":
         return None
-    how = ("tokennorm verify --interpret --quick (Triton's interpreter on the CPU; slow)" if device == "cpu"
-           else "tokennorm verify --backend triton")
-    return (f"On the torch backend tokennorm's ops are torch's own kernels: this checked torch against the float64 "
-            f"reference. To check tokennorm's Triton kernels: {how}.")
+    how = (
+        "tokennorm verify --interpret --quick (Triton's interpreter on the CPU; slow)"
+        if device == "cpu"
+        else "tokennorm verify --backend triton"
+    )
+    return (
+        f"On the torch backend tokennorm's ops are torch's own kernels: this checked torch against the float64 "
+        f"reference. To check tokennorm's Triton kernels: {how}."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,13 +125,16 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem)
     if args.interpret:
         if args.device == "cuda" or args.backend not in (None, "triton"):
-            return fail("--interpret runs tokennorm's Triton kernels on the CPU: leave out --device cuda and "
-                        "--backend.")
+            return fail(
+                "--interpret runs tokennorm's Triton kernels on the CPU: leave out --device cuda and --backend."
+            )
         if os.environ.get("TRITON_INTERPRET") != "1":
             from tokennorm.tools import rerun_with_interpreted_kernels
 
-            console.print("Running tokennorm's Triton kernels in Triton's interpreter (a subprocess with "
-                          "TRITON_INTERPRET=1) …", highlight=False)
+            console.print(
+                "Running tokennorm's Triton kernels in Triton's interpreter (a subprocess with TRITON_INTERPRET=1) …",
+                highlight=False,
+            )
             return rerun_with_interpreted_kernels(_interpreted_argv(args))
         args.device, args.backend = "cpu", "triton"  # the interpreter is on already: run here
 
@@ -154,9 +178,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, env, checks)
     n_dtypes = len(supported_dtypes(device))
-    scope = (f"{len(cases.OPS)} ops × {n_dtypes} dtypes × {len(shapes)} shapes, forward and backward; {device} "
-             f"({env['device_name']}), backend {backend} → {env['backend_used']}, torch {torch.__version__}; "
-             f"{elapsed:.1f} s")
+    scope = (
+        f"{len(cases.OPS)} ops × {n_dtypes} dtypes × {len(shapes)} shapes, forward and backward; {device} "
+        f"({env['device_name']}), backend {backend} → {env['backend_used']}, torch {torch.__version__}; "
+        f"{elapsed:.1f} s"
+    )
     if failed:
         console.print(f"[bold red]✗ {len(failed)} of {len(checks)} checks FAILED[/] — {scope}", highlight=False)
     else:

@@ -34,14 +34,27 @@ def _ada_norm(op: Op, case: Case, dtype: torch.dtype, device: str, gen: torch.Ge
     shape = case.shape
     mod = (shape[0], shape[-1])
     scale = case.scale
-    t = dict(x=_draw(shape, gen, scale), residual=_draw(shape, gen, scale), shift=_draw(mod, gen, 0.1),
-             scale=_draw(mod, gen, 0.1), gate=1.0 + _draw(mod, gen, 0.1))
+    t = dict(
+        x=_draw(shape, gen, scale),
+        residual=_draw(shape, gen, scale),
+        shift=_draw(mod, gen, 0.1),
+        scale=_draw(mod, gen, 0.1),
+        gate=1.0 + _draw(mod, gen, 0.1),
+    )
     dy, dh = _draw(shape, gen), _draw(shape, gen)
     low = {k: v.to(dtype) for k, v in t.items()}
     dy, dh = dy.to(dtype), dh.to(dtype)
     leaves = {k: v.to(device, copy=True).requires_grad_() for k, v in low.items()}
-    y, h = ada_norm(leaves["x"], leaves["shift"], leaves["scale"], gate=leaves["gate"], residual=leaves["residual"],
-                    norm=op.norm, eps=LAYER_NORM_EPS if op.norm == "layernorm" else None, prenorm=True)
+    y, h = ada_norm(
+        leaves["x"],
+        leaves["shift"],
+        leaves["scale"],
+        gate=leaves["gate"],
+        residual=leaves["residual"],
+        norm=op.norm,
+        eps=LAYER_NORM_EPS if op.norm == "layernorm" else None,
+        prenorm=True,
+    )
     torch.autograd.backward([y, h], [dy.to(device), dh.to(device)])
     got_out = {"y": y, "h": h}
     got_grad = {"d" + k: v.grad for k, v in leaves.items()}
@@ -63,9 +76,12 @@ def _ada_norm(op: Op, case: Case, dtype: torch.dtype, device: str, gen: torch.Ge
     dh_total = rstd * _max(dy.double()) * one_plus + _max(dh.double())
     n_tok = math.prod(shape[1:-1])
     mags = {
-        "y": xhat * one_plus + _max(t64["shift"]), "h": _max(t64["residual"]) + _max(t64["gate"]) * _max(t64["x"]),
-        "dx": dh_total * _max(t64["gate"]), "dresidual": dh_total,
-        "dshift": n_tok * _max(dy.double()), "dscale": n_tok * _max(dy.double()) * xhat,
+        "y": xhat * one_plus + _max(t64["shift"]),
+        "h": _max(t64["residual"]) + _max(t64["gate"]) * _max(t64["x"]),
+        "dx": dh_total * _max(t64["gate"]),
+        "dresidual": dh_total,
+        "dshift": n_tok * _max(dy.double()),
+        "dscale": n_tok * _max(dy.double()) * xhat,
         "dgate": n_tok * dh_total * _max(t64["x"]),
     }
     return got_out, got_grad, want_out, want_grad, mags
@@ -76,15 +92,18 @@ def _dyt(op: Op, case: Case, dtype: torch.dtype, device: str, gen: torch.Generat
 
     shape, ns = case.shape, case.normalized_shape
     p_dtype = dtype  # as the other ops' checks: parameters in the dtype under test (h is rounded to it anyway)
-    t = dict(x=_draw(shape, gen, case.scale).to(dtype), alpha=(0.5 + 0.1 * _draw((1,), gen)).to(p_dtype),
-             weight=(1.0 + 0.1 * _draw(ns, gen)).to(p_dtype), bias=(0.1 * _draw(ns, gen)).to(p_dtype))
+    t = dict(
+        x=_draw(shape, gen, case.scale).to(dtype),
+        alpha=(0.5 + 0.1 * _draw((1,), gen)).to(p_dtype),
+        weight=(1.0 + 0.1 * _draw(ns, gen)).to(p_dtype),
+        bias=(0.1 * _draw(ns, gen)).to(p_dtype),
+    )
     if op.add:
         t["residual"] = _draw(shape, gen, case.scale).to(dtype)
     dy, dh = _draw(shape, gen).to(dtype), _draw(shape, gen).to(dtype)
     leaves = {k: v.to(device, copy=True).requires_grad_() for k, v in t.items()}
     if op.add:
-        y, h = add_dyt(leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"], leaves["bias"],
-                       prenorm=True)
+        y, h = add_dyt(leaves["x"], leaves["residual"], leaves["alpha"], leaves["weight"], leaves["bias"], prenorm=True)
         torch.autograd.backward([y, h], [dy.to(device), dh.to(device)])
         got_out = {"y": y, "h": h}
     else:
@@ -96,8 +115,9 @@ def _dyt(op: Op, case: Case, dtype: torch.dtype, device: str, gen: torch.Generat
     t64 = {k: v.double() for k, v in t.items()}
     if op.add:
         y_ref, h_ref = reference.add_dyt(t64["x"], t64["residual"], t64["alpha"], t64["weight"], t64["bias"])
-        g = reference.add_dyt_backward(dy.double(), dh.double(), t64["x"], t64["residual"], t64["alpha"],
-                                       t64["weight"], t64["bias"])
+        g = reference.add_dyt_backward(
+            dy.double(), dh.double(), t64["x"], t64["residual"], t64["alpha"], t64["weight"], t64["bias"]
+        )
         want_out = {"y": y_ref, "h": h_ref}
     else:
         want_out = {"y": reference.dyt(t64["x"], t64["alpha"], t64["weight"], t64["bias"])}
@@ -110,9 +130,15 @@ def _dyt(op: Op, case: Case, dtype: torch.dtype, device: str, gen: torch.Generat
     rows = max(1, dy.numel() // max(1, math.prod(ns)))
     a, w, dyd = _max(t64["alpha"]), _max(t64["weight"]), dy.double().abs()
     dx = a * _max(dyd) * w + (_max(dh.double()) if op.add else 0.0)
-    mags = {"y": w + _max(t64["bias"]), "h": _max(t64["x"]) + _max(t64.get("residual", torch.zeros(1))),
-            "dx": dx, "dresidual": dx, "dalpha": (dyd * w * h64.abs()).sum().item(),
-            "dweight": rows * _max(dyd), "dbias": rows * _max(dyd)}
+    mags = {
+        "y": w + _max(t64["bias"]),
+        "h": _max(t64["x"]) + _max(t64.get("residual", torch.zeros(1))),
+        "dx": dx,
+        "dresidual": dx,
+        "dalpha": (dyd * w * h64.abs()).sum().item(),
+        "dweight": rows * _max(dyd),
+        "dbias": rows * _max(dyd),
+    }
     return got_out, got_grad, want_out, want_grad, mags
 
 
@@ -135,8 +161,7 @@ def _channels_first(op: Op, case: Case, dtype: torch.dtype, device: str, gen: to
     got_grad = {"dx": leaves[0].grad.movedim(1, -1), "dweight": leaves[1].grad, "dbias": leaves[2].grad}
     x64, w64, b64, dy64 = (t.double() for t in (x, weight, bias, dy))
     y_ref = reference.layer_norm_channels_first(x64.movedim(-1, 1), w64, b64, LAYER_NORM_EPS).movedim(1, -1)
-    g = reference.layer_norm_channels_first_backward(dy64.movedim(-1, 1), x64.movedim(-1, 1), w64, b64,
-                                                     LAYER_NORM_EPS)
+    g = reference.layer_norm_channels_first_backward(dy64.movedim(-1, 1), x64.movedim(-1, 1), w64, b64, LAYER_NORM_EPS)
     want_grad = {"dx": g.dx.movedim(1, -1), "dweight": g.dweight, "dbias": g.dbias}
     # the same magnitudes as LayerNorm over the last dim of the channels-last view
     inputs = Inputs(x=x, residual=None, weight=weight, bias=bias, dy=dy, dh=None)

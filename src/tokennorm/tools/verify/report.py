@@ -60,16 +60,23 @@ def _fmt(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.2e}"
 
 
-SHORT_NAMES = {"float64": "fp64", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16",
-               "forward": "fwd", "backward": "bwd"}
+SHORT_NAMES = {
+    "float64": "fp64",
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "forward": "fwd",
+    "backward": "bwd",
+}
 
 
 def table(checks: list[Check], title: str):
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
-                  pad_edge=False)
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False
+    )
     for column in ("op", "dir", "dtype", "shape", "tensor"):
         table.add_column(column)  # words wrap on a narrow terminal; numbers never do
     for column in ("error", "tolerance"):
@@ -77,8 +84,16 @@ def table(checks: list[Check], title: str):
     table.add_column("pass", justify="center", no_wrap=True)
     for c in checks:
         case = Case(tuple(c.shape), len(c.normalized_shape), c.scale)
-        table.add_row(c.op, SHORT_NAMES[c.direction], SHORT_NAMES[c.dtype], case.label, c.tensor,
-                      _fmt(c.max_abs_error), _fmt(c.tolerance), "[green]✓[/]" if c.passed else "[bold red]✗[/]")
+        table.add_row(
+            c.op,
+            SHORT_NAMES[c.direction],
+            SHORT_NAMES[c.dtype],
+            case.label,
+            c.tensor,
+            _fmt(c.max_abs_error),
+            _fmt(c.tolerance),
+            "[green]✓[/]" if c.passed else "[bold red]✗[/]",
+        )
     return table
 
 

@@ -53,7 +53,11 @@ def tolerance(dtype: torch.dtype, direction: str, magnitude: float) -> float:
 
 
 def term_magnitudes(
-    op: Op, inp: Inputs, ns: tuple[int, ...], dtype: torch.dtype, eps: Optional[float] = None,
+    op: Op,
+    inp: Inputs,
+    ns: tuple[int, ...],
+    dtype: torch.dtype,
+    eps: Optional[float] = None,
     uncentred_backward: bool = False,
 ) -> dict[str, float]:
     """For each compared tensor, the largest magnitude among the terms it is computed from; ``eps`` is the op's
