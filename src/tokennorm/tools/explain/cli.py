@@ -142,9 +142,9 @@ def print_groups(
     table = Table(title=f"which elements of x [{sizes}] share one mean/variance")
     columns = ["norm", "one statistic per", "groups", "elements each", f"mixes {lay.token}s?", f"mixes {lay.item}s?"]
     if x is not None:
-        columns.append("vs torch: max |Δ|")
+        columns.append("Δ vs torch")
     for col in columns:
-        table.add_column(col, justify="right" if col.startswith("max") else "left")
+        table.add_column(col, justify="right" if col.startswith("Δ") else "left", no_wrap=col == "norm")
     agree = True
     for norm in norms_of(lay):
         k, each = group_count(norm, shape, num_groups)
@@ -189,9 +189,9 @@ def print_image_groups(shape: tuple[int, ...], num_groups: int, x: Tensor, conso
     agree = print_groups(shape, num_groups, console, "channels-first", x)
     verdict = "[green]equal to torch[/green]" if agree else "[red]DIFFERENT from torch[/red]"
     console.print(
-        f"vs torch: x{list(x.shape)} normalized by the groups above (mean and biased variance per group, "
-        "float64) vs torch's F.layer_norm on x.permute(0, 2, 3, 1) (timm's LayerNorm2d), F.batch_norm, "
-        f"F.instance_norm, F.group_norm: {verdict}",
+        f"Δ vs torch: the largest |difference| between x{list(x.shape)} normalized by the groups above (mean and "
+        "biased variance per group, float64) and torch's F.layer_norm on x.permute(0, 2, 3, 1) (timm's "
+        f"LayerNorm2d), F.batch_norm, F.instance_norm, F.group_norm: {verdict}",
         soft_wrap=True,
     )
     return agree

@@ -279,7 +279,7 @@ def draw_image_groups(
     heights = [1.2 if b is None else tile_h for b in bs]
     label_w, top, bottom = 3.4, 2.7, 1.5  # image labels left; panel title and channel labels above; a key below
     content_w = label_w + sum(widths) + space * (len(cs) - 1)
-    width_cells = max(content_w + 0.4, 4.2 / cell)
+    width_cells = max(content_w + 1.0, 4.2 / cell)  # a margin between the panels
     height_cells = top + sum(heights) + space * (len(bs) - 1) + bottom
     columns = 1 if len(norms) == 1 else 2
     rows = -(-len(norms) // columns)
