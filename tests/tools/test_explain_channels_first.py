@@ -230,6 +230,31 @@ def test_cli_channels_first(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "norm_groups.png").exists()
 
 
+def test_cli_layout_names_are_the_registrys():
+    # the command lists them without importing torch (tokennorm --help); the registry is in groups
+    from tokennorm.tools.explain import cli
+
+    assert cli.LAYOUT_NAMES == tuple(groups.LAYOUTS)
+
+
+def test_cli_checks_with_the_eps_asked_for(capsys, monkeypatch):
+    # x = 0.001 · randn: σ² ≈ 1e-6, so ε = 0.1 decides every output; both sides of the check use it
+    monkeypatch.setenv("COLUMNS", "250")
+    seen = []
+    for name in ("normalize_by_groups", "torch_norm"):
+        real = getattr(groups, name)
+
+        def spy(first, second, eps, *rest, real=real, name=name, **kwargs):  # (x, ids, …) or (norm, x, …)
+            seen.append((name, eps))
+            return real(first, second, eps, *rest, **kwargs)
+
+        monkeypatch.setattr(groups, name, spy)
+    argv = ["explain", "--layout", "channels-first", "--shape", "2,4,3,3", "--scale", "0.001", "--eps", "0.1"]
+    assert cli_main(argv) == 0
+    assert "equal to torch" in capsys.readouterr().out
+    assert sorted(set(seen)) == [("normalize_by_groups", 0.1), ("torch_norm", 0.1)] and len(seen) == 8
+
+
 def test_cli_channels_first_checks_a_corner_of_a_large_shape(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     assert cli_main(["explain", "--layout", "channels-first", "--shape", "64,96,56,56", "--groups", "3"]) == 0

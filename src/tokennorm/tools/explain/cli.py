@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--norm",
         default="layernorm",
         help="the norm drawn by --block: layernorm (default), rmsnorm, batchnorm, instancenorm, "
-        "groupnorm, or any other of tokennorm.tools.explain.groups.NORM_SPECS",
+        "groupnorm, or any other channels-last norm of tokennorm.tools.explain.groups.NORM_SPECS (dyt has no "
+        "statistics to draw: exit 2)",
     )
     parser.add_argument(
         "--layout",
@@ -117,11 +118,17 @@ def _vec(t: Tensor, digits: int = 4) -> str:
 
 
 def print_groups(
-    shape: tuple[int, ...], num_groups: int, console: Any, layout: str = "channels-last", x: Optional[Tensor] = None
+    shape: tuple[int, ...],
+    num_groups: int,
+    console: Any,
+    layout: str = "channels-last",
+    x: Optional[Tensor] = None,
+    eps: float = 1e-5,
 ) -> bool:
     """The table of which elements share one mean/variance under each norm of ``layout``, and DyT's row (no
-    statistics). With ``x`` (float64, of ``shape``), a column of how far normalizing x by each norm's groups is
-    from torch's own function. Returns False when a grouping disagrees with torch beyond rounding."""
+    statistics). With ``x`` (float64, of ``shape`` or a corner of it), a column of how far normalizing x by each
+    norm's groups (with ``eps``) is from torch's own function. Returns False when a grouping disagrees with torch
+    beyond rounding."""
     from rich.table import Table
 
     from tokennorm.tools.explain.groups import (
@@ -158,8 +165,9 @@ def print_groups(
             "[red]yes[/red]" if mixes_items else "[green]no[/green]",
         ]
         if x is not None:
-            ours = normalize_by_groups(x, stat_groups(norm, x.shape, num_groups), centered=NORM_SPECS[norm].centered)
-            diff = (ours - torch_norm(norm, x, num_groups=num_groups)).abs().max().item() if x.numel() else 0.0
+            ids = stat_groups(norm, x.shape, num_groups)
+            ours = normalize_by_groups(x, ids, eps, centered=NORM_SPECS[norm].centered)
+            diff = (ours - torch_norm(norm, x, eps, num_groups)).abs().max().item()
             agree &= diff <= CHECK_TOLERANCE
             row.append(f"{diff:.1e}" if diff <= CHECK_TOLERANCE else f"[red]{diff:.1e}[/red]")
         table.add_row(*row)
@@ -183,10 +191,10 @@ def checked_shape(shape: tuple[int, ...], num_groups: int) -> tuple[int, ...]:
     return min(b, 4), num_groups * max(1, min(c // num_groups, 64 // num_groups)), min(h, 8), min(w, 8)
 
 
-def print_image_groups(shape: tuple[int, ...], num_groups: int, x: Tensor, console: Any) -> bool:
+def print_image_groups(shape: tuple[int, ...], num_groups: int, x: Tensor, eps: float, console: Any) -> bool:
     """``--layout channels-first``: the table of :func:`print_groups` for [B, C, H, W], checked against torch on
     x (float64, of :func:`checked_shape`)."""
-    agree = print_groups(shape, num_groups, console, "channels-first", x)
+    agree = print_groups(shape, num_groups, console, "channels-first", x, eps)
     verdict = "[green]equal to torch[/green]" if agree else "[red]DIFFERENT from torch[/red]"
     console.print(
         f"Δ vs torch: the largest |difference| between x{list(x.shape)} normalized by the groups above (mean and "
@@ -389,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
             console.print(
                 f"x = {args.scale:g} · randn{list(shape)} (B, C, H, W){corner}, seed {args.seed}, ε = {args.eps:g}"
             )
-            agree = print_image_groups(shape, args.groups, x, console)
+            agree = print_image_groups(shape, args.groups, x, args.eps, console)
             if out is not None:
                 from tokennorm.tools.explain.figures import draw_image_groups
 
