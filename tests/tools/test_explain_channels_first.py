@@ -197,6 +197,13 @@ def test_figure_is_bounded_and_readable(shape, tmp_path):
     assert "colours repeat" in title  # LayerNorm's 32 pixels are more groups than colours
 
 
+def test_figure_counts_what_its_gaps_leave_out():
+    texts = [t.get_text() for t in figures.draw_image_groups((3, 12, 6, 6), norms=("batchnorm2d",)).axes[0].texts]
+    assert "⋮   1 more image   ⋮" in texts and "⋯ 7 more" in texts  # images 1; channels 4..10
+    texts = [t.get_text() for t in figures.draw_image_groups((9, 4, 2, 2), norms=("batchnorm2d",)).axes[0].texts]
+    assert "⋮   7 more images   ⋮" in texts
+
+
 def test_figure_of_few_groups_says_same_colour():
     fig = figures.draw_image_groups((2, 4, 2, 2), norms=("batchnorm2d", "groupnorm2d"))
     assert "same number (and colour) = same group" in fig._suptitle.get_text()

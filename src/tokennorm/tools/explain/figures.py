@@ -323,10 +323,11 @@ def draw_image_groups(
         y = 0.0
         for bi, (b, h) in enumerate(zip(bs, heights)):
             if b is None:  # the images left out
+                left_out = shape[0] - len(bs) + 1
                 ax.text(
                     left + (content_w - label_w) / 2,
                     y + h / 2,
-                    f"⋮   {shape[0] - len(bs) + 1:,} more images   ⋮",
+                    f"⋮   {left_out:,} more image{'s' * (left_out > 1)}   ⋮",
                     ha="center",
                     va="center",
                     fontsize=7,
