@@ -35,6 +35,13 @@ DEMOS = [
 ]
 
 
+def channels_first_figures() -> list[tuple[str, list[str], str]]:
+    """``explain --layout channels-first``'s figure: which elements of an image batch [B, C, H, W] share one mean
+    and variance under channels-first LayerNorm, BatchNorm2d, InstanceNorm2d and GroupNorm."""
+    argv = ["explain", "--layout", "channels-first", "--shape", "2,8,4,4", "--format", "png", "--out", "{out}"]
+    return [("image_groups.png", argv, "image_groups.png")]
+
+
 def store(source: Path, target: Path, colors: int = 96) -> int:
     """``source`` as a palette PNG at ``target``; returns its size in bytes."""
     image = Image.open(source).convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
@@ -46,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-demo", action="store_true", help="skip the demo presets (minutes)")
     args = parser.parse_args()
-    for name, argv, written in FIGURES + ([] if args.no_demo else DEMOS):
+    for name, argv, written in FIGURES + channels_first_figures() + ([] if args.no_demo else DEMOS):
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, "-m", "tokennorm", *(a.format(out=out) for a in argv)]
             done = subprocess.run(command, capture_output=True, text=True)

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from tokennorm.tools.explain.groups import NORM_SPECS, check_norm, group_ids, mixes
+from tokennorm.tools.explain.groups import CHANNELS_LAST, NORM_SPECS, NORMS, check_norm, group_ids, mixes
 
 COLORS = {"norm": "#ffe08a", "attn": "#fdd0a2", "ffn": "#c6dbef", "bad": "#f4a6a6"}
 
@@ -158,7 +158,7 @@ def _draw_norm_axis(ax: Any, norm: str, num_groups: int) -> None:
         torch.arange(b_n).view(-1, 1, 1),
         torch.arange(n_n).view(1, -1, 1),
         torch.arange(c_n).view(1, 1, -1),
-        groups,
+        num_groups=groups,
     )
     chosen = ids == ids[0, 0, 0]
     bad_tokens, bad_seqs = mixes(norm, groups)
@@ -245,7 +245,12 @@ def draw_block(norm: str = "layernorm", path: Optional[Union[str, Path]] = None,
     also saves it when ``path`` is given (format from the suffix: .png, .svg, .pdf)."""
     from matplotlib.figure import Figure
 
-    check_norm(norm, 2 * max(num_groups, 1), num_groups)
+    spec = check_norm(norm, 2 * max(num_groups, 1), num_groups)
+    if spec.layout is not CHANNELS_LAST:
+        raise ValueError(
+            f"norm must take x [B, N, C] (one of {', '.join(map(repr, NORMS))}): every arrow of the block carries "
+            f"a sequence, but got norm={norm!r}, which takes x [{', '.join(spec.layout.dims)}]"
+        )
     fig = Figure(figsize=(19.5, 8.6))
     widths = [1, 1, 1, 1, 1.0]
     axes = fig.subplots(1, 5, gridspec_kw={"width_ratios": widths})

@@ -1,6 +1,7 @@
-"""Figures of which elements share statistics: per norm, the tokens × channels grid of each sequence, and 3-D cubes.
+"""Figures of which elements share statistics: per norm, the tokens × channels grid of each sequence, and 3-D cubes;
+for images [B, C, H, W], each channel's H × W map as a tile.
 
-Both stay the same size whatever the shape: an axis longer than :data:`SHOWN` draws its first indices, a gap
+All stay the same size whatever the shape: an axis longer than :data:`SHOWN` draws its first indices, a gap
 ("⋯" with how many are left out) and its last index, and the group ids of the drawn elements are computed
 without building the whole tensor (:func:`~tokennorm.tools.explain.groups.group_ids`).
 """
@@ -12,10 +13,21 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from tokennorm.tools.explain.groups import NORM_SPECS, NORMS, check_norm, check_shape, group_count, group_ids, title
+from tokennorm.tools.explain.groups import (
+    CHANNELS_FIRST,
+    IMAGE_NORMS,
+    NORM_SPECS,
+    NORMS,
+    check_norm,
+    check_shape,
+    group_count,
+    group_ids,
+    title,
+)
 
 # Most indices drawn per axis (B, N, C): the figures stay readable and bounded in size for any shape.
 SHOWN = (3, 6, 8)
+SHOWN_IMAGE = (2, 6, 4, 4)  # B, C, H, W of an image figure: 2 images of 6 channel tiles, each 4 × 4 pixels
 CELL = 0.34  # inches per grid cell: room for a 4-digit group id at 6.5 pt
 PALETTE_SIZE = 20  # tab20: the distinct colours; beyond them the group id written in each cell tells groups apart
 BLUE, GREY = "#1f77b4", "#e4e4e4"
@@ -99,7 +111,9 @@ def draw_groups(
         k, _ = group_count(norm, shape, num_groups)
         many |= k > PALETTE_SIZE
         colors = _group_colors(min(k, PALETTE_SIZE))
-        ids = group_ids(norm, shape, b_idx.view(-1, 1, 1), n_idx.view(1, -1, 1), c_idx.view(1, 1, -1), num_groups)
+        ids = group_ids(
+            norm, shape, b_idx.view(-1, 1, 1), n_idx.view(1, -1, 1), c_idx.view(1, 1, -1), num_groups=num_groups
+        )
         ax.text(width_cells / 2, -top + 0.2, _panel_title(norm, shape, num_groups), ha="center", va="top", fontsize=8)
         x0 = label_w + (width_cells - content_cells) / 2  # the blocks centred in the panel
         left = x0
@@ -197,7 +211,7 @@ def draw_cube(
             torch.arange(b_n).view(b_n, 1, 1),
             torch.arange(n_n).view(1, n_n, 1),
             torch.arange(c_n).view(1, 1, c_n),
-            num_groups,
+            num_groups=num_groups,
         )
         chosen = (ids == ids[0, 0, 0]).numpy()  # [b, n, c]
         # voxel axes: x = token n, y = depth (sequence b, one empty slice between slabs), z = channel (c = 0 on top)
@@ -234,5 +248,150 @@ def draw_cube(
         fontsize=8,
     )
     fig.subplots_adjust(left=0.02, right=0.98, top=0.84, bottom=0.06, wspace=0.05)
+    _save(fig, path)
+    return fig
+
+
+def draw_image_groups(
+    shape: Sequence[int] = (2, 8, 4, 4),
+    norms: Sequence[str] = IMAGE_NORMS,
+    num_groups: int = 2,
+    path: Optional[Union[str, Path]] = None,
+) -> Any:
+    """For x [B, C, H, W] (channels first, :data:`~tokennorm.tools.explain.groups.CHANNELS_FIRST`), one panel per
+    norm: a row of tiles per image b, one tile per channel c (its H × W map), every cell labelled with its
+    statistics group, coloured as in :func:`draw_groups`. Channels-first LayerNorm numbers the pixels (the same
+    number through every tile of an image), BatchNorm2d the tiles (the same in every image), InstanceNorm2d each
+    tile, GroupNorm runs of C/G tiles. Axes longer than :data:`SHOWN_IMAGE` are summarized by a gap. Returns the
+    matplotlib Figure; also saves it when ``path`` is given (format from the suffix)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    shape = check_shape(shape, CHANNELS_FIRST)
+    for norm in norms:
+        spec = check_norm(norm, shape[1], num_groups)
+        if spec.layout is not CHANNELS_FIRST:
+            raise ValueError(f"norms must take x [B, C, H, W] (any of {', '.join(IMAGE_NORMS)}), but got {norm!r}")
+    bs, cs, hs, ws = (shown_indices(size, limit) for size, limit in zip(shape, SHOWN_IMAGE))
+    cell = 0.28  # inches: 4 tiles of 4 × 4 cells and a gap per image row fit a panel of about 8 inches
+    tile_w, tile_h, space, gap_w = len(ws), len(hs), 0.6, 1.8
+    widths = [gap_w if c is None else tile_w for c in cs]
+    heights = [1.2 if b is None else tile_h for b in bs]
+    label_w, top, bottom = 3.4, 2.7, 1.5  # image labels left; panel title and channel labels above; a key below
+    content_w = label_w + sum(widths) + space * (len(cs) - 1)
+    width_cells = max(content_w + 1.0, 4.2 / cell)  # a margin between the panels
+    height_cells = top + sum(heights) + space * (len(bs) - 1) + bottom
+    columns = 1 if len(norms) == 1 else 2
+    rows = -(-len(norms) // columns)
+    head = 0.75
+    fig = Figure(figsize=(columns * width_cells * cell, rows * height_cells * cell + head))
+    fig_w, fig_h = fig.get_size_inches()
+    b_idx, c_idx, h_idx, w_idx = (torch.tensor([0 if i is None else i for i in idx]) for idx in (bs, cs, hs, ws))
+    many = False
+    for i, norm in enumerate(norms):
+        row, column = divmod(i, columns)
+        ax = fig.add_axes(
+            (
+                column * width_cells * cell / fig_w,
+                1 - (head + (row + 1) * height_cells * cell) / fig_h,
+                width_cells * cell / fig_w,
+                height_cells * cell / fig_h,
+            )
+        )
+        ax.set_xlim(0, width_cells)
+        ax.set_ylim(height_cells - top, -top)  # y grows downwards: image 0 on top
+        ax.set_axis_off()
+        k, _ = group_count(norm, shape, num_groups)
+        many |= k > PALETTE_SIZE
+        colors = _group_colors(min(k, PALETTE_SIZE))
+        ids = group_ids(
+            norm,
+            shape,
+            b_idx.view(-1, 1, 1, 1),
+            c_idx.view(1, -1, 1, 1),
+            h_idx.view(1, 1, -1, 1),
+            w_idx.view(1, 1, 1, -1),
+            num_groups=num_groups,
+        )
+        ax.text(width_cells / 2, -top + 0.2, _panel_title(norm, shape, num_groups), ha="center", va="top", fontsize=8)
+        left = label_w + (width_cells - content_w) / 2
+        x = left
+        for ci, (c, w) in enumerate(zip(cs, widths)):
+            label = f"⋯ {shape[1] - len(cs) + 1:,} more" if c is None else f"c = {c}"
+            ax.text(x + w / 2, -0.55, label, ha="center", va="center", fontsize=6 if c is None else 7)
+            x += w + space
+        y = 0.0
+        for bi, (b, h) in enumerate(zip(bs, heights)):
+            if b is None:  # the images left out
+                left_out = shape[0] - len(bs) + 1
+                ax.text(
+                    left + (content_w - label_w) / 2,
+                    y + h / 2,
+                    f"⋮   {left_out:,} more image{'s' * (left_out > 1)}   ⋮",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="dimgray",
+                )
+                y += h + space
+                continue
+            ax.text(left - 0.25, y + h / 2, f"image b = {b}", ha="right", va="center", fontsize=7.5)
+            x = left
+            for ci, (c, w) in enumerate(zip(cs, widths)):
+                if c is None:
+                    ax.text(x + w / 2, y + h / 2, "⋯", ha="center", va="center", fontsize=9, color="dimgray")
+                    x += w + space
+                    continue
+                for r, hh in enumerate(hs):
+                    for col, ww in enumerate(ws):
+                        if hh is None or ww is None:
+                            mark = "⋮" if hh is None else "⋯"
+                            ax.text(
+                                x + col + 0.5, y + r + 0.5, mark, ha="center", va="center", fontsize=8, color="dimgray"
+                            )
+                            continue
+                        g = int(ids[bi, ci, r, col])
+                        ax.add_patch(
+                            Rectangle(
+                                (x + col, y + r),
+                                1,
+                                1,
+                                facecolor=colors[g % PALETTE_SIZE],
+                                edgecolor="white",
+                                linewidth=0.8,
+                            )
+                        )
+                        ax.text(
+                            x + col + 0.5,
+                            y + r + 0.5,
+                            str(g),
+                            ha="center",
+                            va="center",
+                            fontsize=min(6.5, 24 / len(str(g))),
+                        )
+                x += w + space
+            y += h + space
+        ax.text(
+            (left + x - space) / 2,
+            y - space + 0.75,
+            f"each tile: one channel's H × W map (H={shape[2]:,} rows, W={shape[3]:,} columns)",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="dimgray",
+        )
+    b, c, h, w = shape
+    how = (
+        "colours repeat after 20 groups: the numbers tell the groups apart"
+        if many
+        else "same number (and colour) = same group"
+    )
+    fig.suptitle(
+        f"Which elements of an image batch x [B={b:,}, C={c:,}, H={h:,}, W={w:,}] share one mean and variance?\n"
+        f"Each cell is one element, its number the statistics group ({how})",
+        fontsize=9.5,
+        y=1 - 0.08 / fig_h,
+        va="top",
+    )
     _save(fig, path)
     return fig
