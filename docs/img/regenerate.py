@@ -35,6 +35,11 @@ DEMOS = [
 ]
 
 
+def conditioning_figures() -> list[tuple[str, list[str], str]]:
+    """The class-conditional demo (AdaLN-Zero told the class vs one class for all; ~1 minute on one core)."""
+    return [("demo_conditioning.png", ["demo", "--preset", "conditioning", "--out", "{out}"], "loss_curves.png")]
+
+
 def store(source: Path, target: Path, colors: int = 96) -> int:
     """``source`` as a palette PNG at ``target``; returns its size in bytes."""
     image = Image.open(source).convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
@@ -46,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-demo", action="store_true", help="skip the demo presets (minutes)")
     args = parser.parse_args()
-    for name, argv, written in FIGURES + ([] if args.no_demo else DEMOS):
+    for name, argv, written in FIGURES + ([] if args.no_demo else DEMOS + conditioning_figures()):
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, "-m", "tokennorm", *(a.format(out=out) for a in argv)]
             done = subprocess.run(command, capture_output=True, text=True)

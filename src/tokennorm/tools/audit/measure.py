@@ -2,11 +2,14 @@
 
 The claim under test: LayerNorm's statistics are per token, so a causal decoder cannot learn the
 future through it and padding cannot disturb real tokens, while BatchNorm mixes tokens, batch items and PAD.
-:func:`audit` checks this on any model, for three kinds of leakage:
+:func:`audit` checks this on any model, for four kinds of leakage:
 
 * ``future``: output position t depends on an input position s > t (checked for causal models);
 * ``cross_batch``: batch item i depends on another item j ≠ i;
-* ``padding``: a non-PAD output depends on a PAD input (positions marked True in the key-padding mask).
+* ``padding``: a non-PAD output depends on a PAD input (positions marked True in the key-padding mask);
+* ``condition``: batch item i depends on another item j's condition (a per-item input such as AdaLN's c or a
+  class id, given with ``condition=``: each item its own), checked like ``cross_batch`` with the condition in
+  place of the tokens (for class ids, on their embedding).
 
 Each is measured twice, in train and in eval mode (they differ for BatchNorm and dropout):
 
@@ -24,9 +27,10 @@ the embeddings of other token ids) and measure how much each output moves, with 
 RNG is reseeded before every forward pass). It sees dependence autograd cannot: through ``.detach()``,
 integer ops or in-place tricks.
 
-**Which module.** Forward hooks on every module keep each output shaped [B, N, ...] during the perturbation
-passes, and the same measurement is made on each; the first module in execution order whose output shows the
-forbidden dependence is where the leak enters (its parents and everything downstream show it too). Perturbation,
+**Which module.** Forward hooks on every module keep each output shaped [B, N, ...] (and, with a condition,
+[B, ...]) and each call's inputs during the perturbation passes, and the same measurement is made on each; the
+first module in execution order whose output shows the forbidden dependence while its inputs do not is where the
+leak enters (its parents and everything downstream show it too). Perturbation,
 not autograd, because one forward pass measures every module at once, where autograd would need a backward pass
 per module and row.
 
@@ -451,7 +455,8 @@ def audit(
         (u a fixed random cotangent, M_t the mask of output row t; norms over channels and batch items), each
         divided by its largest measured value, so 1 is the strongest dependence in the model, legitimate ones
         included. A check leaks when a forbidden entry exceeds ``tol``: ``future`` (s > t, causal models),
-        ``cross_batch`` (item i on item j ≠ i, B ≥ 2), ``padding`` (a non-PAD output on a PAD input). Where the
+        ``cross_batch`` (item i on item j ≠ i, B ≥ 2), ``padding`` (a non-PAD output on a PAD input),
+        ``condition`` (item i on item j's ``condition``, j ≠ i, B ≥ 2). Where the
         graph has no path both measurements are exactly 0. With ``modules=True`` every module's output of shape
         [B, N, ...] is measured the same way (by perturbation, in the same passes), and each leaking finding names
         the modules whose output shows the leak, in execution order: ``finding.modules[0]`` is where it enters.
@@ -482,17 +487,25 @@ def audit(
             modules: attribute leaks to modules with forward hooks on every submodule (default True).
             progress: called as ``progress(done, total, stage)`` after every forward or backward pass, per mode
                 (``total`` may grow once autograd has chosen extra columns to perturb).
+            condition: a per-item condition [B, ...], floating (AdaLN's c) or integer ids (a class per sequence,
+                which the model must look up in an ``nn.Embedding``: c is then that embedding, swapped in by a
+                hook), passed to the model as the keyword ``condition_arg`` (default None: no ``condition``
+                check). Give each item its own; ``report.condition.own`` says how strongly each depends on it.
+            condition_arg: keyword the condition is passed as (default ``"cond"``, the blocks' keyword;
+                ``CausalLM`` takes ``"classes"``).
 
         Returns:
             :class:`AuditReport`: ``findings`` (one :class:`Finding` per check and mode, each with an autograd and
             a perturbation :class:`Measurement`: magnitude, count of forbidden pairs above ``tol`` out of
             ``checked`` measured, pinpoints), ``matrices[mode][method]`` (the [N, N] token-to-token dependence,
-            NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``to_dict()``.
+            NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``condition`` (a
+            :class:`ConditionInfo`, or None), ``to_dict()``.
 
         Raises:
             ValueError: ``inputs`` not [B, N, C] / [B, N], ``modes`` empty or unknown, ``key_padding_mask`` not
-                bool [B, N], a limit below 1, or a model output that is not [B, N, ...].
-            TypeError: complex or bool ``inputs``; token ids for a model without an embedding.
+                bool [B, N], ``condition`` not [B, ...], a limit below 1, or a model output that is not [B, N, ...].
+            TypeError: complex or bool ``inputs`` or ``condition``; token ids for a model without an embedding;
+                an integer ``condition`` the model does not look up in an ``nn.Embedding``.
 
         Example::
 

@@ -74,10 +74,14 @@ def _color(r: ConfigResult) -> str:
     return _CONDITIONED[r.condition][1] if r.condition else DEMO_NORMS[r.norm].color
 
 
-def _mark_divergence(ax: Any, r: ConfigResult, top: float, color: str) -> None:
+def _mark_divergence(ax: Any, r: ConfigResult, top: float, color: str, label: bool = True) -> None:
+    """✕ at the top edge where ``r`` diverged; with ``label``, the words beside it (on one panel only: the other
+    panel's legend, placed by lines alone, could cover them)."""
     if r.diverged_at is None:
         return
     ax.plot([r.diverged_at], [top], marker="X", markersize=9, color=color, clip_on=False, linestyle="none")
+    if not label:
+        return
     ax.annotate(
         f"{run_label(r)} diverged at step {r.diverged_at}",
         xy=(r.diverged_at, top),
@@ -127,7 +131,7 @@ def loss_figure(results: list[ConfigResult], title: str, kind: str = "curves", v
             )
         else:
             _plot(ax_val, r.eval_steps, r.eval_val, top, style, ".")
-        _mark_divergence(ax_val, r, top, color)
+        _mark_divergence(ax_val, r, top, color, label=False)
         if ax_position and r.val_by_position:
             ax_position[0].plot(range(len(r.val_by_position)), r.val_by_position, marker=".", **style)
     for ax in (ax_train, ax_val):
@@ -185,9 +189,13 @@ def results_table(results: list[ConfigResult], title: str):
     from rich.table import Table
 
     table = Table(title=title)
+    long_names = max((len(r.name) for r in results), default=0) > 16
     columns = ["config", "params", "train loss", "val loss", "val (train mode)", "best val", "time (s)"]
     for col in columns:
-        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config")
+        if col == "config":  # a long name (layernorm-pre+adaln-null) folds rather than cut the numbers short
+            table.add_column(col, justify="left", no_wrap=not long_names, overflow="fold")
+        else:
+            table.add_column(col, justify="right", min_width=7 if long_names else None)
     best = min((r.final_val for r in results if math.isfinite(r.final_val) and r.diverged_at is None), default=math.nan)
     for r in results:
         train, val = f"{r.final_train:.4f}", f"{r.final_val:.4f}"
