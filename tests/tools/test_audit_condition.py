@@ -157,3 +157,14 @@ def test_bad_conditions(capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert all(w in err for w in words), err
+
+
+def test_outputs_that_are_nan_before_any_perturbation_are_reported(capsys):
+    # eval mode without a graph: the 4 left-PAD queries of item 1 have no key (NaN, as torch gives), and the NaN
+    # reaches every position of item 1 through the next layer's attention; perturbation cannot see those move
+    tokens, pad = A.demo_inputs()
+    report = A.audit(A.demo_model("layernorm"), tokens, key_padding_mask=pad)
+    assert report.nonfinite == {"eval": 16} and report.to_dict()["nonfinite_outputs"] == {"eval": 16}
+    assert cli_main(["audit", "--demo", "layernorm", "--mode", "eval"]) == 0
+    assert "eval: 16 of 32 output positions are NaN or inf before any perturbation" in _text(capsys)
+    assert A.audit(A.demo_model("layernorm"), A.demo_inputs(pad=0)[0]).nonfinite == {}

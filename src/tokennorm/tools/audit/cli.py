@@ -355,6 +355,13 @@ def print_report(report: AuditReport, console: Any) -> None:
                 f"[dim]condition: each item's output depends on its own condition (weakest item, relative to the "
                 f"strongest condition dependence: {weakest})[/dim]"
             )
+    batch, length = report.shape[:2]
+    for mode, count in report.nonfinite.items():
+        console.print(
+            f"[yellow]{mode}: {count} of {batch * length} output positions are NaN or inf before any perturbation "
+            "(e.g. a query whose keys are all masked, and what it spreads to); perturbation cannot see them move, "
+            "autograd's pass (with a graph) may compute them differently[/yellow]"
+        )
     for check, why in report.skipped.items():
         console.print(f"[dim]{check}: not checked ({why})[/dim]")
     for f in report.findings:

@@ -55,7 +55,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -225,6 +225,17 @@ def _spread(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
 
 
+class _ModeResult(NamedTuple):
+    """What one mode's audit found."""
+
+    findings: list[Finding]
+    matrices: dict[str, Tensor]
+    dtype: torch.dtype
+    tol: float
+    own_condition: Optional[float]  # weakest item's dependence on its own condition (None: no condition)
+    nonfinite: int  # output positions [B, N] with a NaN or inf output in the unperturbed pass
+
+
 @dataclass
 class _Config:
     causal: bool
@@ -241,9 +252,7 @@ class _Config:
     condition: Optional[tuple[str, Tensor]]  # (keyword, value [B, ...]): one condition per item
 
 
-def _audit_mode(
-    model: nn.Module, inputs: Tensor, mode: str, cfg: _Config
-) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float, Optional[float]]:
+def _audit_mode(model: nn.Module, inputs: Tensor, mode: str, cfg: _Config) -> _ModeResult:
     batch, length = inputs.shape[:2]
     gen = torch.Generator().manual_seed(cfg.seed)
     done, total = [0], [0]
@@ -271,7 +280,7 @@ def _audit_mode_inner(
     recorder: Optional[_ModuleOutputs],
     step: Callable[..., None],
     total: list[int],
-) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float, Optional[float]]:
+) -> _ModeResult:
     batch, length = inputs.shape[:2]
     device = inputs.device
     kwargs = cfg.kwargs if cfg.condition is None else {**cfg.kwargs, cfg.condition[0]: cfg.condition[1]}
@@ -312,6 +321,7 @@ def _audit_mode_inner(
     with torch.no_grad(), recording() as base_modules:
         base = forward(subject.x)
     base_modules = dict(base_modules or {})
+    nonfinite = int((~torch.isfinite(base)).any(dim=-1).sum())  # perturbation cannot see these move
     step("forward")
 
     def moved(where: Optional[Tensor], stage: str, c: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -417,7 +427,8 @@ def _audit_mode_inner(
             _measure("perturbation", _relative(moves.cpu()), ~pad, tol),
             {k: _measure("perturbation", _relative(m), ~pad, tol) for k, m in module_moves.items() if k in per_token},
         )
-    return findings, {"autograd": grad_rel, "perturbation": pert_rel}, subject.x.dtype, tol, own_condition
+    matrices = {"autograd": grad_rel, "perturbation": pert_rel}
+    return _ModeResult(findings, matrices, subject.x.dtype, tol, own_condition, nonfinite)
 
 
 def audit(
@@ -499,7 +510,8 @@ def audit(
             a perturbation :class:`Measurement`: magnitude, count of forbidden pairs above ``tol`` out of
             ``checked`` measured, pinpoints), ``matrices[mode][method]`` (the [N, N] token-to-token dependence,
             NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``condition`` (a
-            :class:`ConditionInfo`, or None), ``to_dict()``.
+            :class:`ConditionInfo`, or None), ``nonfinite`` (per mode, the output positions that are NaN or inf
+            without any perturbation: perturbation cannot see them move), ``to_dict()``.
 
         Raises:
             ValueError: ``inputs`` not [B, N, C] / [B, N], ``modes`` empty or unknown, ``key_padding_mask`` not
@@ -561,10 +573,14 @@ def audit(
     )
     findings: list[Finding] = []
     own: dict[str, Optional[float]] = {}
+    nonfinite: dict[str, int] = {}
     matrices: dict[str, dict[str, Tensor]] = {}
     for mode in modes:
-        found, matrices[mode], dtype, used_tol, own[mode] = _audit_mode(model, inputs, mode, cfg)
-        findings += found
+        result = _audit_mode(model, inputs, mode, cfg)
+        findings += result.findings
+        matrices[mode], dtype, used_tol, own[mode] = result.matrices, result.dtype, result.tol, result.own_condition
+        if result.nonfinite:
+            nonfinite[mode] = result.nonfinite
     skipped = {}
     if not causal:
         skipped["future"] = "model audited as non-causal"
@@ -595,4 +611,5 @@ def audit(
         time.perf_counter() - start,
         type(model).__name__,
         conditioning,
+        nonfinite,
     )

@@ -117,6 +117,7 @@ class AuditReport:
     seconds: float = 0.0
     model_name: str = ""
     condition: Optional[ConditionInfo] = None
+    nonfinite: dict[str, int] = field(default_factory=dict)  # mode -> output positions NaN/inf unperturbed
 
     @property
     def leaks(self) -> bool:
@@ -144,6 +145,7 @@ class AuditReport:
             "leaks": self.leaks,
             "seconds": round(self.seconds, 3),
             "skipped": self.skipped,
+            "nonfinite_outputs": self.nonfinite,
             "condition": None
             if self.condition is None
             else {
