@@ -1,6 +1,6 @@
 """Regenerate the figures in docs/img/ that README.md and docs/ show, with the commands a user would run.
 
-    python3 docs/img/regenerate.py            # every figure; the three demo presets take ~6 minutes on 2 cores
+    python3 docs/img/regenerate.py            # every figure; the four demo presets take ~6 minutes on 2 cores
     python3 docs/img/regenerate.py --no-demo  # the figures that take seconds
 
 Each figure is written by ``tokennorm explain | audit | demo`` into a temporary folder, then stored as a
@@ -27,19 +27,17 @@ FIGURES = [
     ("norm_cubes.png", ["explain", "--shape", "2,16,64", "--format", "png", "--out", "{out}"], "norm_cubes.png"),
     ("padding.png", ["explain", "--padding", "--format", "png", "--out", "{out}"], "padding.png"),
     ("audit_batchnorm.png", ["audit", "--demo", "batchnorm", "--png", "{out}/audit.png"], "audit.png"),
+    (
+        "image_groups.png",
+        ["explain", "--layout", "channels-first", "--shape", "2,8,4,4", "--format", "png", "--out", "{out}"],
+        "image_groups.png",
+    ),
 ]
 COLORS = {"audit_batchnorm.png": 224}  # default 96
 DEMOS = [
     (f"demo_{preset}.png", ["demo", "--preset", preset, "--out", "{out}"], "loss_curves.png")
-    for preset in ("depth", "batchnorm", "detach")
+    for preset in ("depth", "conditioning", "batchnorm", "detach")
 ]
-
-
-def channels_first_figures() -> list[tuple[str, list[str], str]]:
-    """``explain --layout channels-first``'s figure: which elements of an image batch [B, C, H, W] share one mean
-    and variance under channels-first LayerNorm, BatchNorm2d, InstanceNorm2d and GroupNorm."""
-    argv = ["explain", "--layout", "channels-first", "--shape", "2,8,4,4", "--format", "png", "--out", "{out}"]
-    return [("image_groups.png", argv, "image_groups.png")]
 
 
 def store(source: Path, target: Path, colors: int = 96) -> int:
@@ -53,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-demo", action="store_true", help="skip the demo presets (minutes)")
     args = parser.parse_args()
-    for name, argv, written in FIGURES + channels_first_figures() + ([] if args.no_demo else DEMOS):
+    for name, argv, written in FIGURES + ([] if args.no_demo else DEMOS):
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, "-m", "tokennorm", *(a.format(out=out) for a in argv)]
             done = subprocess.run(command, capture_output=True, text=True)

@@ -136,7 +136,7 @@ def batchnorm_report():
 def test_demo_batchnorm_leaks_in_train_mode_only(batchnorm_report):
     r = batchnorm_report
     assert r.leaks and r.token_ids and r.causal
-    for check in A.CHECKS:
+    for check in A.CHECKS[:3]:  # the condition check needs a conditioned model (test_audit_condition.py)
         train, ev = r.finding("train", check), r.finding("eval", check)
         assert train.leaks and train.agree, train
         assert not ev.leaks, ev  # running statistics: per token, nothing mixes
@@ -195,7 +195,7 @@ def test_heatmap_png(tmp_path, batchnorm_report):
 def test_json_report(batchnorm_report):
     d = json.loads(json.dumps(batchnorm_report.to_dict(), allow_nan=False))
     assert d["leaks"] is True and d["input"] == {"shape": [2, 16], "dtype": "float32", "token_ids": True}
-    assert {(f["mode"], f["check"]) for f in d["findings"]} == {(m, c) for m in A.MODES for c in A.CHECKS}
+    assert {(f["mode"], f["check"]) for f in d["findings"]} == {(m, c) for m in A.MODES for c in A.CHECKS[:3]}
     assert len(d["matrices"]["train"]["autograd"]) == 16 and len(d["matrices"]["eval"]["perturbation"][0]) == 16
 
 

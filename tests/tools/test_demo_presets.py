@@ -73,7 +73,7 @@ def test_settings_come_from_the_option_then_the_preset_then_the_base():
     default = demo_cli.resolve_settings(parser.parse_args([]))
     assert default.preset == presets.DEFAULT_PRESET
     assert set(presets.BASE) <= set(vars(default)) and all(
-        getattr(default, k) is not None or k == "warmup" for k in presets.BASE
+        getattr(default, k) is not None or k in ("warmup", "classes") for k in presets.BASE
     )
 
 

@@ -21,6 +21,10 @@ class CausalLM(nn.Module):
     (:class:`SinusoidalPositionalEncoding`), ``num_layers`` causal :class:`DecoderLayer` blocks without
     cross-attention, a final norm for pre-LN, and a linear head (no bias) to ``vocab_size`` logits.
 
+    Class-conditional (``num_classes``): each sequence has a class, embedded as c = ``class_embedding(classes)``
+    [B, d_model] (DiT's label embedding), and every block is an AdaLN-Zero block conditioned on c (``cond_dim =
+    d_model``): ``Norm(h)·(1 + scale) + shift`` before each sublayer and a gate after it, per sequence.
+
     Args:
         vocab_size: number of tokens.
         d_model: model width. Default: 128.
@@ -33,11 +37,14 @@ class CausalLM(nn.Module):
             every position, the future included. Default: ``"layernorm"``.
         placement: ``"post"`` or ``"pre"``. Default: ``"pre"`` (GPT-2).
         activation: ``"gelu"`` (GPT) or ``"relu"``. Default: ``"gelu"``.
+        num_classes: number of classes of a class-conditional model (needs ``placement="pre"`` and ``norm``
+            ``"layernorm"`` or ``"rmsnorm"``); ``forward`` then requires ``classes``. Default: None.
         device, dtype: of the parameters. Default: torch's defaults.
 
     Shape:
-        - tokens ``[B, N]`` (int64, ``N ≤ max_len``), ``key_padding_mask`` ``[B, N]`` (True = padding);
-          logits ``[B, N, vocab_size]`` in the parameters' dtype.
+        - tokens ``[B, N]`` (int64, ``N ≤ max_len``), ``key_padding_mask`` ``[B, N]`` (True = padding),
+          ``classes`` ``[B]`` (int64, below ``num_classes``); logits ``[B, N, vocab_size]`` in the parameters'
+          dtype.
 
     ``embed(tokens)`` and ``forward_embeddings(emb)`` split ``forward`` so tools can take gradients with
     respect to the (scaled) token embeddings: ``forward(t) == forward_embeddings(embed(t))``.
@@ -61,12 +68,18 @@ class CausalLM(nn.Module):
         norm: str = "layernorm",
         placement: str = "pre",
         activation: str = "gelu",
+        num_classes: Optional[int] = None,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
+        if num_classes is not None and (num_classes < 1 or placement != "pre" or norm not in ("layernorm", "rmsnorm")):
+            raise ValueError(
+                "num_classes (AdaLN-Zero conditioning) must be positive and needs placement='pre' and norm "
+                f"'layernorm' or 'rmsnorm', but got num_classes={num_classes}, placement={placement!r}, norm={norm!r}"
+            )
         factory = {"device": device, "dtype": dtype}
-        self.vocab_size, self.d_model = vocab_size, d_model
+        self.vocab_size, self.d_model, self.num_classes = vocab_size, d_model, num_classes
         self.token_embedding = TokenEmbedding(vocab_size, d_model, **factory)
         self.positions = SinusoidalPositionalEncoding(d_model, max_len, dropout)
         layer = DecoderLayer(
@@ -78,10 +91,14 @@ class CausalLM(nn.Module):
             norm,
             placement,
             cross_attention=False,
+            cond_dim=None if num_classes is None else d_model,
             **factory,
         )
         self.decoder = Decoder(layer, num_layers)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False, **factory)
+        # drawn last: the token embedding, attention and feed-forward weights are those of the unconditioned model
+        # of the same seed (lm_head is not: AdaLNZero's Linear draws from the RNG before it is zeroed)
+        self.class_embedding = None if num_classes is None else nn.Embedding(num_classes, d_model, **factory)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """Scaled token embeddings ``[B, N, d_model]`` (positions are added in :meth:`forward_embeddings`)."""
@@ -92,12 +109,35 @@ class CausalLM(nn.Module):
             )
         return self.token_embedding(tokens)
 
-    def forward_embeddings(self, emb: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward_embeddings(
+        self, emb: Tensor, key_padding_mask: Optional[Tensor] = None, *, classes: Optional[Tensor] = None
+    ) -> Tensor:
         """Logits ``[B, N, vocab_size]`` from token embeddings ``emb`` ``[B, N, d_model]``."""
-        h = self.decoder(self.positions(emb), tgt_key_padding_mask=key_padding_mask, causal=True)
+        cond = self._condition(emb, classes)
+        h = self.decoder(self.positions(emb), tgt_key_padding_mask=key_padding_mask, causal=True, cond=cond)
         return self.lm_head(h)
 
-    def forward(self, tokens: Tensor, *, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, *, key_padding_mask: Optional[Tensor] = None, classes: Optional[Tensor] = None
+    ) -> Tensor:
         """Logits ``[B, N, vocab_size]`` for ``tokens`` ``[B, N]`` (int64); ``key_padding_mask`` ``[B, N]``,
-        True at padding (default: None)."""
-        return self.forward_embeddings(self.embed(tokens), key_padding_mask)
+        True at padding (default: None); ``classes`` ``[B]`` (int64), required by (and only by) a model built
+        with ``num_classes`` (default: None)."""
+        return self.forward_embeddings(self.embed(tokens), key_padding_mask, classes=classes)
+
+    def _condition(self, emb: Tensor, classes: Optional[Tensor]) -> Optional[Tensor]:
+        """The class embedding c [B, d_model] of ``classes`` [B]; None for an unconditioned model."""
+        if (classes is None) != (self.class_embedding is None):
+            raise ValueError(
+                f"classes is required: this CausalLM has num_classes={self.num_classes}"
+                if classes is None
+                else "classes needs a CausalLM built with num_classes"
+            )
+        if classes is None:
+            return None
+        if classes.dtype != torch.long or tuple(classes.shape) != (emb.shape[0],):
+            raise ValueError(
+                f"classes must be an int64 tensor of shape [batch] = [{emb.shape[0]}], but got classes "
+                f"of shape {list(classes.shape)} and dtype {classes.dtype}"
+            )
+        return self.class_embedding(classes)

@@ -1,11 +1,15 @@
 """``tokennorm audit``: measure future, cross-batch and padding leakage of a model (see :mod:`tokennorm.tools.audit`).
 
-The model is a built-in demo (``--demo layernorm | rmsnorm | batchnorm``: one causal decoder, three norms) or
+The model is a built-in demo (``--demo layernorm | rmsnorm | batchnorm | dyt``: one causal decoder, four norms;
+``--demo adaln``: the LayerNorm one class-conditional, AdaLN-Zero blocks, each sequence given its own class) or
 ``--model module:factory``, an import path to an ``nn.Module`` or to a callable returning one, called with the
 keyword arguments of ``--model-args`` (none by default). Its input is token ids (``--tokens B,N``, ids below
 ``--vocab``) or a floating tensor (``--shape B,N,C``). ``--pad K`` marks K positions of the last batch item as
-PAD and passes the key-padding mask to the model as ``key_padding_mask=`` (``--mask-arg``). The model is
-audited as a causal decoder unless ``--no-causal`` is given.
+PAD and passes the key-padding mask to the model as ``key_padding_mask=`` (``--mask-arg``). A per-item condition
+(``--cond-classes K``: a class id below K per item, distinct where K allows; ``--cond-dim D``: a standard
+normal [B, D] vector) is passed as ``--cond-arg`` (default ``cond``), and the ``condition`` check tests that no
+item depends on another item's condition. The model is audited as a causal decoder unless ``--no-causal`` is
+given.
 
 Prints a table of findings (relative magnitude by autograd and by perturbation, forbidden pairs above the
 tolerance out of those measured, and where), the module where each leak first appears, progress on stderr,
@@ -100,6 +104,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="the model is a causal decoder: check future leakage (output t depending on input "
         "s > t). On by default; --no-causal for encoders, which may look ahead",
+    )
+    cond = parser.add_mutually_exclusive_group()
+    cond.add_argument(
+        "--cond-classes",
+        type=int,
+        metavar="K",
+        help="give each item its own class id below K (0, 1, …, mod K) as the model's condition "
+        "(class-conditional models; --demo adaln: 4 classes, passed as classes=)",
+    )
+    cond.add_argument(
+        "--cond-dim", type=int, metavar="D", help="give each item its own condition vector [D] (standard normal)"
+    )
+    parser.add_argument(
+        "--cond-arg", default=None, help="keyword the condition is passed as (default: cond; classes for --demo adaln)"
     )
     parser.add_argument("--mode", choices=MODE_CHOICES, default="both", help="train mode, eval mode, or both")
     parser.add_argument(
@@ -245,6 +263,30 @@ def build_inputs(args: argparse.Namespace, model: nn.Module) -> tuple[Tensor, Op
     return inputs, (mask.to(device) if pad else None)
 
 
+def build_condition(args: argparse.Namespace, batch: int) -> tuple[Optional[Tensor], str]:
+    """The per-item condition the arguments describe (None: none) and the keyword it is passed as."""
+    import torch
+
+    from tokennorm.tools.audit.demos import demo_condition
+
+    if args.cond_arg is not None and args.cond_classes is None and args.cond_dim is None and args.demo != "adaln":
+        raise SpecError("--cond-arg needs a condition: --cond-classes K or --cond-dim D")
+    device = resolve_device(args.device)
+    if args.cond_classes is not None:
+        if args.cond_classes < 1:
+            raise SpecError(f"--cond-classes must be positive, but got --cond-classes {args.cond_classes}")
+        value = torch.arange(batch) % args.cond_classes
+    elif args.cond_dim is not None:
+        if args.cond_dim < 1:
+            raise SpecError(f"--cond-dim must be positive, but got --cond-dim {args.cond_dim}")
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        value = torch.randn(batch, args.cond_dim, generator=gen, dtype=getattr(torch, args.dtype))
+    else:
+        value = demo_condition(args.demo, batch) if args.demo else None
+    default_arg = "classes" if args.demo == "adaln" else "cond"
+    return (None if value is None else value.to(device)), args.cond_arg or default_arg
+
+
 def _fmt(v: float) -> str:
     return "inf" if v == float("inf") else ("0" if v == 0 else f"{v:.3g}")
 
@@ -294,6 +336,32 @@ def print_report(report: AuditReport, console: Any) -> None:
     )
     for name, meaning in legend.items():
         console.print(f"[dim]where, {name}: {meaning}[/dim]")
+    if report.condition is not None:
+        c = report.condition
+        given = f"{c.arg}={c.values}" if c.values is not None else f"{c.arg} of shape {list(c.shape)} ({c.dtype})"
+        console.print(
+            f"condition: {given}, one per batch item, each item its own; check 'condition': does item i depend "
+            "on another item j's condition (pinpoint (i, j))?"
+        )
+        ignored = [mode for mode, own in c.own.items() if own == 0]
+        if ignored:
+            console.print(
+                f"[yellow]condition ({', '.join(ignored)}): some item's output does not depend on its own condition "
+                "at all (AdaLN-Zero at its zero initialisation does not): the condition check is vacuous[/yellow]"
+            )
+        elif c.own:
+            weakest = ", ".join(f"{mode} {_fmt(own)}" for mode, own in c.own.items())
+            console.print(
+                f"[dim]condition: each item's output depends on its own condition (weakest item, relative to the "
+                f"strongest condition dependence: {weakest})[/dim]"
+            )
+    batch, length = report.shape[:2]
+    for mode, count in report.nonfinite.items():
+        console.print(
+            f"[yellow]{mode}: {count} of {batch * length} output positions are NaN or inf before any perturbation "
+            "(e.g. a query whose keys are all masked, and what it spreads to); perturbation cannot see them move, "
+            "autograd's pass (with a graph) may compute them differently[/yellow]"
+        )
     for check, why in report.skipped.items():
         console.print(f"[dim]{check}: not checked ({why})[/dim]")
     for f in report.findings:
@@ -345,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
         model = demo_model(args.demo) if args.demo else load_model(args.model, model_args)
         model = model.to(device=device, dtype=getattr(torch, args.dtype))
         inputs, mask = build_inputs(args, model)
+        condition, condition_arg = build_condition(args, inputs.shape[0])
         mask_arg = None if args.mask_arg.lower() == "none" else args.mask_arg
         columns = (
             TextColumn("audit {task.description:<20}"),
@@ -374,6 +443,8 @@ def run(args: argparse.Namespace) -> int:
                 max_rows=args.max_rows,
                 max_columns=args.max_columns,
                 progress=progress,
+                condition=condition,
+                condition_arg=condition_arg,
             )
     except SpecError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)

@@ -1,20 +1,29 @@
-"""The built-in demo of ``tokennorm audit --demo``: one causal decoder with three norms, and its inputs."""
+"""The built-in demos of ``tokennorm audit --demo``: one causal decoder with five norms, and its inputs.
+
+``layernorm``, ``rmsnorm``, ``batchnorm`` and ``dyt`` are that norm in every block; ``adaln`` is the LayerNorm
+model made class-conditional (``CausalLM(num_classes=...)``: AdaLN-Zero blocks conditioned on a class embedding
+per sequence), audited with each sequence given its own class (:func:`demo_condition`).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:  # torch is imported when a demo is built, so the command line can list the demos without it
     from torch import Tensor, nn
 
-DEMOS = ("layernorm", "rmsnorm", "batchnorm")
+DEMOS = ("layernorm", "rmsnorm", "batchnorm", "dyt", "adaln")
+DEMO_CLASSES = 4  # classes of the adaln demo
 
 
 def demo_model(norm: str, *, vocab_size: int = 64, d_model: int = 64, num_layers: int = 2, seed: int = 0) -> nn.Module:
     """The built-in demo: one causal decoder, ``tokennorm.transformer.CausalLM`` (pre-norm, dropout 0.1).
 
-    Its norms are ``norm``: ``"layernorm"``, ``"rmsnorm"`` or ``"batchnorm"``; the other weights are the same
-    for every norm (same seed).
+    Its norms are ``norm``: ``"layernorm"``, ``"rmsnorm"``, ``"batchnorm"`` or ``"dyt"``; the other weights are
+    the same for every norm (same seed). ``"adaln"``: LayerNorm, class-conditional with :data:`DEMO_CLASSES`
+    classes; its AdaLN-Zero projections are drawn at random (std 0.1) instead of zero, as after training: at
+    AdaLN-Zero's zero initialisation every block is the identity and ignores the condition, so there would be
+    no dependence on it to measure.
     """
     if norm not in DEMOS:
         raise ValueError(f"norm must be one of {', '.join(map(repr, DEMOS))}, but got norm={norm!r}")
@@ -24,9 +33,32 @@ def demo_model(norm: str, *, vocab_size: int = 64, d_model: int = 64, num_layers
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CausalLM(
-            vocab_size, d_model=d_model, nhead=4, num_layers=num_layers, dropout=0.1, norm=norm, placement="pre"
+        model = CausalLM(
+            vocab_size,
+            d_model=d_model,
+            nhead=4,
+            num_layers=num_layers,
+            dropout=0.1,
+            norm="layernorm" if norm == "adaln" else norm,
+            placement="pre",
+            num_classes=DEMO_CLASSES if norm == "adaln" else None,
         )
+        if norm == "adaln":
+            with torch.no_grad():
+                for layer in model.decoder.layers:
+                    layer.adaln.linear.weight.normal_(0.0, 0.1)
+                    layer.adaln.linear.bias.normal_(0.0, 0.1)
+        return model
+
+
+def demo_condition(name: str, batch: int = 2) -> Optional[Tensor]:
+    """The condition the demo ``name`` is audited with: for ``"adaln"``, a different class per sequence
+    (``arange(batch) % DEMO_CLASSES``, int64 [batch], passed as ``classes=``); None for the others."""
+    if name != "adaln":
+        return None
+    import torch
+
+    return torch.arange(batch) % DEMO_CLASSES
 
 
 def demo_inputs(

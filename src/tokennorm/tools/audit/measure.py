@@ -2,11 +2,14 @@
 
 The claim under test: LayerNorm's statistics are per token, so a causal decoder cannot learn the
 future through it and padding cannot disturb real tokens, while BatchNorm mixes tokens, batch items and PAD.
-:func:`audit` checks this on any model, for three kinds of leakage:
+:func:`audit` checks this on any model, for four kinds of leakage:
 
 * ``future``: output position t depends on an input position s > t (checked for causal models);
 * ``cross_batch``: batch item i depends on another item j ≠ i;
-* ``padding``: a non-PAD output depends on a PAD input (positions marked True in the key-padding mask).
+* ``padding``: a non-PAD output depends on a PAD input (positions marked True in the key-padding mask);
+* ``condition``: batch item i depends on another item j's condition (a per-item input such as AdaLN's c or a
+  class id, given with ``condition=``: each item its own), checked like ``cross_batch`` with the condition in
+  place of the tokens (for class ids, on their embedding).
 
 Each is measured twice, in train and in eval mode (they differ for BatchNorm and dropout):
 
@@ -24,9 +27,10 @@ the embeddings of other token ids) and measure how much each output moves, with 
 RNG is reseeded before every forward pass). It sees dependence autograd cannot: through ``.detach()``,
 integer ops or in-place tricks.
 
-**Which module.** Forward hooks on every module keep each output shaped [B, N, ...] during the perturbation
-passes, and the same measurement is made on each; the first module in execution order whose output shows the
-forbidden dependence is where the leak enters (its parents and everything downstream show it too). Perturbation,
+**Which module.** Forward hooks on every module keep each output shaped [B, N, ...] (and, with a condition,
+[B, ...]) and each call's inputs during the perturbation passes, and the same measurement is made on each; the
+first module in execution order whose output shows the forbidden dependence while its inputs do not is where the
+leak enters (its parents and everything downstream show it too). Perturbation,
 not autograd, because one forward pass measures every module at once, where autograd would need a backward pass
 per module and row.
 
@@ -51,13 +55,13 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from tokennorm.tools.audit.report import MAX_WHERE, MODES, AuditReport, Finding, Measurement, ModuleLeak
-from tokennorm.tools.audit.subject import as_output, in_mode, make_subject, seeded
+from tokennorm.tools.audit.report import MAX_WHERE, MODES, AuditReport, ConditionInfo, Finding, Measurement, ModuleLeak
+from tokennorm.tools.audit.subject import Condition, as_output, in_mode, make_condition, make_subject, seeded
 
 # progress(done, total, stage): called after every forward or backward pass of an audit
 Progress = Callable[[int, int, str], None]
@@ -103,39 +107,60 @@ def _moved(new: Tensor, base: Tensor) -> Tensor:
     return torch.linalg.vector_norm(delta, dim=-1).nan_to_num(nan=math.inf)
 
 
+def _tensors(out: Any) -> list[Any]:
+    """The leaves of a module output: the tensor itself, or the elements of (nested) tuples and lists."""
+    if isinstance(out, (tuple, list)):
+        return [leaf for item in out for leaf in _tensors(item)]
+    return [out]
+
+
 class _ModuleOutputs:
     """Forward hooks on every module of a model (the model itself included) that keep, during
     :meth:`recording`, each output shaped [B, N, ...] in the order the modules finish: the per-module view of
-    the perturbation passes. A tuple output counts element by element (``name[i]``); a module called twice
-    appears twice (``name (call 2)``)."""
+    the perturbation passes. A tuple output counts element by element (``name[i]``, nested tuples flattened); a
+    module called twice appears twice (``name (call 2)``). With ``items``, outputs with one value per batch item
+    ([B, ...] but not [B, N, ...]: AdaLN's shift, scale and gate) are kept too, as [B, 1, ...].
 
-    def __init__(self, model: nn.Module, batch: int, length: int) -> None:
-        self.batch, self.length = batch, length
+    Each call's tensor inputs (positional and keyword) are kept the same way, under ``inputs[output key]``: a
+    module whose output shows a leak its inputs do not show is where the leak enters (see :func:`_first_leaking`).
+    """
+
+    def __init__(self, model: nn.Module, batch: int, length: int, items: bool = False) -> None:
+        self.batch, self.length, self.items = batch, length, items
         self.outputs: Optional[dict[str, Tensor]] = None
         self.types: dict[str, str] = {}
+        self.inputs: dict[str, list[str]] = {}  # output key -> keys of that call's inputs (also in outputs)
         self.handles = [
-            module.register_forward_hook(self._hook(name or "<model>")) for name, module in model.named_modules()
+            module.register_forward_hook(self._hook(name or "<model>"), with_kwargs=True)
+            for name, module in model.named_modules()
         ]
 
+    def _keep(self, t: Any) -> Optional[Tensor]:
+        """``t`` as [B, N, F] (or [B, 1, F] per item, with ``items``); None when it is not per token or item."""
+        if not (isinstance(t, Tensor) and t.is_floating_point() and t.dim() >= 1 and t.shape[0] == self.batch):
+            return None
+        per_token = t.dim() >= 2 and t.shape[1] == self.length
+        if not (per_token or self.items):
+            return None
+        return t.detach().reshape(self.batch, self.length if per_token else 1, -1).clone()
+
     def _hook(self, name: str) -> Callable[..., None]:
-        def record(module: nn.Module, args: Any, out: Any) -> None:
+        def record(module: nn.Module, args: Any, kwargs: dict[str, Any], out: Any) -> None:
             if self.outputs is None:
                 return
-            items = [out] if isinstance(out, Tensor) else list(out) if isinstance(out, (tuple, list)) else []
-            for i, t in enumerate(items):
-                if not (
-                    isinstance(t, Tensor)
-                    and t.is_floating_point()
-                    and t.dim() >= 2
-                    and tuple(t.shape[:2]) == (self.batch, self.length)
-                ):
+            leaves = _tensors(out)
+            inputs = [t for t in map(self._keep, _tensors(list(args) + list(kwargs.values()))) if t is not None]
+            for i, t in enumerate(map(self._keep, leaves)):
+                if t is None:
                     continue
-                key = name if len(items) == 1 else f"{name}[{i}]"
+                key = name if len(leaves) == 1 else f"{name}[{i}]"
                 unique, call = key, 2
                 while unique in self.outputs:
                     unique, call = f"{key} (call {call})", call + 1
-                self.outputs[unique] = t.detach().reshape(self.batch, self.length, -1).clone()
+                self.outputs[unique] = t
                 self.types[unique] = type(module).__name__
+                self.inputs[unique] = [f"{unique} <input {j}>" for j in range(len(inputs))]
+                self.outputs.update(zip(self.inputs[unique], inputs))
 
         return record
 
@@ -152,25 +177,42 @@ class _ModuleOutputs:
             handle.remove()
 
 
-def _first_leaking(measurements: dict[str, Measurement], types: dict[str, str], tol: float) -> list[ModuleLeak]:
-    """The modules (in execution order) whose output shows the forbidden dependence, strongest measurement
-    each; the first one is where the leak enters."""
+def _first_leaking(measurements: dict[str, Measurement], recorder: _ModuleOutputs, tol: float) -> list[ModuleLeak]:
+    """The modules whose output shows the forbidden dependence, strongest measurement each, in execution order,
+    except that the first is where the leak enters: the first module whose output shows it while none of its
+    inputs do (a leaf like a BatchNorm, or a module that mixes before calling its children: its Linear's input
+    already shows it), else the first module whose output shows it."""
+
+    def leaks(key: str) -> bool:
+        return key in measurements and measurements[key].magnitude > tol
+
+    names = [k for k in measurements if k in recorder.types and leaks(k)]
+    entry = next((k for k in names if not any(leaks(i) for i in recorder.inputs.get(k, ()))), None)
+    if entry is not None:
+        names = [entry] + [k for k in names if k != entry]
     return [
-        ModuleLeak(name, types[name], m.magnitude, m.where[0] if m.where else None)
-        for name, m in measurements.items()
-        if m.magnitude > tol
+        ModuleLeak(k, recorder.types[k], measurements[k].magnitude, (measurements[k].where or [None])[0]) for k in names
     ]
 
 
 def _vjp_norms(
-    out: Tensor, x: Tensor, u: Tensor, masks: Tensor, chunk_size: int, on_chunk: Callable[[int], None]
+    out: Tensor,
+    x: Tensor,
+    u: Tensor,
+    masks: Tensor,
+    chunk_size: int,
+    on_chunk: Callable[[int], None],
+    per_item: bool = False,
 ) -> Tensor:
-    """‖(u·mask_k)ᵀ ∂out/∂x‖ over channels for every mask: [K, B, N] from masks [K, B, N]."""
+    """‖(u·mask_k)ᵀ ∂out/∂x‖ over channels for every mask: [K, B, N] from masks [K, B, N]; with ``per_item``
+    (x a condition [B, ...]), over everything but the item: [K, B]. No path from out to x gives zeros."""
     norms = []
     for start in range(0, masks.shape[0], chunk_size):
         cot = u * masks[start : start + chunk_size, :, :, None]  # [k, B, N, F]
-        (g,) = torch.autograd.grad(out, x, cot, retain_graph=True, is_grads_batched=True)  # [k, B, N, C]
-        norms.append(torch.linalg.vector_norm(g.double(), dim=-1))
+        (g,) = torch.autograd.grad(
+            out, x, cot, retain_graph=True, is_grads_batched=True, allow_unused=True, materialize_grads=True
+        )  # [k, *x.shape]
+        norms.append(torch.linalg.vector_norm((g.flatten(2) if per_item else g).double(), dim=-1))
         on_chunk(1)
     # NaN marks "not measured" in the matrices, so a NaN gradient becomes +inf: infinite leakage, not silence
     return torch.cat(norms).nan_to_num(nan=math.inf)
@@ -181,6 +223,17 @@ def _spread(n: int, k: int) -> list[int]:
     if k >= n:
         return list(range(n))
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
+
+
+class _ModeResult(NamedTuple):
+    """What one mode's audit found."""
+
+    findings: list[Finding]
+    matrices: dict[str, Tensor]
+    dtype: torch.dtype
+    tol: float
+    own_condition: Optional[float]  # weakest item's dependence on its own condition (None: no condition)
+    nonfinite: int  # output positions [B, N] with a NaN or inf output in the unperturbed pass
 
 
 @dataclass
@@ -196,11 +249,10 @@ class _Config:
     output_fn: Optional[Callable[[Any], Tensor]]
     progress: Optional[Progress]
     modules: bool
+    condition: Optional[tuple[str, Tensor]]  # (keyword, value [B, ...]): one condition per item
 
 
-def _audit_mode(
-    model: nn.Module, inputs: Tensor, mode: str, cfg: _Config
-) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float]:
+def _audit_mode(model: nn.Module, inputs: Tensor, mode: str, cfg: _Config) -> _ModeResult:
     batch, length = inputs.shape[:2]
     gen = torch.Generator().manual_seed(cfg.seed)
     done, total = [0], [0]
@@ -210,7 +262,7 @@ def _audit_mode(
         if cfg.progress is not None:
             cfg.progress(done[0], total[0], f"{mode}: {stage}")
 
-    recorder = _ModuleOutputs(model, batch, length) if cfg.modules else None
+    recorder = _ModuleOutputs(model, batch, length, cfg.condition is not None) if cfg.modules else None
     try:
         with in_mode(model, mode == "train"):
             return _audit_mode_inner(model, inputs, mode, cfg, gen, recorder, step, total)
@@ -228,16 +280,23 @@ def _audit_mode_inner(
     recorder: Optional[_ModuleOutputs],
     step: Callable[..., None],
     total: list[int],
-) -> tuple[list[Finding], dict[str, Tensor], torch.dtype, float]:
+) -> _ModeResult:
     batch, length = inputs.shape[:2]
     device = inputs.device
-    subject = make_subject(model, inputs, cfg.kwargs, cfg.seed, gen)
+    kwargs = cfg.kwargs if cfg.condition is None else {**cfg.kwargs, cfg.condition[0]: cfg.condition[1]}
+    subject = make_subject(model, inputs, kwargs, cfg.seed, gen)
+    cond: Optional[Condition] = None
+    if cfg.condition is not None:
+        with seeded(cfg.seed, device):
+            cond = make_condition(model, *cfg.condition, lambda extra: subject.run(subject.x, **extra), gen)
     tol = default_tol(subject.x.dtype) if cfg.tol is None else cfg.tol
     recording = recorder.recording if recorder is not None else contextlib.nullcontext
 
-    def forward(z: Tensor) -> Tensor:
-        with seeded(cfg.seed, device):
-            return as_output(subject.run(z), batch, length, cfg.output_fn)
+    def forward(z: Tensor, c: Optional[Tensor] = None) -> Tensor:
+        """The model's output [B, N, F] for x = z and, when conditioned, condition c (default: the given one)."""
+        given = cond.given(cond.c if c is None else c) if cond is not None else contextlib.nullcontext({})
+        with seeded(cfg.seed, device), given as extra:
+            return as_output(subject.run(z, **extra), batch, length, cfg.output_fn)
 
     # Autograd: one cotangent mask per matrix row, per batch item, and for all non-PAD outputs.
     n_rows = cfg.max_rows if cfg.max_rows is not None else (length if cfg.causal else 16)
@@ -251,21 +310,26 @@ def _audit_mode_inner(
     n_masks = sum(m.shape[0] for m in masks)
     columns = set(_spread(length, cfg.max_columns))
     # passes: forward with graph, one backward per chunk of masks, the base forward, one per perturbation
+    conditioned = cond is not None and batch > 1
     total[0] = 2 + -(-n_masks // cfg.chunk_size) + len(columns) + (batch if batch > 1 else 0) + int(has_pad)
+    total[0] += (-(-batch // cfg.chunk_size) + batch) if conditioned else 0
 
     x = subject.x.detach().requires_grad_(True)
-    out = forward(x)
+    c = cond.c.detach().requires_grad_(True) if conditioned else None
+    out = forward(x, c)
     step("forward")
     with torch.no_grad(), recording() as base_modules:
         base = forward(subject.x)
     base_modules = dict(base_modules or {})
+    nonfinite = int((~torch.isfinite(base)).any(dim=-1).sum())  # perturbation cannot see these move
     step("forward")
 
-    def moved(where: Tensor, stage: str) -> tuple[Tensor, dict[str, Tensor]]:
-        """How far each output token moves when ``where`` [B, N] gets new values: [B, N] for the model's
-        output, and the same for every recorded module output."""
+    def moved(where: Optional[Tensor], stage: str, c: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """How far each output token moves when ``where`` [B, N] gets new values (or, with ``c``, when the
+        condition is c instead): [B, N] for the model's output, and [B, N] or [B, 1] for every recorded module
+        output."""
         with torch.no_grad(), recording() as outs:
-            new = forward(subject.fresh(where))
+            new = forward(subject.x if where is None else subject.fresh(where), c)
         modules = {k: _moved(outs[k], v).cpu() for k, v in base_modules.items() if outs is not None and k in outs}
         step(stage)
         return _moved(new, base), modules
@@ -273,6 +337,9 @@ def _audit_mode_inner(
     u = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
     norms = _vjp_norms(out, x, u, torch.cat(masks).to(out.dtype), cfg.chunk_size, lambda k: step("autograd", k))
     row_norms, item_norms = norms[: len(rows)], norms[len(rows) : len(rows) + batch]  # [R,B,N], [B,B,N]
+    if conditioned:  # item i's output on item j's condition: [i, j], by the per-item cotangents
+        item_masks = eye_b[:, :, None].expand(-1, -1, length).to(out.dtype)
+        cond_norms = _vjp_norms(out, c, u, item_masks, cfg.chunk_size, lambda k: step("autograd", k), per_item=True)
 
     grad_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
     grad_matrix[rows] = torch.linalg.vector_norm(row_norms, dim=1).cpu()  # over items j
@@ -286,12 +353,16 @@ def _audit_mode_inner(
         columns |= extra
         total[0] += len(extra)
     pert_matrix = torch.full((length, length), math.nan, dtype=torch.float64)
-    module_matrix = {k: torch.full((length, length), math.nan, dtype=torch.float64) for k in base_modules}
+    per_token = {k for k, v in base_modules.items() if v.shape[1] == length}  # the others: one value per item
+    module_matrix = {  # in execution order, as base_modules
+        k: torch.full((length, length), math.nan, dtype=torch.float64) for k in base_modules if k in per_token
+    }
     for s in sorted(columns):
         moves, module_moves = moved(eye_n[s][None].expand(batch, -1), "perturbation")
         pert_matrix[:, s] = torch.linalg.vector_norm(moves, dim=0).cpu()
         for k, m in module_moves.items():
-            module_matrix[k][:, s] = torch.linalg.vector_norm(m, dim=0)
+            if k in per_token:
+                module_matrix[k][:, s] = torch.linalg.vector_norm(m, dim=0)
     pert_rel = _relative(pert_matrix)
 
     findings = []
@@ -299,7 +370,7 @@ def _audit_mode_inner(
     def add(check: str, autograd: Measurement, perturbation: Measurement, per_module: dict[str, Measurement]) -> None:
         f = Finding(mode, check, autograd, perturbation, tol)
         if f.leaks and recorder is not None:
-            f.modules = _first_leaking(per_module, recorder.types, tol)
+            f.modules = _first_leaking(per_module, recorder, tol)
         findings.append(f)
 
     if cfg.causal:
@@ -309,8 +380,8 @@ def _audit_mode_inner(
             _measure("perturbation", pert_rel, future, tol),
             {k: _measure("perturbation", _relative(m), future, tol) for k, m in module_matrix.items()},
         )
+    other = ~eye_b.cpu()
     if batch > 1:
-        other = ~eye_b.cpu()
         item_rel = _relative(item_norms.cpu())  # [i, j, s]
         per_item = [moved(eye_b[j][:, None].expand(-1, length), "perturbation") for j in range(batch)]
         pert_items = _relative(torch.stack([m.cpu() for m, _ in per_item])).amax(dim=2).T  # [j, i, t] -> [i, j]
@@ -326,6 +397,27 @@ def _audit_mode_inner(
                 if all(k in mods for _, mods in per_item)
             },
         )
+    own_condition = None
+    if conditioned:
+        # item j's condition replaced by another (another class's embedding, or fresh values): [j, i, t] -> [i, j]
+        per_cond = [moved(None, "condition", cond.fresh(j)) for j in range(batch)]
+        pert_cond = _relative(torch.stack([m.cpu() for m, _ in per_cond])).amax(dim=2).T
+        cond_rel = _relative(cond_norms.cpu())  # [i, j]
+        add(
+            "condition",
+            _measure("autograd", cond_rel, other, tol),
+            _measure("perturbation", pert_cond, other, tol),
+            {
+                k: _measure(
+                    "perturbation", _relative(torch.stack([mods[k] for _, mods in per_cond])).amax(dim=2).T, other, tol
+                )
+                for k in base_modules
+                if all(k in mods for _, mods in per_cond)
+            },
+        )
+        # each item on its own condition, by either method (a NaN output, e.g. a fully masked query in eval
+        # mode, hides it from perturbation); 0 for some item: that item's output ignores its condition
+        own_condition = torch.maximum(cond_rel.diagonal(), pert_cond.diagonal()).min().item()
     if has_pad:
         pad = cfg.pad.cpu()
         moves, module_moves = moved(cfg.pad, "perturbation")
@@ -333,9 +425,10 @@ def _audit_mode_inner(
             "padding",
             _measure("autograd", _relative(norms[-1].cpu()), pad, tol),
             _measure("perturbation", _relative(moves.cpu()), ~pad, tol),
-            {k: _measure("perturbation", _relative(m), ~pad, tol) for k, m in module_moves.items()},
+            {k: _measure("perturbation", _relative(m), ~pad, tol) for k, m in module_moves.items() if k in per_token},
         )
-    return findings, {"autograd": grad_rel, "perturbation": pert_rel}, subject.x.dtype, tol
+    matrices = {"autograd": grad_rel, "perturbation": pert_rel}
+    return _ModeResult(findings, matrices, subject.x.dtype, tol, own_condition, nonfinite)
 
 
 def audit(
@@ -354,6 +447,8 @@ def audit(
     output_fn: Optional[Callable[[Any], Tensor]] = None,
     modules: bool = True,
     progress: Optional[Progress] = None,
+    condition: Optional[Tensor] = None,
+    condition_arg: str = "cond",
 ) -> AuditReport:
     r"""Measure whether ``model``'s outputs depend on inputs they must not see: future tokens, other batch
         items, PAD tokens. Returns an :class:`AuditReport`; ``report.leaks`` is the verdict.
@@ -371,7 +466,8 @@ def audit(
         (u a fixed random cotangent, M_t the mask of output row t; norms over channels and batch items), each
         divided by its largest measured value, so 1 is the strongest dependence in the model, legitimate ones
         included. A check leaks when a forbidden entry exceeds ``tol``: ``future`` (s > t, causal models),
-        ``cross_batch`` (item i on item j ≠ i, B ≥ 2), ``padding`` (a non-PAD output on a PAD input). Where the
+        ``cross_batch`` (item i on item j ≠ i, B ≥ 2), ``padding`` (a non-PAD output on a PAD input),
+        ``condition`` (item i on item j's ``condition``, j ≠ i, B ≥ 2). Where the
         graph has no path both measurements are exactly 0. With ``modules=True`` every module's output of shape
         [B, N, ...] is measured the same way (by perturbation, in the same passes), and each leaking finding names
         the modules whose output shows the leak, in execution order: ``finding.modules[0]`` is where it enters.
@@ -402,17 +498,26 @@ def audit(
             modules: attribute leaks to modules with forward hooks on every submodule (default True).
             progress: called as ``progress(done, total, stage)`` after every forward or backward pass, per mode
                 (``total`` may grow once autograd has chosen extra columns to perturb).
+            condition: a per-item condition [B, ...], floating (AdaLN's c) or integer ids (a class per sequence,
+                which the model must look up in an ``nn.Embedding``: c is then that embedding, swapped in by a
+                hook), passed to the model as the keyword ``condition_arg`` (default None: no ``condition``
+                check). Give each item its own; ``report.condition.own`` says how strongly each depends on it.
+            condition_arg: keyword the condition is passed as (default ``"cond"``, the blocks' keyword;
+                ``CausalLM`` takes ``"classes"``).
 
         Returns:
             :class:`AuditReport`: ``findings`` (one :class:`Finding` per check and mode, each with an autograd and
             a perturbation :class:`Measurement`: magnitude, count of forbidden pairs above ``tol`` out of
             ``checked`` measured, pinpoints), ``matrices[mode][method]`` (the [N, N] token-to-token dependence,
-            NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``to_dict()``.
+            NaN where not measured), ``leaks``, ``skipped`` (checks that could not run, and why), ``condition`` (a
+            :class:`ConditionInfo`, or None), ``nonfinite`` (per mode, the output positions that are NaN or inf
+            without any perturbation: perturbation cannot see them move), ``to_dict()``.
 
         Raises:
             ValueError: ``inputs`` not [B, N, C] / [B, N], ``modes`` empty or unknown, ``key_padding_mask`` not
-                bool [B, N], a limit below 1, or a model output that is not [B, N, ...].
-            TypeError: complex or bool ``inputs``; token ids for a model without an embedding.
+                bool [B, N], ``condition`` not [B, ...], a limit below 1, or a model output that is not [B, N, ...].
+            TypeError: complex or bool ``inputs`` or ``condition``; token ids for a model without an embedding;
+                an integer ``condition`` the model does not look up in an ``nn.Embedding``.
 
         Example::
 
@@ -439,6 +544,13 @@ def audit(
             f"key_padding_mask must be bool of shape [B, N] = {list(inputs.shape[:2])}, but got "
             f"{key_padding_mask.dtype} of size {list(key_padding_mask.shape)}"
         )
+    if condition is not None and (condition.dim() < 1 or condition.shape[0] != inputs.shape[0]):
+        raise ValueError(
+            f"condition must have one entry per batch item, [B, ...] = [{inputs.shape[0]}, ...], but got condition "
+            f"of size {list(condition.shape)}"
+        )
+    if condition is not None and (condition.is_complex() or condition.dtype == torch.bool):
+        raise TypeError(f"condition must be floating or integer ids, but got dtype {condition.dtype}")
     if max_columns < 1 or chunk_size < 1 or (max_rows is not None and max_rows < 1):
         raise ValueError(
             f"max_rows, max_columns and chunk_size must be ≥ 1, but got {max_rows}, {max_columns}, {chunk_size}"
@@ -446,13 +558,29 @@ def audit(
     start = time.perf_counter()
     kwargs = {} if key_padding_mask is None or mask_arg is None else {mask_arg: key_padding_mask}
     cfg = _Config(
-        causal, key_padding_mask, kwargs, tol, seed, max_rows, max_columns, chunk_size, output_fn, progress, modules
+        causal,
+        key_padding_mask,
+        kwargs,
+        tol,
+        seed,
+        max_rows,
+        max_columns,
+        chunk_size,
+        output_fn,
+        progress,
+        modules,
+        None if condition is None else (condition_arg, condition),
     )
     findings: list[Finding] = []
+    own: dict[str, Optional[float]] = {}
+    nonfinite: dict[str, int] = {}
     matrices: dict[str, dict[str, Tensor]] = {}
     for mode in modes:
-        found, matrices[mode], dtype, used_tol = _audit_mode(model, inputs, mode, cfg)
-        findings += found
+        result = _audit_mode(model, inputs, mode, cfg)
+        findings += result.findings
+        matrices[mode], dtype, used_tol, own[mode] = result.matrices, result.dtype, result.tol, result.own_condition
+        if result.nonfinite:
+            nonfinite[mode] = result.nonfinite
     skipped = {}
     if not causal:
         skipped["future"] = "model audited as non-causal"
@@ -460,6 +588,17 @@ def audit(
         skipped["cross_batch"] = "batch of one item"
     if key_padding_mask is None or not key_padding_mask.any() or key_padding_mask.all():
         skipped["padding"] = "no key_padding_mask with both PAD and non-PAD positions"
+    if condition is not None and inputs.shape[0] < 2:
+        skipped["condition"] = "batch of one item"
+    conditioning = None
+    if condition is not None:
+        conditioning = ConditionInfo(
+            condition_arg,
+            tuple(condition.shape),
+            str(condition.dtype).removeprefix("torch."),
+            condition.flatten().tolist() if not condition.is_floating_point() and condition.numel() <= 32 else None,
+            {m: v for m, v in own.items() if v is not None},
+        )
     return AuditReport(
         findings,
         matrices,
@@ -471,4 +610,6 @@ def audit(
         skipped,
         time.perf_counter() - start,
         type(model).__name__,
+        conditioning,
+        nonfinite,
     )

@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # the command line imports this module to list the checks, be
     import torch
     from torch import Tensor
 
-CHECKS = ("future", "cross_batch", "padding")
+CHECKS = ("future", "cross_batch", "padding", "condition")
 MODES = ("train", "eval")
 
 # What a pinpoint (a, b) means, per check and method.
@@ -22,6 +22,8 @@ WHERE = {
     ("cross_batch", "perturbation"): "(item i, other item j it depends on)",
     ("padding", "autograd"): "(item, PAD position) that reaches non-PAD outputs",
     ("padding", "perturbation"): "(item, non-PAD position) whose output moved",
+    ("condition", "autograd"): "(item i, other item j whose condition it depends on)",
+    ("condition", "perturbation"): "(item i, other item j whose condition it depends on)",
 }
 MAX_WHERE = 10  # pinpoints kept per measurement, strongest first
 
@@ -82,6 +84,19 @@ class Finding:
 
 
 @dataclass
+class ConditionInfo:
+    """The per-item condition an audit gave the model: the keyword, shape, dtype and (small integer ones)
+    values, and per mode how strongly the weakest item's output depends on its *own* condition, relative to the
+    strongest condition dependence (0: the model ignores its condition, and the ``condition`` check is vacuous)."""
+
+    arg: str
+    shape: tuple[int, ...]
+    dtype: str
+    values: Optional[list[int]]
+    own: dict[str, float]
+
+
+@dataclass
 class AuditReport:
     """Everything :func:`audit` measured.
 
@@ -101,6 +116,8 @@ class AuditReport:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     model_name: str = ""
+    condition: Optional[ConditionInfo] = None
+    nonfinite: dict[str, int] = field(default_factory=dict)  # mode -> output positions NaN/inf unperturbed
 
     @property
     def leaks(self) -> bool:
@@ -128,6 +145,16 @@ class AuditReport:
             "leaks": self.leaks,
             "seconds": round(self.seconds, 3),
             "skipped": self.skipped,
+            "nonfinite_outputs": self.nonfinite,
+            "condition": None
+            if self.condition is None
+            else {
+                "arg": self.condition.arg,
+                "shape": list(self.condition.shape),
+                "dtype": self.condition.dtype,
+                "values": self.condition.values,
+                "own": {m: _json_float(v) for m, v in self.condition.own.items()},
+            },
             "findings": [
                 {
                     "mode": f.mode,

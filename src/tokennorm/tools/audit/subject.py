@@ -16,8 +16,81 @@ class Subject:
     """What the audit differentiates and perturbs: x, the model as a function of x, and fresh values for x."""
 
     x: Tensor  # [B, N, C]: the input, or the token embeddings
-    run: Callable[[Tensor], Any]  # x -> raw model output (key-padding mask bound)
+    run: Callable[..., Any]  # (x, **extra keyword arguments) -> raw model output (key-padding mask bound)
     fresh: Callable[[Tensor], Tensor]  # where [B, N] bool -> x with new values at those positions
+
+
+@dataclass
+class Condition:
+    """A per-item conditioning input (AdaLN's c, a class id per sequence), seen as a floating c [B, ...].
+
+    ``value`` is what the model is given as the keyword ``arg``: c itself when floating, else integer ids whose
+    embedding (the output of ``embedding``, an ``nn.Embedding`` the model applies to them) is c; the audit swaps
+    that output for its own c by a forward hook, as for token ids.
+    """
+
+    arg: str
+    value: Tensor  # [B, ...]: floating c, or integer ids
+    c: Tensor  # [B, ...]: the floating condition the audit differentiates and perturbs
+    embedding: Optional[nn.Embedding]
+    fresh: Callable[[int], Tensor]  # item j -> c with item j's condition replaced by another
+
+    @contextlib.contextmanager
+    def given(self, c: Tensor) -> Iterator[dict[str, Tensor]]:
+        """The keyword arguments that make the model see ``c`` as its condition (a hook while inside)."""
+        if self.embedding is None:
+            yield {self.arg: c}
+            return
+        handle = self.embedding.register_forward_hook(lambda module, args, out: c)
+        try:
+            yield {self.arg: self.value}
+        finally:
+            handle.remove()
+
+
+def make_condition(
+    model: nn.Module, arg: str, value: Tensor, run: Callable[[dict[str, Any]], Any], generator: torch.Generator
+) -> Condition:
+    """``value`` [B, ...] as a :class:`Condition`; ``run(kwargs)`` runs the model once with those keyword
+    arguments (the probe pass that finds the embedding of integer ids)."""
+    if value.is_floating_point():
+        c = value.detach()
+        scale = c.std() if c.numel() > 1 else c.new_tensor(1.0)
+
+        def fresh_values(j: int) -> Tensor:
+            new = c.clone()
+            new[j] = torch.randn(c[j].shape, generator=generator, dtype=c.dtype).to(c.device) * scale
+            return new
+
+        return Condition(arg, value, c, None, fresh_values)
+    found: list[tuple[nn.Embedding, Tensor]] = []
+
+    def record(module: nn.Module, args: tuple, out: Any) -> None:
+        if args and args[0] is value and isinstance(out, Tensor):
+            found.append((module, out.detach()))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Embedding)]
+    try:
+        with torch.no_grad():
+            run({arg: value})
+    finally:
+        for h in handles:
+            h.remove()
+    if not found:
+        raise TypeError(
+            f"the integer condition {arg}= needs a model that looks it up in an nn.Embedding; none was applied to it"
+        )
+    embedding, c = found[0]
+    n = embedding.num_embeddings
+
+    def other_embedding(j: int) -> Tensor:
+        shift = 1 + int(torch.randint(0, max(1, n - 1), (), generator=generator))  # another id (when n ≥ 2)
+        new = c.clone()
+        with torch.no_grad():
+            new[j] = embedding((value[j] + shift) % n)
+        return new
+
+    return Condition(arg, value, c, embedding, other_embedding)
 
 
 @contextlib.contextmanager
@@ -102,7 +175,7 @@ def make_subject(
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(device) * scale
             return torch.where(where[..., None], noise, x)
 
-        return Subject(x, lambda z: model(z, **kwargs), fresh_values)
+        return Subject(x, lambda z, **extra: model(z, **{**kwargs, **extra}), fresh_values)
 
     vocab = vocab_size(model)
 
@@ -119,7 +192,7 @@ def make_subject(
 
         return Subject(
             embed(inputs),
-            lambda z: model.forward_embeddings(z, **kwargs),
+            lambda z, **extra: model.forward_embeddings(z, **{**kwargs, **extra}),
             lambda where: torch.where(where[..., None], embed(other_ids(where)), embed(inputs)),
         )
 
@@ -127,10 +200,10 @@ def make_subject(
     with torch.no_grad(), seeded(seed, device):
         x = emb(inputs)
 
-    def run(z: Tensor) -> Any:
+    def run(z: Tensor, **extra: Any) -> Any:
         handle = emb.register_forward_hook(lambda module, args, out: z)  # the model sees z as its embeddings
         try:
-            return model(inputs, **kwargs)
+            return model(inputs, **{**kwargs, **extra})
         finally:
             handle.remove()
 

@@ -3,15 +3,18 @@
 A preset (``--preset``, :mod:`~tokennorm.tools.demo.presets`) asks one question of the articles and picks the
 configurations, model and schedule that answer it on two CPU cores in about three minutes or less:
 
-* ``depth`` (the default): post-LN against pre-LN against no norm, 8 layers at a high learning rate;
+* ``depth`` (the default): post-LN against pre-LN against DyT against no norm, 8 layers at a high learning rate;
+* ``conditioning``: a class-conditional model (AdaLN-Zero blocks told each sequence's class) against the same
+  model given one class for all;
 * ``batchnorm``: BatchNorm's training-mode loss against its eval-mode loss in a causal LM, beside LayerNorm;
 * ``detach``: LayerNorm with its statistics detached from the graph (article 002's claim), LayerNorm, no norm.
 
 Every configuration starts from the same seed and sees the same batches in the same order, so the curves differ
-only by the norm (any of :data:`~tokennorm.tools.demo.models.DEMO_NORMS`) and its placement (``post``: the
-original Transformer, ``pre``: GPT-2). Options override the preset's settings. Writes ``loss_curves.png`` and
-``results.json`` to ``--out`` and prints a table of the final losses; ``--device cuda`` trains under bf16
-autocast.
+only by the norm (any of :data:`~tokennorm.tools.demo.models.DEMO_NORMS`), its placement (``post``: the
+original Transformer, ``pre``: GPT-2) and, with ``--classes``, whether the model is told each sequence's class
+(``+adaln``, or ``+adaln-null``: one class for all). Options override the preset's settings. Writes
+``loss_curves.png`` and ``results.json`` to ``--out`` and prints a table of the final losses (with classes, also
+the loss over each sequence's first positions and the rest); ``--device cuda`` trains under bf16 autocast.
 
 Losses in the table and the validation plot are measured on fixed batches (the first 90% of the text trains,
 the last 10% validates), in eval mode and in training mode: they differ for BatchNorm, whose training-mode
@@ -27,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokennorm.tools.demo.presets import BASE, DEFAULT_PRESET, PRESETS
+from tokennorm.tools.demo.presets import BASE, CLASS_SIGNALS, DEFAULT_PRESET, PRESETS
 
 if TYPE_CHECKING:
     import torch
@@ -36,20 +39,29 @@ if TYPE_CHECKING:
 
 
 def parse_configs(text: str) -> tuple[RunConfig, ...]:
-    """``"layernorm-post,rmsnorm-pre"`` -> configs; argparse error naming the bad entry."""
+    """``"layernorm-post,rmsnorm-pre+adaln"`` -> configs; argparse error naming the bad entry."""
     from tokennorm.tools.demo.models import DEMO_NORMS
-    from tokennorm.tools.demo.train import RunConfig
+    from tokennorm.tools.demo.train import CONDITIONS, RunConfig
     from tokennorm.transformer.norms import PLACEMENTS
 
     configs = []
     for item in (s.strip() for s in text.split(",")):
-        norm, _, placement = item.rpartition("-")
-        if norm not in DEMO_NORMS or placement not in PLACEMENTS:
+        base, _, condition = item.partition("+")
+        norm, _, placement = base.rpartition("-")
+        if norm not in DEMO_NORMS or placement not in PLACEMENTS or condition not in CONDITIONS:
             raise argparse.ArgumentTypeError(
-                f"bad config {item!r}: expected NORM-PLACEMENT with NORM in {', '.join(DEMO_NORMS)} and "
-                f"PLACEMENT in {', '.join(PLACEMENTS)}, e.g. layernorm-pre"
+                f"bad config {item!r}: expected NORM-PLACEMENT[+CONDITION] with NORM in {', '.join(DEMO_NORMS)}, "
+                f"PLACEMENT in {', '.join(PLACEMENTS)} and CONDITION in {', '.join(c for c in CONDITIONS if c)}, "
+                "e.g. layernorm-pre or layernorm-pre+adaln"
             )
-        configs.append(RunConfig(norm, placement))
+        if condition and (placement != "pre" or DEMO_NORMS[norm].base not in ("layernorm", "rmsnorm")):
+            raise argparse.ArgumentTypeError(
+                f"bad config {item!r}: +{condition} (AdaLN-Zero blocks) needs placement pre and norm layernorm or "
+                "rmsnorm"
+            )
+        if condition and DEMO_NORMS[norm].transform is not None:
+            raise argparse.ArgumentTypeError(f"bad config {item!r}: {norm} cannot be conditioned (+{condition})")
+        configs.append(RunConfig(norm, placement, condition))
     if len(set(configs)) != len(configs):
         raise argparse.ArgumentTypeError(f"--configs lists a configuration twice: {text!r}")
     return tuple(configs)
@@ -79,9 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--configs",
         type=parse_configs,
         default=None,
-        help="comma-separated NORM-PLACEMENT list instead of the preset's; NORM: a norm of "
+        help="comma-separated NORM-PLACEMENT[+CONDITION] list instead of the preset's; NORM: a norm of "
         "tokennorm.transformer (layernorm, rmsnorm, dyt, batchnorm, none) or layernorm-detached "
-        "(tokennorm.tools.demo.models.DEMO_NORMS); PLACEMENT: post or pre",
+        "(tokennorm.tools.demo.models.DEMO_NORMS); PLACEMENT: post or pre; CONDITION (with --classes): adaln "
+        "(AdaLN-Zero blocks told each sequence's class) or adaln-null (the same model, one class for all)",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (auto)")
     parser.add_argument("--out", default="tokennorm-demo", help="directory for loss_curves.png and results.json")
@@ -105,6 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--warmup", type=int, help="linear warmup steps, then cosine decay to 10%% (default: 10%% of --steps)"
     )
     settings.add_argument("--dropout", type=float, help="dropout everywhere (0)")
+    settings.add_argument(
+        "--classes",
+        choices=CLASS_SIGNALS,
+        help="train on sequences with a class: direction (the text forwards or backwards) or speaker (which of "
+        "the 8 main characters speaks); +adaln configs are told it (default: the preset's; none)",
+    )
     settings.add_argument(
         "--eval-interval", type=_positive(int), help=f"evaluate every N steps ({BASE['eval_interval']})"
     )
@@ -179,6 +198,14 @@ def run(args: argparse.Namespace) -> int:
             f"--d-model {args.d_model} and --heads {args.heads}[/]"
         )
         return 2
+    conditioned = [c.name for c in args.configs if c.condition]
+    if conditioned and args.classes is None:
+        console.print(
+            f"[red]tokennorm demo: {', '.join(conditioned)} need classes: give --classes "
+            f"{' or '.join(CLASS_SIGNALS)}[/]",
+            soft_wrap=True,
+        )
+        return 2
     if not 0.0 <= args.dropout < 1.0:
         console.print(f"[red]tokennorm demo: --dropout must be in [0, 1), but got --dropout {args.dropout}[/]")
         return 2
@@ -207,26 +234,34 @@ def _train_and_report(args: argparse.Namespace, configs: tuple[RunConfig, ...], 
         TimeRemainingColumn,
     )
 
-    from tokennorm.tools.demo.data import CharData, load_corpus, sample_batch
-    from tokennorm.tools.demo.report import results_table, write_plot
+    from tokennorm.tools.demo.data import CharData, ClassedData, load_corpus, sample_batch, sample_classed_batch
+    from tokennorm.tools.demo.report import position_summary, results_table, write_plot
     from tokennorm.tools.demo.train import ConfigResult, generate, train_one
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    data = CharData.from_text(load_corpus())
+    text = load_corpus()
+    data = CharData.from_text(text)
+    classed = None if args.classes is None else ClassedData.from_text(text, args.classes, data)
     eval_gen = torch.Generator().manual_seed(args.seed + 2)
+
+    def eval_batch(split: str):
+        if classed is None:
+            return (*sample_batch(getattr(data, split), args.batch_size, args.seq_len, eval_gen), None)
+        return sample_classed_batch(getattr(classed, split), args.batch_size, args.seq_len, eval_gen)
+
     eval_sets = {
         split: [
-            tuple(t.to(device) for t in sample_batch(tokens, args.batch_size, args.seq_len, eval_gen))
-            for _ in range(args.eval_batches)
+            tuple(t.to(device) if t is not None else None for t in eval_batch(split)) for _ in range(args.eval_batches)
         ]
-        for split, tokens in (("train", data.train), ("val", data.val))
+        for split in ("train", "val")
     }
     setup = (
         f"d_model={args.d_model}, layers={args.layers}, heads={args.heads}, seq_len={args.seq_len}, "
         f"batch={args.batch_size}, steps={args.steps}, lr={args.lr}, device={device}"
         f"{' (bf16 autocast)' if device.type == 'cuda' else ''}, seed={args.seed}"
+        + ("" if classed is None else f", classes={args.classes} ({', '.join(classed.classes)})")
     )
     console.print(
         f"King Lear: {len(data.train):,} train / {len(data.val):,} val characters, "
@@ -247,7 +282,7 @@ def _train_and_report(args: argparse.Namespace, configs: tuple[RunConfig, ...], 
         tasks = {cfg: progress.add_task(cfg.name, total=args.steps, loss="", start=False) for cfg in configs}
         for cfg in configs:
             progress.start_task(tasks[cfg])
-            result, model = train_one(cfg, args, data, eval_sets, device, progress, tasks[cfg])
+            result, model = train_one(cfg, args, data, eval_sets, device, progress, tasks[cfg], classed)
             results.append(result)
             models[cfg.name] = model
 
@@ -258,7 +293,7 @@ def _train_and_report(args: argparse.Namespace, configs: tuple[RunConfig, ...], 
         plot_path,
         results,
         f"{question}\n(char-level causal LM on King Lear; {setup})",
-        "leak" if any(r.norm == "batchnorm" for r in results) else "curves",
+        "leak" if any(r.norm == "batchnorm" for r in results) else "curves" if classed is None else "position",
         vocab_size=len(data.vocab),
     )
     payload = {
@@ -274,6 +309,8 @@ def _train_and_report(args: argparse.Namespace, configs: tuple[RunConfig, ...], 
 
     chance = math.log(len(data.vocab))
     console.print(results_table(results, f"final loss (nats/char; ln {len(data.vocab)} = {chance:.2f} is chance)"))
+    if classed is not None:
+        console.print(position_summary(results))
     console.print(f"loss curves: {plot_path}\nresults: {json_path}")
     console.print(closing_note(args))
     if args.changed and any(r.norm == "batchnorm" for r in results):

@@ -132,9 +132,11 @@ def build_model(
     num_layers: int,
     max_len: int,
     dropout: float,
+    num_classes: Optional[int] = None,
     device: Optional[torch.device] = None,
 ) -> nn.Module:
-    """``CausalLM`` with the norm ``norm`` (a :data:`DEMO_NORMS` name) at ``placement`` (``"post"``/``"pre"``).
+    """``CausalLM`` with the norm ``norm`` (a :data:`DEMO_NORMS` name) at ``placement`` (``"post"``/``"pre"``);
+    class-conditional (AdaLN-Zero blocks, ``CausalLM(num_classes=...)``) when ``num_classes`` is given.
 
     Draws its initial weights from torch's global RNG like ``CausalLM`` does: seed it first for repeatable runs.
     """
@@ -148,6 +150,7 @@ def build_model(
         dropout=dropout,
         norm=spec.base,
         placement=placement,
+        num_classes=num_classes,
         device=device,
     )
     return spec.transform(model) if spec.transform else model

@@ -23,14 +23,18 @@ BASE: dict[str, Any] = {
     "dropout": 0.0,
     "eval_interval": 50,
     "eval_batches": 4,
+    "classes": None,
 }
+# the per-sequence classes a class-conditional run can train on (tokennorm.tools.demo.data builds them)
+CLASS_SIGNALS = ("direction", "speaker")
 
 
 @dataclass(frozen=True)
 class Preset:
     """A question, the configurations that answer it (``NORM-PLACEMENT``), the settings they train with, the
-    plot that shows the answer (``curves``: loss per step; ``leak``: training-mode against eval-mode loss) and a
-    note printed under the results on how to read them."""
+    plot that shows the answer (``curves``: loss per step; ``leak``: training-mode against eval-mode loss;
+    ``position``: loss per step and, beside it, per position in the sequence) and a note printed under the
+    results on how to read them."""
 
     name: str
     question: str
@@ -46,12 +50,26 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "depth",
             "Does the norm's placement matter in a deep stack? 8 layers at a high learning rate",
-            ("layernorm-post", "layernorm-pre", "none-pre"),
+            ("layernorm-post", "layernorm-pre", "dyt-pre", "none-pre"),
             {"layers": 8, "lr": 1e-2},
             note="post-LN normalizes the residual stream after every layer, so gradients to the early layers pass "
             "through 16 norms and the run stalls at this learning rate; pre-LN keeps an identity path from "
             "the loss to every layer and trains; without any norm the residual stream grows until the loss "
-            "diverges.",
+            "diverges. DyT (γ·tanh(α·x) + β: no statistics at all) in pre-LN's places keeps the stack from "
+            "diverging, but at this learning rate trains slower than pre-LN.",
+        ),
+        Preset(
+            "conditioning",
+            "AdaLN-Zero: does a model told each sequence's class (the text read forwards or backwards) predict better "
+            "than the same model given one class for all?",
+            ("layernorm-pre+adaln-null", "layernorm-pre+adaln"),
+            {"classes": "direction", "seq_len": 32, "steps": 1500, "eval_interval": 100, "eval_batches": 8},
+            plot="position",
+            note="half the sequences are the text read backwards. The model told the direction (AdaLN-Zero "
+            "modulation from a class embedding) knows it from the first character; the same model given one "
+            "class for all must read it off the characters so far, so it pays at the start of every sequence "
+            "(right panel) and a little everywhere. With --classes speaker (which character speaks) the class "
+            "does not help at this size: see docs/demo.md.",
         ),
         Preset(
             "batchnorm",

@@ -1,7 +1,8 @@
 """Training one demo configuration: a ``tokennorm.transformer.CausalLM`` with one norm and placement.
 
 Every configuration starts from the same seed and sees the same batches in the same order, so runs differ only by
-the norm and its placement. Losses for comparison are measured on fixed batches in eval mode (what inference
+the norm, its placement and, in class-conditional runs (``--classes``), whether the model is told each sequence's
+class. Losses for comparison are measured on fixed batches in eval mode (what inference
 computes) and, beside it, in training mode (what the training loop sees: BatchNorm with batch statistics).
 """
 
@@ -17,19 +18,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tokennorm.tools.demo.data import CharData, sample_batch
+from tokennorm.tools.demo.data import CharData, ClassedData, sample_batch
+
+# How a run uses the per-sequence class of a class-conditional run: "" (not at all: the plain model),
+# "adaln" (AdaLN-Zero blocks conditioned on the class's embedding), "adaln-null" (the same model, but every
+# sequence gets class 0: the architecture without the information)
+CONDITIONS = ("", "adaln", "adaln-null")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One run: a norm of :data:`tokennorm.tools.demo.models.DEMO_NORMS` at a placement (``post``/``pre``)."""
+    """One run: a norm of :data:`tokennorm.tools.demo.models.DEMO_NORMS` at a placement (``post``/``pre``), and
+    how it is conditioned on the sequence's class (:data:`CONDITIONS`)."""
 
     norm: str
     placement: str
+    condition: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.norm}-{self.placement}"
+        return f"{self.norm}-{self.placement}" + (f"+{self.condition}" if self.condition else "")
+
+    def classes(self, classes: Optional[Tensor]) -> Optional[Tensor]:
+        """What the model is given as ``classes=`` for a batch of this class-conditional run's classes."""
+        if not self.condition or classes is None:
+            return None
+        return classes if self.condition == "adaln" else torch.zeros_like(classes)
 
 
 @dataclass
@@ -38,6 +52,7 @@ class ConfigResult:
     norm: str
     placement: str
     parameters: int
+    condition: str = ""
     steps: list[int] = field(default_factory=list)  # training step of each train_loss entry
     train_loss: list[float] = field(default_factory=list)  # minibatch loss per step (training mode)
     eval_steps: list[int] = field(default_factory=list)
@@ -46,6 +61,7 @@ class ConfigResult:
     eval_val_train_mode: list[float] = field(default_factory=list)  # the same batches, model in training mode
     seconds: float = 0.0
     diverged_at: Optional[int] = None
+    val_by_position: list[float] = field(default_factory=list)  # final eval-mode validation loss per position
 
     @property
     def final_train(self) -> float:
@@ -84,36 +100,65 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _loss(model, x: Tensor, y: Tensor, device: torch.device) -> Tensor:
+# a batch: inputs [B, N], next-character targets [B, N], and the sequences' classes [B] (None or absent: none)
+Batch = tuple[Tensor, Tensor, Optional[Tensor]]
+
+
+def _classes(rest: list) -> Optional[Tensor]:
+    """The classes of a batch given as (x, y) or (x, y, classes)."""
+    return rest[0] if rest else None
+
+
+def _loss(model, x: Tensor, y: Tensor, device: torch.device, classes: Optional[Tensor] = None, reduction="mean"):
     with _autocast(device):
-        logits = model(x)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        logits = model(x) if classes is None else model(x, classes=classes)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction=reduction)
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[tuple[Tensor, Tensor]], device: torch.device, train_mode: bool = False) -> float:
+def evaluate(
+    model, batches: list[Batch], device: torch.device, train_mode: bool = False, cfg: Optional[RunConfig] = None
+) -> float:
     """Mean loss over ``batches`` in eval mode, or in training mode (batch statistics, dropout) with the model's
-    buffers (BatchNorm's running statistics) and the global RNG left as they were."""
+    buffers (BatchNorm's running statistics) and the global RNG left as they were; classes as ``cfg`` uses them."""
     was_training = model.training
     buffers = [b.clone() for b in model.buffers()] if train_mode else []
     model.train(train_mode)
+    cfg = cfg or RunConfig("", "")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        loss = sum(_loss(model, x, y, device).item() for x, y in batches) / len(batches)
+        loss = sum(_loss(model, x, y, device, cfg.classes(_classes(b))).item() for x, y, *b in batches)
+    loss /= len(batches)
     for b, saved in zip(model.buffers(), buffers):
         b.copy_(saved)
     model.train(was_training)
     return loss
 
 
+@torch.no_grad()
+def loss_by_position(model, batches: list[Batch], device: torch.device, cfg: RunConfig) -> list[float]:
+    """Eval-mode loss at each position of the sequences, averaged over ``batches``."""
+    was_training = model.training
+    model.eval()
+    total = sum(
+        _loss(model, x, y, device, cfg.classes(c), reduction="none").view(x.shape).mean(0).cpu() for x, y, c in batches
+    )
+    model.train(was_training)
+    return (total / len(batches)).tolist()
+
+
 def train_one(
     cfg: RunConfig,
     args: argparse.Namespace,
     data: CharData,
-    eval_sets: dict,
+    eval_sets: dict[str, list[Batch]],
     device: torch.device,
     progress,
     task,
+    classed: Optional[ClassedData] = None,
 ) -> tuple[ConfigResult, torch.nn.Module]:
+    """Train ``cfg`` for ``args.steps`` steps on ``data`` (or, class-conditional, on ``classed``'s streams, the
+    class given to the model as ``cfg`` says); evaluate on ``eval_sets``. Returns the result and the model."""
+    from tokennorm.tools.demo.data import sample_classed_batch
     from tokennorm.tools.demo.models import build_model
 
     torch.manual_seed(args.seed)  # the same initial weights wherever the configs have the same parameters
@@ -126,28 +171,34 @@ def train_one(
         num_layers=args.layers,
         max_len=args.seq_len,
         dropout=args.dropout,
+        num_classes=len(classed.classes) if cfg.condition and classed is not None else None,
         device=device,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     batches = torch.Generator().manual_seed(args.seed + 1)  # the same batch sequence for every config
     warmup = max(1, args.steps // 10 if args.warmup is None else args.warmup)
-    result = ConfigResult(cfg.name, cfg.norm, cfg.placement, sum(p.numel() for p in model.parameters()))
+    parameters = sum(p.numel() for p in model.parameters())
+    result = ConfigResult(cfg.name, cfg.norm, cfg.placement, parameters, cfg.condition)
 
     def record_eval(step: int) -> None:
         result.eval_steps.append(step)
-        result.eval_train.append(evaluate(model, eval_sets["train"], device))
-        result.eval_val.append(evaluate(model, eval_sets["val"], device))
-        result.eval_val_train_mode.append(evaluate(model, eval_sets["val"], device, train_mode=True))
+        result.eval_train.append(evaluate(model, eval_sets["train"], device, cfg=cfg))
+        result.eval_val.append(evaluate(model, eval_sets["val"], device, cfg=cfg))
+        result.eval_val_train_mode.append(evaluate(model, eval_sets["val"], device, train_mode=True, cfg=cfg))
 
     start = time.perf_counter()
     model.train()
     record_eval(0)
     for step in range(args.steps):
-        x, y = sample_batch(data.train, args.batch_size, args.seq_len, batches)
+        if classed is None:
+            (x, y), classes = sample_batch(data.train, args.batch_size, args.seq_len, batches), None
+        else:
+            x, y, classes = sample_classed_batch(classed.train, args.batch_size, args.seq_len, batches)
+            classes = cfg.classes(classes.to(device))
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, warmup, args.lr)
-        loss = _loss(model, x, y, device)
+        loss = _loss(model, x, y, device, classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -162,6 +213,8 @@ def train_one(
         if (step + 1) % args.eval_interval == 0 or step + 1 == args.steps:
             record_eval(step + 1)
         progress.update(task, advance=1, loss=f"loss {value:.3f}  val {result.eval_val[-1]:.3f}")
+    if result.diverged_at is None:
+        result.val_by_position = loss_by_position(model, eval_sets["val"], device, cfg)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - start
