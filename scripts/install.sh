@@ -11,3 +11,8 @@ fi
 extra=""
 if [ "${1:-}" = "dev" ]; then extra="[dev]"; fi
 "$PY" -m pip install --quiet -e ".${extra}"
+if [ "${1:-}" = "dev" ]; then
+    # timm's norms are tested (tests/api/test_patch_timm.py) but timm's wheel requires torchvision, which pins one
+    # torch release: installed without dependencies, so the torch above stays as it is.
+    "$PY" -m pip install --quiet --no-deps "timm==1.0.31"
+fi

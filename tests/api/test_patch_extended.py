@@ -1,8 +1,6 @@
 """tokennorm.patch on diffusers' adaptive norms and on channels-first LayerNorms: small random models built from
 the real classes (diffusers' DiT and SD3 transformers, transformers' ConvNeXt), outputs equal after patching,
-state_dicts kept, unpatch restoring; look-alikes left with their reason. timm's LayerNorm2d cannot be imported
-beside this torch (timm imports torchvision, whose compiled ops do not load with torch 2.13 here), so it is not
-tested here: ConvNeXt's norm of transformers computes the same way (an nn.LayerNorm subclass that permutes)."""
+state_dicts kept, unpatch restoring; look-alikes left with their reason. timm's norms: test_patch_timm.py."""
 
 import pytest
 import torch
