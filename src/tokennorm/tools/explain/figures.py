@@ -62,6 +62,31 @@ def _panel_title(norm: str, shape: tuple[int, int, int], num_groups: int) -> str
     return f"{title(norm, num_groups)}: {k:,} groups of {each:,} elements\n{NORM_SPECS[norm].over}"
 
 
+def _panel_grid(count: int, width_cells: float, height_cells: float, cell: float, head: float) -> tuple[Any, list]:
+    """A figure of ``count`` panels, two per row (one if alone), each ``width_cells`` × ``height_cells`` cells of
+    ``cell`` inches, under ``head`` inches for the title; returns it and the panels' axes (x from 0 to
+    ``width_cells``)."""
+    from matplotlib.figure import Figure
+
+    columns = 1 if count == 1 else 2
+    rows = -(-count // columns)
+    fig = Figure(figsize=(columns * width_cells * cell, rows * height_cells * cell + head))
+    fig_w, fig_h = fig.get_size_inches()
+    axes = []
+    for i in range(count):
+        row, column = divmod(i, columns)
+        box = (
+            column * width_cells * cell / fig_w,
+            1 - (head + (row + 1) * height_cells * cell) / fig_h,
+            width_cells * cell / fig_w,
+            height_cells * cell / fig_h,
+        )
+        ax = fig.add_axes(box)
+        ax.set_xlim(0, width_cells)
+        axes.append(ax)
+    return fig, axes
+
+
 def draw_groups(
     shape: Sequence[int] = (2, 3, 4),
     norms: Sequence[str] = NORMS,
@@ -74,7 +99,6 @@ def draw_groups(
     says). Axes longer than :data:`SHOWN` are summarized by a gap. Returns the matplotlib Figure; also saves it
     when ``path`` is given (the format follows the suffix: .png, .svg, .pdf).
     """
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     shape = check_shape(shape)
@@ -87,25 +111,11 @@ def draw_groups(
     content_cells = label_w + sum(block_w) + len(bs) - 1
     width_cells = max(content_cells + 0.4, 4.0 / CELL)  # at least 4 inches: room for the panel title
     height_cells = top + len(ns) + bottom
-    columns = 1 if len(norms) == 1 else 2
-    rows = -(-len(norms) // columns)
-    head = 0.7  # inches for the figure's title
-    fig = Figure(figsize=(columns * width_cells * CELL, rows * height_cells * CELL + head))
-    fig_w, fig_h = fig.get_size_inches()
+    fig, axes = _panel_grid(len(norms), width_cells, height_cells, CELL, head=0.7)
     # the indices drawn, as tensors (gaps get index 0 and are not drawn)
     b_idx, n_idx, c_idx = (torch.tensor([i if i is not None else 0 for i in idx]) for idx in (bs, ns, cs))
     many = False
-    for i, norm in enumerate(norms):
-        row, column = divmod(i, columns)
-        ax = fig.add_axes(
-            (
-                column * width_cells * CELL / fig_w,
-                1 - (head + (row + 1) * height_cells * CELL) / fig_h,
-                width_cells * CELL / fig_w,
-                height_cells * CELL / fig_h,
-            )
-        )
-        ax.set_xlim(0, width_cells)
+    for norm, ax in zip(norms, axes):
         ax.set_ylim(len(ns) + bottom, -top)  # y grows downwards: row 0 on top
         ax.set_axis_off()
         k, _ = group_count(norm, shape, num_groups)
@@ -177,7 +187,7 @@ def draw_groups(
         f"Which elements of x [B={b:,}, N={n:,}, C={c:,}] share one mean and variance?\n"
         f"Each cell is one element, its number the statistics group ({how})",
         fontsize=9.5,
-        y=1 - 0.08 / fig_h,
+        y=1 - 0.08 / fig.get_size_inches()[1],
         va="top",
     )
     _save(fig, path)
@@ -264,7 +274,6 @@ def draw_image_groups(
     number through every tile of an image), BatchNorm2d the tiles (the same in every image), InstanceNorm2d each
     tile, GroupNorm runs of C/G tiles. Axes longer than :data:`SHOWN_IMAGE` are summarized by a gap. Returns the
     matplotlib Figure; also saves it when ``path`` is given (format from the suffix)."""
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     shape = check_shape(shape, CHANNELS_FIRST)
@@ -281,24 +290,10 @@ def draw_image_groups(
     content_w = label_w + sum(widths) + space * (len(cs) - 1)
     width_cells = max(content_w + 1.0, 4.2 / cell)  # a margin between the panels
     height_cells = top + sum(heights) + space * (len(bs) - 1) + bottom
-    columns = 1 if len(norms) == 1 else 2
-    rows = -(-len(norms) // columns)
-    head = 0.75
-    fig = Figure(figsize=(columns * width_cells * cell, rows * height_cells * cell + head))
-    fig_w, fig_h = fig.get_size_inches()
+    fig, axes = _panel_grid(len(norms), width_cells, height_cells, cell, head=0.75)
     b_idx, c_idx, h_idx, w_idx = (torch.tensor([0 if i is None else i for i in idx]) for idx in (bs, cs, hs, ws))
     many = False
-    for i, norm in enumerate(norms):
-        row, column = divmod(i, columns)
-        ax = fig.add_axes(
-            (
-                column * width_cells * cell / fig_w,
-                1 - (head + (row + 1) * height_cells * cell) / fig_h,
-                width_cells * cell / fig_w,
-                height_cells * cell / fig_h,
-            )
-        )
-        ax.set_xlim(0, width_cells)
+    for norm, ax in zip(norms, axes):
         ax.set_ylim(height_cells - top, -top)  # y grows downwards: image 0 on top
         ax.set_axis_off()
         k, _ = group_count(norm, shape, num_groups)
@@ -390,7 +385,7 @@ def draw_image_groups(
         f"Which elements of an image batch x [B={b:,}, C={c:,}, H={h:,}, W={w:,}] share one mean and variance?\n"
         f"Each cell is one element, its number the statistics group ({how})",
         fontsize=9.5,
-        y=1 - 0.08 / fig_h,
+        y=1 - 0.08 / fig.get_size_inches()[1],
         va="top",
     )
     _save(fig, path)
