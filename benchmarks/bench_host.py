@@ -110,10 +110,10 @@ def _prepared_launch(launcher: CachedLauncher, call: Callable[[], object], throu
     captured = {}
     original = CachedLauncher.run
 
-    def record(self, grid, args, kwargs, keyword_set):
+    def record(self, grid, args, kwargs, keyword_set, suffix=()):
         if self is launcher:
-            captured.setdefault("launch", (grid, args, kwargs))
-        return original(self, grid, args, kwargs, keyword_set)
+            captured.setdefault("launch", (grid, (*args, *suffix), kwargs))
+        return original(self, grid, args, kwargs, keyword_set, suffix)
 
     CachedLauncher.run = record
     try:
@@ -206,17 +206,17 @@ def breakdown_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
     captured = {}
     original = CachedLauncher.run
 
-    def record(self, grid, args, kwargs, keyword_set):
+    def record(self, grid, args, kwargs, keyword_set, suffix=()):
         if self is forward_launcher:
-            captured.setdefault("launch", (grid, args, kwargs, keyword_set))
-        return original(self, grid, args, kwargs, keyword_set)
+            captured.setdefault("launch", (grid, args, kwargs, keyword_set, suffix))
+        return original(self, grid, args, kwargs, keyword_set, suffix)
 
     CachedLauncher.run = record
     try:
         tokennorm.layer_norm(x, ns, w, b)
     finally:
         CachedLauncher.run = original
-    grid, args, kwargs, keyword_set = captured["launch"]
+    grid, args, kwargs, keyword_set, suffix = captured["launch"]
     compiled_launch, function, packed_metadata, tail, _ = next(reversed(forward_launcher._cache.values()))
     fwd_plan = plan.forward_plan(n, x.dtype, True, True, None, None, eps, 0.0, 0.0, False, False, x.device)
     stats = launch.norm_forward(x, w, b, None, None, eps, 0.0, 0.0, False, None)
@@ -235,10 +235,10 @@ def breakdown_entries(m: int, n: int) -> dict[str, Callable[[], object]]:
             grid, *args
         ),
         "  CachedLauncher.run (after the bound launcher)": lambda: forward_launcher.run(
-            grid, args, kwargs, keyword_set
+            grid, args, kwargs, keyword_set, suffix
         ),
         "  the compiled kernel's launcher (the fake driver's stub)": lambda: compiled_launch(
-            grid[0], 1, 1, 0, function, packed_metadata, None, None, None, *args, *tail
+            grid[0], 1, 1, 0, function, packed_metadata, None, None, None, *args, *suffix, *tail
         ),
         "piece: argument checks (_checks.norm_row_length)": lambda: _checks.norm_row_length("layer_norm", x, ns, w, b),
         "piece: plan lookup (forward_plan)": lambda: plan.forward_plan(

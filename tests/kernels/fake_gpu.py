@@ -119,10 +119,11 @@ def _probe_cases():
 def check_launcher_arguments() -> dict:
     """CachedLauncher vs the jit function it wraps, on a spread of specializations: the same launcher, the same
     launcher arguments, the same compiled kernel returned; from the second call on, from the cache. Likewise
-    through CachedLauncher.bind."""
+    through CachedLauncher.bind, with the keywords bound, and with the last three runtime arguments bound too."""
     results = {}
     for jit_function in (probe_kernel, probe_kernel_no_value):
         cached_launcher = CachedLauncher(jit_function)
+        suffix_launcher = CachedLauncher(jit_function)  # its own cache: bound suffixes add keyword sets
         assert cached_launcher._cached, "the cached path is off with this Triton"
         cases = _probe_cases()
         for round_ in range(2):
@@ -151,6 +152,16 @@ def check_launcher_arguments() -> dict:
                 except AssertionError as exc:
                     raise AssertionError(f"{name}, bound: {exc}") from None
                 assert (call_b[6] is None) == (name != "a runtime argument by name"), f"{name}, bound: not cached"
+                if len(case["args"]) == 8:  # every runtime argument by position: bind the last three too
+                    args = case["args"]
+                    got = suffix_launcher.bind(*args[5:], **case["kwargs"])[case["grid"]](*args[:5])
+                    launcher_s, call_s = CALLS[-1]
+                    assert got is expected and launcher_s is launcher_j, f"{name}, suffix bound: another kernel"
+                    try:
+                        _same_call(call_s, call_j, call_s[6] is None)
+                    except AssertionError as exc:
+                        raise AssertionError(f"{name}, suffix bound: {exc}") from None
+                    assert round_ == 0 or call_s[6] is None, f"{name}, suffix bound: not cached"
         results[jit_function.fn.__name__ + ("" if jit_function is probe_kernel else " (do_not_specialize)")] = {
             "cases": len(cases),
             "cached_specializations": cached_launcher.cache_size(),
@@ -168,10 +179,10 @@ class _Shadow:
         self.counts: dict[str, dict[str, int]] = {}
         self.original = CachedLauncher.run
 
-    def run(self, cached_launcher: CachedLauncher, grid, args, kwargs, keyword_set):
-        got = self.original(cached_launcher, grid, args, kwargs, keyword_set)
+    def run(self, cached_launcher: CachedLauncher, grid, args, kwargs, keyword_set, suffix=()):
+        got = self.original(cached_launcher, grid, args, kwargs, keyword_set, suffix)
         launcher_c, call_c = CALLS[-1]
-        expected = cached_launcher.kernel[grid](*args, **kwargs)
+        expected = cached_launcher.kernel[grid](*args, *suffix, **kwargs)
         launcher_j, call_j = CALLS[-1]
         assert got is expected and launcher_c is launcher_j, "another compiled kernel"
         _same_call(call_c, call_j, call_c[6] is None)

@@ -96,6 +96,29 @@ def test_key_separates_what_triton_specializes_on():
     assert key_nv(0, 0, x, y, 1, 0.5) != key_nv(1, 0, x, y, 1, 0.5) != key_nv(0, 1, x, y, 1, 0.5)  # device, keywords
 
 
+@pytest.mark.skipif(not launcher.cached_launch_available(), reason="cached launches are off with this Triton")
+def test_a_bound_suffix_takes_the_last_runtime_arguments_and_keys_what_triton_specializes_on():
+    """bind(*suffix): the suffix must be the kernel's last runtime parameters, of plain values; its keyword set
+    stands for what Triton specializes on in it, so plans that differ only in ε share one cached launch."""
+    cached = launcher.CachedLauncher(JITFunction(_probe))
+    bound = cached.bind(32, 0.5, BLOCK=64)
+    assert bound.suffix == (32, 0.5) and bound._prefix_length == 2
+    with pytest.raises(ValueError, match="last runtime parameters"):
+        cached.bind(None, None, 32, 0.5, 7, BLOCK=64)  # one more than X, Y, n, scale
+    with pytest.raises(TypeError, match="not Tensor"):
+        cached.bind(torch.ones(1), BLOCK=64)
+    with pytest.raises(TypeError, match="expected 2 arguments"):
+        bound.launch((1,), torch.randn(64))
+
+    def keyword_set(*suffix):
+        return cached.bind(*suffix, BLOCK=64)._keyword_set
+
+    assert keyword_set(32, 0.5) == keyword_set(48, 2.0) == keyword_set(-16, 1e-6)
+    different = [keyword_set(*s) for s in ((32, 0.5), (33, 0.5), (1, 0.5), (2**31, 0.5), (2**63, 0.5), (32, 1))]
+    assert len(set(different)) == len(different)
+    assert keyword_set(32, 0.5) != cached.bind(BLOCK=64)._keyword_set != cached.bind(32, 0.5, BLOCK=128)._keyword_set
+
+
 class _Recorder:
     """Stands for a kernel: records the keywords of each launch."""
 

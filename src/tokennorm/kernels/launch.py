@@ -22,6 +22,7 @@ from tokennorm.kernels.launcher import CachedLauncher
 from tokennorm.kernels.plan import (
     BACKWARD_KERNELS,
     LONG_ROWS_EXCHANGE,
+    NO_MODULATION,
     BackwardPlan,
     ForwardPlan,
     acc_dtype,
@@ -106,14 +107,13 @@ class ModulationGrads(NamedTuple):
     dgate: Optional[Tensor]
 
 
-_NO_MODULATION_ARGS = (None, None, None, 0, 0, 0, 1)
 _NO_MODULATION_GRADS = ModulationGrads(None, None, None)
 
 
 def _modulation_args(mod: Optional[Modulation]) -> tuple:
     """The forward kernels' trailing arguments: GATE, SHIFT, SCALE, their row strides, tokens."""
     if mod is None:
-        return _NO_MODULATION_ARGS
+        return NO_MODULATION
     gate = mod.gate
     return (
         gate,
@@ -177,21 +177,23 @@ def run_forward(
     modulation: Optional[Modulation] = None,
 ) -> ForwardOut:
     m, n = x.shape
-    dev = x.device
     # x.new_empty(m, n) and torch.empty(m, n, ...), not a shape tuple: less host time (benchmarks/RESULTS.md)
     y = x.new_empty(m, n)
-    h = None if plan.h_dtype is None else torch.empty(m, n, device=dev, dtype=plan.h_dtype)
+    h_dtype = plan.h_dtype
+    h = None if h_dtype is None else torch.empty(m, n, device=x.device, dtype=h_dtype)
     if plan.store_stats:
-        mean = torch.empty(0 if plan.is_rms else m, device=dev, dtype=plan.acc_dtype)
-        rstd = torch.empty(m, device=dev, dtype=plan.acc_dtype)
+        mean = torch.empty(0 if plan.is_rms else m, device=x.device, dtype=plan.acc_dtype)
+        rstd = torch.empty(m, device=x.device, dtype=plan.acc_dtype)
     else:
         mean = rstd = None
     if m == 0 or n == 0:
         return ForwardOut(y, h, mean, rstd)
     cfg = plan.config
-    if cfg.mode == kconfig.ROWS:
+    mode = cfg.mode
+    if mode != kconfig.LONG_ROWS and modulation is None:  # eps, eps_lo, dropout_p, no AdaLN: bound in the plan
+        programs = (m + cfg.block_m - 1) // cfg.block_m if mode == kconfig.ROWS else m
         plan.kernel.launch(
-            (min(cdiv(m, cfg.block_m), plan.programs),),
+            (programs if programs < plan.programs else plan.programs,),
             x,
             residual,
             weight,
@@ -207,10 +209,6 @@ def run_forward(
             0 if h is None else n,
             m,
             n,
-            plan.eps,
-            plan.eps_lo,
-            plan.dropout_p,
-            *(_NO_MODULATION_ARGS if modulation is None else _modulation_args(modulation)),
         )
         return _new(ForwardOut, (y, h, mean, rstd))
     args = (
@@ -231,9 +229,12 @@ def run_forward(
         n,
     )
     scalars = (plan.eps, plan.eps_lo, plan.dropout_p, *_modulation_args(modulation))
-    if cfg.mode == kconfig.CHUNKED:
+    if mode == kconfig.ROWS:
+        plan.kernel.launch((min(cdiv(m, cfg.block_m), plan.programs),), *args, *scalars)
+    elif mode == kconfig.CHUNKED:
         plan.kernel.launch((min(m, plan.programs),), *args, *scalars)
     else:
+        dev = x.device
         segments = cdiv(n, cfg.block_n)
         groups = _long_row_groups(m, segments, cfg, plan.facts)
         partials = torch.empty((m, segments, 3), device=dev, dtype=plan.acc_dtype)  # mean hi, mean lo, M2

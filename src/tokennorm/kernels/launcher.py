@@ -115,6 +115,17 @@ def _traceable_options(kwargs: dict) -> dict:
     return kwargs
 
 
+_SUFFIX = object()  # in a keyword set's key: what follows describes a bound suffix of runtime arguments
+
+
+def _describe(value: Any) -> Any:
+    """What Triton specializes on in a bound runtime argument (None, bool, int, float), or more: for an int its
+    type class (i32/i64/u64), whether it equals 1 and whether it is a multiple of 16; for the others the type."""
+    if type(value) is int:
+        return (int, -(2**31) <= value < 2**31, value >= 2**63, value == 1, value & 15 == 0)
+    return type(value)
+
+
 class CachedLauncher:
     """A ``@triton.jit`` function launched as ``LAUNCHER[grid](*args, **kwargs)``, with cached launches.
 
@@ -154,30 +165,39 @@ class CachedLauncher:
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
         return lambda *args, **kwargs: self.run(grid, args, kwargs, self._keyword_set(kwargs) if self._cached else None)
 
-    def bind(self, **kwargs: Any) -> BoundLauncher:
-        """This kernel with the keyword arguments (constexprs and options) fixed: ``bound[grid](*args)`` launches
-        as ``self[grid](*args, **kwargs)`` would, without building and hashing the keywords on every call."""
-        return BoundLauncher(self, kwargs)
+    def bind(self, *suffix: Any, **kwargs: Any) -> BoundLauncher:
+        """This kernel with the keyword arguments (constexprs and options) fixed, and optionally its last runtime
+        arguments (``suffix``: None, bools, ints and floats a launch plan decides, e.g. ε): ``bound[grid](*args)``
+        launches as ``self[grid](*args, *suffix, **kwargs)`` would, without building and hashing the keywords, or
+        describing the suffix for the key, on every call. ValueError when ``suffix`` does not take exactly the
+        kernel's last runtime parameters."""
+        return BoundLauncher(self, kwargs, suffix)
 
     def cache_size(self) -> int:
         """How many specializations have a cached launch (all devices)."""
         return len(self._cache)
 
-    def _keyword_set(self, kwargs: dict) -> int | None:
-        """A small int standing for these keyword names and values (None: a value is unhashable)."""
+    def _keyword_set(self, kwargs: dict, suffix: tuple = ()) -> int | None:
+        """A small int standing for these keyword names and values, and for what Triton specializes on in a bound
+        ``suffix`` of runtime arguments (None: a value is unhashable)."""
+        names_values = (*kwargs, *kwargs.values())
+        if suffix:
+            names_values = (*names_values, _SUFFIX, *map(_describe, suffix))
         try:
-            return self._keyword_sets[(*kwargs, *kwargs.values())]
+            return self._keyword_sets[names_values]
         except KeyError:
-            return self._keyword_sets.setdefault((*kwargs, *kwargs.values()), next(self._numbers))
+            return self._keyword_sets.setdefault(names_values, next(self._numbers))
         except TypeError:
             return None
 
-    def run(self, grid: Any, args: tuple, kwargs: dict, keyword_set: int | None) -> Any:
-        """Launch with ``grid``: the cached launch when possible, else ``JITFunction.run``."""
+    def run(self, grid: Any, args: tuple, kwargs: dict, keyword_set: int | None, suffix: tuple = ()) -> Any:
+        """Launch with ``grid`` and the arguments ``*args, *suffix``: the cached launch when possible, else
+        ``JITFunction.run``. ``keyword_set`` stands for ``kwargs`` and ``suffix`` (:meth:`_keyword_set`)."""
         if torch.compiler.is_compiling() or _dispatch_modes():  # tracing: record the launch in the graph
-            return (self._traceable if self._cached else self.kernel)[grid](*args, **_traceable_options(kwargs))
+            kernel = self._traceable if self._cached else self.kernel
+            return kernel[grid](*args, *suffix, **_traceable_options(kwargs))
         if not self._cached:
-            return self.kernel[grid](*args, **kwargs)
+            return self.kernel[grid](*args, *suffix, **kwargs)
         _, driver, runtime, compilation = _INTERNALS
         if (
             runtime.launch_enter_hook.calls
@@ -187,23 +207,24 @@ class CachedLauncher:
             or self.kernel.pre_run_hooks
             or keyword_set is None
         ):
-            return self.kernel.run(*args, grid=grid, warmup=False, **kwargs)
+            return self.kernel.run(*args, *suffix, grid=grid, warmup=False, **kwargs)
+        # The key describes args; keyword_set stands for the suffix (fixed by the caller, described once).
         types = tuple(map(type, args))
         try:
             key_function = self._key_functions[types]
         except KeyError:
             key_function = self._key_functions[types] = self._make_key_function(types)
         if key_function is None:
-            return self.kernel.run(*args, grid=grid, warmup=False, **kwargs)
+            return self.kernel.run(*args, *suffix, grid=grid, warmup=False, **kwargs)
         active = driver.active
         device = active.get_current_device()
         key = key_function(device, keyword_set, *args)
         entry = self._cache.get(key)
         if entry is None:
-            return self._first_launch(key, grid, args, kwargs)
+            return self._first_launch(key, grid, (*args, *suffix), kwargs)
         launch, function, packed_metadata, tail, compiled = entry
         if callable(grid):
-            grid = grid(dict(zip(self._names, (*args, *tail))))
+            grid = grid(dict(zip(self._names, (*args, *suffix, *tail))))
         grid_size = len(grid)
         launch(
             grid[0],
@@ -216,6 +237,7 @@ class CachedLauncher:
             None,
             None,
             *args,
+            *suffix,
             *tail,
         )
         return compiled
@@ -231,6 +253,17 @@ class CachedLauncher:
         if tail is not None:
             self._cache[key] = (compiled.run, compiled.function, compiled.packed_metadata, tail, compiled)
         return compiled
+
+    def _suffix_start(self, suffix: tuple) -> int:
+        """Where a bound ``suffix`` starts in the signature: it must take exactly the last runtime parameters
+        (constexprs may follow), so that every launch's key describes the arguments before it."""
+        runtime = [i for i, constexpr in enumerate(self._constexpr) if not constexpr]
+        start = (runtime[-1] + 1 if runtime else 0) - len(suffix)
+        if start < 0 or any(self._constexpr[start : start + len(suffix)]):
+            raise ValueError(
+                f"{self.kernel.fn.__name__}: {len(suffix)} bound arguments do not take its last runtime parameters"
+            )
+        return start
 
     def _tail(self, n_positional: int, kwargs: dict) -> tuple | None:
         """The values JITFunction.run passes after the positional ones (constexprs given by name, or their
@@ -278,20 +311,28 @@ class CachedLauncher:
 
 class BoundLauncher:
     """:meth:`CachedLauncher.bind`'s result: ``bound[grid](*args)``, or ``bound.launch(grid, *args)`` (one call
-    less). Keywords given at the launch are added to the bound ones (at the unbound launch's cost)."""
+    less). Keywords given at the launch are added to the bound ones (at the unbound launch's cost); with a bound
+    suffix, ``args`` are the arguments before it."""
 
-    __slots__ = ("launcher", "kwargs", "_keyword_set")
+    __slots__ = ("launcher", "kwargs", "suffix", "_keyword_set", "_prefix_length")
 
-    def __init__(self, launcher: CachedLauncher, kwargs: dict) -> None:
-        self.launcher, self.kwargs = launcher, kwargs
-        self._keyword_set = launcher._keyword_set(kwargs) if launcher._cached else None
+    def __init__(self, launcher: CachedLauncher, kwargs: dict, suffix: tuple = ()) -> None:
+        for value in suffix:
+            if value is not None and type(value) not in (bool, int, float):
+                raise TypeError(f"bound arguments are None, bools, ints or floats, not {type(value).__name__}")
+        self.launcher, self.kwargs, self.suffix = launcher, kwargs, suffix
+        self._keyword_set = launcher._keyword_set(kwargs, suffix) if launcher._cached else None
+        self._prefix_length = launcher._suffix_start(suffix) if suffix and launcher._cached else None
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
         return lambda *args, **extra: self.launch(grid, *args, **extra)
 
     def launch(self, grid: Any, *args: Any, **extra: Any) -> Any:
-        launcher = self.launcher
+        launcher, suffix = self.launcher, self.suffix
+        if suffix and self._prefix_length is not None and len(args) != self._prefix_length:
+            raise TypeError(f"expected {self._prefix_length} arguments before the bound ones, got {len(args)}")
         if extra:
             kwargs = {**self.kwargs, **extra}
-            return launcher.run(grid, args, kwargs, launcher._keyword_set(kwargs) if launcher._cached else None)
-        return launcher.run(grid, args, self.kwargs, self._keyword_set)
+            keyword_set = launcher._keyword_set(kwargs, suffix) if launcher._cached else None
+            return launcher.run(grid, args, kwargs, keyword_set, suffix)
+        return launcher.run(grid, args, self.kwargs, self._keyword_set, suffix)

@@ -51,6 +51,9 @@ def float32_remainder(value: float) -> float:
     return value - struct.unpack("f", struct.pack("f", value))[0]
 
 
+# The forward kernels' AdaLN arguments (GATE, SHIFT, SCALE, their row strides, tokens) when there is no AdaLN.
+NO_MODULATION = (None, None, None, 0, 0, 0, 1)
+
 # Long rows under Triton's interpreter, which runs programs one after another: two launches (publish the
 # partials, then finish) instead of one cooperative launch whose programs wait for each other.
 LONG_ROWS_EXCHANGE = "two-launch" if INTERPRETING else "cooperative"
@@ -71,7 +74,9 @@ class ForwardPlan:
     acc_dtype: torch.dtype
     programs: int  # a persistent grid's size: programs_per_sm · SMs
     constexprs: dict = field(repr=False)  # the kernel's compile-time switches and launch options, by name
-    kernel: BoundLauncher = field(repr=False)  # FORWARD_KERNELS[config.mode] with the constexprs bound
+    # FORWARD_KERNELS[config.mode] with the constexprs bound, and, for ROWS and CHUNKED without AdaLN, the
+    # trailing runtime arguments (eps, eps_lo, dropout_p, NO_MODULATION): those launches pass the first 15
+    kernel: BoundLauncher = field(repr=False)
     has_gate: bool = False  # AdaLN-Zero: h = residual + gate ⊙ x
     has_modulation: bool = False  # AdaLN: y = n · (1 + scale) + shift
 
@@ -148,19 +153,23 @@ def forward_plan(
         switches.update(S_BLOCK=kconfig.pow2(kconfig.long_rows_segments(n, config)))
     elif config.mode != kconfig.CHUNKED:
         raise ValueError(f"no forward kernel for mode {config.mode!r}")
+    eps_lo = float32_remainder(eps)
+    # ROWS and CHUNKED launches without AdaLN end with arguments the plan decides: bound once, not described for
+    # the launch key on every call (benchmarks/RESULTS.md, "Host time per call")
+    suffix = () if has_modulation or config.mode == kconfig.LONG_ROWS else (eps, eps_lo, dropout_p, *NO_MODULATION)
     return ForwardPlan(
         config,
         facts,
         is_rms,
         eps,
-        float32_remainder(eps),
+        eps_lo,
         dropout_p,
         h_dtype,
         store_stats,
         acc,
         config.programs_per_sm * facts.sms,
         switches,
-        FORWARD_KERNELS[config.mode].bind(**switches),
+        FORWARD_KERNELS[config.mode].bind(*suffix, **switches),
         has_gate,
         has_modulation,
     )
