@@ -317,18 +317,17 @@ def norm_forward(
     * eager with ``needs_grad``: :class:`EagerNorm`;
     * eager inference: the launcher alone, without the statistics backward would need.
     """
-    route = _route(needs_grad)
-    if route is _OP:
+    if not needs_grad and not torch.compiler.is_compiling():  # _route's _LAUNCH, without its frame (host time)
+        y, h, _, _ = launch.norm_forward(
+            x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype, None, False
+        )
+        return y, h
+    if _route(needs_grad) is _OP:
         y, h, _, _ = torch.ops.tokennorm.norm_fwd(
             x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype
         )
         return y, h if h_dtype is not None else None
-    if route is _EAGER:
-        return EagerNorm.apply(x, weight, bias, residual, (seed, eps, dropout_p, weight_offset, is_rms, h_dtype))
-    y, h, _, _ = launch.norm_forward(
-        x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype, store_stats=False
-    )
-    return y, h
+    return EagerNorm.apply(x, weight, bias, residual, (seed, eps, dropout_p, weight_offset, is_rms, h_dtype))
 
 
 _OP, _EAGER, _LAUNCH = "op", "eager", "launch"
