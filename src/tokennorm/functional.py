@@ -59,7 +59,12 @@ def _norm_triton(
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     )
-    y, _ = ops.norm_forward(x2, _flat(weight), _flat(bias), None, None, eps, 0.0, 0.0, is_rms, None, needs_grad)
+    # _flat inlined for the common vector parameters (a frame each: host time)
+    if weight is not None and not (weight.dim() == 1 and weight.is_contiguous()):
+        weight = _flat(weight)
+    if bias is not None and not (bias.dim() == 1 and bias.is_contiguous()):
+        bias = _flat(bias)
+    y, _ = ops.norm_forward(x2, weight, bias, None, None, eps, 0.0, 0.0, is_rms, None, needs_grad)
     # [M, n] already when x was (view_as: cheaper on the host than view(torch.Size))
     return y if x2 is x else y.view_as(x)
 
@@ -111,7 +116,7 @@ def layer_norm(
     if use_triton(input) and input.dtype in _checks.KERNEL_DTYPES and input.numel():
         n = _checks.norm_row_length("layer_norm", input, normalized_shape, weight, bias)
         if dispatch.use_kernels("layer_norm", input, n, weight, bias):  # else a measured table says torch
-            return _norm_triton(input, n, weight, bias, _checks.as_eps("layer_norm", 5, eps), is_rms=False)
+            return _norm_triton(input, n, weight, bias, _checks.as_eps("layer_norm", 5, eps), False)
     # torch's path: F.layer_norm's own body (calling it would add a Python frame: benchmarks/RESULTS.md)
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(
@@ -167,7 +172,7 @@ def rms_norm(
         n = _checks.norm_row_length("rms_norm", input, normalized_shape, weight, None)
         if dispatch.use_kernels("rms_norm", input, n, weight):  # else a measured table says torch
             eps = default_rms_eps(input.dtype) if eps is None else _checks.as_eps("rms_norm", 4, eps)
-            return _norm_triton(input, n, weight, None, eps, is_rms=True)
+            return _norm_triton(input, n, weight, None, eps, True)
     # torch's path: F.rms_norm's own body (see layer_norm)
     if has_torch_function_variadic(input, weight):
         return handle_torch_function(F.rms_norm, (input, weight), input, normalized_shape, weight=weight, eps=eps)
