@@ -94,25 +94,35 @@ def norm_row_length(
         trailing_ok = 0 < len(shape) <= input.dim() and input.shape[input.dim() - len(shape) :] == shape
     if not trailing_ok:
         _raise_shape_mismatch(op, input, shape)
-    device, dtype = input.device, input.dtype
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is None:
-            continue
-        if p.shape != shape:
-            raise RuntimeError(
-                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
-                f"{_fmt(p.shape)} and normalized_shape = {_fmt(shape)}"
-            )
-        if p.device != device:
-            check_devices(input, weight, bias)
-        # torch's rms_norm takes a weight of any floating dtype (the kernels load it as such); layer_norm
-        # the input's dtype, or float32 for a 16-bit input
-        if op == "layer_norm" and p.dtype != dtype and not (p.dtype == torch.float32 and dtype in _LOW_PRECISION):
-            raise RuntimeError(
-                f"mixed dtype: expected {name} to have the input's dtype ({dtype}), or torch.float32 for a "
-                f"bfloat16/float16 input, but got {name} of dtype {p.dtype}"
-            )
+    # One condition per parameter on the common path (no loop, no tuple of pairs: host time); _check_parameter
+    # raises torch's error, or returns for a float32 parameter of a 16-bit input
+    if weight is not None or bias is not None:
+        device, dtype, layer_norm = input.device, input.dtype, op == "layer_norm"
+        if weight is not None and (
+            weight.shape != shape or weight.device != device or (layer_norm and weight.dtype != dtype)
+        ):
+            _check_parameter(op, "weight", weight, input, shape)
+        if bias is not None and (bias.shape != shape or bias.device != device or (layer_norm and bias.dtype != dtype)):
+            _check_parameter(op, "bias", bias, input, shape)
     return n
+
+
+def _check_parameter(op: str, name: str, p: Tensor, input: Tensor, shape: tuple) -> None:
+    if p.shape != shape:
+        raise RuntimeError(
+            f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+            f"{_fmt(p.shape)} and normalized_shape = {_fmt(shape)}"
+        )
+    if p.device != input.device:
+        raise _wrong_device(name, p, input.device)
+    # torch's rms_norm takes a weight of any floating dtype (the kernels load it as such); layer_norm the
+    # input's dtype, or float32 for a 16-bit input
+    dtype = input.dtype
+    if op == "layer_norm" and p.dtype != dtype and not (p.dtype == torch.float32 and dtype in _LOW_PRECISION):
+        raise RuntimeError(
+            f"mixed dtype: expected {name} to have the input's dtype ({dtype}), or torch.float32 for a "
+            f"bfloat16/float16 input, but got {name} of dtype {p.dtype}"
+        )
 
 
 def check_dtype(op: str, input: Tensor) -> None:
@@ -152,9 +162,13 @@ def check_devices(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
     device = input.device
     for name, p in (("weight", weight), ("bias", bias)):
         if isinstance(p, Tensor) and p.device != device:
-            raise RuntimeError(
-                f"Expected all tensors to be on the same device, but got {name} on {p.device} and input on {device}"
-            )
+            raise _wrong_device(name, p, device)
+
+
+def _wrong_device(name: str, p: Tensor, device: torch.device) -> RuntimeError:
+    return RuntimeError(
+        f"Expected all tensors to be on the same device, but got {name} on {p.device} and input on {device}"
+    )
 
 
 def check_residual(x: Tensor, residual: Tensor) -> None:
