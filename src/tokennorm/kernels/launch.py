@@ -1,10 +1,11 @@
 """Launchers: allocate outputs, take the call's plan, launch. No autograd and no argument checking here.
 
-Kernels are launched through :class:`~tokennorm.kernels.launcher.CachedLauncher`: from a per-specialization
-cache in eager mode, through ``torch.library.wrap_triton`` while torch.compile traces. A norm plan's launch has
-the form ``plan.kernel.launch(grid, *tensors_and_scalars)`` (its constexprs bound in the plan), the others
-``KERNEL[grid](*tensors_and_scalars, **plan.constexprs)``. Inputs are [M, N] views whose last stride is 1. These
-functions run on every call: their host time is measured in benchmarks/RESULTS.md ("Host time per call").
+Kernels are launched through :class:`~tokennorm.kernels.launcher.CachedLauncher`: from a per-specialization cache in
+eager mode, through ``torch.library.wrap_triton`` while torch.compile traces. A norm plan's launch has the form
+``plan.kernel.launch(grid, *tensors_and_scalars)`` (its constexprs, and for a forward without AdaLN its trailing
+scalars, bound in the plan), the others ``KERNEL[grid](*tensors_and_scalars, **plan.constexprs)``. Inputs are [M, N]
+views whose last stride is 1. These functions run on every call: their host time is measured in
+benchmarks/RESULTS.md ("Host time per call").
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ def run_forward(
     cfg = plan.config
     mode = cfg.mode
     if mode != kconfig.LONG_ROWS and modulation is None:  # eps, eps_lo, dropout_p, no AdaLN: bound in the plan
+        # the grid as min(cdiv(m, block_m), programs), without the two calls (host time)
         programs = (m + cfg.block_m - 1) // cfg.block_m if mode == kconfig.ROWS else m
         plan.kernel.launch(
             (programs if programs < plan.programs else plan.programs,),

@@ -5,14 +5,16 @@ and reads its settings on every call: at decode sizes that costs more than the k
 RESULTS.md, "Host time per call"). :class:`CachedLauncher` wraps a jit function and does that work once per
 specialization: the first call of each goes through ``JITFunction.run`` itself (which compiles, launches and
 returns the compiled kernel); later calls compute a cheap key and call the compiled kernel's launcher with the
-arguments ``JITFunction.run`` would have passed. ``CachedLauncher.bind(**kwargs)`` fixes the keyword arguments
-once, for callers that reuse them (a launch plan): ``bound[grid](*args)``.
+arguments ``JITFunction.run`` would have passed. ``CachedLauncher.bind(*suffix, **kwargs)`` fixes the keyword
+arguments, and optionally the last runtime arguments, once, for callers that reuse them (a launch plan):
+``bound[grid](*args)``.
 
 The key distinguishes everything Triton specializes on, or more (a finer key only adds cache entries): the
 pattern of positional argument types; for each positional argument, a tensor's dtype and whether its address is
 a multiple of 16, an int's Triton type (i32/i64/u64), whether it equals 1 and whether it is a multiple of 16, a
 constexpr's value (None, floats and bools: their type says all); every keyword argument (constexprs and options
-such as ``num_warps``) by name and value; the current device. Calls it cannot describe (an argument of another
+such as ``num_warps``) by name and value; for a bound suffix, what Triton specializes on in it (described once,
+at ``bind``); the current device. Calls it cannot describe (an argument of another
 type, a runtime argument given by name, an unhashable keyword value) take ``JITFunction.run``.
 
 Three cases keep the plain call:

@@ -1,10 +1,11 @@
 """Launch plans: everything about a call that does not depend on its tensors' data, decided once.
 
-A plan holds the kernel mode and tile (``config``), the norm, ε (and its float32 remainder, for float64
-kernels), the dtypes, which of weight / bias / residual / dropout / stored h / statistics / AdaLN's gate and
-modulation are present, the compile-time switches each kernel takes (``constexprs``, passed by name), and the
-mode's kernel with those switches bound (``kernel``, a :class:`~tokennorm.kernels.launcher.BoundLauncher`): a
-launch passes only its runtime arguments. Plans are cached by their key, so building or fetching one costs one
+A plan holds the kernel mode and tile (``config``), the norm, ε (and its float32 remainder, for float64 kernels),
+the dtypes, which of weight / bias / residual / dropout / stored h / statistics / AdaLN's gate and modulation are
+present, the compile-time switches each kernel takes (``constexprs``, passed by name), and the mode's kernel with
+those switches bound (``kernel``, a :class:`~tokennorm.kernels.launcher.BoundLauncher`): a launch passes only its
+runtime arguments (a forward without AdaLN not even its last ones: ε, its float32 remainder, the dropout probability
+and the absent AdaLN arguments are bound too). Plans are cached by their key, so building or fetching one costs one
 dict lookup (``functools.lru_cache``, bounded).
 """
 
