@@ -318,6 +318,7 @@ def norm_forward(
     * eager inference: the launcher alone, without the statistics backward would need.
     """
     if not needs_grad and not torch.compiler.is_compiling():  # _route's _LAUNCH, without its frame (host time)
+        # by position, the last two: config=None (the default tile), store_stats=False
         y, h, _, _ = launch.norm_forward(
             x, weight, bias, residual, seed, eps, dropout_p, weight_offset, is_rms, h_dtype, None, False
         )
