@@ -11,7 +11,8 @@ tests/api/test_imports.py declares it: the kernel report and tune use the benchm
 
 Each has a ``cli.py`` with ``add_arguments(parser)`` and ``run(args) -> int``, which imports torch and the tool's
 API only inside ``run``; :mod:`tokennorm.cli` imports only the command being run. What they share is here:
-running a command again with tokennorm's Triton kernels in Triton's interpreter (``--interpret``).
+running a command again with tokennorm's Triton kernels in Triton's interpreter (``--interpret``), and whether
+matplotlib (for the figures) can be imported.
 """
 
 
@@ -25,3 +26,13 @@ def rerun_with_interpreted_kernels(argv: list[str]) -> int:
 
     env = {**os.environ, "TRITON_INTERPRET": "1", "TOKENNORM_BACKEND": "triton"}
     return subprocess.run([sys.executable, "-m", "tokennorm", *argv], env=env).returncode
+
+
+def matplotlib_missing() -> bool:
+    """True when matplotlib (audit, explain and demo draw with it) cannot be imported; does not import it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is None
+    except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
+        return True

@@ -380,21 +380,13 @@ def print_report(report: AuditReport, console: Any) -> None:
         console.print("[bold green]no leakage found[/bold green] (every dependence that must be 0 is ≤ tolerance)")
 
 
-def _matplotlib_missing() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("matplotlib") is None
-    except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from tokennorm.tools import matplotlib_missing
     from tokennorm.tools.audit.demos import demo_model
     from tokennorm.tools.audit.measure import audit
 
@@ -404,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise SpecError(f"--threads must be positive, but got --threads {args.threads}")
         torch.set_num_threads(args.threads)
-        if args.png and _matplotlib_missing():
+        if args.png and matplotlib_missing():
             raise SpecError("--png needs matplotlib (pip install matplotlib)")
         device = resolve_device(args.device)
         model_args = parse_model_args(args.model_args)

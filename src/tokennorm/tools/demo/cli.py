@@ -170,19 +170,11 @@ def closing_note(args: argparse.Namespace) -> str:
     )
 
 
-def _matplotlib_missing() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("matplotlib") is None
-    except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from tokennorm.tools import matplotlib_missing
     from tokennorm.tools.demo.train import resolve_device
 
     console = Console()
@@ -209,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.dropout < 1.0:
         console.print(f"[red]tokennorm demo: --dropout must be in [0, 1), but got --dropout {args.dropout}[/]")
         return 2
-    if _matplotlib_missing():
+    if matplotlib_missing():
         console.print(
             "[red]tokennorm demo: the loss curves need matplotlib (pip install matplotlib)[/]", soft_wrap=True
         )

@@ -321,22 +321,15 @@ def _write(draw: Any, out: Path, name: str, fmt: str, console: Any) -> None:
         console.print(f"figure: {path}", soft_wrap=True)
 
 
-def _matplotlib_missing() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("matplotlib") is None
-    except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from tokennorm.tools import matplotlib_missing
+
     console, err = Console(), Console(stderr=True)
     out = Path(args.out) if args.out else (Path(DEFAULT_BLOCK_OUT) if args.block else None)
-    if out is not None and _matplotlib_missing():
+    if out is not None and matplotlib_missing():
         err.print(
             "[red]error:[/red] the figures need matplotlib (pip install matplotlib); run without --out and "
             "--block for the tables only",
