@@ -11,9 +11,12 @@ tests/api/test_imports.py declares it: the kernel report and tune use the benchm
 
 Each has a ``cli.py`` with ``add_arguments(parser)`` and ``run(args) -> int``, which imports torch and the tool's
 API only inside ``run``; :mod:`tokennorm.cli` imports only the command being run. What they share is here:
-running a command again with tokennorm's Triton kernels in Triton's interpreter (``--interpret``), and whether
-matplotlib (for the figures) can be imported.
+running a command again with tokennorm's Triton kernels in Triton's interpreter (``--interpret``), whether
+matplotlib (for the figures) can be imported, and the progress bar of a measuring loop.
 """
+
+import contextlib
+from typing import Any, Callable, Iterator, Optional
 
 
 def rerun_with_interpreted_kernels(argv: list[str]) -> int:
@@ -36,3 +39,21 @@ def matplotlib_missing() -> bool:
         return importlib.util.find_spec("matplotlib") is None
     except (ImportError, ValueError):  # a stub in sys.modules (tests) or a broken install
         return True
+
+
+@contextlib.contextmanager
+def progress_bar(
+    console: Any, description: str, total: Optional[int] = None
+) -> Iterator[Callable[[int, int, str], None]]:
+    """A transient rich progress bar on ``console`` (gone when the block ends); yields the callback a measuring
+    loop calls as ``on_task(done, total, description)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def on_task(done: int, total: int, description: str) -> None:
+            progress.update(task, completed=done, total=total, description=description)
+
+        yield on_task

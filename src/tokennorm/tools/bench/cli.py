@@ -186,8 +186,7 @@ def _budget(args: argparse.Namespace):
 def _run_with_progress(
     sweep: Sweep, impls: list[Impl], device: str, args: argparse.Namespace, console, notes: list[str]
 ):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from tokennorm.tools import progress_bar
     from tokennorm.tools.bench import report
     from tokennorm.tools.bench.runner import run_sweep
     from tokennorm.tools.bench.timing import GraphTimer
@@ -200,19 +199,7 @@ def _run_with_progress(
             report.write_json(args.json, partial)
             partial.notes = partial.notes[len(notes) :]
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("benchmark", total=None)
-
-        def on_task(done: int, total: int, description: str) -> None:
-            progress.update(task, completed=done, total=total, description=description)
-
+    with progress_bar(console, "benchmark") as on_task:
         return run_sweep(
             sweep, impls, device, _budget(args), seed=args.seed, on_task=on_task, timer=timer, on_case=save
         )

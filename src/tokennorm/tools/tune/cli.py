@@ -206,21 +206,9 @@ def measure_and_write(
     grid = measure.QUICK_GRID if args.quick else measure.FULL_GRID
     grid = dataclasses.replace(grid, dtypes=args.dtypes or grid.dtypes, ns=args.sizes or grid.ns)
     start = time.perf_counter()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from tokennorm.tools import progress_bar
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("tune", total=grid.size)
-
-        def on_task(done: int, total: int, description: str) -> None:
-            progress.update(task, completed=done, total=total, description=description)
-
+    with progress_bar(console, "tune", grid.size) as on_task:
         doc = measure.tune(identity, grid, measure.BUDGET, device=device, timer=timer, command=command, on_task=on_task)
     path = Path(args.out) if args.out else dispatch.cache_path(identity)
     write_table(path, doc)
