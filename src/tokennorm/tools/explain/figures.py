@@ -87,6 +87,23 @@ def _panel_grid(count: int, width_cells: float, height_cells: float, cell: float
     return fig, axes
 
 
+def _title(fig: Any, what: str, many: bool) -> None:
+    """The group figures' title: the question about ``what``, and how to read the cells (``many``: more groups
+    than colours)."""
+    how = (
+        f"colours repeat after {PALETTE_SIZE} groups: the numbers tell the groups apart"
+        if many
+        else "same number (and colour) = same group"
+    )
+    fig.suptitle(
+        f"Which elements of {what} share one mean and variance?\n"
+        f"Each cell is one element, its number the statistics group ({how})",
+        fontsize=9.5,
+        y=1 - 0.08 / fig.get_size_inches()[1],
+        va="top",
+    )
+
+
 def draw_groups(
     shape: Sequence[int] = (2, 3, 4),
     norms: Sequence[str] = NORMS,
@@ -178,18 +195,7 @@ def draw_groups(
             ax.text(left - 0.2, r + 0.5, "⋮" if n is None else f"token {n}", ha="right", va="center", fontsize=7)
         ax.text((left + x0 - 1) / 2, len(ns) + 1.25, "channel c", ha="center", va="center", fontsize=7, color="dimgray")
     b, n, c = shape
-    how = (
-        "colours repeat after 20 groups: the numbers tell the groups apart"
-        if many
-        else "same number (and colour) = same group"
-    )
-    fig.suptitle(
-        f"Which elements of x [B={b:,}, N={n:,}, C={c:,}] share one mean and variance?\n"
-        f"Each cell is one element, its number the statistics group ({how})",
-        fontsize=9.5,
-        y=1 - 0.08 / fig.get_size_inches()[1],
-        va="top",
-    )
+    _title(fig, f"x [B={b:,}, N={n:,}, C={c:,}]", many)
     _save(fig, path)
     return fig
 
@@ -376,17 +382,6 @@ def draw_image_groups(
             color="dimgray",
         )
     b, c, h, w = shape
-    how = (
-        "colours repeat after 20 groups: the numbers tell the groups apart"
-        if many
-        else "same number (and colour) = same group"
-    )
-    fig.suptitle(
-        f"Which elements of an image batch x [B={b:,}, C={c:,}, H={h:,}, W={w:,}] share one mean and variance?\n"
-        f"Each cell is one element, its number the statistics group ({how})",
-        fontsize=9.5,
-        y=1 - 0.08 / fig.get_size_inches()[1],
-        va="top",
-    )
+    _title(fig, f"an image batch x [B={b:,}, C={c:,}, H={h:,}, W={w:,}]", many)
     _save(fig, path)
     return fig
