@@ -157,21 +157,7 @@ def check_op(op: Op, case: Case, dtype: torch.dtype, device: str, seed: int) -> 
     try:
         got = _run_tokennorm(op, inp, ns, device)
     except Exception as exc:  # a raising op is a failed check, reported with its message
-        return [
-            Check(
-                **base,
-                direction=d,
-                tensor="-",
-                max_abs_error=None,
-                max_abs_reference=None,
-                max_rel_error=None,
-                term_magnitude=None,
-                tolerance=math.nan,
-                passed=False,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            for d in DIRECTIONS
-        ]
+        return _raised(base, exc)
     want = _run_reference(op, inp, ns, dtype)
     magnitudes = term_magnitudes(op, inp, ns, dtype)
     checks = []
@@ -179,22 +165,8 @@ def check_op(op: Op, case: Case, dtype: torch.dtype, device: str, seed: int) -> 
         for name, ref in want_t.items():
             if ref is None:
                 continue
-            err = (got_t[name] - ref).abs().max().item()
-            ref_max = ref.abs().max().item()
             bound = tolerance(dtype, direction, magnitudes[name])
-            checks.append(
-                Check(
-                    **base,
-                    direction=direction,
-                    tensor=name,
-                    max_abs_error=err,
-                    max_abs_reference=ref_max,
-                    max_rel_error=err / ref_max if ref_max > 0 else (0.0 if err == 0 else math.inf),
-                    term_magnitude=magnitudes[name],
-                    tolerance=bound,
-                    passed=bool(err <= bound),
-                )
-            )
+            checks.append(_compared(base, direction, name, got_t[name], ref, magnitudes[name], bound))
     return checks
 
 
@@ -204,39 +176,47 @@ def _check_extended(op: Op, case: Case, dtype: torch.dtype, device: str, seed: i
     try:
         rows = extended.compare(op, case, dtype, device, seed)
     except Exception as exc:  # a raising op is a failed check, reported with its message
-        return [
-            Check(
-                **base,
-                direction=d,
-                tensor="-",
-                max_abs_error=None,
-                max_abs_reference=None,
-                max_rel_error=None,
-                term_magnitude=None,
-                tolerance=math.nan,
-                passed=False,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            for d in DIRECTIONS
-        ]
-    checks = []
-    for direction, name, got, ref, magnitude, bound in rows:
-        err = (got - ref).abs().max().item() if ref.numel() else 0.0
-        ref_max = ref.abs().max().item() if ref.numel() else 0.0
-        checks.append(
-            Check(
-                **base,
-                direction=direction,
-                tensor=name,
-                max_abs_error=err,
-                max_abs_reference=ref_max,
-                max_rel_error=err / ref_max if ref_max > 0 else (0.0 if err == 0 else math.inf),
-                term_magnitude=magnitude,
-                tolerance=bound,
-                passed=bool(err <= bound),
-            )
+        return _raised(base, exc)
+    return [_compared(base, *row) for row in rows]
+
+
+def _raised(base: dict, exc: Exception) -> list[Check]:
+    """A raising op: a failed check in each direction, with its message."""
+    error = f"{type(exc).__name__}: {exc}"
+    return [
+        Check(
+            **base,
+            direction=d,
+            tensor="-",
+            max_abs_error=None,
+            max_abs_reference=None,
+            max_rel_error=None,
+            term_magnitude=None,
+            tolerance=math.nan,
+            passed=False,
+            error=error,
         )
-    return checks
+        for d in DIRECTIONS
+    ]
+
+
+def _compared(
+    base: dict, direction: str, name: str, got: torch.Tensor, ref: torch.Tensor, magnitude: float, bound: float
+) -> Check:
+    """One output tensor against its reference: passed when max|got − ref| ≤ bound."""
+    err = (got - ref).abs().max().item() if ref.numel() else 0.0
+    ref_max = ref.abs().max().item() if ref.numel() else 0.0
+    return Check(
+        **base,
+        direction=direction,
+        tensor=name,
+        max_abs_error=err,
+        max_abs_reference=ref_max,
+        max_rel_error=err / ref_max if ref_max > 0 else (0.0 if err == 0 else math.inf),
+        term_magnitude=magnitude,
+        tolerance=bound,
+        passed=bool(err <= bound),
+    )
 
 
 def supported_dtypes(device: str) -> list[torch.dtype]:
