@@ -21,11 +21,10 @@ from torch import Tensor, nn
 from tokennorm import _checks, ops
 from tokennorm.backend import use_triton
 from tokennorm.functional import NORMS, _flat, _requires_grad, _rows
-from tokennorm.reference import compute_dtype, default_rms_eps
+from tokennorm.reference import compute_dtype, norm_eps
 
 __all__ = ["ada_norm", "AdaLNZero", "Modulation"]
 
-LAYER_NORM_EPS = 1e-5  # ada_norm's default for LayerNorm: torch.nn.LayerNorm's (RMSNorm: torch's own default)
 DIT_EPS = 1e-6  # AdaLNZero's default: DiT's and diffusers' AdaLayerNormZero's LayerNorm
 
 
@@ -116,8 +115,7 @@ def ada_norm(
     if residual is not None:
         _checks.check_residual(x, residual)
     h_dtype = residual.dtype if residual is not None else x.dtype
-    if eps is None:
-        eps = default_rms_eps(h_dtype) if is_rms else LAYER_NORM_EPS
+    eps = norm_eps(eps, is_rms, h_dtype)
     # The one dispatch point of this op: the fused Triton kernels, or the torch composition. (float64 x with a
     # narrower residual stream, or the reverse, is computed in float64 as documented: the composition does that;
     # the kernels take float64 from x forward and from h backward.)

@@ -20,12 +20,13 @@ from tokennorm import _checks, functional, ops
 from tokennorm.backend import use_triton
 from tokennorm.functional import _flat, _requires_grad
 from tokennorm.kernels.launch import channels_first_fits
+from tokennorm.reference import LAYER_NORM_EPS
 
 __all__ = ["channels_first_layer_norm", "ChannelsFirstLayerNorm"]
 
 
 def channels_first_layer_norm(
-    input: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
+    input: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = LAYER_NORM_EPS
 ) -> Tensor:
     r"""LayerNorm over the channel dim (dim 1) of a channels-first tensor:
 
@@ -115,7 +116,7 @@ class ChannelsFirstLayerNorm(nn.LayerNorm):
     def __init__(
         self,
         num_channels: int,
-        eps: float = 1e-5,
+        eps: float = LAYER_NORM_EPS,
         elementwise_affine: bool = True,
         bias: bool = True,
         device=None,

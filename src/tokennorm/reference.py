@@ -510,14 +510,14 @@ def add_dyt_backward(
 
 
 def layer_norm_channels_first(
-    x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
+    x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = LAYER_NORM_EPS
 ) -> Tensor:
     """LayerNorm over dim 1 of ``x`` [B, C, *]; y has x's dtype and shape."""
     return layer_norm(x.movedim(1, -1), x.shape[1:2], weight, bias, eps).movedim(-1, 1)
 
 
 def layer_norm_channels_first_backward(
-    dy: Tensor, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
+    dy: Tensor, x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = LAYER_NORM_EPS
 ) -> NormGrads:
     """Gradients of :func:`layer_norm_channels_first` given the upstream gradient ``dy``."""
     g = layer_norm_backward(dy.movedim(1, -1), x.movedim(1, -1), x.shape[1:2], weight, bias, eps)

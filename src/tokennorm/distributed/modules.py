@@ -124,7 +124,7 @@ class ShardedLayerNorm(_ShardedNormModule):
     def __init__(
         self,
         normalized_shape: _Shape,
-        eps: float = 1e-5,
+        eps: float = LAYER_NORM_EPS,
         elementwise_affine: bool = True,
         bias: bool = True,
         *,

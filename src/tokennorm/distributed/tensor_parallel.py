@@ -33,7 +33,7 @@ from tokennorm.distributed._dtensor import unwrap
 from tokennorm.distributed._stats import local_moments, merge_moments
 from tokennorm.distributed._validate import LocalProblem, all_gather_single, exchange_and_check
 from tokennorm.kernels import launch
-from tokennorm.reference import compute_dtype, default_rms_eps, norm_eps
+from tokennorm.reference import LAYER_NORM_EPS, compute_dtype, default_rms_eps, norm_eps
 
 __all__ = ["default_shard_sizes", "sharded_layer_norm", "sharded_rms_norm", "sharded_add_norm"]
 
@@ -216,7 +216,7 @@ def sharded_layer_norm(
     x_shard: Tensor,
     weight_shard: Optional[Tensor] = None,
     bias_shard: Optional[Tensor] = None,
-    eps: float = 1e-5,
+    eps: float = LAYER_NORM_EPS,
     group: Optional[dist.ProcessGroup] = None,
     full_size: Optional[int] = None,
     *,

@@ -115,7 +115,7 @@ class PatchedLastDimNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.norm == "rmsnorm":
             return TF.rms_norm(x, x.shape[-1:], None, self.eps)
-        return TF.layer_norm(x, x.shape[-1:], None, None, 1e-5 if self.eps is None else self.eps)
+        return TF.layer_norm(x, x.shape[-1:], None, None, TF.LAYER_NORM_EPS if self.eps is None else self.eps)
 
     def extra_repr(self) -> str:
         return f"norm={self.norm!r}, eps={self.eps}, normalized over the last dim"

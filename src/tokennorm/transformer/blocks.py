@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokennorm.adaptive import AdaLNZero
+from tokennorm.reference import LAYER_NORM_EPS
 from tokennorm.transformer import _convert
 from tokennorm.transformer.attention import MultiHeadAttention, torch_takes_fast_path
 from tokennorm.transformer.feedforward import FeedForward
@@ -198,7 +199,7 @@ class EncoderLayer(_Block):
         activation: str = "relu",
         norm: str = "layernorm",
         placement: str = "post",
-        eps: float = 1e-5,
+        eps: float = LAYER_NORM_EPS,
         bias: bool = True,
         cond_dim: Optional[int] = None,
         device=None,
@@ -354,7 +355,7 @@ class DecoderLayer(_Block):
         activation: str = "relu",
         norm: str = "layernorm",
         placement: str = "post",
-        eps: float = 1e-5,
+        eps: float = LAYER_NORM_EPS,
         bias: bool = True,
         cross_attention: bool = True,
         cond_dim: Optional[int] = None,
